@@ -1,0 +1,288 @@
+//! Base models on disk: a Hugging Face-style directory (`config.json`, `*.safetensors`,
+//! `tokenizer.json`), or a hub repo id fetched into the local hub cache (feature `hub`). Owns
+//! architecture detection, fingerprints, module-name canonicalization and the check that an
+//! adapter fits a base. Does not build tensors (that is `model`) nor touch the store.
+
+use crate::digest::{hash_file, Digest, Hasher};
+use crate::error::{Error, IoContext, Result};
+use crate::peft::{self, safetensors::read_file_header, KeyKind, LoraConfig};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Bert,
+    Llama,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Bert => "bert",
+            Arch::Llama => "llama",
+        }
+    }
+    /// The prefix the task model (BertForSequenceClassification, LlamaForCausalLM) puts on
+    /// backbone modules; PEFT keys and loradex's module names use it.
+    pub fn backbone_prefix(self) -> &'static str {
+        match self {
+            Arch::Bert => "bert.",
+            Arch::Llama => "model.",
+        }
+    }
+    fn backbone_roots(self) -> &'static [&'static str] {
+        match self {
+            Arch::Bert => &["embeddings.", "encoder.", "pooler."],
+            Arch::Llama => &["embed_tokens.", "layers.", "norm."],
+        }
+    }
+    /// Canonical (task-model) module path for a path as PEFT saved it against either the bare
+    /// backbone (`encoder.layer.0...`) or the task model (`bert.encoder.layer.0...`).
+    pub fn canonical(self, module: &str) -> String {
+        let probe = format!("{module}.");
+        if self.backbone_roots().iter().any(|r| probe.starts_with(r)) {
+            format!("{}{module}", self.backbone_prefix())
+        } else {
+            module.to_string()
+        }
+    }
+}
+
+/// A resolved base model directory.
+#[derive(Clone, Debug)]
+pub struct BaseDir {
+    pub dir: PathBuf,
+    pub arch: Arch,
+    pub config: Value,
+    pub config_bytes: Vec<u8>,
+    pub weight_files: Vec<PathBuf>,
+}
+
+impl BaseDir {
+    /// Opens `spec`: an existing directory, or (with the `hub` feature) a hub repo id.
+    pub fn open(spec: &str) -> Result<BaseDir> {
+        let p = Path::new(spec);
+        if p.is_dir() {
+            return BaseDir::open_dir(p);
+        }
+        if p.exists() {
+            return Err(Error::InvalidArgument(format!("{spec}: a base model must be a directory")));
+        }
+        hub_download(spec).and_then(|d| BaseDir::open_dir(&d))
+    }
+
+    pub fn open_dir(dir: &Path) -> Result<BaseDir> {
+        let cfg_path = dir.join("config.json");
+        let config_bytes = std::fs::read(&cfg_path).map_err(|_| Error::Missing { path: dir.into(), what: "config.json".into() })?;
+        let config: Value = serde_json::from_slice(&config_bytes).map_err(|e| Error::json(cfg_path.display().to_string(), e))?;
+        let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let arch = match model_type {
+            "bert" => Arch::Bert,
+            "llama" | "mistral" => Arch::Llama,
+            other => return Err(Error::Model(format!("{}: unsupported model_type {other:?} (bert or llama family)", dir.display()))),
+        };
+        let mut weight_files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .at(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        weight_files.sort();
+        if weight_files.is_empty() {
+            return Err(Error::Missing { path: dir.into(), what: "*.safetensors weights".into() });
+        }
+        Ok(BaseDir { dir: dir.canonicalize().at(dir)?, arch, config, config_bytes, weight_files })
+    }
+
+    /// Cheap change detector for fingerprint caching: name, size and mtime of every file.
+    pub fn stamp(&self) -> Result<String> {
+        let mut s = format!("{}", Digest::of(&self.config_bytes));
+        for f in &self.weight_files {
+            let m = std::fs::metadata(f).at(f)?;
+            let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            s.push_str(&format!("|{}:{}:{}", f.file_name().and_then(|n| n.to_str()).unwrap_or(""), m.len(), mtime));
+        }
+        Ok(s)
+    }
+
+    /// sha256 over the config's digest and every weight file's name and digest.
+    pub fn fingerprint(&self) -> Result<Digest> {
+        let mut h = Hasher::default();
+        h.update(b"loradex-base-v1\n");
+        h.update(Digest::of(&self.config_bytes).to_string().as_bytes());
+        for f in &self.weight_files {
+            let (d, _) = hash_file(f)?;
+            h.update(format!("\n{}={d}", f.file_name().and_then(|n| n.to_str()).unwrap_or("")).as_bytes());
+        }
+        Ok(h.finish())
+    }
+
+    /// Every weight's shape, keyed by canonical name.
+    pub fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        let mut out = BTreeMap::new();
+        for f in &self.weight_files {
+            for (name, info) in read_file_header(f)? {
+                out.insert(self.arch.canonical(&name), info.shape);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn hidden_size(&self) -> Option<usize> {
+        self.config.get("hidden_size").and_then(Value::as_u64).map(|x| x as usize)
+    }
+
+    /// `id2label` of config.json in index order, if present.
+    pub fn labels(&self) -> Vec<String> {
+        let Some(m) = self.config.get("id2label").and_then(Value::as_object) else { return vec![] };
+        let mut v: Vec<(usize, String)> =
+            m.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string()))).collect();
+        v.sort();
+        v.into_iter().map(|(_, l)| l).collect()
+    }
+
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join("tokenizer.json")
+    }
+}
+
+/// Names of the heads `modules_to_save` may add to a base that has none (or another label count).
+pub const HEAD_MODULES: &[&str] = &["classifier", "score"];
+
+/// What an adapter file contains, once checked against a base.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterSummary {
+    /// Canonical module paths with LoRA, and their rank.
+    pub lora_modules: BTreeMap<String, usize>,
+    /// Canonical module paths fully replaced.
+    pub saved_modules: BTreeSet<String>,
+    /// Output size of a saved classification head, if any.
+    pub head_labels: Option<usize>,
+}
+
+/// Checks every tensor name and shape of an adapter against the base's shapes.
+pub fn check_adapter(
+    arch: Arch,
+    shapes: &BTreeMap<String, Vec<usize>>,
+    hidden: Option<usize>,
+    config: &LoraConfig,
+    weights: &[u8],
+) -> Result<AdapterSummary> {
+    let view = peft::safetensors::SafeView::parse(weights, peft::WEIGHTS_FILE)?;
+    let mut a_shapes: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    let mut b_shapes: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    let mut summary = AdapterSummary::default();
+    if view.tensors.is_empty() {
+        return Err(Error::TensorMismatch { tensor: peft::WEIGHTS_FILE.into(), detail: "the adapter has no tensors".into() });
+    }
+    for (key, info) in &view.tensors {
+        if !matches!(info.dtype, peft::safetensors::Dtype::F32 | peft::safetensors::Dtype::F16 | peft::safetensors::Dtype::BF16) {
+            return Err(Error::TensorMismatch { tensor: key.clone(), detail: format!("dtype {} is not a float type", info.dtype.name()) });
+        }
+        match peft::classify_key(key, &config.modules_to_save)? {
+            KeyKind::LoraA(m) => {
+                a_shapes.insert(arch.canonical(&m), (key.clone(), info.shape.clone()));
+            }
+            KeyKind::LoraB(m) => {
+                b_shapes.insert(arch.canonical(&m), (key.clone(), info.shape.clone()));
+            }
+            KeyKind::Saved(m, param) => {
+                let module = arch.canonical(&m);
+                let base_name = format!("{module}.{param}");
+                let is_head = HEAD_MODULES.contains(&module.as_str());
+                if !is_head {
+                    return Err(Error::UnsupportedAdapter(format!(
+                        "{key}: modules_to_save other than a classification head ({HEAD_MODULES:?}) is not supported"
+                    )));
+                }
+                match shapes.get(&base_name) {
+                    Some(bs) if bs == &info.shape => {}
+                    Some(bs) if is_head && bs.len() == info.shape.len() && bs.get(1) == info.shape.get(1) => {}
+                    Some(bs) => {
+                        return Err(Error::TensorMismatch {
+                            tensor: key.clone(),
+                            detail: format!("shape {:?} but base {base_name} is {:?}", info.shape, bs),
+                        })
+                    }
+                    None if is_head => {
+                        let ok = match (param.as_str(), info.shape.as_slice()) {
+                            ("weight", [_, h]) => hidden.is_none_or(|hid| *h == hid),
+                            ("bias", [_]) => true,
+                            _ => false,
+                        };
+                        if !ok {
+                            return Err(Error::TensorMismatch {
+                                tensor: key.clone(),
+                                detail: format!("head {param} of shape {:?} does not fit hidden size {hidden:?}", info.shape),
+                            });
+                        }
+                    }
+                    None => {
+                        return Err(Error::TensorMismatch {
+                            tensor: key.clone(),
+                            detail: format!("the base model has no {base_name}"),
+                        })
+                    }
+                }
+                if is_head && param == "weight" {
+                    summary.head_labels = info.shape.first().copied();
+                }
+                summary.saved_modules.insert(module);
+            }
+        }
+    }
+    for (module, (akey, ashape)) in &a_shapes {
+        let Some((bkey, bshape)) = b_shapes.get(module) else {
+            return Err(Error::TensorMismatch { tensor: akey.clone(), detail: "lora_A without its lora_B".into() });
+        };
+        let wname = format!("{module}.weight");
+        let Some(wshape) = shapes.get(&wname) else {
+            return Err(Error::TensorMismatch { tensor: akey.clone(), detail: format!("the base model has no {wname}") });
+        };
+        let [out_f, in_f] = wshape.as_slice() else {
+            return Err(Error::TensorMismatch { tensor: akey.clone(), detail: format!("base {wname} is not a linear weight") });
+        };
+        let r = ashape.first().copied().unwrap_or(0);
+        if ashape.as_slice() != [r, *in_f] || r == 0 {
+            return Err(Error::TensorMismatch {
+                tensor: akey.clone(),
+                detail: format!("shape {ashape:?}, expected [r, {in_f}] for base {wname} {wshape:?}"),
+            });
+        }
+        if bshape.as_slice() != [*out_f, r] {
+            return Err(Error::TensorMismatch {
+                tensor: bkey.clone(),
+                detail: format!("shape {bshape:?}, expected [{out_f}, {r}] for base {wname} {wshape:?}"),
+            });
+        }
+        summary.lora_modules.insert(module.clone(), r);
+    }
+    if let Some((m, (bkey, _))) = b_shapes.iter().find(|(m, _)| !a_shapes.contains_key(*m)) {
+        return Err(Error::TensorMismatch { tensor: bkey.clone(), detail: format!("lora_B of {m} without its lora_A") });
+    }
+    Ok(summary)
+}
+
+#[cfg(feature = "hub")]
+fn hub_download(spec: &str) -> Result<PathBuf> {
+    let (owner, name) = spec
+        .split_once('/')
+        .filter(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'))
+        .ok_or_else(|| Error::InvalidArgument(format!("{spec}: neither a directory nor a hub repo id (owner/name)")))?;
+    let client = hf_hub::HFClientSync::new().map_err(|e| Error::Hub(e.to_string()))?;
+    let patterns = ["config.json", "*.safetensors", "tokenizer.json", "tokenizer_config.json"];
+    client
+        .model(owner, name)
+        .snapshot_download()
+        .allow_patterns(patterns.iter().map(|s| s.to_string()).collect())
+        .send()
+        .map_err(|e| Error::Hub(format!("{spec}: {e}")))
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_download(spec: &str) -> Result<PathBuf> {
+    Err(Error::InvalidArgument(format!(
+        "{spec}: no such directory (hub downloads need the `hub` cargo feature)"
+    )))
+}

@@ -1,0 +1,252 @@
+//! The one LoRA seam. `LoraLinear` is a frozen base linear layer that adds, per batch row,
+//! the low-rank update of whichever adapter that row names: `y = x W^T + b + s (x A^T) B^T`.
+//! A batch whose rows name different adapters runs in one forward: the base matmul is shared,
+//! and the low-rank parts are gathered per row into one batched matmul (base weights are never
+//! copied). Also owns `LoadedAdapter` (an adapter's tensors on a device) and `Routing` (which
+//! row uses which adapter). Knows nothing of model architectures or the store.
+
+use crate::base::Arch;
+use crate::error::{Error, Result};
+use crate::peft::{self, safetensors::SafeView, KeyKind, LoraConfig};
+use crate::util::Rng;
+use candle_core::{DType, Device, Tensor, D};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One module's low-rank pair. `a` is `[r, in]`, `b` is `[out, r]` (PEFT layout).
+#[derive(Clone, Debug)]
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+impl LoraPair {
+    pub fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+    /// `s * B A`, the dense update merged into `W`.
+    pub fn delta(&self) -> Result<Tensor> {
+        Ok((self.b.matmul(&self.a)? * self.scale)?)
+    }
+}
+
+/// An adapter resident on a device: LoRA pairs by canonical module path, and fully saved
+/// modules (classification heads) by canonical parameter name (`classifier.weight`).
+#[derive(Debug)]
+pub struct LoadedAdapter {
+    pub id: String,
+    pub modules: HashMap<String, LoraPair>,
+    pub saved: HashMap<String, Tensor>,
+    pub labels: Vec<String>,
+    pub bytes: usize,
+}
+
+impl LoadedAdapter {
+    /// Builds device tensors from an adapter's safetensors bytes (already checked against the
+    /// base at import; checked again here for shapes it relies on).
+    pub fn from_peft(id: &str, arch: Arch, config: &LoraConfig, weights: &[u8], labels: Vec<String>, device: &Device) -> Result<Self> {
+        let view = SafeView::parse(weights, peft::WEIGHTS_FILE)?;
+        let mut a = HashMap::new();
+        let mut b = HashMap::new();
+        let mut saved = HashMap::new();
+        let mut bytes = 0usize;
+        for (key, info) in &view.tensors {
+            let data = view.to_f32(key, peft::WEIGHTS_FILE)?;
+            bytes += data.len() * 4;
+            let t = Tensor::from_vec(data, info.shape.as_slice(), device)?;
+            match peft::classify_key(key, &config.modules_to_save)? {
+                KeyKind::LoraA(m) => {
+                    a.insert(arch.canonical(&m), t);
+                }
+                KeyKind::LoraB(m) => {
+                    b.insert(arch.canonical(&m), t);
+                }
+                KeyKind::Saved(m, p) => {
+                    saved.insert(format!("{}.{p}", arch.canonical(&m)), t);
+                }
+            }
+        }
+        let mut modules = HashMap::new();
+        for (m, a_t) in a {
+            let b_t = b.remove(&m).ok_or_else(|| Error::TensorMismatch { tensor: m.clone(), detail: "lora_A without lora_B".into() })?;
+            let r = a_t.dims()[0];
+            if b_t.dims().get(1) != Some(&r) {
+                return Err(Error::TensorMismatch { tensor: m, detail: "lora_A and lora_B ranks differ".into() });
+            }
+            let scale = config.scale_for(&m, r);
+            modules.insert(m, LoraPair { a: a_t, b: b_t, scale });
+        }
+        if let Some(m) = b.keys().next() {
+            return Err(Error::TensorMismatch { tensor: m.clone(), detail: "lora_B without lora_A".into() });
+        }
+        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes })
+    }
+}
+
+/// Which adapter each batch row uses: `rows[i]` indexes `adapters`, `None` is the base alone.
+#[derive(Clone, Debug, Default)]
+pub struct Routing {
+    pub adapters: Vec<Arc<LoadedAdapter>>,
+    pub rows: Vec<Option<usize>>,
+}
+
+impl Routing {
+    pub fn base(n: usize) -> Routing {
+        Routing { adapters: vec![], rows: vec![None; n] }
+    }
+    pub fn single(a: Arc<LoadedAdapter>, n: usize) -> Routing {
+        Routing { adapters: vec![a], rows: vec![Some(0); n] }
+    }
+    /// Rows grouped by adapter choice, in first-seen order.
+    pub fn groups(&self) -> Vec<(Option<usize>, Vec<usize>)> {
+        let mut out: Vec<(Option<usize>, Vec<usize>)> = vec![];
+        for (i, r) in self.rows.iter().enumerate() {
+            match out.iter_mut().find(|(k, _)| k == r) {
+                Some((_, v)) => v.push(i),
+                None => out.push((*r, vec![i])),
+            }
+        }
+        out
+    }
+}
+
+/// Per-forward context: the routing, and in training the LoRA dropout.
+pub struct Ctx<'a> {
+    pub routing: &'a Routing,
+    pub train: bool,
+    pub dropout: f32,
+    pub rng: RefCell<Rng>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn infer(routing: &'a Routing) -> Ctx<'a> {
+        Ctx { routing, train: false, dropout: 0.0, rng: RefCell::new(Rng::new(0)) }
+    }
+}
+
+/// A frozen linear layer with the LoRA seam.
+#[derive(Clone, Debug)]
+pub struct LoraLinear {
+    pub name: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl LoraLinear {
+    pub fn new(name: String, weight: Tensor, bias: Option<Tensor>) -> Self {
+        LoraLinear { name, weight, bias }
+    }
+
+    fn base(&self, x2: &Tensor) -> Result<Tensor> {
+        let y = x2.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// `x`: `[batch, seq, in]` → `[batch, seq, out]`.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (b, s, d_in) = x.dims3()?;
+        let x2 = x.reshape((b * s, d_in))?;
+        let y = self.base(&x2)?;
+        let out = y.dim(1)?;
+        let routing = ctx.routing;
+        // which adapters of this batch touch this module
+        let pairs: Vec<Option<&LoraPair>> = routing.adapters.iter().map(|a| a.modules.get(&self.name)).collect();
+        let row_pair = |r: &Option<usize>| r.and_then(|i| pairs[i]);
+        if routing.rows.iter().all(|r| row_pair(r).is_none()) {
+            return Ok(y.reshape((b, s, out))?);
+        }
+        let x_in = if ctx.train && ctx.dropout > 0.0 { dropout(&x2, ctx)? } else { x2 };
+        let first = routing.rows.first().and_then(|r| *r);
+        let uniform = routing.rows.iter().all(|r| *r == first);
+        if uniform {
+            // one adapter for the whole batch: two skinny matmuls
+            let p = row_pair(&first).expect("checked above");
+            let h = (x_in.matmul(&p.a.t()?)? * p.scale)?;
+            let d = h.matmul(&p.b.t()?)?;
+            return Ok((y + d)?.reshape((b, s, out))?);
+        }
+        // mixed batch: gather each row's (A, s·B) padded to the largest rank; rows without
+        // this module get zero slot 0. One batched matmul pair for all rows.
+        let r_max = pairs.iter().flatten().map(|p| p.rank()).max().unwrap_or(1);
+        let dev = x.device();
+        let mut a_slots = vec![Tensor::zeros((1, d_in, r_max), DType::F32, dev)?];
+        let mut b_slots = vec![Tensor::zeros((1, r_max, out), DType::F32, dev)?];
+        let mut slot_of = vec![0u32; pairs.len()];
+        for (i, p) in pairs.iter().enumerate() {
+            if let Some(p) = p {
+                let pad = r_max - p.rank();
+                let at = p.a.t()?.pad_with_zeros(1, 0, pad)?;
+                let bt = (p.b.t()? * p.scale)?.pad_with_zeros(0, 0, pad)?;
+                slot_of[i] = a_slots.len() as u32;
+                a_slots.push(at.unsqueeze(0)?);
+                b_slots.push(bt.unsqueeze(0)?);
+            }
+        }
+        let idx: Vec<u32> = routing.rows.iter().map(|r| r.map(|i| slot_of[i]).unwrap_or(0)).collect();
+        let idx = Tensor::from_vec(idx, b, dev)?;
+        let a_rows = Tensor::cat(&a_slots, 0)?.index_select(&idx, 0)?; // [b, in, r]
+        let b_rows = Tensor::cat(&b_slots, 0)?.index_select(&idx, 0)?; // [b, r, out]
+        let h = x_in.reshape((b, s, d_in))?.matmul(&a_rows)?;
+        let d = h.matmul(&b_rows)?;
+        Ok((y.reshape((b, s, out))? + d)?)
+    }
+
+    /// Adds (or with `sign = -1` removes) a pair's dense update to the frozen weight.
+    pub fn merge(&mut self, p: &LoraPair, sign: f64) -> Result<()> {
+        self.weight = (&self.weight + (p.delta()? * sign)?)?;
+        Ok(())
+    }
+}
+
+fn dropout(x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    let p = ctx.dropout;
+    let n = x.elem_count();
+    let mut rng = ctx.rng.borrow_mut();
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..n).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect();
+    Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+}
+
+/// Softmax over the last dim. In training the differentiable composition (candle's fused
+/// `softmax_last_dim` drops the graph); otherwise the fused kernel.
+pub fn softmax(x: &Tensor, train: bool) -> Result<Tensor> {
+    if !train {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// LayerNorm over the last dim; differentiable form in training.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    if !train {
+        return Ok(candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?);
+    }
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
+}
+
+/// RMSNorm over the last dim; differentiable form in training.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    if !train {
+        return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?);
+    }
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
+}
+
+/// Embedding lookup for `[b, s]` ids → `[b, s, h]` (differentiable w.r.t. the table).
+pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, s) = ids.dims2()?;
+    let h = table.dim(1)?;
+    Ok(table.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?)
+}

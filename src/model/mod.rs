@@ -1,0 +1,343 @@
+//! Inference core: loads a base model once (weights read from mmapped safetensors into one
+//! shared copy), tokenizes, and runs BERT classification or Llama generation for batches whose
+//! rows each choose an adapter. Also merges adapters into the weights and writes merged model
+//! directories. Reads adapters from bytes; finding them (store or directory) is `resolve`'s job.
+
+pub mod bert;
+pub mod llama;
+pub mod lora;
+
+use crate::base::{Arch, BaseDir};
+use crate::error::{Error, IoContext, Result};
+use crate::peft::safetensors::write_f32;
+use candle_core::{DType, Device, Tensor};
+use lora::{Ctx, LoadedAdapter, LoraLinear, Routing};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// A base model's tensors by canonical (task-model) name, as f32.
+pub struct Weights {
+    map: HashMap<String, Tensor>,
+}
+
+impl Weights {
+    pub fn load(base: &BaseDir, device: &Device) -> Result<Weights> {
+        // SAFETY: the files are mapped read-only; loradex never writes into a base directory.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&base.weight_files)? };
+        let mut map = HashMap::new();
+        for (name, _) in st.tensors() {
+            let t = st.load(&name, device)?;
+            let t = if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? };
+            map.insert(base.arch.canonical(&name), t);
+        }
+        Ok(Weights { map })
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+    pub fn get_opt(&self, name: &str) -> Option<Tensor> {
+        self.map.get(name).cloned()
+    }
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.get_opt(name).ok_or_else(|| Error::Model(format!("base weights lack {name}")))
+    }
+    pub fn linear(&self, prefix: &str, bias: bool) -> Result<LoraLinear> {
+        let w = self.get(&format!("{prefix}.weight"))?;
+        let b = if bias { Some(self.get(&format!("{prefix}.bias"))?) } else { self.get_opt(&format!("{prefix}.bias")) };
+        Ok(LoraLinear::new(prefix.to_string(), w, b))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Net {
+    Bert(bert::Bert),
+    Llama(llama::Llama),
+}
+
+/// A tokenized batch, right-padded to its longest row.
+pub struct Batch {
+    pub ids: Tensor,
+    pub type_ids: Tensor,
+    pub mask: Tensor,
+    pub lens: Vec<usize>,
+}
+
+/// Tokenizer with the directory's padding/truncation settings removed (loradex pads itself).
+pub struct Tok {
+    pub inner: tokenizers::Tokenizer,
+    pub pad_id: u32,
+}
+
+impl Tok {
+    pub fn load(path: &Path, pad_hint: Option<u32>) -> Result<Tok> {
+        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let pad_id = pad_hint
+            .or_else(|| ["[PAD]", "<pad>", "</s>", "<|endoftext|>"].iter().find_map(|t| inner.token_to_id(t)))
+            .unwrap_or(0);
+        Ok(Tok { inner, pad_id })
+    }
+
+    /// Token ids (with the tokenizer's special tokens), truncated to `max_len`.
+    pub fn encode(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+        let e = self.inner.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut ids = e.get_ids().to_vec();
+        let mut tt = e.get_type_ids().to_vec();
+        if ids.len() > max_len {
+            // keep the final special token (e.g. [SEP]) when truncating
+            let last = *ids.last().expect("non-empty");
+            ids.truncate(max_len);
+            tt.truncate(max_len);
+            if self.inner.id_to_token(last).is_some_and(|t| t.starts_with('[') || t.starts_with('<')) {
+                ids[max_len - 1] = last;
+            }
+        }
+        Ok((ids, tt))
+    }
+
+    pub fn batch(&self, texts: &[String], max_len: usize, device: &Device) -> Result<Batch> {
+        let enc: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().map(|t| self.encode(t, max_len)).collect::<Result<_>>()?;
+        Ok(pad_batch(&enc, self.pad_id, device)?)
+    }
+}
+
+/// Right-pads token rows into tensors.
+pub fn pad_batch(rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32, device: &Device) -> Result<Batch> {
+    let n = rows.len();
+    let s = rows.iter().map(|(i, _)| i.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id; n * s];
+    let mut tt = vec![0u32; n * s];
+    let mut mask = vec![0f32; n * s];
+    for (r, (i, t)) in rows.iter().enumerate() {
+        ids[r * s..r * s + i.len()].copy_from_slice(i);
+        tt[r * s..r * s + t.len()].copy_from_slice(t);
+        mask[r * s..r * s + i.len()].iter_mut().for_each(|m| *m = 1.0);
+    }
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (n, s), device)?,
+        type_ids: Tensor::from_vec(tt, (n, s), device)?,
+        mask: Tensor::from_vec(mask, (n, s), device)?,
+        lens: rows.iter().map(|(i, _)| i.len()).collect(),
+    })
+}
+
+/// One row's classification.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct Prediction {
+    pub label: String,
+    pub index: usize,
+    pub probabilities: Vec<f32>,
+    pub logits: Vec<f32>,
+}
+
+pub fn softmax_vec(l: &[f32]) -> Vec<f32> {
+    let m = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = l.iter().map(|x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+/// The shared base: architecture, weights, tokenizer, device.
+pub struct Engine {
+    pub base: BaseDir,
+    pub net: Net,
+    pub tok: Option<Tok>,
+    pub device: Device,
+    pub labels: Vec<String>,
+    pub max_len: usize,
+}
+
+pub fn device(cuda: bool) -> Result<Device> {
+    if cuda {
+        Ok(Device::new_cuda(0)?)
+    } else {
+        Ok(Device::Cpu)
+    }
+}
+
+impl Engine {
+    pub fn load(base: BaseDir, device: Device) -> Result<Engine> {
+        let w = Weights::load(&base, &device)?;
+        let cfg_err = |e: serde_json::Error| Error::json(format!("{}/config.json", base.dir.display()), e);
+        let (net, max_len, pad) = match base.arch {
+            Arch::Bert => {
+                let cfg: bert::Config = serde_json::from_value(base.config.clone()).map_err(cfg_err)?;
+                let (m, p) = (cfg.max_position_embeddings, cfg.pad_token_id);
+                (Net::Bert(bert::Bert::new(cfg, &w)?), m, p)
+            }
+            Arch::Llama => {
+                let cfg: llama::Config = serde_json::from_value(base.config.clone()).map_err(cfg_err)?;
+                let m = cfg.max_position_embeddings;
+                (Net::Llama(llama::Llama::new(cfg, &w, &device)?), m, None)
+            }
+        };
+        let tp = base.tokenizer_path();
+        let tok = if tp.is_file() { Some(Tok::load(&tp, pad)?) } else { None };
+        let labels = base.labels();
+        Ok(Engine { base, net, tok, device, labels, max_len })
+    }
+
+    pub fn tok(&self) -> Result<&Tok> {
+        self.tok.as_ref().ok_or_else(|| Error::Missing { path: self.base.dir.clone(), what: "tokenizer.json".into() })
+    }
+
+    /// Builds an adapter's tensors on this engine's device.
+    pub fn adapter(&self, id: &str, config_bytes: &[u8], weights: &[u8], labels: Vec<String>) -> Result<Arc<LoadedAdapter>> {
+        let cfg = crate::peft::LoraConfig::parse(config_bytes)?;
+        Ok(Arc::new(LoadedAdapter::from_peft(id, self.base.arch, &cfg, weights, labels, &self.device)?))
+    }
+
+    /// Labels of the head a row uses.
+    pub fn labels_for(&self, a: Option<&LoadedAdapter>) -> Vec<String> {
+        match a {
+            Some(a) if !a.labels.is_empty() => a.labels.clone(),
+            _ => self.labels.clone(),
+        }
+    }
+
+    /// Classifies pre-tokenized rows (BERT).
+    pub fn classify_batch(&self, batch: &Batch, routing: &Routing) -> Result<Vec<Prediction>> {
+        let Net::Bert(m) = &self.net else { return Err(Error::Model("classification needs a BERT base".into())) };
+        let ctx = Ctx::infer(routing);
+        let logits = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
+        Ok(logits
+            .into_iter()
+            .zip(&routing.rows)
+            .map(|(l, r)| {
+                let labels = self.labels_for(r.map(|i| routing.adapters[i].as_ref()));
+                let probs = softmax_vec(&l);
+                let index = llama::argmax(&l) as usize;
+                let label = labels.get(index).cloned().unwrap_or_else(|| format!("LABEL_{index}"));
+                Prediction { label, index, probabilities: probs, logits: l }
+            })
+            .collect())
+    }
+
+    pub fn classify(&self, texts: &[String], routing: &Routing) -> Result<Vec<Prediction>> {
+        let batch = self.tok()?.batch(texts, self.max_len, &self.device)?;
+        self.classify_batch(&batch, routing)
+    }
+
+    /// Generates from one prompt (Llama). Returns (all ids, new text).
+    pub fn generate(&self, prompt: &str, max_new: usize, temperature: f64, adapter: Option<Arc<LoadedAdapter>>) -> Result<(Vec<u32>, usize, String)> {
+        let Net::Llama(m) = &self.net else { return Err(Error::Model("generation needs a Llama base".into())) };
+        let tok = self.tok()?;
+        let (ids, _) = tok.encode(prompt, self.max_len)?;
+        let routing = match adapter {
+            Some(a) => Routing::single(a, 1),
+            None => Routing::base(1),
+        };
+        let out = m.generate(&ids, max_new, temperature, 0, &Ctx::infer(&routing))?;
+        let text = tok.inner.decode(&out[ids.len()..], true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok((out, ids.len(), text))
+    }
+
+    pub fn linears_mut(&mut self) -> Box<dyn Iterator<Item = &mut LoraLinear> + '_> {
+        match &mut self.net {
+            Net::Bert(b) => Box::new(b.linears_mut()),
+            Net::Llama(l) => Box::new(l.linears_mut()),
+        }
+    }
+
+    /// Merges an adapter into the weights (sign 1) or takes it out again (sign -1).
+    /// A saved head replaces the base head on merge.
+    pub fn merge(&mut self, a: &LoadedAdapter, sign: f64) -> Result<()> {
+        let mut done = 0;
+        for l in self.linears_mut() {
+            if let Some(p) = a.modules.get(&l.name) {
+                l.merge(p, sign)?;
+                done += 1;
+            }
+        }
+        if done != a.modules.len() {
+            return Err(Error::Model(format!("adapter {} targets {} modules, {done} found in the base", a.id, a.modules.len())));
+        }
+        if sign > 0.0 {
+            if let Net::Bert(b) = &mut self.net {
+                if a.saved.contains_key("classifier.weight") || a.saved.contains_key("score.weight") {
+                    b.classifier = Some(b.head_for(Some(a))?);
+                    if !a.labels.is_empty() {
+                        self.labels = a.labels.clone();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tensor of the (possibly merged) model by canonical name.
+    pub fn state(&self, base_weights: &Weights) -> Result<BTreeMap<String, Tensor>> {
+        let mut out: BTreeMap<String, Tensor> = base_weights.map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut put = |name: &str, t: &Tensor| {
+            out.insert(name.to_string(), t.clone());
+        };
+        match &self.net {
+            Net::Bert(b) => {
+                let mut b = b.clone();
+                for l in b.linears_mut() {
+                    put(&format!("{}.weight", l.name), &l.weight);
+                }
+                if let Some(h) = &b.classifier {
+                    put("classifier.weight", &h.weight);
+                    put("classifier.bias", &h.bias);
+                }
+            }
+            Net::Llama(m) => {
+                let mut m = m.clone();
+                for l in m.linears_mut() {
+                    put(&format!("{}.weight", l.name), &l.weight);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a standalone model directory (config.json, model.safetensors, tokenizer files)
+    /// that transformers loads as the task model.
+    pub fn save_dir(&self, out: &Path) -> Result<()> {
+        let w = Weights::load(&self.base, &Device::Cpu)?;
+        let state = self.state(&w)?;
+        let mut tensors = BTreeMap::new();
+        for (k, t) in state {
+            let t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+            tensors.insert(k, (t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+        }
+        std::fs::create_dir_all(out).at(out)?;
+        crate::util::atomic_write(&out.join("model.safetensors"), &write_f32(&tensors))?;
+        let mut cfg = self.base.config.clone();
+        if let Some(o) = cfg.as_object_mut() {
+            match self.base.arch {
+                Arch::Bert if tensors.contains_key("classifier.weight") => {
+                    o.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+                    let labels = if self.labels.is_empty() {
+                        let n = tensors["classifier.weight"].0[0];
+                        (0..n).map(|i| format!("LABEL_{i}")).collect()
+                    } else {
+                        self.labels.clone()
+                    };
+                    let id2: serde_json::Map<String, serde_json::Value> =
+                        labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+                    let l2i: serde_json::Map<String, serde_json::Value> =
+                        labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+                    o.insert("id2label".into(), id2.into());
+                    o.insert("label2id".into(), l2i.into());
+                }
+                Arch::Llama => {
+                    o.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
+                }
+                _ => {}
+            }
+        }
+        let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serializes");
+        crate::util::atomic_write(&out.join("config.json"), &cfg_bytes)?;
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "generation_config.json"] {
+            let src = self.base.dir.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, out.join(f)).at(&src)?;
+            }
+        }
+        Ok(())
+    }
+}

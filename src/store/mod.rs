@@ -1,0 +1,644 @@
+//! The local adapter store: content-addressed blobs under `blobs/sha256/` and a SQLite index
+//! (WAL) of manifests, refs, bases and leases. Owns every file under the store home and
+//! nothing outside it. Crash safety: blobs are written to `tmp/` while hashed, fsynced and
+//! renamed into place before any index row names them; index changes are single transactions.
+//! Concurrency: writers take SQLite's write lock (`BEGIN IMMEDIATE`); `gc` sweeps only while
+//! holding it and only blobs older than a grace period, and importers re-check their blobs
+//! under the same lock, so an import racing a prune never loses a blob.
+
+pub mod refs;
+
+use crate::base::BaseDir;
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::util::{now_secs, rfc3339, unique_suffix};
+pub use refs::Ref;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Default grace period before an unreferenced blob may be swept.
+pub const DEFAULT_GRACE_SECS: i64 = 3600;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS adapters(
+  digest TEXT PRIMARY KEY,
+  manifest_digest TEXT NOT NULL,
+  config_digest TEXT NOT NULL,
+  weights_digest TEXT NOT NULL,
+  base_fingerprint TEXT NOT NULL,
+  base_arch TEXT NOT NULL,
+  task TEXT,
+  rank INTEGER NOT NULL,
+  alpha REAL NOT NULL,
+  use_rslora INTEGER NOT NULL,
+  target_modules TEXT NOT NULL,
+  modules_to_save TEXT NOT NULL,
+  labels TEXT NOT NULL,
+  metrics TEXT,
+  provenance TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  last_used_at INTEGER,
+  size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS adapters_base ON adapters(base_fingerprint);
+CREATE INDEX IF NOT EXISTS adapters_created ON adapters(created_at);
+CREATE TABLE IF NOT EXISTS refs(
+  name TEXT NOT NULL,
+  tag TEXT NOT NULL,
+  digest TEXT NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY(name, tag)
+);
+CREATE INDEX IF NOT EXISTS refs_digest ON refs(digest);
+CREATE TABLE IF NOT EXISTS bases(
+  fingerprint TEXT PRIMARY KEY,
+  arch TEXT NOT NULL,
+  config TEXT NOT NULL,
+  path TEXT,
+  registered_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS base_paths(path TEXT PRIMARY KEY, stamp TEXT NOT NULL, fingerprint TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases(digest TEXT NOT NULL, holder TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY(digest, holder));
+"#;
+
+/// The content-addressed record of an adapter: what its digest is computed over.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestBlob {
+    pub schema_version: u32,
+    pub media_type: String,
+    pub config: Digest,
+    pub weights: Digest,
+    pub base: Digest,
+    pub labels: Vec<String>,
+}
+
+/// Everything `show --json` prints (described by `schemas/manifest.schema.json`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub refs: Vec<String>,
+    pub peft_type: String,
+    pub task: Option<String>,
+    pub base_fingerprint: Digest,
+    pub base_arch: String,
+    pub rank: usize,
+    pub alpha: f64,
+    pub use_rslora: bool,
+    pub target_modules: Vec<String>,
+    pub modules_to_save: Vec<String>,
+    pub labels: Vec<String>,
+    pub metrics: Option<serde_json::Value>,
+    pub provenance: serde_json::Value,
+    pub config_digest: Digest,
+    pub weights_digest: Digest,
+    pub manifest_digest: Digest,
+    pub size: u64,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+}
+
+/// A new adapter to add (from `import` or `train`).
+pub struct NewAdapter<'a> {
+    pub config_bytes: &'a [u8],
+    pub weights_bytes: &'a [u8],
+    pub config: &'a crate::peft::LoraConfig,
+    pub base_fingerprint: Digest,
+    pub base_arch: &'a str,
+    pub labels: Vec<String>,
+    pub metrics: Option<serde_json::Value>,
+    pub provenance: serde_json::Value,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct ListRow {
+    pub r#ref: String,
+    pub digest: String,
+    pub task: Option<String>,
+    pub rank: i64,
+    pub base: String,
+    pub size: i64,
+    pub created_at: i64,
+}
+
+#[derive(Default, Debug, Clone)]
+pub struct PrunePolicy {
+    pub keep_last: Option<usize>,
+    pub older_than: Option<i64>,
+    pub unused_for: Option<i64>,
+    pub grace: i64,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub adapters: Vec<String>,
+    pub refs: Vec<String>,
+    pub gc: Option<GcReport>,
+}
+
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub referenced: usize,
+    pub removed: Vec<String>,
+    pub removed_bytes: u64,
+    pub kept_in_grace: usize,
+    pub temp_files_removed: usize,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub bytes: u64,
+    pub corrupt: Vec<String>,
+    pub missing: Vec<String>,
+    pub stray: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty()
+    }
+}
+
+pub struct Store {
+    home: PathBuf,
+    conn: Connection,
+}
+
+/// `$LORADEX_HOME`, else `$XDG_DATA_HOME/loradex`, else `~/.local/share/loradex`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("LORADEX_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(x).join("loradex");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/loradex")
+}
+
+fn sql_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serializable")
+}
+
+impl Store {
+    pub fn open(home: &Path) -> Result<Store> {
+        for d in [home.to_path_buf(), home.join("blobs/sha256"), home.join("tmp")] {
+            std::fs::create_dir_all(&d).at(&d)?;
+        }
+        let conn = Connection::open(home.join("index.db"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { home: home.to_path_buf(), conn })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.home.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Writes a blob: temp file while hashing, fsync, rename. Identical content is stored once.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        write_blob(&self.home, bytes)
+    }
+
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(d);
+        std::fs::read(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("blob {d} (run `loradex verify`)")),
+            _ => Error::io(&p, e),
+        })
+    }
+
+    /// The base's fingerprint, cached by path + (size, mtime) of its files.
+    pub fn base_fingerprint(&self, base: &BaseDir) -> Result<Digest> {
+        let path = base.dir.display().to_string();
+        let stamp = base.stamp()?;
+        let cached: Option<(String, String)> = self
+            .conn
+            .query_row("SELECT stamp, fingerprint FROM base_paths WHERE path = ?1", [&path], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((s, fp)) = cached {
+            if s == stamp {
+                return Digest::parse(&fp);
+            }
+        }
+        let fp = base.fingerprint()?;
+        self.conn.execute(
+            "INSERT INTO base_paths(path, stamp, fingerprint) VALUES(?1, ?2, ?3)
+             ON CONFLICT(path) DO UPDATE SET stamp = excluded.stamp, fingerprint = excluded.fingerprint",
+            params![path, stamp, fp.to_string()],
+        )?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO bases(fingerprint, arch, config, path, registered_at) VALUES(?1, ?2, ?3, ?4, ?5)",
+            params![fp.to_string(), base.arch.name(), String::from_utf8_lossy(&base.config_bytes), path, now_secs()],
+        )?;
+        Ok(fp)
+    }
+
+    /// Adds an adapter and points `name` at it. Returns its digest.
+    pub fn add(&mut self, a: NewAdapter, name: &Ref) -> Result<Digest> {
+        let config_digest = self.put_blob(a.config_bytes)?;
+        let weights_digest = self.put_blob(a.weights_bytes)?;
+        let mb = ManifestBlob {
+            schema_version: 1,
+            media_type: "application/vnd.loradex.adapter.v1+json".into(),
+            config: config_digest,
+            weights: weights_digest,
+            base: a.base_fingerprint,
+            labels: a.labels.clone(),
+        };
+        let mb_bytes = serde_json::to_vec(&mb).expect("manifest serializes");
+        let digest = self.put_blob(&mb_bytes)?;
+        let size = (a.config_bytes.len() + a.weights_bytes.len() + mb_bytes.len()) as i64;
+        let now = now_secs();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock gc cannot run: make sure a concurrent sweep did not take our blobs.
+        for (d, bytes) in [(&config_digest, a.config_bytes), (&weights_digest, a.weights_bytes), (&digest, &mb_bytes[..])] {
+            if !self.home.join("blobs/sha256").join(d.hex()).is_file() {
+                write_blob(&self.home, bytes)?;
+            }
+        }
+        let mut targets = a.config.target_modules.clone();
+        targets.sort();
+        tx.execute(
+            "INSERT OR IGNORE INTO adapters(digest, manifest_digest, config_digest, weights_digest, base_fingerprint, base_arch,
+               task, rank, alpha, use_rslora, target_modules, modules_to_save, labels, metrics, provenance, created_at, size)
+             VALUES(?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            params![
+                digest.to_string(),
+                config_digest.to_string(),
+                weights_digest.to_string(),
+                a.base_fingerprint.to_string(),
+                a.base_arch,
+                a.config.task_type,
+                a.config.r as i64,
+                a.config.lora_alpha,
+                a.config.use_rslora,
+                sql_json(&targets),
+                sql_json(&a.config.modules_to_save),
+                sql_json(&a.labels),
+                a.metrics.as_ref().map(sql_json),
+                sql_json(&a.provenance),
+                now,
+                size
+            ],
+        )?;
+        if let Some(m) = &a.metrics {
+            tx.execute("UPDATE adapters SET metrics = ?2 WHERE digest = ?1", params![digest.to_string(), sql_json(m)])?;
+        }
+        upsert_ref(&tx, name, &digest, now)?;
+        tx.commit()?;
+        Ok(digest)
+    }
+
+    /// Resolves `sha256:<hex>` or `NAME[:TAG]` to a stored adapter's digest.
+    pub fn resolve(&self, s: &str) -> Result<Digest> {
+        if s.starts_with("sha256:") {
+            let d = Digest::parse(s)?;
+            let found: Option<i64> =
+                self.conn.query_row("SELECT 1 FROM adapters WHERE digest = ?1", [d.to_string()], |r| r.get(0)).optional()?;
+            return found.map(|_| d).ok_or_else(|| Error::NotFound(format!("adapter {d}")));
+        }
+        let r = Ref::parse(s)?;
+        let d: Option<String> = self
+            .conn
+            .query_row("SELECT digest FROM refs WHERE name = ?1 AND tag = ?2", params![r.name, r.tag], |row| row.get(0))
+            .optional()?;
+        d.map(|d| Digest::parse(&d)).transpose()?.ok_or_else(|| Error::NotFound(format!("adapter {r}")))
+    }
+
+    pub fn manifest(&self, d: &Digest) -> Result<Manifest> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT manifest_digest, config_digest, weights_digest, base_fingerprint, base_arch, task, rank, alpha, use_rslora,
+                        target_modules, modules_to_save, labels, metrics, provenance, created_at, last_used_at, size
+                 FROM adapters WHERE digest = ?1",
+                [d.to_string()],
+                |r| {
+                    Ok((
+                        [r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?],
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        (r.get::<_, i64>(6)?, r.get::<_, f64>(7)?, r.get::<_, bool>(8)?),
+                        [r.get::<_, String>(9)?, r.get(10)?, r.get(11)?],
+                        (r.get::<_, Option<String>>(12)?, r.get::<_, String>(13)?),
+                        (r.get::<_, i64>(14)?, r.get::<_, Option<i64>>(15)?, r.get::<_, i64>(16)?),
+                    ))
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound(format!("adapter {d}")))?;
+        let (digests, arch, task, (rank, alpha, rs), lists, (metrics, prov), (created, used, size)) = row;
+        let list = |s: &str| -> Result<Vec<String>> { serde_json::from_str(s).map_err(|e| Error::json("index list", e)) };
+        let mut refs = Vec::new();
+        let mut stmt = self.conn.prepare_cached("SELECT name, tag FROM refs WHERE digest = ?1 ORDER BY name, tag")?;
+        for r in stmt.query_map([d.to_string()], |r| Ok(format!("{}:{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            refs.push(r?);
+        }
+        Ok(Manifest {
+            digest: *d,
+            refs,
+            peft_type: "LORA".into(),
+            task,
+            base_fingerprint: Digest::parse(&digests[3])?,
+            base_arch: arch,
+            rank: rank as usize,
+            alpha,
+            use_rslora: rs,
+            target_modules: list(&lists[0])?,
+            modules_to_save: list(&lists[1])?,
+            labels: list(&lists[2])?,
+            metrics: metrics.map(|m| serde_json::from_str(&m)).transpose().map_err(|e| Error::json("metrics", e))?,
+            provenance: serde_json::from_str(&prov).map_err(|e| Error::json("provenance", e))?,
+            config_digest: Digest::parse(&digests[1])?,
+            weights_digest: Digest::parse(&digests[2])?,
+            manifest_digest: Digest::parse(&digests[0])?,
+            size: size as u64,
+            created_at: rfc3339(created),
+            last_used_at: used.map(rfc3339),
+        })
+    }
+
+    /// Reads an adapter's config and weights bytes.
+    pub fn adapter_files(&self, d: &Digest) -> Result<(Manifest, Vec<u8>, Vec<u8>)> {
+        let m = self.manifest(d)?;
+        let cfg = self.read_blob(&m.config_digest)?;
+        let w = self.read_blob(&m.weights_digest)?;
+        Ok((m, cfg, w))
+    }
+
+    pub fn touch(&self, d: &Digest) -> Result<()> {
+        self.conn.execute("UPDATE adapters SET last_used_at = ?2 WHERE digest = ?1", params![d.to_string(), now_secs()])?;
+        Ok(())
+    }
+
+    /// Every ref (and dangling adapter), newest first; optionally only those for one base.
+    pub fn list(&self, base: Option<&Digest>) -> Result<Vec<ListRow>> {
+        let sql = "SELECT COALESCE(r.name || ':' || r.tag, '<none>'), a.digest, a.task, a.rank, a.base_fingerprint, a.size, a.created_at
+                   FROM adapters a LEFT JOIN refs r ON r.digest = a.digest
+                   WHERE ?1 IS NULL OR a.base_fingerprint = ?1
+                   ORDER BY a.created_at DESC, r.name, r.tag";
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([base.map(|b| b.to_string())], |r| {
+            Ok(ListRow {
+                r#ref: r.get(0)?,
+                digest: r.get(1)?,
+                task: r.get(2)?,
+                rank: r.get(3)?,
+                base: r.get(4)?,
+                size: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+    }
+
+    pub fn tag(&mut self, src: &str, dst: &Ref) -> Result<Digest> {
+        let d = self.resolve(src)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        upsert_ref(&tx, dst, &d, now_secs())?;
+        tx.commit()?;
+        Ok(d)
+    }
+
+    /// Removes a ref; an adapter left with no refs is deleted from the index (its blobs go at
+    /// the next `gc`). A digest removes the adapter and all its refs.
+    pub fn rm(&mut self, s: &str) -> Result<Digest> {
+        let d = self.resolve(s)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if s.starts_with("sha256:") {
+            tx.execute("DELETE FROM refs WHERE digest = ?1", [d.to_string()])?;
+        } else {
+            let r = Ref::parse(s)?;
+            tx.execute("DELETE FROM refs WHERE name = ?1 AND tag = ?2", params![r.name, r.tag])?;
+        }
+        tx.execute(
+            "DELETE FROM adapters WHERE digest = ?1 AND NOT EXISTS (SELECT 1 FROM refs WHERE digest = ?1)",
+            [d.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(d)
+    }
+
+    /// Marks an adapter in use by `holder` until `ttl` seconds from now; prune skips it.
+    pub fn lease(&self, d: &Digest, holder: &str, ttl: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO leases(digest, holder, expires_at) VALUES(?1, ?2, ?3)
+             ON CONFLICT(digest, holder) DO UPDATE SET expires_at = excluded.expires_at",
+            params![d.to_string(), holder, now_secs() + ttl],
+        )?;
+        Ok(())
+    }
+
+    pub fn release(&self, d: &Digest, holder: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM leases WHERE digest = ?1 AND holder = ?2", params![d.to_string(), holder])?;
+        Ok(())
+    }
+
+    /// Deletes adapters by policy, then (unless dry-run) sweeps their blobs with `gc`.
+    ///
+    /// Selection: adapters matching every age filter given (`older_than` on creation,
+    /// `unused_for` on last use); with no age filter, only adapters no ref points at. With
+    /// `keep_last N` the N newest adapters of each name are always kept, and without age
+    /// filters everything older than them is selected. Leased adapters are never selected.
+    pub fn prune(&mut self, p: &PrunePolicy, dry_run: bool) -> Result<PruneReport> {
+        let now = now_secs();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM leases WHERE expires_at < ?1", [now])?;
+        let age_filter = p.older_than.is_some() || p.unused_for.is_some();
+        let sql = "
+          WITH ranked AS (
+            SELECT r.digest, ROW_NUMBER() OVER (PARTITION BY r.name ORDER BY a.created_at DESC, r.updated_at DESC) AS rn
+            FROM refs r JOIN adapters a ON a.digest = r.digest),
+          kept AS (SELECT digest FROM ranked WHERE ?1 IS NOT NULL AND rn <= ?1)
+          SELECT a.digest FROM adapters a
+          WHERE a.digest NOT IN (SELECT digest FROM kept)
+            AND a.digest NOT IN (SELECT digest FROM leases)
+            AND (?2 IS NULL OR a.created_at < ?2)
+            AND (?3 IS NULL OR COALESCE(a.last_used_at, a.created_at) < ?3)
+            AND (?4 OR ?1 IS NOT NULL OR NOT EXISTS (SELECT 1 FROM refs r WHERE r.digest = a.digest))
+          ORDER BY a.created_at";
+        let victims: Vec<String> = {
+            let mut stmt = tx.prepare(sql)?;
+            let rows = stmt.query_map(
+                params![
+                    p.keep_last.map(|k| k as i64),
+                    p.older_than.map(|d| now - d),
+                    p.unused_for.map(|d| now - d),
+                    age_filter
+                ],
+                |r| r.get(0),
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut refs = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached("SELECT name || ':' || tag FROM refs WHERE digest = ?1")?;
+            for v in &victims {
+                for r in stmt.query_map([v], |r| r.get::<_, String>(0))? {
+                    refs.push(r?);
+                }
+            }
+        }
+        if !dry_run {
+            let mut del_refs = tx.prepare_cached("DELETE FROM refs WHERE digest = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM adapters WHERE digest = ?1")?;
+            for v in &victims {
+                del_refs.execute([v])?;
+                del.execute([v])?;
+            }
+        }
+        drop(tx.commit());
+        let gc = if dry_run { None } else { Some(self.gc(p.grace, false)?) };
+        Ok(PruneReport { dry_run, adapters: victims, refs, gc })
+    }
+
+    /// Mark-and-sweep: deletes blobs no adapter references, if older than `grace` seconds,
+    /// and temp files of crashed writers older than `grace`. Runs under the write lock.
+    pub fn gc(&mut self, grace: i64, dry_run: bool) -> Result<GcReport> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut marked = HashSet::new();
+        {
+            let mut stmt = tx.prepare("SELECT manifest_digest, config_digest, weights_digest FROM adapters")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                for i in 0..3 {
+                    let s: String = r.get(i)?;
+                    marked.insert(Digest::parse(&s)?.hex());
+                }
+            }
+        }
+        let mut report = GcReport { dry_run, referenced: marked.len(), ..Default::default() };
+        let now = std::time::SystemTime::now();
+        let old_enough = |p: &Path| -> bool {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).map(|d| d.as_secs() as i64 >= grace).unwrap_or(false))
+                .unwrap_or(false)
+        };
+        let blob_dir = self.home.join("blobs/sha256");
+        for e in std::fs::read_dir(&blob_dir).at(&blob_dir)? {
+            let e = e.at(&blob_dir)?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if marked.contains(&name) {
+                continue;
+            }
+            let p = e.path();
+            if !old_enough(&p) {
+                report.kept_in_grace += 1;
+                continue;
+            }
+            report.removed_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            report.removed.push(format!("sha256:{name}"));
+            if !dry_run {
+                std::fs::remove_file(&p).at(&p)?;
+            }
+        }
+        let tmp_dir = self.home.join("tmp");
+        for e in std::fs::read_dir(&tmp_dir).at(&tmp_dir)? {
+            let p = e.at(&tmp_dir)?.path();
+            if old_enough(&p) {
+                report.temp_files_removed += 1;
+                if !dry_run {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        tx.commit()?;
+        report.removed.sort();
+        Ok(report)
+    }
+
+    /// Re-hashes every blob; reports corrupt blobs, blobs the index needs but lacks, and
+    /// files in the blob directory whose names are not digests.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut rep = VerifyReport::default();
+        let blob_dir = self.home.join("blobs/sha256");
+        let mut present = HashSet::new();
+        for e in std::fs::read_dir(&blob_dir).at(&blob_dir)? {
+            let p = e.at(&blob_dir)?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let Ok(want) = Digest::parse(&format!("sha256:{name}")) else {
+                rep.stray.push(p.display().to_string());
+                continue;
+            };
+            let (got, n) = crate::digest::hash_file(&p)?;
+            rep.checked += 1;
+            rep.bytes += n;
+            if got != want {
+                rep.corrupt.push(want.to_string());
+            } else {
+                present.insert(want);
+            }
+        }
+        let mut stmt = self.conn.prepare("SELECT manifest_digest, config_digest, weights_digest FROM adapters")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            for i in 0..3 {
+                let d = Digest::parse(&r.get::<_, String>(i)?)?;
+                if !present.contains(&d) && !rep.corrupt.contains(&d.to_string()) && !rep.missing.contains(&d.to_string()) {
+                    rep.missing.push(d.to_string());
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// SQLite's own consistency check (for tests and `verify`).
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Raw connection, for benchmarks that bulk-load the index.
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+fn write_blob(home: &Path, bytes: &[u8]) -> Result<Digest> {
+    let expected = Digest::of(bytes);
+    let dst = home.join("blobs/sha256").join(expected.hex());
+    if std::fs::metadata(&dst).map(|m| m.is_file() && m.len() == bytes.len() as u64).unwrap_or(false) {
+        return Ok(expected);
+    }
+    let tmp = home.join("tmp").join(format!("blob-{}-{:x}", std::process::id(), unique_suffix()));
+    let res = (|| {
+        let f = std::fs::File::create(&tmp).at(&tmp)?;
+        let mut w = HashingWriter::new(f);
+        w.write_all(bytes).at(&tmp)?;
+        let (f, d, _) = w.finish();
+        f.sync_all().at(&tmp)?;
+        if d != expected {
+            return Err(Error::Corrupt { digest: expected.to_string(), actual: d.to_string() });
+        }
+        std::fs::rename(&tmp, &dst).at(&dst)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map(|_| expected)
+}
+
+fn upsert_ref(tx: &rusqlite::Transaction, r: &Ref, d: &Digest, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO refs(name, tag, digest, updated_at) VALUES(?1, ?2, ?3, ?4)
+         ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+        params![r.name, r.tag, d.to_string(), now],
+    )?;
+    // an adapter the ref pointed at before and that nothing else names is now dangling:
+    // it stays until `prune` (so a re-tag can be undone by digest).
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The inference core reproduces PEFT's numbers on the golden fixtures.
+
+use super::common::*;
+use candle_core::{Device, Tensor};
+use loradex::base::BaseDir;
+use loradex::model::lora::{Ctx, Routing};
+use loradex::model::{pad_batch, Engine, Net};
+use std::sync::Arc;
+
+fn engine(case: &std::path::Path) -> Engine {
+    Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), Device::Cpu).unwrap()
+}
+
+fn adapter(e: &Engine, dir: &std::path::Path) -> Arc<loradex::model::lora::LoadedAdapter> {
+    let f = loradex::peft::read_dir(dir).unwrap();
+    e.adapter(&dir.display().to_string(), &f.config_bytes, &f.weights_bytes, vec![]).unwrap()
+}
+
+fn bert_batch(e: &Engine, exp: &std::collections::HashMap<String, Tensor>) -> loradex::model::Batch {
+    let ids = ids_rows(&exp["input_ids"]);
+    let tt = ids_rows(&exp["token_type_ids"]);
+    let mask = ids_rows(&exp["attention_mask"]);
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = ids
+        .iter()
+        .zip(&tt)
+        .zip(&mask)
+        .map(|((i, t), m)| {
+            let n = m.iter().filter(|&&x| x == 1).count();
+            (i[..n].to_vec(), t[..n].to_vec())
+        })
+        .collect();
+    pad_batch(&rows, e.tok.as_ref().unwrap().pad_id, &Device::Cpu).unwrap()
+}
+
+fn logits(preds: Vec<loradex::model::Prediction>) -> Vec<Vec<f32>> {
+    preds.into_iter().map(|p| p.logits).collect()
+}
+
+#[test]
+fn bert_tokenizer_matches_fixture_ids() {
+    let case = bert();
+    let e = engine(&case);
+    let exp = expected(&case);
+    let texts: Vec<String> = case_json(&case)["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let b = e.tok().unwrap().batch(&texts, 64, &Device::Cpu).unwrap();
+    assert_eq!(ids_rows(&b.ids.to_dtype(candle_core::DType::I64).unwrap()), ids_rows(&exp["input_ids"]));
+}
+
+#[test]
+fn bert_base_lora_other_mixed_merged_match_peft() {
+    let case = bert();
+    let tol = atol(&case);
+    let exp = expected(&case);
+    let mut e = engine(&case);
+    let batch = bert_batch(&e, &exp);
+    let n = batch.lens.len();
+    let base = logits(e.classify_batch(&batch, &Routing::base(n)).unwrap());
+    assert_close(&base, &exp["base_logits"], tol, "base_logits");
+    let default = adapter(&e, &case.join("adapter"));
+    let lora = logits(e.classify_batch(&batch, &Routing::single(default.clone(), n)).unwrap());
+    assert_close(&lora, &exp["lora_logits"], tol, "lora_logits");
+    let other = adapter(&e, &case.join("adapters_multi/other"));
+    let o = logits(e.classify_batch(&batch, &Routing::single(other.clone(), n)).unwrap());
+    assert_close(&o, &exp["other_logits"], tol, "other_logits");
+    // mixed: one forward, each row its own adapter
+    let names = case_json(&case)["mixed_adapter_names"].as_array().unwrap().clone();
+    let rows = names
+        .iter()
+        .map(|n| match n.as_str().unwrap() {
+            "default" => Some(0),
+            "other" => Some(1),
+            _ => None,
+        })
+        .collect();
+    let routing = Routing { adapters: vec![default.clone(), other], rows };
+    let mixed = logits(e.classify_batch(&batch, &routing).unwrap());
+    assert_close(&mixed, &exp["mixed_logits"], tol, "mixed_logits");
+    // merged into the weights, then unmerged back to the base
+    e.merge(&default, 1.0).unwrap();
+    let merged = logits(e.classify_batch(&batch, &Routing::base(n)).unwrap());
+    assert_close(&merged, &exp["merged_logits"], tol, "merged_logits");
+}
+
+#[test]
+fn llama_logits_and_greedy_ids_match_peft() {
+    let case = llama();
+    let tol = atol(&case);
+    let exp = expected(&case);
+    let mut e = engine(&case);
+    let a = adapter(&e, &case.join("adapter"));
+    let ids_t = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let mask_t = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
+    let mask = ids_rows(&exp["attention_mask"]);
+    let (b, _) = ids_t.dims2().unwrap();
+    let check = |e: &Engine, routing: &Routing, want: &Tensor, what: &str| {
+        let Net::Llama(m) = &e.net else { panic!() };
+        let got = m.forward(&ids_t, Some(&mask_t), 0, None, &Ctx::infer(routing)).unwrap();
+        for r in 0..b {
+            let valid = mask[r].iter().filter(|&&x| x == 1).count();
+            let g = got.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let w = want.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let d = max_abs_diff(&g, &w);
+            assert!(d <= tol, "{what}: row {r} differs by {d}");
+        }
+    };
+    check(&e, &Routing::base(b), &exp["base_logits"], "base_logits");
+    check(&e, &Routing::single(a.clone(), b), &exp["lora_logits"], "lora_logits");
+    // greedy generation with the adapter active
+    let prompt: Vec<u32> = ids_rows(&exp["prompt_ids"])[0].clone();
+    let want: Vec<u32> = ids_rows(&exp["greedy_ids"])[0].clone();
+    let Net::Llama(m) = &e.net else { panic!() };
+    let got = m.generate(&prompt, want.len() - prompt.len(), 0.0, 0, &Ctx::infer(&Routing::single(a.clone(), 1))).unwrap();
+    assert_eq!(got, want, "greedy ids");
+    e.merge(&a, 1.0).unwrap();
+    check(&e, &Routing::base(b), &exp["merged_logits"], "merged_logits");
+}
