@@ -11,6 +11,7 @@ pub mod model;
 pub mod peft;
 pub mod serve;
 pub mod store;
+pub mod synth;
 pub mod train;
 pub mod util;
 

@@ -1,1 +1,487 @@
-//! HTTP serving (todo)
+//! HTTP serving on one shared base (axum + tokio). Each request names its adapter (or none);
+//! adapters load from the store on first use into a byte-bounded LRU cache and are leased in
+//! the store while resident. Classification jobs from concurrent requests are gathered by one
+//! batcher thread into mixed-adapter forwards. Refs are resolved per request, so a re-tag is
+//! seen by new requests while requests in flight finish on the adapter they hold.
+
+mod cache;
+mod metrics;
+
+use crate::base::BaseDir;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::model::lora::{LoadedAdapter, Routing};
+use crate::model::{pad_batch, Engine, Net, Prediction};
+use crate::store::Store;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use cache::Cache;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+const LEASE_SECS: i64 = 600;
+
+pub struct Options {
+    pub base: String,
+    pub addr: String,
+    pub cache_bytes: usize,
+    pub max_batch: usize,
+    pub max_queue: usize,
+    pub token: Option<String>,
+    pub cuda: bool,
+    pub home: PathBuf,
+}
+
+struct Job {
+    rows: Vec<(Vec<u32>, Vec<u32>)>,
+    adapter: Option<Arc<LoadedAdapter>>,
+    reply: oneshot::Sender<Result<Vec<Prediction>>>,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    base_fp: Digest,
+    base_id: String,
+    store: Mutex<Store>,
+    cache: Mutex<Cache>,
+    jobs: mpsc::Sender<Job>,
+    queued: Arc<AtomicUsize>,
+    metrics: metrics::Metrics,
+    token: Option<String>,
+    holder: String,
+}
+
+/// An API error: status + message, rendered as `{"error": {"message", "type"}}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ty = match self.0 {
+            StatusCode::BAD_REQUEST => "invalid_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "wrong_base",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+            _ => "internal",
+        };
+        (self.0, axum::Json(json!({"error": {"message": self.1, "type": ty}}))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::InvalidRef(..) | Error::InvalidDigest(_) | Error::InvalidArgument(_) | Error::Tokenizer(_) => StatusCode::BAD_REQUEST,
+            Error::WrongBase { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+impl Shared {
+    /// Resolves a ref to its digest and the resident adapter, loading it on a miss.
+    fn adapter(&self, spec: &str) -> Result<(Digest, Arc<LoadedAdapter>)> {
+        let d = self.store.lock().expect("store lock").resolve(spec)?;
+        if let Some(a) = self.cache.lock().expect("cache lock").get(&d) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((d, a));
+        }
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let (m, cfg, w) = {
+            let s = self.store.lock().expect("store lock");
+            let files = s.adapter_files(&d)?;
+            if files.0.base_fingerprint != self.base_fp {
+                return Err(Error::WrongBase { expected: files.0.base_fingerprint.to_string(), got: self.base_fp.to_string() });
+            }
+            s.lease(&d, &self.holder, LEASE_SECS)?;
+            s.touch(&d)?;
+            files
+        };
+        let a = self.engine.adapter(&d.to_string(), &cfg, &w, m.labels)?;
+        let evicted = self.cache.lock().expect("cache lock").insert(d, a.clone());
+        if !evicted.is_empty() {
+            self.metrics.cache_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
+            let s = self.store.lock().expect("store lock");
+            for e in evicted {
+                let _ = s.release(&e, &self.holder);
+            }
+        }
+        Ok((d, a))
+    }
+
+    fn authorized(&self, h: &HeaderMap) -> bool {
+        match &self.token {
+            None => true,
+            Some(t) => h
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|v| constant_time_eq(v.as_bytes(), t.as_bytes())),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The batcher: waits for a job, gathers whatever else is queued (up to `max_batch` rows),
+/// and runs them as one mixed-adapter forward.
+fn batcher(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, max_batch: usize, queued: Arc<AtomicUsize>, shared: std::sync::Weak<Shared>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let mut rows = jobs[0].rows.len();
+        while rows < max_batch {
+            match rx.try_recv() {
+                Ok(j) => {
+                    rows += j.rows.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(jobs.len(), Ordering::Relaxed);
+        let mut adapters: Vec<Arc<LoadedAdapter>> = vec![];
+        let mut all_rows = vec![];
+        let mut routing_rows = vec![];
+        for j in &jobs {
+            let slot = j.adapter.as_ref().map(|a| match adapters.iter().position(|x| Arc::ptr_eq(x, a)) {
+                Some(i) => i,
+                None => {
+                    adapters.push(a.clone());
+                    adapters.len() - 1
+                }
+            });
+            for r in &j.rows {
+                all_rows.push(r.clone());
+                routing_rows.push(slot);
+            }
+        }
+        let result = (|| {
+            let pad = engine.tok()?.pad_id;
+            let batch = pad_batch(&all_rows, pad, &engine.device)?;
+            engine.classify_batch(&batch, &Routing { adapters, rows: routing_rows })
+        })();
+        if let Some(s) = shared.upgrade() {
+            s.metrics.forward_batches.fetch_add(1, Ordering::Relaxed);
+            s.metrics.forward_rows.fetch_add(all_rows.len() as u64, Ordering::Relaxed);
+        }
+        match result {
+            Ok(mut preds) => {
+                for j in jobs.into_iter().rev() {
+                    let mine = preds.split_off(preds.len() - j.rows.len());
+                    let _ = j.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for j in jobs {
+                    let _ = j.reply.send(Err(Error::Model(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}")))?
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(bad("the body must be a JSON object"));
+    }
+    Ok(v)
+}
+
+async fn classify(s: Arc<Shared>, body: Bytes) -> Result<Value, ApiError> {
+    let v = parse_body(&body)?;
+    let texts: Vec<String> = match v.get("texts") {
+        Some(Value::Array(a)) if !a.is_empty() => {
+            a.iter().map(|t| t.as_str().map(str::to_string).ok_or_else(|| bad("texts must be strings"))).collect::<Result<_, _>>()?
+        }
+        _ => return Err(bad("\"texts\" must be a non-empty array of strings")),
+    };
+    if texts.len() > 1024 {
+        return Err(bad("at most 1024 texts per request"));
+    }
+    let spec = match v.get("adapter") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) => Some(r.clone()),
+        Some(_) => return Err(bad("\"adapter\" must be a string or null")),
+    };
+    if !matches!(s.engine.net, Net::Bert(_)) {
+        return Err(bad("this base is not a classifier (use /v1/completions)"));
+    }
+    let s2 = s.clone();
+    let (digest, adapter, rows) = blocking(move || {
+        let (d, a) = match &spec {
+            Some(r) => {
+                let (d, a) = s2.adapter(r)?;
+                (Some(d), Some(a))
+            }
+            None => (None, None),
+        };
+        let tok = s2.engine.tok()?;
+        let rows = texts.iter().map(|t| tok.encode(t, s2.engine.max_len)).collect::<Result<Vec<_>>>()?;
+        Ok((d, a, rows))
+    })
+    .await?;
+    let (tx, rx) = oneshot::channel();
+    let n = rows.len();
+    s.queued.fetch_add(1, Ordering::Relaxed);
+    if s.jobs.try_send(Job { rows, adapter, reply: tx }).is_err() {
+        s.queued.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later".into()));
+    }
+    let preds = rx.await.map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "batcher stopped".into()))??;
+    debug_assert_eq!(preds.len(), n);
+    Ok(json!({
+        "adapter": v.get("adapter").cloned().unwrap_or(Value::Null),
+        "digest": digest.map(|d| d.to_string()),
+        "results": preds.iter().map(|p| json!({"label": p.label, "index": p.index, "probabilities": p.probabilities, "logits": p.logits})).collect::<Vec<_>>(),
+    }))
+}
+
+async fn completions(s: Arc<Shared>, body: Bytes) -> Result<Value, ApiError> {
+    let v = parse_body(&body)?;
+    let model = v.get("model").and_then(Value::as_str).ok_or_else(|| bad("\"model\" (BASE or BASE:REF) is required"))?.to_string();
+    let prompt = match v.get("prompt") {
+        Some(Value::String(p)) => p.clone(),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
+        _ => return Err(bad("\"prompt\" must be a string")),
+    };
+    let max_tokens = match v.get("max_tokens") {
+        None | Some(Value::Null) => 16,
+        Some(x) => x.as_u64().filter(|&n| n <= 4096).ok_or_else(|| bad("\"max_tokens\" must be an integer in 0..=4096"))? as usize,
+    };
+    let temperature = match v.get("temperature") {
+        None | Some(Value::Null) => 0.0,
+        Some(x) => x.as_f64().filter(|t| (0.0..=5.0).contains(t)).ok_or_else(|| bad("\"temperature\" must be a number in [0, 5]"))?,
+    };
+    let (base, spec) = match model.split_once(':') {
+        Some((b, r)) => (b.to_string(), Some(r.to_string())),
+        None => (model.clone(), None),
+    };
+    if base != s.base_id && base != s.base_fp.to_string() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("model {base:?} is not served here (serving {:?})", s.base_id)));
+    }
+    if !matches!(s.engine.net, Net::Llama(_)) {
+        return Err(bad("this base is not a causal LM (use /v1/classify)"));
+    }
+    let s2 = s.clone();
+    let (ids, n_prompt, text) = blocking(move || {
+        let a = match &spec {
+            Some(r) => Some(s2.adapter(r)?.1),
+            None => None,
+        };
+        Ok(s2.engine.generate(&prompt, max_tokens, temperature, a)?)
+    })
+    .await?;
+    let new = ids.len() - n_prompt;
+    let eos = match &s.engine.net {
+        Net::Llama(l) => l.cfg.eos_ids(),
+        _ => vec![],
+    };
+    let finish = if ids.last().is_some_and(|t| eos.contains(t)) && new > 0 { "stop" } else { "length" };
+    Ok(json!({
+        "id": format!("cmpl-{:x}", crate::util::unique_suffix()),
+        "object": "text_completion",
+        "created": crate::util::now_secs(),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "token_ids": &ids[n_prompt..]}],
+        "usage": {"prompt_tokens": n_prompt, "completion_tokens": new, "total_tokens": ids.len()},
+    }))
+}
+
+async fn list_adapters(s: Arc<Shared>) -> Result<Value, ApiError> {
+    blocking(move || {
+        let resident: Vec<Value> = {
+            let c = s.cache.lock().expect("cache lock");
+            let mut v: Vec<Value> = c
+                .entries
+                .iter()
+                .map(|(d, e)| json!({"digest": d.to_string(), "bytes": e.adapter.bytes, "in_use": Arc::strong_count(&e.adapter) > 1}))
+                .collect();
+            v.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
+            v
+        };
+        let stored = s.store.lock().expect("store lock").list(Some(&s.base_fp))?;
+        Ok(json!({"base": s.base_fp.to_string(), "resident": resident, "stored": stored}))
+    })
+    .await
+}
+
+async fn adapter_action(s: Arc<Shared>, spec: String, action: String) -> Result<Value, ApiError> {
+    blocking(move || match action.as_str() {
+        "load" => {
+            let (d, a) = s.adapter(&spec)?;
+            Ok(json!({"ref": spec, "digest": d.to_string(), "bytes": a.bytes, "resident": true}))
+        }
+        "unload" => {
+            let d = s.store.lock().expect("store lock").resolve(&spec)?;
+            let removed = s.cache.lock().expect("cache lock").remove(&d);
+            if removed {
+                s.store.lock().expect("store lock").release(&d, &s.holder)?;
+            }
+            Ok(json!({"ref": spec, "digest": d.to_string(), "resident": false, "was_resident": removed}))
+        }
+        other => Err(ApiError(StatusCode::NOT_FOUND, format!("unknown adapter action {other:?} (load, unload)"))),
+    })
+    .await
+}
+
+fn respond(s: &Shared, endpoint: &str, t0: Instant, r: Result<Value, ApiError>) -> Response {
+    let resp = match r {
+        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    };
+    s.metrics.observe(endpoint, resp.status().as_u16(), t0.elapsed().as_secs_f64());
+    resp
+}
+
+macro_rules! guarded {
+    ($s:expr, $h:expr, $ep:expr, $t0:expr, $body:expr) => {{
+        if !$s.authorized(&$h) {
+            respond(&$s, $ep, $t0, Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())))
+        } else {
+            let r = $body.await;
+            respond(&$s, $ep, $t0, r)
+        }
+    }};
+}
+
+/// The router over shared state (also used by tests through `start`).
+fn router(s: Arc<Shared>) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|State(s): State<Arc<Shared>>| async move {
+                let t0 = Instant::now();
+                let v = json!({"status": "ok", "base": s.base_fp.to_string(), "model": s.base_id, "arch": s.engine.base.arch.name()});
+                respond(&s, "/health", t0, Ok(v))
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<Shared>>, h: HeaderMap| async move {
+                if !s.authorized(&h) {
+                    return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+                }
+                let (bytes, n) = {
+                    let c = s.cache.lock().expect("cache lock");
+                    (c.resident_bytes(), c.entries.len())
+                };
+                let text = s.metrics.render(bytes, n, s.queued.load(Ordering::Relaxed));
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+            }),
+        )
+        .route(
+            "/v1/classify",
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, body: Bytes| async move {
+                let t0 = Instant::now();
+                guarded!(s, h, "/v1/classify", t0, classify(s.clone(), body))
+            }),
+        )
+        .route(
+            "/v1/completions",
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, body: Bytes| async move {
+                let t0 = Instant::now();
+                guarded!(s, h, "/v1/completions", t0, completions(s.clone(), body))
+            }),
+        )
+        .route(
+            "/v1/adapters",
+            get(|State(s): State<Arc<Shared>>, h: HeaderMap| async move {
+                let t0 = Instant::now();
+                guarded!(s, h, "/v1/adapters", t0, list_adapters(s.clone()))
+            }),
+        )
+        .route(
+            "/v1/adapters/{ref}/{action}",
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, UrlPath((r, action)): UrlPath<(String, String)>| async move {
+                let t0 = Instant::now();
+                guarded!(s, h, "/v1/adapters/action", t0, adapter_action(s.clone(), r, action))
+            }),
+        )
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()).into_response() })
+        .with_state(s)
+}
+
+fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<Job>)> {
+    let store = Store::open(&opts.home)?;
+    let base = BaseDir::open(&opts.base)?;
+    let base_fp = store.base_fingerprint(&base)?;
+    let base_id = base.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "base".into());
+    let engine = Arc::new(Engine::load(base, crate::model::device(opts.cuda)?)?);
+    let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+    let shared = Arc::new(Shared {
+        engine,
+        base_fp,
+        base_id,
+        store: Mutex::new(store),
+        cache: Mutex::new(Cache::new(opts.cache_bytes)),
+        jobs: tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        metrics: Default::default(),
+        token: opts.token.clone().filter(|t| !t.is_empty()),
+        holder: format!("serve-{}-{:x}", std::process::id(), crate::util::unique_suffix()),
+    });
+    Ok((shared, rx))
+}
+
+/// Binds, calls `on_bind` with the bound address, and serves until Ctrl-C / SIGTERM.
+pub fn run_blocking(opts: Options, on_bind: impl FnOnce(std::net::SocketAddr)) -> Result<()> {
+    let (shared, rx) = build(&opts)?;
+    let engine = shared.engine.clone();
+    let queued = shared.queued.clone();
+    let weak = Arc::downgrade(&shared);
+    let max_batch = opts.max_batch.max(1);
+    std::thread::Builder::new()
+        .name("loradex-batcher".into())
+        .spawn(move || batcher(engine, rx, max_batch, queued, weak))
+        .map_err(|e| Error::io("batcher thread", e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
+    let holder = shared.holder.clone();
+    let s2 = shared.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&opts.addr).await.map_err(|e| Error::io(opts.addr.clone(), e))?;
+        on_bind(listener.local_addr().map_err(|e| Error::io(opts.addr.clone(), e))?);
+        axum::serve(listener, router(shared))
+            .with_graceful_shutdown(async {
+                let ctrl_c = tokio::signal::ctrl_c();
+                #[cfg(unix)]
+                {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                    tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+                }
+                #[cfg(not(unix))]
+                let _ = ctrl_c.await;
+            })
+            .await
+            .map_err(|e| Error::io("http server", e))
+    })?;
+    // release our leases so prune may take the adapters again
+    let s = s2.store.lock().expect("store lock");
+    let resident: Vec<Digest> = s2.cache.lock().expect("cache lock").entries.keys().copied().collect();
+    for d in resident {
+        let _ = s.release(&d, &holder);
+    }
+    Ok(())
+}

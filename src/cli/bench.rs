@@ -1,0 +1,417 @@
+//! `loradex bench …`: benchmarks that print each figure beside a baseline measured in the
+//! same run (ratios), plus the goal and the PEFT reference figures from the issues.
+
+use clap::Subcommand;
+use loradex::base::BaseDir;
+use loradex::error::{Error, Result};
+use loradex::model::lora::Routing;
+use loradex::model::{Engine, Net};
+use loradex::store::{Ref, Store};
+use loradex::synth;
+use loradex::train::{LoraSpec, Task, Trainer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// `ls` and `prune --dry-run` over N stored adapters
+    Store {
+        #[arg(long, default_value_t = 100_000)]
+        n: usize,
+    },
+    /// Mixed-adapter batch vs single adapter vs base; activation, load from store, merge
+    Model {
+        /// BERT base directory (default: a random BERT-base written to a temp dir)
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        seq: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    /// Training throughput: r=8 q,v, batch 8, seq 128
+    Train {
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
+    /// HTTP load: 32 concurrent clients over 16 adapters vs 1 adapter
+    Serve {
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 16)]
+        adapters: usize,
+        #[arg(long, default_value_t = 20)]
+        requests_per_client: usize,
+    },
+}
+
+fn tmpdir(tag: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("loradex-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    Ok(d)
+}
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+    f()?; // warm-up
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
+
+/// A BERT base: the given directory, or a random one of BERT-base shape.
+fn bert_base(spec: &Option<String>, tmp: &Path, labels: &[&str]) -> Result<BaseDir> {
+    match spec {
+        Some(s) => BaseDir::open(s),
+        None => {
+            let d = tmp.join("bert-base-random");
+            synth::bert(&d, &synth::Shape::bert_base(), labels, 7)?;
+            BaseDir::open_dir(&d)
+        }
+    }
+}
+
+/// Writes a random PEFT adapter (rank r on `targets`) for the engine's BERT into `dir`.
+fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64, head_labels: usize) -> Result<()> {
+    let spec = LoraSpec {
+        r,
+        alpha: 2.0 * r as f64,
+        dropout: 0.0,
+        use_rslora: false,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        modules_to_save: if head_labels > 0 { vec!["classifier".into()] } else { vec![] },
+        learning_rate: 1e-3,
+        weight_decay: 0.0,
+        max_grad_norm: 0.0,
+        seed,
+    };
+    let labels: Vec<String> = (0..head_labels.max(e.labels.len())).map(|i| format!("L{i}")).collect();
+    let eng = Engine::load(e.base.clone(), e.device.clone())?;
+    let tr = Trainer::new(eng, Task::SeqCls, spec, labels)?;
+    // B starts at zero; give it random values so the adapter changes outputs
+    let mut w = tr.weights_bytes()?;
+    let mut rng = loradex::util::Rng::new(seed);
+    let (hlen, _) = loradex::peft::safetensors::read_header(&w, "bench")?;
+    let hlen = hlen + 8;
+    for c in w[hlen..].chunks_exact_mut(4) {
+        let x = (rng.next_f32() - 0.5) * 0.02;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    loradex::peft::write_dir(dir, &tr.config_bytes(None), &w)
+}
+
+pub fn run(which: Which, _home: &Path) -> Result<i32> {
+    match which {
+        Which::Store { n } => bench_store(n)?,
+        Which::Model { base, batch, seq, reps } => bench_model(&base, batch, seq, reps)?,
+        Which::Train { base, batch, seq, steps } => bench_train(&base, batch, seq, steps)?,
+        Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
+    }
+    Ok(0)
+}
+
+fn bench_store(n: usize) -> Result<()> {
+    let tmp = tmpdir("store")?;
+    let mut s = Store::open(&tmp)?;
+    let t = Instant::now();
+    {
+        let conn = s.connection();
+        let tx = conn.transaction()?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT INTO adapters(digest, manifest_digest, config_digest, weights_digest, base_fingerprint, base_arch, task, rank, alpha,
+                   use_rslora, target_modules, modules_to_save, labels, provenance, created_at, last_used_at, size)
+                 VALUES(?1, ?1, ?2, ?3, ?4, 'bert', 'SEQ_CLS', 8, 16, 0, '[\"query\",\"value\"]', '[\"classifier\"]', '[]', '{}', ?5, ?6, 1200000)",
+            )?;
+            let mut r = tx.prepare("INSERT INTO refs(name, tag, digest, updated_at) VALUES(?1, ?2, ?3, ?4)")?;
+            let base = loradex::digest::Digest::of(b"base").to_string();
+            let now = loradex::util::now_secs();
+            for i in 0..n {
+                let d = loradex::digest::Digest::of(format!("a{i}").as_bytes()).to_string();
+                let c = loradex::digest::Digest::of(format!("c{i}").as_bytes()).to_string();
+                let w = loradex::digest::Digest::of(format!("w{i}").as_bytes()).to_string();
+                let created = now - (n - i) as i64 * 60;
+                ins.execute(rusqlite::params![d, c, w, base, created, created + 30])?;
+                r.execute(rusqlite::params![format!("team{}/domain{}", i % 100, i / 100 % 50), format!("v{}", i / 5000), d, created])?;
+            }
+        }
+        tx.commit()?;
+    }
+    println!("bench store: {n} adapters indexed in {:.2} s", t.elapsed().as_secs_f64());
+    // baseline: a bare scan of the same rows
+    let scan = time(3, || {
+        let c = s.connection();
+        let mut st = c.prepare("SELECT digest, size FROM adapters")?;
+        let n: usize = st.query_map([], |r| r.get::<_, String>(0))?.count();
+        Ok(n)
+    })?;
+    let ls = time(3, || {
+        let rows = s.list(None)?;
+        let mut out = std::io::sink();
+        use std::io::Write;
+        for r in &rows {
+            writeln!(out, "{} {} {:?} {} {}", r.r#ref, r.digest, r.task, r.rank, r.size).map_err(|e| Error::io("sink", e))?;
+        }
+        Ok(rows.len())
+    })?;
+    let ls_json = time(3, || Ok(serde_json::to_vec(&s.list(None)?).map_err(|e| Error::json("ls", e))?.len()))?;
+    let prune_keep = time(3, || s.prune(&loradex::store::PrunePolicy { keep_last: Some(3), ..Default::default() }, true).map(|r| r.adapters.len()))?;
+    let prune_age = time(3, || {
+        s.prune(&loradex::store::PrunePolicy { older_than: Some(86400), unused_for: Some(3600), ..Default::default() }, true).map(|r| r.adapters.len())
+    })?;
+    println!("  baseline: bare index scan      {:>8.1} ms", scan * 1e3);
+    println!("  ls (table)                     {:>8.1} ms  ({:.1}x scan; goal < 100 ms)", ls * 1e3, ls / scan);
+    println!("  ls --json                      {:>8.1} ms  ({:.1}x scan; goal < 100 ms)", ls_json * 1e3, ls_json / scan);
+    println!("  prune --dry-run --keep-last 3  {:>8.1} ms  ({:.1}x scan; goal < 1000 ms)", prune_keep * 1e3, prune_keep / scan);
+    println!("  prune --dry-run --older-than 1d --unused-for 1h {:>6.1} ms  ({:.1}x scan; goal < 1000 ms)", prune_age * 1e3, prune_age / scan);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize) -> Result<()> {
+    let tmp = tmpdir("model")?;
+    let b = bert_base(base, &tmp, &["neg", "pos"])?;
+    let mut e = Engine::load(b.clone(), candle_core::Device::Cpu)?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("bench model: BERT hidden {} layers {}, batch {batch} x {seq} tokens, {threads} threads", hidden(&e), layers(&e));
+    // adapters: 64 rank-8 q,v adapters with heads
+    let n_ad = batch.max(1);
+    let mut adapters = vec![];
+    for i in 0..n_ad {
+        let d = tmp.join(format!("ad{i}"));
+        random_adapter(&e, &d, 8, &["query", "value"], 100 + i as u64, 2)?;
+        let f = loradex::peft::read_dir(&d)?;
+        adapters.push(e.adapter(&format!("ad{i}"), &f.config_bytes, &f.weights_bytes, vec![])?);
+    }
+    let tok = e.tok()?;
+    let words = synth::WORDS;
+    let rows: Vec<(Vec<u32>, Vec<u32>)> = (0..batch)
+        .map(|i| {
+            let text: Vec<&str> = (0..seq.saturating_sub(2)).map(|j| words[(i * 7 + j * 3) % words.len()]).collect();
+            let (mut ids, mut tt) = tok.encode(&text.join(" "), seq).expect("encodes");
+            ids.truncate(seq);
+            tt.truncate(seq);
+            (ids, tt)
+        })
+        .collect();
+    let bt = loradex::model::pad_batch(&rows, tok.pad_id, &e.device)?;
+    let base_t = time(reps, || e.classify_batch(&bt, &Routing::base(batch)))?;
+    let single_t = time(reps, || e.classify_batch(&bt, &Routing::single(adapters[0].clone(), batch)))?;
+    let mixed = Routing { adapters: adapters.clone(), rows: (0..batch).map(|i| Some(i % n_ad)).collect() };
+    let mixed_t = time(reps, || e.classify_batch(&bt, &mixed))?;
+    let rps = |t: f64| batch as f64 / t;
+    println!("  base alone                 {:>8.1} ms/batch {:>8.1} rows/s", base_t * 1e3, rps(base_t));
+    println!("  one adapter                {:>8.1} ms/batch {:>8.1} rows/s  ({:.2}x base)", single_t * 1e3, rps(single_t), base_t / single_t);
+    println!(
+        "  {n_ad} adapters mixed          {:>8.1} ms/batch {:>8.1} rows/s  ({:.2}x one adapter; goal >= 0.9x, PEFT on GPU: 0.1x)",
+        mixed_t * 1e3,
+        rps(mixed_t),
+        single_t / mixed_t
+    );
+    // activation of a resident adapter: cache lookup + routing for a request
+    let mut cache: std::collections::HashMap<String, std::sync::Arc<loradex::model::lora::LoadedAdapter>> =
+        adapters.iter().map(|a| (a.id.clone(), a.clone())).collect();
+    cache.insert("x".into(), adapters[0].clone());
+    let n_act = 100_000;
+    let t = Instant::now();
+    let mut sink = 0usize;
+    for i in 0..n_act {
+        let a = cache.get(&format!("ad{}", i % n_ad)).expect("resident").clone();
+        sink += Routing::single(a, 1).rows.len();
+    }
+    let act = t.elapsed().as_secs_f64() / n_act as f64;
+    println!("  activate resident adapter  {:>8.4} ms  (goal < 0.1 ms) [{sink}]", act * 1e3);
+    // load from the store: resolve + read blobs + build tensors
+    let home = tmp.join("store");
+    let mut s = Store::open(&home)?;
+    let dir = tmp.join("load-me");
+    random_adapter(&e, &dir, 8, &["query", "value"], 999, 0)?;
+    let size = std::fs::metadata(dir.join("adapter_model.safetensors")).map(|m| m.len()).unwrap_or(0);
+    loradex::adapters::import_dir(&mut s, &dir, &Ref::parse("bench/qv:latest")?, &b, None)?;
+    let fp = s.base_fingerprint(&b)?;
+    let load_t = time(20, || {
+        let f = loradex::adapters::fetch("bench/qv:latest", Some(&s), &e.base, Some(&fp))?;
+        e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)
+    })?;
+    let parse_only = time(20, || {
+        let f = loradex::peft::read_dir(&dir)?;
+        Ok(f.weights_bytes.len())
+    })?;
+    println!(
+        "  load from store ({:.2} MB)  {:>8.2} ms  (baseline read of the PEFT dir: {:.2} ms, {:.1}x; goal < 5 ms; PEFT load_adapter: 123 ms)",
+        size as f64 / 1e6,
+        load_t * 1e3,
+        parse_only * 1e3,
+        load_t / parse_only
+    );
+    let f = loradex::adapters::fetch("bench/qv:latest", Some(&s), &e.base, Some(&fp))?;
+    let a = e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)?;
+    let merge_t = time(5, || {
+        e.merge(&a, 1.0)?;
+        e.merge(&a, -1.0)
+    })? / 2.0;
+    println!("  merge into base            {:>8.2} ms  (goal: beat PEFT merge, 20 ms on 2 threads)", merge_t * 1e3);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn hidden(e: &Engine) -> usize {
+    e.base.hidden_size().unwrap_or(0)
+}
+fn layers(e: &Engine) -> usize {
+    e.base.config.get("num_hidden_layers").and_then(|v| v.as_u64()).unwrap_or(0) as usize
+}
+
+fn bench_train(base: &Option<String>, batch: usize, seq: usize, steps: usize) -> Result<()> {
+    let tmp = tmpdir("train")?;
+    let b = bert_base(base, &tmp, &["neg", "pos"])?;
+    let e = Engine::load(b, candle_core::Device::Cpu)?;
+    let spec = LoraSpec {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.1,
+        use_rslora: false,
+        target_modules: vec!["query".into(), "value".into()],
+        modules_to_save: vec!["classifier".into()],
+        learning_rate: 2e-4,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        seed: 1,
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("bench train: BERT hidden {} layers {}, r=8 q,v + head, batch {batch} x {seq} tokens, {threads} threads", hidden(&e), layers(&e));
+    let mut tr = Trainer::new(e, Task::SeqCls, spec, vec!["neg".into(), "pos".into()])?;
+    let words = synth::WORDS;
+    let texts: Vec<loradex::train::Example> = (0..batch)
+        .map(|i| loradex::train::Example {
+            text: (0..seq).map(|j| words[(i * 5 + j * 3) % words.len()]).collect::<Vec<_>>().join(" "),
+            completion: None,
+            label: Some(if i % 2 == 0 { "neg" } else { "pos" }.into()),
+        })
+        .collect();
+    let refs: Vec<&loradex::train::Example> = texts.iter().collect();
+    let (bt, targets, _) = tr.encode(&refs, seq)?;
+    let fwd = time(steps, || {
+        let Net::Bert(m) = &tr.engine.net else { unreachable!() };
+        let r = Routing::base(batch);
+        m.pooled(&bt.ids, &bt.type_ids, &bt.mask, &loradex::model::lora::Ctx::infer(&r))
+    })?;
+    let step = time(steps, || tr.step(&bt, &targets, None, 2e-4))?;
+    println!("  baseline: inference forward {:>8.3} s/batch", fwd);
+    println!(
+        "  train step (fwd+bwd+AdamW)  {:>8.3} s/step  {:.1} samples/s  ({:.1}x forward; PEFT+PyTorch: 3.19 s/step on 2 threads -> {:.2}x PEFT speed)",
+        step,
+        batch as f64 / step,
+        step / fwd,
+        3.19 / step
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn bench_serve(base: &Option<String>, clients: usize, n_adapters: usize, per_client: usize) -> Result<()> {
+    let tmp = tmpdir("serve")?;
+    let b = match base {
+        Some(s) => BaseDir::open(s)?,
+        None => {
+            let d = tmp.join("bert-small");
+            synth::bert(&d, &synth::Shape { hidden: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512 }, &["neg", "pos"], 3)?;
+            BaseDir::open_dir(&d)?
+        }
+    };
+    let home = tmp.join("home");
+    let mut s = Store::open(&home)?;
+    let e = Engine::load(b.clone(), candle_core::Device::Cpu)?;
+    for i in 0..n_adapters {
+        let d = tmp.join(format!("ad{i}"));
+        random_adapter(&e, &d, 8, &["query", "value"], 500 + i as u64, 2)?;
+        loradex::adapters::import_dir(&mut s, &d, &Ref::parse(&format!("bench/a{i}"))?, &b, None)?;
+    }
+    drop(s);
+    drop(e);
+    let opts = loradex::serve::Options {
+        base: b.dir.display().to_string(),
+        addr: "127.0.0.1:0".into(),
+        cache_bytes: 1 << 30,
+        max_batch: 64,
+        max_queue: 1024,
+        token: None,
+        cuda: false,
+        home: home.clone(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = loradex::serve::run_blocking(opts, move |a| {
+            let _ = tx.send(a);
+        });
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(120)).map_err(|_| Error::Model("server did not start".into()))?;
+    println!("bench serve: {clients} clients x {per_client} requests (2 texts each), loopback {addr}");
+    let run = |adapters: usize| -> Result<(f64, Vec<f64>)> {
+        let t = Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                std::thread::spawn(move || -> std::result::Result<Vec<f64>, String> {
+                    let mut lat = vec![];
+                    for k in 0..per_client {
+                        let a = (c + k) % adapters;
+                        let body = format!("{{\"adapter\":\"bench/a{a}\",\"texts\":[\"the movie was great\",\"awful plot and boring acting\"]}}");
+                        let t0 = Instant::now();
+                        let (status, _) = http_post(addr, "/v1/classify", &body).map_err(|e| e.to_string())?;
+                        if status != 200 {
+                            return Err(format!("status {status}"));
+                        }
+                        lat.push(t0.elapsed().as_secs_f64());
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        let mut all = vec![];
+        for h in handles {
+            all.extend(h.join().map_err(|_| Error::Model("client panicked".into()))?.map_err(Error::Model)?);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        all.sort_by(|a, b| a.total_cmp(b));
+        Ok((all.len() as f64 / secs, all))
+    };
+    run(n_adapters)?; // warm-up: loads every adapter
+    let (one_rps, one_lat) = run(1)?;
+    let (many_rps, many_lat) = run(n_adapters)?;
+    let pct = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize] * 1e3;
+    println!("  1 adapter    {:>8.1} req/s  p50 {:>7.1} ms  p99 {:>7.1} ms", one_rps, pct(&one_lat, 0.5), pct(&one_lat, 0.99));
+    println!(
+        "  {n_adapters} adapters  {:>8.1} req/s  p50 {:>7.1} ms  p99 {:>7.1} ms  ({:.2}x one adapter; goal >= 0.9)",
+        many_rps,
+        pct(&many_lat, 0.5),
+        pct(&many_lat, 0.99),
+        many_rps / one_rps
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Minimal HTTP/1.1 POST over loopback (the load generator needs nothing more).
+pub fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}

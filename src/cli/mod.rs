@@ -1,0 +1,519 @@
+//! Command-line interface: turns validated arguments into library calls and prints results
+//! (human tables, or `--json`). The only place (with `bench`) that writes to stdout/stderr.
+
+mod bench;
+
+use clap::{Parser, Subcommand};
+use loradex::adapters;
+use loradex::base::BaseDir;
+use loradex::error::{Error, Result};
+use loradex::model::lora::Routing;
+use loradex::model::Engine;
+use loradex::store::{self, PrunePolicy, Ref, Store};
+use loradex::util::{parse_duration, rfc3339};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "loradex", version, about = "LoRA/PEFT adapter manager: store, train, merge and serve adapters on one shared base model")]
+struct Cli {
+    /// Store directory (default: $LORADEX_HOME, else $XDG_DATA_HOME/loradex)
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Store a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)
+    Import {
+        dir: PathBuf,
+        #[arg(long, value_name = "NAME[:TAG]")]
+        name: String,
+        /// Base model directory (or hub repo id) the adapter was trained on
+        #[arg(long)]
+        base: String,
+        /// Label names of the classification head, comma-separated
+        #[arg(long, value_delimiter = ',')]
+        labels: Option<Vec<String>>,
+    },
+    /// Write a stored adapter as a PEFT-loadable directory
+    Export { r#ref: String, out: PathBuf },
+    /// List stored adapters
+    Ls {
+        /// Only adapters for this base model directory
+        #[arg(long)]
+        base: Option<String>,
+    },
+    /// Show one adapter's manifest
+    Show { r#ref: String },
+    /// Point NEWREF at the adapter REF names
+    Tag { r#ref: String, new_ref: String },
+    /// Remove a ref (an adapter left without refs is removed from the index)
+    Rm { r#ref: String },
+    /// Remove adapters by age/use policy, then sweep their blobs
+    Prune {
+        /// Always keep the N newest adapters of each name
+        #[arg(long)]
+        keep_last: Option<usize>,
+        /// Only adapters created longer ago than DUR (e.g. 30d, 12h)
+        #[arg(long, value_name = "DUR")]
+        older_than: Option<String>,
+        /// Only adapters not used for DUR
+        #[arg(long, value_name = "DUR")]
+        unused_for: Option<String>,
+        /// Grace period for unreferenced blobs
+        #[arg(long, value_name = "DUR", default_value = "1h")]
+        grace: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Mark-and-sweep blobs no adapter references (older than the grace period)
+    Gc {
+        #[arg(long, value_name = "DUR", default_value = "1h")]
+        grace: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-hash every blob and report corrupt or missing ones (exit 1 if any)
+    Verify,
+    /// Classify texts with a BERT base, optionally through adapters
+    Predict {
+        #[arg(long)]
+        base: String,
+        /// Store ref or PEFT directory; one for all texts, or one per text (`base` = none)
+        #[arg(long)]
+        adapter: Vec<String>,
+        /// Merge the (single) adapter into the weights instead of applying it unmerged
+        #[arg(long)]
+        merged: bool,
+        #[arg(long, required = true, num_args = 1..)]
+        text: Vec<String>,
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Generate text with a Llama base (greedy unless --temperature > 0)
+    Generate {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        adapter: Option<String>,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Merge an adapter into the base and write a standalone model directory
+    Merge {
+        r#ref: String,
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train a LoRA adapter from a recipe (TOML) and store it
+    Train {
+        recipe: PathBuf,
+        /// Override a recipe field: --set key=value (repeatable)
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Override the ref to store under
+        #[arg(long)]
+        name: Option<String>,
+        /// Override the base model
+        #[arg(long)]
+        base: Option<String>,
+        /// Override the number of epochs
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Override the seed
+        #[arg(long)]
+        seed: Option<u64>,
+        /// No progress bar
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Serve classification and completions over HTTP with per-request adapters
+    Serve {
+        #[arg(long)]
+        base: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Bound on resident adapter bytes (LRU)
+        #[arg(long, default_value_t = 256 << 20)]
+        cache_bytes: usize,
+        /// Most rows in one forward
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        /// Most requests waiting before 503
+        #[arg(long, default_value_t = 256)]
+        max_queue: usize,
+        /// Require `Authorization: Bearer TOKEN` (also $LORADEX_TOKEN)
+        #[arg(long, env = "LORADEX_TOKEN")]
+        token: Option<String>,
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Benchmarks that print ratios against a baseline measured in the same run
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let home = cli.home.clone().unwrap_or_else(store::default_home);
+    match run(cli, home) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+fn open_store(home: &std::path::Path) -> Result<Store> {
+    Store::open(home)
+}
+
+/// Loads a base and, when a store is at hand, its fingerprint.
+fn load_engine(base: &str, store: &Store, cuda: bool) -> Result<(Engine, loradex::digest::Digest)> {
+    let b = BaseDir::open(base)?;
+    let fp = store.base_fingerprint(&b)?;
+    Ok((Engine::load(b, loradex::model::device(cuda)?)?, fp))
+}
+
+fn run(cli: Cli, home: PathBuf) -> Result<i32> {
+    let js = cli.json;
+    match cli.cmd {
+        Cmd::Import { dir, name, base, labels } => {
+            let name = Ref::parse(&name)?;
+            let base = BaseDir::open(&base)?;
+            let mut s = open_store(&home)?;
+            let d = adapters::import_dir(&mut s, &dir, &name, &base, labels)?;
+            if js {
+                print_json(&s.manifest(&d)?);
+            } else {
+                println!("{d}");
+            }
+        }
+        Cmd::Export { r#ref, out } => {
+            let s = open_store(&home)?;
+            let d = adapters::export(&s, &r#ref, &out)?;
+            if js {
+                print_json(&json!({"digest": d, "out": out}));
+            } else {
+                println!("{d} -> {}", out.display());
+            }
+        }
+        Cmd::Ls { base } => {
+            let s = open_store(&home)?;
+            let fp = match base {
+                Some(b) => Some(s.base_fingerprint(&BaseDir::open(&b)?)?),
+                None => None,
+            };
+            let rows = s.list(fp.as_ref())?;
+            ls_print(&rows, js);
+        }
+        Cmd::Show { r#ref } => {
+            let s = open_store(&home)?;
+            let m = s.manifest(&s.resolve(&r#ref)?)?;
+            if js {
+                print_json(&m);
+            } else {
+                show_print(&m);
+            }
+        }
+        Cmd::Tag { r#ref, new_ref } => {
+            let new_ref = Ref::parse(&new_ref)?;
+            let mut s = open_store(&home)?;
+            let d = s.tag(&r#ref, &new_ref)?;
+            if js {
+                print_json(&json!({"ref": new_ref.to_string(), "digest": d}));
+            } else {
+                println!("{new_ref} -> {d}");
+            }
+        }
+        Cmd::Rm { r#ref } => {
+            let mut s = open_store(&home)?;
+            let d = s.rm(&r#ref)?;
+            if js {
+                print_json(&json!({"removed": r#ref, "digest": d}));
+            } else {
+                println!("removed {}", r#ref);
+            }
+        }
+        Cmd::Prune { keep_last, older_than, unused_for, grace, dry_run } => {
+            let policy = PrunePolicy {
+                keep_last,
+                older_than: older_than.as_deref().map(parse_duration).transpose()?,
+                unused_for: unused_for.as_deref().map(parse_duration).transpose()?,
+                grace: parse_duration(&grace)?,
+            };
+            let mut s = open_store(&home)?;
+            let rep = s.prune(&policy, dry_run)?;
+            if js {
+                print_json(&rep);
+            } else {
+                let verb = if dry_run { "would remove" } else { "removed" };
+                for a in &rep.adapters {
+                    println!("{verb} {a}");
+                }
+                println!("{verb} {} adapter(s), {} ref(s)", rep.adapters.len(), rep.refs.len());
+                if let Some(g) = &rep.gc {
+                    println!("swept {} blob(s), {} bytes", g.removed.len(), g.removed_bytes);
+                }
+            }
+        }
+        Cmd::Gc { grace, dry_run } => {
+            let mut s = open_store(&home)?;
+            let rep = s.gc(parse_duration(&grace)?, dry_run)?;
+            if js {
+                print_json(&rep);
+            } else {
+                let verb = if dry_run { "would remove" } else { "removed" };
+                println!(
+                    "{verb} {} blob(s) ({} bytes), {} temp file(s); {} referenced, {} within grace",
+                    rep.removed.len(),
+                    rep.removed_bytes,
+                    rep.temp_files_removed,
+                    rep.referenced,
+                    rep.kept_in_grace
+                );
+            }
+        }
+        Cmd::Verify => {
+            let s = open_store(&home)?;
+            let rep = s.verify()?;
+            let integrity = s.integrity_check()?;
+            if js {
+                print_json(&json!({"report": rep, "index_integrity": integrity, "ok": rep.ok() && integrity == "ok"}));
+            } else {
+                for c in &rep.corrupt {
+                    println!("CORRUPT {c}");
+                }
+                for m in &rep.missing {
+                    println!("MISSING {m}");
+                }
+                for s in &rep.stray {
+                    println!("STRAY   {s}");
+                }
+                println!("checked {} blob(s), {} bytes; index: {integrity}", rep.checked, rep.bytes);
+            }
+            if !rep.ok() || integrity != "ok" {
+                return Ok(1);
+            }
+        }
+        Cmd::Predict { base, adapter, merged, text, cuda } => predict(&home, &base, &adapter, merged, &text, cuda, js)?,
+        Cmd::Generate { base, adapter, prompt, max_new_tokens, temperature, cuda } => {
+            let s = open_store(&home)?;
+            let (e, fp) = load_engine(&base, &s, cuda)?;
+            let a = match &adapter {
+                Some(spec) => {
+                    let f = adapters::fetch(spec, Some(&s), &e.base, Some(&fp))?;
+                    if let Some(d) = f.digest {
+                        s.touch(&d)?;
+                    }
+                    Some(e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)?)
+                }
+                None => None,
+            };
+            let (ids, n_prompt, text) = e.generate(&prompt, max_new_tokens, temperature, a)?;
+            if js {
+                print_json(&json!({"prompt_ids": &ids[..n_prompt], "ids": ids, "new_ids": &ids[n_prompt..], "text": text, "adapter": adapter}));
+            } else {
+                println!("{text}");
+            }
+        }
+        Cmd::Merge { r#ref, base, out } => {
+            let s = open_store(&home)?;
+            let (mut e, fp) = load_engine(&base, &s, false)?;
+            let f = adapters::fetch(&r#ref, Some(&s), &e.base, Some(&fp))?;
+            let a = e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)?;
+            e.merge(&a, 1.0)?;
+            e.save_dir(&out)?;
+            if js {
+                print_json(&json!({"adapter": r#ref, "digest": f.digest, "out": out}));
+            } else {
+                println!("merged {} into {}", r#ref, out.display());
+            }
+        }
+        Cmd::Train { recipe, sets, name, base, epochs, seed, quiet } => {
+            let mut r = loradex::train::Recipe::load(&recipe, &sets)?;
+            if let Some(n) = name {
+                r.name = n;
+            }
+            if let Some(b) = base {
+                r.base = b;
+            }
+            if let Some(e) = epochs {
+                r.train.epochs = e;
+            }
+            if let Some(s) = seed {
+                r.train.seed = s;
+            }
+            let mut s = open_store(&home)?;
+            let show_progress = !quiet && !js;
+            let report = loradex::train::train_and_store(&r, &mut s, &mut |p| {
+                if show_progress {
+                    progress(p)
+                }
+            })?;
+            if show_progress {
+                eprintln!();
+            }
+            if js {
+                print_json(&report);
+            } else {
+                println!("{} {}", report.r#ref, report.digest);
+                if let Some(m) = &report.best_metrics {
+                    println!("{}", serde_json::to_string(m).unwrap_or_default());
+                }
+            }
+        }
+        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda } => {
+            let opts = loradex::serve::Options { base, addr, cache_bytes, max_batch, max_queue, token, cuda, home };
+            loradex::serve::run_blocking(opts, |addr| eprintln!("loradex serving on http://{addr}"))?;
+        }
+        Cmd::Bench { which } => return bench::run(which, &home),
+    }
+    Ok(0)
+}
+
+fn progress(p: &loradex::train::Progress) {
+    use std::io::Write;
+    let width = 30;
+    let frac = if p.total_steps == 0 { 1.0 } else { p.step as f64 / p.total_steps as f64 };
+    let filled = (frac * width as f64).round() as usize;
+    let mut line = format!(
+        "\r[{}{}] epoch {}/{} step {}/{} loss {:.4} {:.1} samples/s",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        p.epoch,
+        p.epochs,
+        p.step,
+        p.total_steps,
+        p.loss,
+        p.samples_per_sec
+    );
+    if let Some(m) = &p.eval {
+        line.push_str(&format!(" | val acc {:.3} f1 {:.3}", m.accuracy, m.macro_f1));
+    }
+    eprint!("{line}");
+    let _ = std::io::stderr().flush();
+}
+
+fn ls_print(rows: &[store::ListRow], js: bool) {
+    use std::io::Write;
+    let out = std::io::stdout();
+    let mut w = std::io::BufWriter::new(out.lock());
+    if js {
+        let _ = serde_json::to_writer(&mut w, rows);
+        let _ = writeln!(w);
+        return;
+    }
+    let _ = writeln!(w, "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}", "REF", "DIGEST", "TASK", "RANK", "SIZE", "CREATED");
+    for r in rows {
+        let _ = writeln!(
+            w,
+            "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}",
+            r.r#ref,
+            r.digest.get(7..19).unwrap_or(&r.digest),
+            r.task.as_deref().unwrap_or("-"),
+            r.rank,
+            r.size,
+            rfc3339(r.created_at)
+        );
+    }
+}
+
+fn show_print(m: &store::Manifest) {
+    println!("digest:          {}", m.digest);
+    println!("refs:            {}", m.refs.join(", "));
+    println!("task:            {}", m.task.as_deref().unwrap_or("-"));
+    println!("base:            {} ({})", m.base_fingerprint, m.base_arch);
+    println!("rank / alpha:    {} / {}{}", m.rank, m.alpha, if m.use_rslora { " (rslora)" } else { "" });
+    println!("target modules:  {}", m.target_modules.join(", "));
+    println!("modules to save: {}", if m.modules_to_save.is_empty() { "-".into() } else { m.modules_to_save.join(", ") });
+    println!("labels:          {}", m.labels.join(", "));
+    println!("size:            {} bytes", m.size);
+    println!("created:         {}", m.created_at);
+    println!("last used:       {}", m.last_used_at.as_deref().unwrap_or("never"));
+    if let Some(metrics) = &m.metrics {
+        println!("metrics:         {}", serde_json::to_string(metrics).unwrap_or_default());
+    }
+    println!("provenance:      {}", serde_json::to_string(&m.provenance).unwrap_or_default());
+}
+
+fn predict(home: &std::path::Path, base: &str, specs: &[String], merged: bool, texts: &[String], cuda: bool, js: bool) -> Result<()> {
+    let s = open_store(home)?;
+    let (mut e, fp) = load_engine(base, &s, cuda)?;
+    let is_none = |a: &str| a == "base" || a == "none";
+    let mut loaded = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for spec in specs {
+        if is_none(spec) || names.contains(spec) {
+            continue;
+        }
+        let f = adapters::fetch(spec, Some(&s), &e.base, Some(&fp))?;
+        if let Some(d) = f.digest {
+            s.touch(&d)?;
+        }
+        loaded.push(e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)?);
+        names.push(spec.clone());
+    }
+    let slot = |spec: &str| if is_none(spec) { None } else { names.iter().position(|n| n == spec) };
+    let rows: Vec<Option<usize>> = match specs.len() {
+        0 => vec![None; texts.len()],
+        1 => vec![slot(&specs[0]); texts.len()],
+        n if n == texts.len() => specs.iter().map(|s| slot(s)).collect(),
+        n => {
+            return Err(Error::InvalidArgument(format!(
+                "{n} adapters for {} texts: give one adapter for all texts or one per text",
+                texts.len()
+            )))
+        }
+    };
+    let routing = if merged {
+        if loaded.len() != 1 {
+            return Err(Error::InvalidArgument("--merged needs exactly one adapter".into()));
+        }
+        let a = loaded[0].clone();
+        e.merge(&a, 1.0)?;
+        Routing::base(texts.len())
+    } else {
+        Routing { adapters: loaded, rows: rows.clone() }
+    };
+    let preds = e.classify(texts, &routing)?;
+    if js {
+        let results: Vec<_> = preds
+            .iter()
+            .zip(texts)
+            .zip(&rows)
+            .map(|((p, t), r)| {
+                json!({"text": t, "adapter": r.map(|i| names[i].clone()), "label": p.label, "index": p.index,
+                       "probabilities": p.probabilities, "logits": p.logits})
+            })
+            .collect();
+        print_json(&json!({"base": fp, "merged": merged, "results": results}));
+    } else {
+        for (p, t) in preds.iter().zip(texts) {
+            let prob = p.probabilities.get(p.index).copied().unwrap_or(0.0);
+            println!("{}\t{:.3}\t{}", p.label, prob, t);
+        }
+    }
+    Ok(())
+}

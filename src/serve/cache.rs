@@ -1,0 +1,66 @@
+//! Resident adapters: an LRU cache bounded in bytes, keyed by digest. An adapter some request
+//! still holds (its `Arc` is shared) is never evicted; the store lease keeps `prune` off it.
+
+use crate::digest::Digest;
+use crate::model::lora::LoadedAdapter;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Entry {
+    pub adapter: Arc<LoadedAdapter>,
+    pub last_use: u64,
+}
+
+#[derive(Default)]
+pub struct Cache {
+    pub entries: HashMap<Digest, Entry>,
+    pub budget: usize,
+    tick: u64,
+}
+
+impl Cache {
+    pub fn new(budget: usize) -> Cache {
+        Cache { entries: HashMap::new(), budget, tick: 0 }
+    }
+
+    pub fn resident_bytes(&self) -> usize {
+        self.entries.values().map(|e| e.adapter.bytes).sum()
+    }
+
+    pub fn get(&mut self, d: &Digest) -> Option<Arc<LoadedAdapter>> {
+        self.tick += 1;
+        let t = self.tick;
+        self.entries.get_mut(d).map(|e| {
+            e.last_use = t;
+            e.adapter.clone()
+        })
+    }
+
+    /// Inserts and evicts least-recently-used idle adapters until within budget. Returns the
+    /// evicted digests (for releasing their store leases).
+    pub fn insert(&mut self, d: Digest, a: Arc<LoadedAdapter>) -> Vec<Digest> {
+        self.tick += 1;
+        self.entries.insert(d, Entry { adapter: a, last_use: self.tick });
+        let mut evicted = vec![];
+        while self.resident_bytes() > self.budget {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(k, e)| **k != d && Arc::strong_count(&e.adapter) == 1)
+                .min_by_key(|(_, e)| e.last_use)
+                .map(|(k, _)| *k);
+            match victim {
+                Some(v) => {
+                    self.entries.remove(&v);
+                    evicted.push(v);
+                }
+                None => break, // everything else is in use: over budget until requests finish
+            }
+        }
+        evicted
+    }
+
+    pub fn remove(&mut self, d: &Digest) -> bool {
+        self.entries.remove(d).is_some()
+    }
+}
