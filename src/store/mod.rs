@@ -460,9 +460,10 @@ impl Store {
         tx.execute("DELETE FROM leases WHERE expires_at < ?1", [now])?;
         let age_filter = p.older_than.is_some() || p.unused_for.is_some();
         let sql = "
-          WITH ranked AS (
-            SELECT r.digest, ROW_NUMBER() OVER (PARTITION BY r.name ORDER BY a.created_at DESC, r.updated_at DESC) AS rn
-            FROM refs r JOIN adapters a ON a.digest = r.digest),
+          WITH pairs AS (
+            SELECT DISTINCT r.name, r.digest, a.created_at FROM refs r JOIN adapters a ON a.digest = r.digest),
+          ranked AS (
+            SELECT digest, ROW_NUMBER() OVER (PARTITION BY name ORDER BY created_at DESC, digest) AS rn FROM pairs),
           kept AS (SELECT digest FROM ranked WHERE ?1 IS NOT NULL AND rn <= ?1)
           SELECT a.digest FROM adapters a
           WHERE a.digest NOT IN (SELECT digest FROM kept)
@@ -550,7 +551,8 @@ impl Store {
         let tmp_dir = self.home.join("tmp");
         for e in std::fs::read_dir(&tmp_dir).at(&tmp_dir)? {
             let p = e.at(&tmp_dir)?.path();
-            if old_enough(&p) {
+            // a temp file is a writer's work in progress while that process lives
+            if old_enough(&p) && !writer_alive(&p) {
                 report.temp_files_removed += 1;
                 if !dry_run {
                     let _ = std::fs::remove_file(&p);
@@ -606,6 +608,24 @@ impl Store {
     pub fn connection(&mut self) -> &mut Connection {
         &mut self.conn
     }
+}
+
+/// Whether the process that named a temp file `blob-<pid>-…` still runs. Where that cannot be
+/// told (no /proc), the writer is assumed alive until the file is a day old.
+fn writer_alive(p: &Path) -> bool {
+    let pid = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("blob-")).and_then(|n| n.split('-').next());
+    let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else { return false };
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    if proc.is_dir() {
+        return proc.join(pid.to_string()).exists();
+    }
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().map(|d| d.as_secs() < 86400).unwrap_or(true))
+        .unwrap_or(false)
 }
 
 fn write_blob(home: &Path, bytes: &[u8]) -> Result<Digest> {

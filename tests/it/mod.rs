@@ -1,2 +1,3 @@
 mod common;
 mod fixtures;
+mod store;

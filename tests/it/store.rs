@@ -1,0 +1,271 @@
+//! The store: PEFT round trips, hostile inputs, crash safety and concurrent writers.
+
+use super::common::*;
+use loradex::peft::safetensors::{write_f32, SafeView};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn blob_files(home: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(home.join("blobs/sha256"))
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn ls_json(home: &Path) -> serde_json::Value {
+    json(&ok(home, &["--json", "ls"]))
+}
+
+/// Copies a PEFT dir, replacing the weights with a variant whose data bytes differ.
+fn variant(src: &Path, dst: &Path, seed: u8) {
+    std::fs::create_dir_all(dst).unwrap();
+    std::fs::copy(src.join("adapter_config.json"), dst.join("adapter_config.json")).unwrap();
+    let mut w = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    let n = w.len();
+    w[n - 1] ^= seed.max(1);
+    std::fs::write(dst.join("adapter_model.safetensors"), w).unwrap();
+}
+
+#[test]
+fn import_export_round_trips_every_fixture_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let cases: Vec<(PathBuf, PathBuf)> = vec![
+        (bert().join("adapter"), bert().join("base")),
+        (bert().join("adapters_multi"), bert().join("base")),
+        (bert().join("adapters_multi/other"), bert().join("base")),
+        (llama().join("adapter"), llama().join("base")),
+    ];
+    for (i, (dir, base)) in cases.iter().enumerate() {
+        let name = format!("case{i}:v1");
+        let digest = ok(&home, &["import", dir.to_str().unwrap(), "--name", &name, "--base", base.to_str().unwrap()]);
+        assert!(digest.trim().starts_with("sha256:") && digest.trim().len() == 71, "{digest}");
+        let out = tmp.path().join(format!("out{i}"));
+        ok(&home, &["export", &name, out.to_str().unwrap()]);
+        let a = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let b = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+        let (va, vb) = (SafeView::parse(&a, "a").unwrap(), SafeView::parse(&b, "b").unwrap());
+        assert_eq!(va.tensors.keys().collect::<Vec<_>>(), vb.tensors.keys().collect::<Vec<_>>());
+        for (k, info) in &va.tensors {
+            assert_eq!(va.bytes(k), vb.bytes(k), "{k} bytes differ");
+            assert_eq!(info.shape, vb.tensors[k].shape);
+        }
+        let ca: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+        let cb: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(ca, cb, "config of {}", dir.display());
+    }
+    // identical content is stored once: re-importing under another name adds no blob
+    let before = blob_files(&home);
+    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "again", "--base", bert().join("base").to_str().unwrap()]);
+    assert_eq!(before, blob_files(&home));
+    let v = json(&ok(&home, &["--json", "verify"]));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+fn assert_refused(home: &Path, dir: &Path, name: &str, base: &Path, want: &str) {
+    let before_blobs = blob_files(home);
+    let before_ls = ls_json(home);
+    let err = fails(home, &["import", dir.to_str().unwrap(), "--name", name, "--base", base.to_str().unwrap()]);
+    assert!(err.contains(want), "expected {want:?} in error, got: {err}");
+    assert_eq!(before_blobs, blob_files(home), "blobs changed after a refused import");
+    assert_eq!(before_ls, ls_json(home), "index changed after a refused import");
+}
+
+#[test]
+fn hostile_and_mismatched_inputs_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = bert().join("base");
+    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "good", "--base", base.to_str().unwrap()]);
+    let good = bert().join("adapter");
+    let w = std::fs::read(good.join("adapter_model.safetensors")).unwrap();
+    let mk = |name: &str, weights: &[u8], cfg: Option<&str>| -> PathBuf {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("adapter_model.safetensors"), weights).unwrap();
+        match cfg {
+            Some(c) => std::fs::write(d.join("adapter_config.json"), c).unwrap(),
+            None => std::fs::copy(good.join("adapter_config.json"), d.join("adapter_config.json")).map(|_| ()).unwrap(),
+        }
+        d
+    };
+    // truncated data section
+    assert_refused(&home, &mk("trunc", &w[..w.len() - 10], None), "t1", &base, "truncated");
+    // truncated inside the header
+    assert_refused(&home, &mk("trunc-header", &w[..100], None), "t2", &base, "truncated");
+    // hostile header size
+    let mut hostile = (u64::MAX - 3).to_le_bytes().to_vec();
+    hostile.extend_from_slice(b"{}");
+    assert_refused(&home, &mk("hostile", &hostile, None), "t3", &base, "exceeds the limit");
+    // corrupt header JSON
+    let mut corrupt = w.clone();
+    corrupt[8] = b'#';
+    assert_refused(&home, &mk("corrupt", &corrupt, None), "t4", &base, "malformed safetensors header");
+    // offsets pointing outside the file
+    let header = r#"{"base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight":{"dtype":"F32","shape":[4,32],"data_offsets":[0,512]}}"#;
+    let mut oob = (header.len() as u64).to_le_bytes().to_vec();
+    oob.extend_from_slice(header.as_bytes());
+    oob.extend_from_slice(&[0u8; 16]);
+    assert_refused(&home, &mk("oob", &oob, None), "t5", &base, "truncated");
+    // unknown peft_type
+    let cfg = std::fs::read_to_string(good.join("adapter_config.json")).unwrap().replace("\"LORA\"", "\"PREFIX_TUNING\"");
+    assert_refused(&home, &mk("ptype", &w, Some(&cfg)), "t6", &base, "unknown peft_type");
+    // DoRA is refused rather than silently mis-applied
+    let cfg = std::fs::read_to_string(good.join("adapter_config.json")).unwrap().replace("\"use_dora\": false", "\"use_dora\": true");
+    assert_refused(&home, &mk("dora", &w, Some(&cfg)), "t7", &base, "DoRA");
+    // path-like and malformed names
+    for bad in ["../x", "a/../b", "/abs", "a\\b", "", "x:", "sha256:abc"] {
+        let e = fails(&home, &["import", good.to_str().unwrap(), "--name", bad, "--base", base.to_str().unwrap()]);
+        assert!(e.contains("invalid"), "{bad:?}: {e}");
+    }
+    // an adapter for another base
+    assert_refused(&home, &llama().join("adapter"), "t8", &base, "the base model has no");
+    // wrong shapes: a rank-4 adapter whose B does not fit the base
+    let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    t.insert("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight".into(), (vec![4, 32], vec![0.0; 128]));
+    t.insert("base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight".into(), (vec![16, 4], vec![0.0; 64]));
+    assert_refused(&home, &mk("shape", &write_f32(&t), None), "t9", &base, "expected [32, 4]");
+    // missing files
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_refused(&home, &empty, "t10", &base, "adapter_config.json");
+    // the good adapter is untouched by all of this
+    let v = json(&ok(&home, &["--json", "verify"]));
+    assert_eq!(v["ok"], true);
+    assert_eq!(ls_json(&home).as_array().unwrap().len(), 1);
+}
+
+/// A large adapter (rank 40k on the tiny fixture base) so a kill can land mid-write.
+fn big_adapter(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let r = 40_000;
+    let mut t: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for l in 0..2 {
+        for m in ["query", "value"] {
+            let p = format!("base_model.model.bert.encoder.layer.{l}.attention.self.{m}");
+            t.insert(format!("{p}.lora_A.weight"), (vec![r, 32], (0..r * 32).map(|i| (i % 97) as f32 * 1e-4).collect()));
+            t.insert(format!("{p}.lora_B.weight"), (vec![32, r], vec![1e-5; 32 * r]));
+        }
+    }
+    std::fs::write(dir.join("adapter_model.safetensors"), write_f32(&t)).unwrap();
+    let cfg = std::fs::read_to_string(bert().join("adapter/adapter_config.json")).unwrap().replace("\"r\": 4", &format!("\"r\": {r}"));
+    let cfg = cfg.replace("\"modules_to_save\": [\n    \"classifier\",\n    \"score\"\n  ]", "\"modules_to_save\": null");
+    std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
+}
+
+#[test]
+fn killed_writer_leaves_index_consistent_and_no_partial_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = bert().join("base");
+    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "keep", "--base", base.to_str().unwrap()]);
+    let big = tmp.path().join("big");
+    big_adapter(&big);
+    let mut killed_mid = 0;
+    for (i, delay_ms) in [5u64, 20, 40, 80, 120, 200, 350].iter().enumerate() {
+        let mut child = std::process::Command::new(bin())
+            .args(["--home", home.to_str().unwrap(), "import", big.to_str().unwrap(), "--name", &format!("big{i}"), "--base", base.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(*delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        let st = child.wait().unwrap();
+        if !st.success() {
+            killed_mid += 1;
+        }
+        // every visible blob is whole (its content hashes to its name), the index is sane
+        let v = json(&ok(&home, &["--json", "verify"]));
+        assert_eq!(v["ok"], true, "after kill at {delay_ms} ms: {v}");
+        assert_eq!(v["index_integrity"], "ok");
+        // every listed adapter can be exported completely
+        for row in ls_json(&home).as_array().unwrap() {
+            let r = row["ref"].as_str().unwrap();
+            ok(&home, &["export", r, tmp.path().join(format!("x{i}")).to_str().unwrap()]);
+        }
+    }
+    assert!(killed_mid > 0, "no import was killed mid-way; the test proved nothing");
+    // temp files of killed writers are invisible as blobs and swept by gc
+    ok(&home, &["gc", "--grace", "0s"]);
+    assert!(std::fs::read_dir(home.join("tmp")).unwrap().next().is_none(), "temp files left after gc");
+    ok(&home, &["import", big.to_str().unwrap(), "--name", "big-final", "--base", base.to_str().unwrap()]);
+    assert_eq!(json(&ok(&home, &["--json", "verify"]))["ok"], true);
+}
+
+#[test]
+fn concurrent_import_and_prune_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = bert().join("base");
+    let n = 12;
+    let dirs: Vec<PathBuf> = (0..n)
+        .map(|i| {
+            let d = tmp.path().join(format!("v{i}"));
+            variant(&bert().join("adapter"), &d, i as u8 + 1);
+            d
+        })
+        .collect();
+    ok(&home, &["ls"]); // create the store
+    let (h1, b1) = (home.clone(), base.clone());
+    let importer = std::thread::spawn(move || {
+        for (i, d) in dirs.iter().enumerate() {
+            ok(&h1, &["import", d.to_str().unwrap(), "--name", &format!("team/a{i}"), "--base", b1.to_str().unwrap()]);
+        }
+    });
+    let h2 = home.clone();
+    let pruner = std::thread::spawn(move || {
+        for _ in 0..n {
+            ok(&h2, &["prune", "--grace", "0s"]);
+            ok(&h2, &["gc", "--grace", "0s"]);
+        }
+    });
+    importer.join().unwrap();
+    pruner.join().unwrap();
+    ok(&home, &["gc", "--grace", "0s"]);
+    for i in 0..n {
+        let out = tmp.path().join(format!("out{i}"));
+        ok(&home, &["export", &format!("team/a{i}"), out.to_str().unwrap()]);
+        let want = std::fs::read(tmp.path().join(format!("v{i}/adapter_model.safetensors"))).unwrap();
+        assert_eq!(std::fs::read(out.join("adapter_model.safetensors")).unwrap(), want, "adapter {i} lost or changed");
+    }
+    assert_eq!(json(&ok(&home, &["--json", "verify"]))["ok"], true);
+}
+
+#[test]
+fn tag_rm_prune_policies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = bert().join("base");
+    for i in 0..4 {
+        let d = tmp.path().join(format!("v{i}"));
+        variant(&bert().join("adapter"), &d, i as u8 + 1);
+        ok(&home, &["import", d.to_str().unwrap(), "--name", &format!("cs:v{i}"), "--base", base.to_str().unwrap()]);
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct created_at seconds
+    }
+    let d3 = json(&ok(&home, &["--json", "show", "cs:v3"]))["digest"].as_str().unwrap().to_string();
+    ok(&home, &["tag", "cs:v3", "cs:prod"]);
+    assert_eq!(json(&ok(&home, &["--json", "show", "cs:prod"]))["digest"], d3.as_str());
+    assert_eq!(json(&ok(&home, &["--json", "show", &d3]))["refs"], serde_json::json!(["cs:prod", "cs:v3"]));
+    // keep-last 2 (per name): v0 and v1 go, v2 and v3 (also cs:prod) stay
+    let dry = json(&ok(&home, &["--json", "prune", "--keep-last", "2", "--dry-run"]));
+    assert_eq!(dry["refs"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(ls_json(&home).as_array().unwrap().len(), 5, "dry run changed the index");
+    ok(&home, &["prune", "--keep-last", "2", "--grace", "0s"]);
+    let refs: Vec<String> = ls_json(&home).as_array().unwrap().iter().map(|r| r["ref"].as_str().unwrap().to_string()).collect();
+    assert_eq!(refs.len(), 3, "{refs:?}");
+    assert!(refs.contains(&"cs:v2".to_string()) && refs.contains(&"cs:prod".to_string()));
+    fails(&home, &["show", "cs:v0"]);
+    // rm one of two refs keeps the adapter; rm the last removes it
+    ok(&home, &["rm", "cs:v3"]);
+    assert_eq!(json(&ok(&home, &["--json", "show", "cs:prod"]))["digest"], d3.as_str());
+    ok(&home, &["rm", "cs:prod"]);
+    assert!(fails(&home, &["show", &d3]).contains("not found"));
+    // unused-for / older-than select nothing recent
+    let dry = json(&ok(&home, &["--json", "prune", "--older-than", "1d", "--dry-run"]));
+    assert!(dry["adapters"].as_array().unwrap().is_empty());
+    ok(&home, &["gc", "--grace", "0s"]);
+    assert_eq!(json(&ok(&home, &["--json", "verify"]))["ok"], true);
+    assert!(fails(&home, &["prune", "--older-than", "3x"]).contains("duration"));
+}
