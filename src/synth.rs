@@ -15,14 +15,17 @@ pub struct Shape {
     pub heads: usize,
     pub intermediate: usize,
     pub max_positions: usize,
+    /// Std of the random weight matrices. 0.02 is BERT's init; a random model that should have
+    /// input-dependent features (for training tests) needs larger weights.
+    pub init_std: f32,
 }
 
 impl Shape {
     pub fn tiny() -> Shape {
-        Shape { hidden: 32, layers: 2, heads: 4, intermediate: 64, max_positions: 64 }
+        Shape { hidden: 32, layers: 2, heads: 4, intermediate: 64, max_positions: 64, init_std: 0.3 }
     }
     pub fn bert_base() -> Shape {
-        Shape { hidden: 768, layers: 12, heads: 12, intermediate: 3072, max_positions: 512 }
+        Shape { hidden: 768, layers: 12, heads: 12, intermediate: 3072, max_positions: 512, init_std: 0.02 }
     }
 }
 
@@ -90,7 +93,7 @@ pub fn bert(dir: &Path, s: &Shape, labels: &[&str], seed: u64) -> Result<()> {
     };
     let ones = |n| vec![1.0f32; n];
     let zeros = |n| vec![0.0f32; n];
-    put("bert.embeddings.word_embeddings.weight".into(), vec![vocab, h], randn(&mut rng, vocab * h, 0.02));
+    put("bert.embeddings.word_embeddings.weight".into(), vec![vocab, h], randn(&mut rng, vocab * h, s.init_std));
     put("bert.embeddings.position_embeddings.weight".into(), vec![s.max_positions, h], randn(&mut rng, s.max_positions * h, 0.02));
     put("bert.embeddings.token_type_embeddings.weight".into(), vec![2, h], randn(&mut rng, 2 * h, 0.02));
     put("bert.embeddings.LayerNorm.weight".into(), vec![h], ones(h));
@@ -105,7 +108,7 @@ pub fn bert(dir: &Path, s: &Shape, labels: &[&str], seed: u64) -> Result<()> {
             ("intermediate.dense", s.intermediate, h),
             ("output.dense", h, s.intermediate),
         ] {
-            put(format!("{p}.{m}.weight"), vec![o, i], randn(&mut rng, o * i, 0.02));
+            put(format!("{p}.{m}.weight"), vec![o, i], randn(&mut rng, o * i, s.init_std));
             put(format!("{p}.{m}.bias"), vec![o], zeros(o));
         }
         for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
@@ -113,7 +116,7 @@ pub fn bert(dir: &Path, s: &Shape, labels: &[&str], seed: u64) -> Result<()> {
             put(format!("{p}.{n}.bias"), vec![h], zeros(h));
         }
     }
-    put("bert.pooler.dense.weight".into(), vec![h, h], randn(&mut rng, h * h, 0.02));
+    put("bert.pooler.dense.weight".into(), vec![h, h], randn(&mut rng, h * h, s.init_std));
     put("bert.pooler.dense.bias".into(), vec![h], zeros(h));
     if !labels.is_empty() {
         put("classifier.weight".into(), vec![labels.len(), h], randn(&mut rng, labels.len() * h, 0.02));

@@ -327,7 +327,7 @@ fn bench_serve(base: &Option<String>, clients: usize, n_adapters: usize, per_cli
         Some(s) => BaseDir::open(s)?,
         None => {
             let d = tmp.join("bert-small");
-            synth::bert(&d, &synth::Shape { hidden: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512 }, &["neg", "pos"], 3)?;
+            synth::bert(&d, &synth::Shape { hidden: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512, init_std: 0.02 }, &["neg", "pos"], 3)?;
             BaseDir::open_dir(&d)?
         }
     };

@@ -1,3 +1,4 @@
 mod common;
 mod fixtures;
 mod store;
+mod train;

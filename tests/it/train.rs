@@ -1,0 +1,205 @@
+//! Training: gradients reach every LoRA tensor, loss falls, accuracy rises above chance,
+//! same seed → same digest, and the result is a PEFT-format adapter.
+
+use super::common::*;
+use candle_core::Device;
+use loradex::base::BaseDir;
+use loradex::model::Engine;
+use loradex::train::{Example, LoraSpec, Task, Trainer};
+use std::path::Path;
+
+fn spec(targets: &[&str], save: &[&str]) -> LoraSpec {
+    LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        use_rslora: false,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        modules_to_save: save.iter().map(|s| s.to_string()).collect(),
+        learning_rate: 1e-2,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        seed: 3,
+    }
+}
+
+fn assert_all_grads(tr: &mut Trainer, ex: &[Example]) {
+    let refs: Vec<&Example> = ex.iter().collect();
+    let (b, t, w) = tr.encode(&refs, 32).unwrap();
+    // step once so B (initialized to zero) is non-zero and A's gradient cannot vanish
+    tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
+    let grads = tr.grad_norms(&b, &t, w.as_ref()).unwrap();
+    assert!(!grads.is_empty());
+    for (name, g) in grads {
+        let g = g.unwrap_or_else(|| panic!("{name} received no gradient"));
+        assert!(g.is_finite() && g > 0.0, "{name}: gradient norm {g}");
+    }
+}
+
+#[test]
+fn every_lora_tensor_receives_a_gradient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("bert");
+    loradex::synth::bert(&base, &loradex::synth::Shape::tiny(), &[], 1).unwrap();
+    let e = Engine::load(BaseDir::open_dir(&base).unwrap(), Device::Cpu).unwrap();
+    let all = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"];
+    let mut tr = Trainer::new(e, Task::SeqCls, spec(&all, &["classifier"]), vec!["neg".into(), "pos".into()]).unwrap();
+    // 2 layers x 6 modules x (A, B) + classifier weight and bias
+    assert_eq!(tr.var_names().len(), 2 * 6 * 2 + 2, "{:?}", tr.var_names());
+    let ex: Vec<Example> = loradex::synth::sentiment_data(8, 1)
+        .into_iter()
+        .map(|(t, l)| Example { text: t, completion: None, label: Some(l.into()) })
+        .collect();
+    assert_all_grads(&mut tr, &ex);
+
+    let e = Engine::load(BaseDir::open_dir(&llama().join("base")).unwrap(), Device::Cpu).unwrap();
+    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let mut tr = Trainer::new(e, Task::CausalLm, spec(&targets, &[]), vec![]).unwrap();
+    assert_eq!(tr.var_names().len(), 2 * 7 * 2);
+    let ex = vec![
+        Example { text: "where is my refund".into(), completion: Some(" the agent was very kind".into()), label: None },
+        Example { text: "this product is great".into(), completion: None, label: None },
+    ];
+    assert_all_grads(&mut tr, &ex);
+}
+
+fn write_recipe(dir: &Path, base: &Path, seed: u64) -> std::path::PathBuf {
+    let data = loradex::synth::sentiment_data(160, 9);
+    let mut csv = String::from("text,label\n");
+    for (t, l) in data {
+        csv.push_str(&format!("\"{t}\",{l}\n"));
+    }
+    std::fs::write(dir.join("train.csv"), csv).unwrap();
+    let recipe = format!(
+        r#"name = "test/sentiment:v1"
+base = "{}"
+task = "seq-cls"
+[data]
+train = "train.csv"
+validation_split = 0.25
+labels = ["neg", "pos"]
+max_seq_len = 32
+[lora]
+r = 4
+alpha = 8
+dropout = 0.0
+target_modules = ["query", "value"]
+modules_to_save = ["classifier"]
+[train]
+epochs = 6
+batch_size = 16
+learning_rate = 0.01
+warmup_steps = 4
+weight_decay = 0.0
+seed = {seed}
+metric = "accuracy"
+"#,
+        base.display()
+    );
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, recipe).unwrap();
+    p
+}
+
+#[test]
+fn training_learns_is_reproducible_and_exports_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("bert");
+    loradex::synth::bert(&base, &loradex::synth::Shape::tiny(), &[], 5).unwrap();
+    let recipe = write_recipe(tmp.path(), &base, 11);
+    let home = tmp.path().join("home");
+    let rep = json(&ok(&home, &["--json", "train", recipe.to_str().unwrap()]));
+    let hist = rep["history"].as_array().unwrap();
+    let first_loss = hist[0]["train_loss"].as_f64().unwrap();
+    let last_loss = hist.last().unwrap()["train_loss"].as_f64().unwrap();
+    assert!(last_loss < first_loss * 0.8, "loss did not fall: {first_loss} -> {last_loss}");
+    let acc = rep["best_metrics"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.8, "validation accuracy {acc} not above chance (0.5)");
+    assert_eq!(rep["validation_examples"], 40);
+    let cm = rep["best_metrics"]["confusion"].as_array().unwrap();
+    assert_eq!(cm.iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).sum::<u64>()).sum::<u64>(), 40);
+    let digest = rep["digest"].as_str().unwrap().to_string();
+    // show carries the metrics and provenance
+    let show = json(&ok(&home, &["--json", "show", "test/sentiment:v1"]));
+    assert_eq!(show["metrics"]["validation"]["accuracy"].as_f64().unwrap(), acc);
+    assert_eq!(show["provenance"]["source"], "train");
+    assert_eq!(show["labels"], serde_json::json!(["neg", "pos"]));
+    // same seed, same digest (in another store)
+    let home2 = tmp.path().join("home2");
+    let rep2 = json(&ok(&home2, &["--json", "train", recipe.to_str().unwrap(), "--name", "other:v1"]));
+    assert_eq!(rep2["digest"].as_str().unwrap(), digest, "same seed gave another adapter");
+    // another seed, another adapter
+    let rep3 = json(&ok(&home2, &["--json", "train", recipe.to_str().unwrap(), "--seed", "12", "--epochs", "1"]));
+    assert_ne!(rep3["digest"].as_str().unwrap(), digest);
+    // export: the same config fields as PEFT 0.21 and PEFT key names
+    let out = tmp.path().join("export");
+    ok(&home, &["export", "test/sentiment:v1", out.to_str().unwrap()]);
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    let peft_cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(bert().join("adapter/adapter_config.json")).unwrap()).unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&cfg), keys(&peft_cfg), "config fields differ from PEFT 0.21's");
+    assert_eq!(cfg["task_type"], "SEQ_CLS");
+    assert_eq!(cfg["r"], 4);
+    let w = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let view = loradex::peft::safetensors::SafeView::parse(&w, "x").unwrap();
+    let names: Vec<&String> = view.tensors.keys().collect();
+    assert!(names.contains(&&"base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight".to_string()), "{names:?}");
+    assert!(names.contains(&&"base_model.model.classifier.weight".to_string()), "{names:?}");
+    // the exported directory predicts like the stored adapter
+    let a = json(&ok(&home, &["--json", "predict", "--base", base.to_str().unwrap(), "--adapter", "test/sentiment:v1", "--text", "a wonderful film", "--text", "awful and boring"]));
+    let b = json(&ok(&home, &["--json", "predict", "--base", base.to_str().unwrap(), "--adapter", out.to_str().unwrap(), "--text", "a wonderful film", "--text", "awful and boring"]));
+    assert_eq!(a["results"][0]["logits"], b["results"][0]["logits"]);
+    assert_eq!(a["results"][0]["label"], "pos");
+    assert_eq!(a["results"][1]["label"], "neg");
+    // merged prediction equals unmerged, and merge writes a reloadable model
+    let m = json(&ok(&home, &["--json", "predict", "--base", base.to_str().unwrap(), "--adapter", "test/sentiment:v1", "--merged", "--text", "a wonderful film", "--text", "awful and boring"]));
+    for i in 0..2 {
+        let (x, y) = (&a["results"][i]["logits"], &m["results"][i]["logits"]);
+        for j in 0..2 {
+            assert!((x[j].as_f64().unwrap() - y[j].as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn causal_lm_sft_loss_falls_on_completions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut jl = String::new();
+    for _ in 0..6 {
+        jl.push_str("{\"prompt\": \"where is my refund\", \"completion\": \" the agent was very kind\"}\n");
+        jl.push_str("{\"prompt\": \"the delivery was\", \"completion\": \" late and i am upset\"}\n");
+    }
+    std::fs::write(tmp.path().join("sft.jsonl"), jl).unwrap();
+    let recipe = format!(
+        "name = \"sft:v1\"\nbase = \"{}\"\ntask = \"causal-lm\"\n[data]\ntrain = \"sft.jsonl\"\nvalidation_split = 0.0\n[lora]\nr = 8\nalpha = 16\ntarget_modules = [\"q_proj\", \"v_proj\", \"o_proj\"]\n[train]\nepochs = 5\nbatch_size = 4\nlearning_rate = 0.02\nmetric = \"loss\"\n",
+        llama().join("base").display()
+    );
+    std::fs::write(tmp.path().join("r.toml"), recipe).unwrap();
+    let home = tmp.path().join("home");
+    let rep = json(&ok(&home, &["--json", "train", tmp.path().join("r.toml").to_str().unwrap()]));
+    let h = rep["history"].as_array().unwrap();
+    let l0 = h[0]["train_loss"].as_f64().unwrap();
+    let l1 = h.last().unwrap()["train_loss"].as_f64().unwrap();
+    // the fixture's random 32-wide model caps how far logits can move (loss floor ~5.4 of
+    // ln(300) = 5.7): a working optimizer still takes a clear step down, a broken one none
+    assert!(l1 < l0 - 0.1, "SFT loss did not fall: {l0} -> {l1}");
+    let show = json(&ok(&home, &["--json", "show", "sft:v1"]));
+    assert_eq!(show["task"], "CAUSAL_LM");
+    // the trained adapter generates through the store ref
+    let g = json(&ok(&home, &["--json", "generate", "--base", llama().join("base").to_str().unwrap(), "--adapter", "sft:v1", "--prompt", "where is my refund", "--max-new-tokens", "4"]));
+    assert!(!g["new_ids"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn recipe_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let p = tmp.path().join("r.toml");
+    std::fs::write(&p, "name = \"x\"\nbase = \"nowhere\"\ntask = \"seq-cls\"\n[data]\ntrain = \"t.csv\"\n[lora]\nr = 0\n").unwrap();
+    assert!(fails(&home, &["train", p.to_str().unwrap()]).contains("lora.r must be > 0"));
+    std::fs::write(&p, "name = \"x\"\nbase = \"nowhere\"\ntask = \"seq-cls\"\nbogus = 1\n[data]\ntrain = \"t.csv\"\n").unwrap();
+    assert!(fails(&home, &["train", p.to_str().unwrap()]).contains("unknown field"));
+    std::fs::write(&p, "name = \"x\"\nbase = \"nowhere\"\ntask = \"seq-cls\"\n[data]\ntrain = \"t.csv\"\n").unwrap();
+    let e = fails(&home, &["train", p.to_str().unwrap(), "--set", "lora.r=2"]);
+    assert!(e.contains("nowhere"), "{e}");
+}
