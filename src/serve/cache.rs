@@ -41,6 +41,13 @@ impl Cache {
     pub fn insert(&mut self, d: Digest, a: Arc<LoadedAdapter>) -> Vec<Digest> {
         self.tick += 1;
         self.entries.insert(d, Entry { adapter: a, last_use: self.tick });
+        self.trim(&d)
+    }
+
+    /// Evicts idle adapters (least recently used first, never `keep`) until within budget.
+    /// Adapters busy at one call are retried at the next, so the budget holds once they finish.
+    pub fn trim(&mut self, keep: &Digest) -> Vec<Digest> {
+        let d = *keep;
         let mut evicted = vec![];
         while self.resident_bytes() > self.budget {
             let victim = self

@@ -97,8 +97,13 @@ impl Shared {
     /// Resolves a ref to its digest and the resident adapter, loading it on a miss.
     fn adapter(&self, spec: &str) -> Result<(Digest, Arc<LoadedAdapter>)> {
         let d = self.store.lock().expect("store lock").resolve(spec)?;
-        if let Some(a) = self.cache.lock().expect("cache lock").get(&d) {
+        let hit = {
+            let mut c = self.cache.lock().expect("cache lock");
+            c.get(&d).map(|a| (a, c.trim(&d)))
+        };
+        if let Some((a, evicted)) = hit {
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.evicted(evicted);
             return Ok((d, a));
         }
         self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
@@ -114,14 +119,20 @@ impl Shared {
         };
         let a = self.engine.adapter(&d.to_string(), &cfg, &w, m.labels)?;
         let evicted = self.cache.lock().expect("cache lock").insert(d, a.clone());
-        if !evicted.is_empty() {
-            self.metrics.cache_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
-            let s = self.store.lock().expect("store lock");
-            for e in evicted {
-                let _ = s.release(&e, &self.holder);
-            }
-        }
+        self.evicted(evicted);
         Ok((d, a))
+    }
+
+    /// Counts evictions and releases their store leases (prune may take them again).
+    fn evicted(&self, evicted: Vec<Digest>) {
+        if evicted.is_empty() {
+            return;
+        }
+        self.metrics.cache_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        let s = self.store.lock().expect("store lock");
+        for e in evicted {
+            let _ = s.release(&e, &self.holder);
+        }
     }
 
     fn authorized(&self, h: &HeaderMap) -> bool {

@@ -3,3 +3,4 @@ mod fixtures;
 mod store;
 mod train;
 mod schema;
+mod serve;
