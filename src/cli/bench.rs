@@ -42,6 +42,12 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         steps: usize,
     },
+    /// Real-model check: sentence embeddings (mean pooling) from a BERT encoder such as
+    /// all-MiniLM-L6-v2; similar pairs must score above unrelated ones
+    Embed {
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        base: String,
+    },
     /// HTTP load: 32 concurrent clients over 16 adapters vs 1 adapter
     Serve {
         #[arg(long)]
@@ -83,33 +89,40 @@ fn bert_base(spec: &Option<String>, tmp: &Path, labels: &[&str]) -> Result<BaseD
     }
 }
 
-/// Writes a random PEFT adapter (rank r on `targets`) for the engine's BERT into `dir`.
+/// Writes a random PEFT adapter (rank r on `targets`, optional head) for a BERT base into `dir`.
 fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64, head_labels: usize) -> Result<()> {
-    let spec = LoraSpec {
+    let mut rng = loradex::util::Rng::new(seed);
+    let mut rand = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| (rng.next_f32() - 0.5) * scale).collect() };
+    let mut t = std::collections::BTreeMap::new();
+    for (name, shape) in e.base.shapes()? {
+        let Some(module) = name.strip_suffix(".weight") else { continue };
+        if !targets.iter().any(|x| module.ends_with(&format!(".{x}"))) || shape.len() != 2 {
+            continue;
+        }
+        let (out_f, in_f) = (shape[0], shape[1]);
+        let p = format!("{}{module}", loradex::peft::KEY_PREFIX);
+        t.insert(format!("{p}.lora_A.weight"), (vec![r, in_f], rand(r * in_f, 0.1)));
+        t.insert(format!("{p}.lora_B.weight"), (vec![out_f, r], rand(out_f * r, 0.02)));
+    }
+    let mut save = vec![];
+    if head_labels > 0 {
+        let h = e.base.hidden_size().unwrap_or(0);
+        t.insert(format!("{}classifier.weight", loradex::peft::KEY_PREFIX), (vec![head_labels, h], rand(head_labels * h, 0.1)));
+        t.insert(format!("{}classifier.bias", loradex::peft::KEY_PREFIX), (vec![head_labels], vec![0.0; head_labels]));
+        save.push("classifier".to_string());
+    }
+    let targets: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+    let cfg = loradex::peft::new_config_json(&loradex::peft::NewConfig {
         r,
         alpha: 2.0 * r as f64,
         dropout: 0.0,
         use_rslora: false,
-        target_modules: targets.iter().map(|s| s.to_string()).collect(),
-        modules_to_save: if head_labels > 0 { vec!["classifier".into()] } else { vec![] },
-        learning_rate: 1e-3,
-        weight_decay: 0.0,
-        max_grad_norm: 0.0,
-        seed,
-    };
-    let labels: Vec<String> = (0..head_labels.max(e.labels.len())).map(|i| format!("L{i}")).collect();
-    let eng = Engine::load(e.base.clone(), e.device.clone())?;
-    let tr = Trainer::new(eng, Task::SeqCls, spec, labels)?;
-    // B starts at zero; give it random values so the adapter changes outputs
-    let mut w = tr.weights_bytes()?;
-    let mut rng = loradex::util::Rng::new(seed);
-    let (hlen, _) = loradex::peft::safetensors::read_header(&w, "bench")?;
-    let hlen = hlen + 8;
-    for c in w[hlen..].chunks_exact_mut(4) {
-        let x = (rng.next_f32() - 0.5) * 0.02;
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    loradex::peft::write_dir(dir, &tr.config_bytes(None), &w)
+        target_modules: &targets,
+        modules_to_save: &save,
+        task_type: "SEQ_CLS",
+        base_model_name_or_path: None,
+    });
+    loradex::peft::write_dir(dir, &cfg, &loradex::peft::safetensors::write_f32(&t))
 }
 
 pub fn run(which: Which, _home: &Path) -> Result<i32> {
@@ -117,6 +130,7 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
         Which::Store { n } => bench_store(n)?,
         Which::Model { base, batch, seq, reps } => bench_model(&base, batch, seq, reps)?,
         Which::Train { base, batch, seq, steps } => bench_train(&base, batch, seq, steps)?,
+        Which::Embed { base } => bench_embed(&base)?,
         Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
     }
     Ok(0)
@@ -264,6 +278,40 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize) -> 
     })? / 2.0;
     println!("  merge into base            {:>8.2} ms  (goal: beat PEFT merge, 20 ms on 2 threads)", merge_t * 1e3);
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn bench_embed(base: &str) -> Result<()> {
+    let e = Engine::load(BaseDir::open(base)?, candle_core::Device::Cpu)?;
+    let Net::Bert(m) = &e.net else { return Err(Error::Model("bench embed needs a BERT base".into())) };
+    let s: Vec<String> = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "A man is riding a horse.",
+        "A man is riding a white horse on an enclosed ground.",
+        "The new movie is awesome.",
+        "The new movie is so great.",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let bt = e.tok()?.batch(&s, 128, &e.device)?;
+    let r = Routing::base(s.len());
+    let ctx = loradex::model::lora::Ctx::infer(&r);
+    let t = Instant::now();
+    let h = m.encode(&bt.ids, &bt.type_ids, &bt.mask, &ctx)?;
+    let emb = loradex::model::bert::mean_pool(&h, &bt.mask)?;
+    let secs = t.elapsed().as_secs_f64();
+    let norm = emb.sqr()?.sum_keepdim(1)?.sqrt()?;
+    let emb = emb.broadcast_div(&norm)?;
+    let sims = emb.matmul(&emb.t()?)?.to_vec2::<f32>()?;
+    println!("bench embed: {} ({} sentences in {:.1} ms)", e.base.dir.display(), s.len(), secs * 1e3);
+    for (i, j) in [(0, 1), (2, 3), (4, 5), (0, 2), (0, 4), (2, 5)] {
+        println!("  cos {:.3}  {:?} ~ {:?}", sims[i][j], s[i], s[j]);
+    }
+    let related = sims[0][1].min(sims[2][3]).min(sims[4][5]);
+    let unrelated = sims[0][2].max(sims[0][4]).max(sims[2][5]);
+    println!("  weakest related pair {related:.3} vs strongest unrelated pair {unrelated:.3}: {}", if related > unrelated { "ok" } else { "WRONG" });
     Ok(())
 }
 

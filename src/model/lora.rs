@@ -139,19 +139,26 @@ impl LoraLinear {
         LoraLinear { name, weight, bias }
     }
 
-    fn base(&self, x2: &Tensor) -> Result<Tensor> {
+    fn base(&self, x2: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let y = x2.matmul(&self.weight.t()?)?;
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        })
+        };
+        if ctx.train && x2.track_op() && x2.device().is_cpu() {
+            // candle's matmul backward also computes the (frozen, discarded) weight gradient:
+            // route the gradient through an op that only returns the input's
+            let y_val = y.detach().contiguous()?;
+            return Ok(x2.apply_op2(&y_val, FrozenLinear { weight: self.weight.clone() })?);
+        }
+        Ok(y)
     }
 
     /// `x`: `[batch, seq, in]` → `[batch, seq, out]`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (b, s, d_in) = x.dims3()?;
         let x2 = x.reshape((b * s, d_in))?;
-        let y = self.base(&x2)?;
+        let y = self.base(&x2, ctx)?;
         let out = y.dim(1)?;
         let routing = ctx.routing;
         // which adapters of this batch touch this module
@@ -200,6 +207,33 @@ impl LoraLinear {
     pub fn merge(&mut self, p: &LoraPair, sign: f64) -> Result<()> {
         self.weight = (&self.weight + (p.delta()? * sign)?)?;
         Ok(())
+    }
+}
+
+/// `y = x W^T (+ b)` for a frozen `W` in training: forward returns the precomputed `y`;
+/// backward returns only `dL/dx = dL/dy · W` (no gradient for the frozen weight).
+struct FrozenLinear {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp2 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        _x: &candle_core::CpuStorage,
+        _lx: &candle_core::Layout,
+        y: &candle_core::CpuStorage,
+        ly: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        if !ly.is_contiguous() || ly.start_offset() != 0 {
+            candle_core::bail!("frozen-linear: precomputed output must be contiguous");
+        }
+        Ok((y.clone(), ly.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&self.weight)?), None))
     }
 }
 

@@ -203,3 +203,30 @@ fn recipe_errors_are_clear() {
     let e = fails(&home, &["train", p.to_str().unwrap(), "--set", "lora.r=2"]);
     assert!(e.contains("nowhere"), "{e}");
 }
+
+#[test]
+fn frozen_linear_gradient_equals_candles_own() {
+    use candle_core::{Tensor, Var};
+    use loradex::model::lora::{Ctx, LoraLinear, Routing};
+    let dev = Device::Cpu;
+    let w = Tensor::from_vec((0..20).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), (5, 4), &dev).unwrap();
+    let b = Tensor::from_vec(vec![0.1f32, -0.2, 0.3, 0.0, 0.5], 5, &dev).unwrap();
+    let lin = LoraLinear::new("m".into(), w, Some(b));
+    let c = Tensor::from_vec((0..30).map(|i| (i as f32 * 0.11).cos()).collect::<Vec<_>>(), (2, 3, 5), &dev).unwrap();
+    let x = Var::from_vec((0..24).map(|i| i as f32 * 0.05 - 0.4).collect::<Vec<_>>(), (2, 3, 4), &dev).unwrap();
+    let routing = Routing::base(2);
+    let grad = |train: bool| {
+        let mut ctx = Ctx::infer(&routing);
+        ctx.train = train;
+        // `* 1` makes x an op output, as activations are in a real forward
+        let xin = (x.as_tensor() * 1.0).unwrap();
+        let y = lin.forward(&xin, &ctx).unwrap();
+        let loss = (y * &c).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        (loss.to_scalar::<f32>().unwrap(), g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    };
+    let (l_train, g_train) = grad(true);
+    let (l_plain, g_plain) = grad(false);
+    assert!((l_train - l_plain).abs() < 1e-6);
+    assert!(max_abs_diff(&g_train, &g_plain) < 1e-6, "{g_train:?} vs {g_plain:?}");
+}
