@@ -357,7 +357,9 @@ fn bench_train(base: &Option<String>, batch: usize, seq: usize, steps: usize) ->
         m.pooled(&bt.ids, &bt.type_ids, &bt.mask, &loradex::model::lora::Ctx::infer(&r))
     })?;
     let step = time(steps, || tr.step(&bt, &targets, None, 2e-4))?;
+    let (f, bw, o) = tr.last_timing;
     println!("  baseline: inference forward {:>8.3} s/batch", fwd);
+    println!("  last step: forward {f:.3} s, backward {bw:.3} s, clip + AdamW {o:.3} s");
     println!(
         "  train step (fwd+bwd+AdamW)  {:>8.3} s/step  {:.1} samples/s  ({:.1}x forward; PEFT+PyTorch: 3.19 s/step on 2 threads -> {:.2}x PEFT speed)",
         step,

@@ -26,9 +26,9 @@ impl LoraPair {
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
     }
-    /// `s * B A`, the dense update merged into `W`.
-    pub fn delta(&self) -> Result<Tensor> {
-        Ok((self.b.matmul(&self.a)? * self.scale)?)
+    /// `s * B A`, the dense update merged into `W` (the scale is applied to the small `B`).
+    pub fn delta(&self, sign: f64) -> Result<Tensor> {
+        Ok((&self.b * (self.scale * sign))?.matmul(&self.a)?)
     }
 }
 
@@ -205,7 +205,7 @@ impl LoraLinear {
 
     /// Adds (or with `sign = -1` removes) a pair's dense update to the frozen weight.
     pub fn merge(&mut self, p: &LoraPair, sign: f64) -> Result<()> {
-        self.weight = (&self.weight + (p.delta()? * sign)?)?;
+        self.weight = (&self.weight + p.delta(sign)?)?;
         Ok(())
     }
 }

@@ -244,13 +244,22 @@ impl Engine {
     /// Merges an adapter into the weights (sign 1) or takes it out again (sign -1).
     /// A saved head replaces the base head on merge.
     pub fn merge(&mut self, a: &LoadedAdapter, sign: f64) -> Result<()> {
-        let mut done = 0;
-        for l in self.linears_mut() {
-            if let Some(p) = a.modules.get(&l.name) {
-                l.merge(p, sign)?;
-                done += 1;
+        let mut todo: Vec<(&mut LoraLinear, &lora::LoraPair)> =
+            self.linears_mut().filter_map(|l| a.modules.get(&l.name).map(|p| (l, p))).collect();
+        let done = todo.len();
+        // modules are independent: merge them on all cores (the adds are memory-bound)
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(done.max(1));
+        let per = done.div_ceil(threads.max(1)).max(1);
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = todo
+                .chunks_mut(per)
+                .map(|chunk| s.spawn(move || chunk.iter_mut().try_for_each(|(l, p)| l.merge(p, sign))))
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| Error::Model("merge thread panicked".into()))??;
             }
-        }
+            Ok(())
+        })?;
         if done != a.modules.len() {
             return Err(Error::Model(format!("adapter {} targets {} modules, {done} found in the base", a.id, a.modules.len())));
         }

@@ -91,6 +91,8 @@ pub struct Trainer {
     opt: AdamW,
     step: usize,
     pub labels: Vec<String>,
+    /// Seconds of the last step spent in forward, backward and the optimizer (for benchmarks).
+    pub last_timing: (f64, f64, f64),
 }
 
 fn matches_target(module: &str, targets: &[String]) -> bool {
@@ -168,7 +170,7 @@ impl Trainer {
         let eval_adapter = Arc::new(detached(&train_adapter));
         let params = ParamsAdamW { lr: spec.learning_rate, weight_decay: spec.weight_decay, ..Default::default() };
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
-        Ok(Trainer { engine, task, spec, vars, train_adapter, eval_adapter, opt, step: 0, labels })
+        Ok(Trainer { engine, task, spec, vars, train_adapter, eval_adapter, opt, step: 0, labels, last_timing: (0.0, 0.0, 0.0) })
     }
 
     pub fn var_names(&self) -> Vec<String> {
@@ -221,8 +223,11 @@ impl Trainer {
 
     /// One optimizer step at learning rate `lr`; returns the batch loss.
     pub fn step(&mut self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>, lr: f64) -> Result<f64> {
+        let t0 = Instant::now();
         let (loss, _) = self.loss(batch, targets, weights, true)?;
+        let t1 = Instant::now();
         let mut grads = loss.backward()?;
+        let t2 = Instant::now();
         if self.spec.max_grad_norm > 0.0 {
             let mut total = 0f64;
             for (_, v) in &self.vars {
@@ -243,6 +248,7 @@ impl Trainer {
         self.opt.set_learning_rate(lr);
         self.opt.step(&grads)?;
         self.step += 1;
+        self.last_timing = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), t2.elapsed().as_secs_f64());
         Ok(loss.to_scalar::<f32>()? as f64)
     }
 
