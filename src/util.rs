@@ -56,8 +56,8 @@ pub fn parse_duration(s: &str) -> Result<i64> {
     n.checked_mul(mult).ok_or_else(|| Error::InvalidArgument(format!("duration {s:?} overflows")))
 }
 
-/// Formats a Unix time as RFC 3339 UTC (no external time crate needed).
-pub fn rfc3339(secs: i64) -> String {
+/// Calendar fields (year, month, day, hour, minute, second) of a Unix time, UTC.
+pub fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     // civil-from-days (Howard Hinnant's algorithm)
@@ -71,7 +71,13 @@ pub fn rfc3339(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Formats a Unix time as RFC 3339 UTC (no external time crate needed).
+pub fn rfc3339(secs: i64) -> String {
+    let (y, m, d, hh, mm, ss) = civil(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 /// SplitMix64: a tiny deterministic RNG (candle's CPU RNG cannot be seeded).

@@ -18,6 +18,9 @@ pub enum Which {
     Store {
         #[arg(long, default_value_t = 100_000)]
         n: usize,
+        /// Build the benchmark store here and keep it (default: a temp dir, removed)
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
     /// Mixed-adapter batch vs single adapter vs base; activation, load from store, merge
     Model {
@@ -28,7 +31,7 @@ pub enum Which {
         batch: usize,
         #[arg(long, default_value_t = 16)]
         seq: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         reps: usize,
     },
     /// Training throughput: r=8 q,v, batch 8, seq 128
@@ -127,7 +130,7 @@ fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64,
 
 pub fn run(which: Which, _home: &Path) -> Result<i32> {
     match which {
-        Which::Store { n } => bench_store(n)?,
+        Which::Store { n, keep } => bench_store(n, keep)?,
         Which::Model { base, batch, seq, reps } => bench_model(&base, batch, seq, reps)?,
         Which::Train { base, batch, seq, steps } => bench_train(&base, batch, seq, steps)?,
         Which::Embed { base } => bench_embed(&base)?,
@@ -136,8 +139,14 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
     Ok(0)
 }
 
-fn bench_store(n: usize) -> Result<()> {
-    let tmp = tmpdir("store")?;
+fn bench_store(n: usize, keep: Option<PathBuf>) -> Result<()> {
+    let tmp = match &keep {
+        Some(k) => {
+            let _ = std::fs::remove_dir_all(k);
+            k.clone()
+        }
+        None => tmpdir("store")?,
+    };
     let mut s = Store::open(&tmp)?;
     let t = Instant::now();
     {
@@ -146,10 +155,13 @@ fn bench_store(n: usize) -> Result<()> {
         {
             let mut ins = tx.prepare(
                 "INSERT INTO adapters(digest, manifest_digest, config_digest, weights_digest, base_fingerprint, base_arch, task, rank, alpha,
-                   use_rslora, target_modules, modules_to_save, labels, provenance, created_at, last_used_at, size)
-                 VALUES(?1, ?1, ?2, ?3, ?4, 'bert', 'SEQ_CLS', 8, 16, 0, '[\"query\",\"value\"]', '[\"classifier\"]', '[]', '{}', ?5, ?6, 1200000)",
+                   use_rslora, target_modules, modules_to_save, labels, provenance, created_at, last_used_at, size, ref_count)
+                 VALUES(?1, ?1, ?2, ?3, ?4, 'bert', 'SEQ_CLS', 8, 16, 0, '[\"query\",\"value\"]', '[\"classifier\"]', '[]', '{}', ?5, ?6, 1200000, 1)",
             )?;
-            let mut r = tx.prepare("INSERT INTO refs(name, tag, digest, updated_at) VALUES(?1, ?2, ?3, ?4)")?;
+            let mut r = tx.prepare(
+                "INSERT INTO refs(name, tag, digest, updated_at, task, rank, base_fingerprint, size, created_at)
+                 VALUES(?1, ?2, ?3, ?4, 'SEQ_CLS', 8, ?5, 1200000, ?4)",
+            )?;
             let base = loradex::digest::Digest::of(b"base").to_string();
             let now = loradex::util::now_secs();
             for i in 0..n {
@@ -158,7 +170,7 @@ fn bench_store(n: usize) -> Result<()> {
                 let w = loradex::digest::Digest::of(format!("w{i}").as_bytes()).to_string();
                 let created = now - (n - i) as i64 * 60;
                 ins.execute(rusqlite::params![d, c, w, base, created, created + 30])?;
-                r.execute(rusqlite::params![format!("team{}/domain{}", i % 100, i / 100 % 50), format!("v{}", i / 5000), d, created])?;
+                r.execute(rusqlite::params![format!("team{}/domain{}", i % 100, i / 100 % 50), format!("v{}", i / 5000), d, created, base])?;
             }
         }
         tx.commit()?;
@@ -190,7 +202,27 @@ fn bench_store(n: usize) -> Result<()> {
     println!("  ls --json                      {:>8.1} ms  ({:.1}x scan; goal < 100 ms)", ls_json * 1e3, ls_json / scan);
     println!("  prune --dry-run --keep-last 3  {:>8.1} ms  ({:.1}x scan; goal < 1000 ms)", prune_keep * 1e3, prune_keep / scan);
     println!("  prune --dry-run --older-than 1d --unused-for 1h {:>6.1} ms  ({:.1}x scan; goal < 1000 ms)", prune_age * 1e3, prune_age / scan);
-    let _ = std::fs::remove_dir_all(&tmp);
+    // the whole CLI process, as an operator runs it (stdout to /dev/null)
+    let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", e))?;
+    for args in [&["ls"][..], &["--json", "ls"], &["prune", "--keep-last", "3", "--dry-run"]] {
+        let t = time(3, || {
+            let st = std::process::Command::new(&exe)
+                .arg("--home")
+                .arg(&tmp)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| Error::io("loradex", e))?;
+            if !st.success() {
+                return Err(Error::Model(format!("loradex {args:?} failed")));
+            }
+            Ok(())
+        })?;
+        println!("  process: loradex {:<34} {:>8.1} ms", args.join(" "), t * 1e3);
+    }
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     Ok(())
 }
 
@@ -221,18 +253,45 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize) -> 
         })
         .collect();
     let bt = loradex::model::pad_batch(&rows, tok.pad_id, &e.device)?;
-    let base_t = time(reps, || e.classify_batch(&bt, &Routing::base(batch)))?;
-    let single_t = time(reps, || e.classify_batch(&bt, &Routing::single(adapters[0].clone(), batch)))?;
+    // interleave the three variants round by round so machine noise hits them alike;
+    // report the best and the median round of each
+    let single = Routing::single(adapters[0].clone(), batch);
     let mixed = Routing { adapters: adapters.clone(), rows: (0..batch).map(|i| Some(i % n_ad)).collect() };
-    let mixed_t = time(reps, || e.classify_batch(&bt, &mixed))?;
+    let variants = [("base alone", Routing::base(batch)), ("one adapter", single), ("mixed", mixed)];
+    let mut secs = vec![vec![]; 3];
+    for round in 0..=reps {
+        for (i, (_, r)) in variants.iter().enumerate() {
+            let t = Instant::now();
+            e.classify_batch(&bt, r)?;
+            if round > 0 {
+                secs[i].push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[0], v[v.len() / 2])
+    };
+    let (base_t, base_m) = stat(&mut secs[0]);
+    let (single_t, single_m) = stat(&mut secs[1]);
+    let (mixed_t, mixed_m) = stat(&mut secs[2]);
     let rps = |t: f64| batch as f64 / t;
-    println!("  base alone                 {:>8.1} ms/batch {:>8.1} rows/s", base_t * 1e3, rps(base_t));
-    println!("  one adapter                {:>8.1} ms/batch {:>8.1} rows/s  ({:.2}x base)", single_t * 1e3, rps(single_t), base_t / single_t);
+    println!("  ({reps} interleaved rounds; best round, median in brackets)");
+    println!("  base alone                 {:>8.1} ms/batch [{:.1}] {:>8.1} rows/s", base_t * 1e3, base_m * 1e3, rps(base_t));
     println!(
-        "  {n_ad} adapters mixed          {:>8.1} ms/batch {:>8.1} rows/s  ({:.2}x one adapter; goal >= 0.9x, PEFT on GPU: 0.1x)",
+        "  one adapter                {:>8.1} ms/batch [{:.1}] {:>8.1} rows/s  ({:.2}x base)",
+        single_t * 1e3,
+        single_m * 1e3,
+        rps(single_t),
+        base_t / single_t
+    );
+    println!(
+        "  {n_ad} adapters mixed          {:>8.1} ms/batch [{:.1}] {:>8.1} rows/s  ({:.2}x one adapter, median {:.2}x; goal >= 0.9x, PEFT on GPU: 0.1x)",
         mixed_t * 1e3,
+        mixed_m * 1e3,
         rps(mixed_t),
-        single_t / mixed_t
+        single_t / mixed_t,
+        single_m / mixed_m
     );
     // activation of a resident adapter: cache lookup + routing for a request
     let mut cache: std::collections::HashMap<String, std::sync::Arc<loradex::model::lora::LoadedAdapter>> =

@@ -10,7 +10,7 @@ use loradex::error::{Error, Result};
 use loradex::model::lora::Routing;
 use loradex::model::Engine;
 use loradex::store::{self, PrunePolicy, Ref, Store};
-use loradex::util::{parse_duration, rfc3339};
+use loradex::util::{civil, parse_duration};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -419,24 +419,83 @@ fn progress(p: &loradex::train::Progress) {
 fn ls_print(rows: &[store::ListRow], js: bool) {
     use std::io::Write;
     let out = std::io::stdout();
-    let mut w = std::io::BufWriter::new(out.lock());
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out.lock());
     if js {
         let _ = serde_json::to_writer(&mut w, rows);
         let _ = writeln!(w);
         return;
     }
+    // Hand-rolled row formatting: with 100k rows, `format!` padding was most of the time.
     let _ = writeln!(w, "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}", "REF", "DIGEST", "TASK", "RANK", "SIZE", "CREATED");
+    let mut line: Vec<u8> = Vec::with_capacity(160);
     for r in rows {
-        let _ = writeln!(
-            w,
-            "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}",
-            r.r#ref,
-            r.digest.get(7..19).unwrap_or(&r.digest),
-            r.task.as_deref().unwrap_or("-"),
-            r.rank,
-            r.size,
-            rfc3339(r.created_at)
-        );
+        line.clear();
+        pad(&mut line, r.r#ref.as_bytes(), 40, false);
+        line.push(b' ');
+        pad(&mut line, r.digest.as_bytes().get(7..19).unwrap_or(r.digest.as_bytes()), 14, false);
+        line.push(b' ');
+        pad(&mut line, r.task.as_deref().unwrap_or("-").as_bytes(), 10, false);
+        line.push(b' ');
+        pad(&mut line, int(r.rank).as_bytes(), 4, true);
+        line.push(b' ');
+        pad(&mut line, int(r.size).as_bytes(), 10, true);
+        line.extend_from_slice(b"  ");
+        let (y, mo, d, hh, mi, ss) = civil(r.created_at);
+        for (v, width, sep) in [(y, 4usize, b'-'), (mo, 2, b'-'), (d, 2, b'T'), (hh, 2, b':'), (mi, 2, b':'), (ss, 2, b'Z')] {
+            let s = int(v);
+            line.extend(std::iter::repeat_n(b'0', width.saturating_sub(s.len())));
+            line.extend_from_slice(s.as_bytes());
+            line.push(sep);
+        }
+        line.push(b'\n');
+        if w.write_all(&line).is_err() {
+            return; // stdout closed (e.g. piped into head)
+        }
+    }
+}
+
+fn pad(out: &mut Vec<u8>, s: &[u8], width: usize, right: bool) {
+    let fill = width.saturating_sub(s.len());
+    if right {
+        out.extend(std::iter::repeat_n(b' ', fill));
+    }
+    out.extend_from_slice(s);
+    if !right {
+        out.extend(std::iter::repeat_n(b' ', fill));
+    }
+}
+
+/// Decimal digits of an integer without the formatting machinery (stack buffer).
+fn int(n: i64) -> IntBuf {
+    let mut b = IntBuf { buf: [0; 20], start: 20 };
+    let neg = n < 0;
+    let mut v = n.unsigned_abs();
+    loop {
+        b.start -= 1;
+        b.buf[b.start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg && b.start > 0 {
+        b.start -= 1;
+        b.buf[b.start] = b'-';
+    }
+    b
+}
+
+struct IntBuf {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl IntBuf {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+    fn len(&self) -> usize {
+        20 - self.start
     }
 }
 

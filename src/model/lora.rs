@@ -177,8 +177,13 @@ impl LoraLinear {
             let d = h.matmul(&p.b.t()?)?;
             return Ok((y + d)?.reshape((b, s, out))?);
         }
-        // mixed batch: gather each row's (A, s·B) padded to the largest rank; rows without
-        // this module get zero slot 0. One batched matmul pair for all rows.
+        if x.device().is_cpu() && !ctx.train {
+            let rows: Vec<Option<&LoraPair>> = routing.rows.iter().map(row_pair).collect();
+            let d = mixed_lora_cpu(&x_in, &rows, s, out)?;
+            return Ok((y + d)?.reshape((b, s, out))?);
+        }
+        // mixed batch on an accelerator: gather each row's (A, s·B) padded to the largest rank;
+        // rows without this module get zero slot 0. One batched matmul pair for all rows.
         let r_max = pairs.iter().flatten().map(|p| p.rank()).max().unwrap_or(1);
         let dev = x.device();
         let mut a_slots = vec![Tensor::zeros((1, d_in, r_max), DType::F32, dev)?];
@@ -235,6 +240,81 @@ impl candle_core::CustomOp2 for FrozenLinear {
     fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((Some(grad.matmul(&self.weight)?), None))
     }
+}
+
+/// The low-rank terms of a mixed batch on the CPU: for each row's tokens `h = s · A x`
+/// (dot products over A's contiguous rows), then `d = Bᵀ h` as axpys over Bᵀ's rows. Thousands
+/// of tiny per-row matmuls cost far more in GEMM dispatch than this arithmetic does.
+/// `x`: `[rows * s, in]`; returns `[rows * s, out]`.
+fn mixed_lora_cpu(x: &Tensor, rows: &[Option<&LoraPair>], s: usize, out: usize) -> Result<Tensor> {
+    let d_in = x.dim(1)?;
+    let xv = x.flatten_all()?.to_vec1::<f32>()?;
+    // each distinct pair once: A [r, in] and s·Bᵀ [r, out], row-major
+    let mut distinct: Vec<*const LoraPair> = vec![];
+    let mut host: Vec<(usize, Vec<f32>, Vec<f32>)> = vec![];
+    let mut which: Vec<Option<usize>> = Vec::with_capacity(rows.len());
+    for r in rows {
+        which.push(match r {
+            None => None,
+            Some(p) => Some(match distinct.iter().position(|q| std::ptr::eq(*q, *p)) {
+                Some(i) => i,
+                None => {
+                    distinct.push(*p);
+                    let a = p.a.flatten_all()?.to_vec1::<f32>()?;
+                    let bt = (p.b.t()? * p.scale)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                    host.push((p.rank(), a, bt));
+                    host.len() - 1
+                }
+            }),
+        });
+    }
+    let mut d = vec![0f32; rows.len() * s * out];
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(rows.len().max(1));
+    let per = rows.len().div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        for (ci, chunk) in d.chunks_mut(per * s * out).enumerate() {
+            let (xv, host, which) = (&xv, &host, &which);
+            sc.spawn(move || {
+                let mut h = vec![0f32; 0];
+                for (ri, drow) in chunk.chunks_mut(s * out).enumerate() {
+                    let row = ci * per + ri;
+                    let Some(k) = which[row] else { continue };
+                    let (r, a, bt) = &host[k];
+                    h.resize(*r, 0.0);
+                    for t in 0..s {
+                        let xt = &xv[(row * s + t) * d_in..][..d_in];
+                        for (j, hj) in h.iter_mut().enumerate() {
+                            *hj = dot(xt, &a[j * d_in..][..d_in]);
+                        }
+                        let dt = &mut drow[t * out..][..out];
+                        for (j, hj) in h.iter().enumerate() {
+                            for (o, bv) in dt.iter_mut().zip(&bt[j * out..][..out]) {
+                                *o += hj * bv;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(Tensor::from_vec(d, (rows.len() * s, out), x.device())?)
+}
+
+/// Dot product in 8 independent lanes so the compiler vectorizes it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
 }
 
 fn dropout(x: &Tensor, ctx: &Ctx) -> Result<Tensor> {

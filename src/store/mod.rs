@@ -41,15 +41,23 @@ CREATE TABLE IF NOT EXISTS adapters(
   provenance TEXT NOT NULL,
   created_at INTEGER NOT NULL,
   last_used_at INTEGER,
-  size INTEGER NOT NULL
+  size INTEGER NOT NULL,
+  ref_count INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS adapters_dangling ON adapters(created_at) WHERE ref_count = 0;
 CREATE INDEX IF NOT EXISTS adapters_base ON adapters(base_fingerprint);
 CREATE INDEX IF NOT EXISTS adapters_created ON adapters(created_at);
+-- refs carry copies of their adapter's immutable listing fields so that `ls` is one scan
 CREATE TABLE IF NOT EXISTS refs(
   name TEXT NOT NULL,
   tag TEXT NOT NULL,
   digest TEXT NOT NULL,
   updated_at INTEGER NOT NULL,
+  task TEXT,
+  rank INTEGER NOT NULL,
+  base_fingerprint TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
   PRIMARY KEY(name, tag)
 );
 CREATE INDEX IF NOT EXISTS refs_digest ON refs(digest);
@@ -196,6 +204,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // read pages straight from the mapped file: listing 100k refs was 10% pread copies
+        conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store { home: home.to_path_buf(), conn })
     }
@@ -387,29 +397,48 @@ impl Store {
 
     /// Every ref (and dangling adapter), newest first; optionally only those for one base.
     ///
-    /// Two sequential scans joined in memory: at 100k adapters this is several times faster
-    /// than SQLite's indexed join, which pays B-tree searches per row.
+    /// One sequential scan of `refs` (which copies the listing fields) plus the dangling
+    /// adapters from a partial index: an indexed join paid B-tree searches per row.
     pub fn list(&self, base: Option<&Digest>) -> Result<Vec<ListRow>> {
-        let refs = refs_by_digest(&self.conn)?;
-        let mut out = Vec::with_capacity(refs.len());
-        let mut st = self.conn.prepare_cached(
-            "SELECT digest, task, rank, base_fingerprint, size, created_at FROM adapters WHERE ?1 IS NULL OR base_fingerprint = ?1",
-        )?;
-        let mut rows = st.query([base.map(|b| b.to_string())])?;
-        while let Some(r) = rows.next()? {
-            let digest: String = r.get(0)?;
-            let (task, rank, base, size, created_at) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?);
-            let names = refs.get(&digest).map(|v| v.as_slice()).unwrap_or(&[]);
-            if names.is_empty() {
-                out.push(ListRow { r#ref: "<none>".into(), digest, task, rank, base, size, created_at });
-            } else {
-                for n in names {
-                    out.push(ListRow { r#ref: n.clone(), digest: digest.clone(), task: task.clone(), rank, base: base.clone(), size, created_at });
-                }
+        let base = base.map(|b| b.to_string());
+        let mut out = Vec::new();
+        let row = |r: &rusqlite::Row| -> rusqlite::Result<ListRow> {
+            Ok(ListRow {
+                r#ref: r.get(0)?,
+                digest: r.get(1)?,
+                task: r.get(2)?,
+                rank: r.get(3)?,
+                base: r.get(4)?,
+                size: r.get(5)?,
+                created_at: r.get(6)?,
+            })
+        };
+        {
+            let mut st = self.conn.prepare_cached(
+                "SELECT name || ':' || tag, digest, task, rank, base_fingerprint, size, created_at FROM refs
+                 WHERE ?1 IS NULL OR base_fingerprint = ?1",
+            )?;
+            let mut rows = st.query([&base])?;
+            while let Some(r) = rows.next()? {
+                out.push(row(r)?);
             }
         }
-        out.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.r#ref.cmp(&b.r#ref)));
-        Ok(out)
+        let mut st = self.conn.prepare_cached(
+            "SELECT '<none>', digest, task, rank, base_fingerprint, size, created_at FROM adapters
+             WHERE ref_count = 0 AND (?1 IS NULL OR base_fingerprint = ?1)",
+        )?;
+        let mut rows = st.query([&base])?;
+        while let Some(r) = rows.next()? {
+            out.push(row(r)?);
+        }
+        // sort indices, then move each row once (pdqsort on the rows themselves moved them ~17x)
+        let mut order: Vec<u32> = (0..out.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (&out[a as usize], &out[b as usize]);
+            b.created_at.cmp(&a.created_at).then_with(|| a.r#ref.cmp(&b.r#ref))
+        });
+        let mut slots: Vec<Option<ListRow>> = out.into_iter().map(Some).collect();
+        Ok(order.into_iter().filter_map(|i| slots[i as usize].take()).collect())
     }
 
     pub fn tag(&mut self, src: &str, dst: &Ref) -> Result<Digest> {
@@ -431,6 +460,7 @@ impl Store {
             let r = Ref::parse(s)?;
             tx.execute("DELETE FROM refs WHERE name = ?1 AND tag = ?2", params![r.name, r.tag])?;
         }
+        recount(&tx, &d.to_string())?;
         tx.execute(
             "DELETE FROM adapters WHERE digest = ?1 AND NOT EXISTS (SELECT 1 FROM refs WHERE digest = ?1)",
             [d.to_string()],
@@ -685,12 +715,29 @@ fn refs_by_digest(conn: &Connection) -> Result<std::collections::HashMap<String,
 }
 
 fn upsert_ref(tx: &rusqlite::Transaction, r: &Ref, d: &Digest, now: i64) -> Result<()> {
-    tx.execute(
-        "INSERT INTO refs(name, tag, digest, updated_at) VALUES(?1, ?2, ?3, ?4)
-         ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+    let old: Option<String> =
+        tx.query_row("SELECT digest FROM refs WHERE name = ?1 AND tag = ?2", params![r.name, r.tag], |row| row.get(0)).optional()?;
+    let n = tx.execute(
+        "INSERT INTO refs(name, tag, digest, updated_at, task, rank, base_fingerprint, size, created_at)
+         SELECT ?1, ?2, digest, ?4, task, rank, base_fingerprint, size, created_at FROM adapters WHERE digest = ?3
+         ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at,
+           task = excluded.task, rank = excluded.rank, base_fingerprint = excluded.base_fingerprint,
+           size = excluded.size, created_at = excluded.created_at",
         params![r.name, r.tag, d.to_string(), now],
     )?;
+    if n != 1 {
+        return Err(Error::NotFound(format!("adapter {d}")));
+    }
     // an adapter the ref pointed at before and that nothing else names is now dangling:
-    // it stays until `prune` (so a re-tag can be undone by digest).
+    // it stays until `prune` (so a re-tag can be undone by digest)
+    if let Some(o) = old {
+        recount(tx, &o)?;
+    }
+    recount(tx, &d.to_string())
+}
+
+/// Keeps `adapters.ref_count` (which finds dangling adapters without a join) exact.
+fn recount(tx: &rusqlite::Transaction, digest: &str) -> Result<()> {
+    tx.execute("UPDATE adapters SET ref_count = (SELECT COUNT(*) FROM refs WHERE digest = ?1) WHERE digest = ?1", [digest])?;
     Ok(())
 }

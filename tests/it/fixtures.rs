@@ -75,6 +75,12 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
     let routing = Routing { adapters: vec![default.clone(), other], rows };
     let mixed = logits(e.classify_batch(&batch, &routing).unwrap());
     assert_close(&mixed, &exp["mixed_logits"], tol, "mixed_logits");
+    // the gathered batched-matmul path (accelerators; training-mode forwards) agrees too
+    let Net::Bert(m) = &e.net else { panic!() };
+    let mut ctx = Ctx::infer(&routing);
+    ctx.train = true;
+    let gathered = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
+    assert_close(&gathered, &exp["mixed_logits"], tol, "mixed_logits (gathered path)");
     // merged into the weights, then unmerged back to the base
     e.merge(&default, 1.0).unwrap();
     let merged = logits(e.classify_batch(&batch, &Routing::base(n)).unwrap());
