@@ -120,3 +120,37 @@ fn llama_logits_and_greedy_ids_match_peft() {
     e.merge(&a, 1.0).unwrap();
     check(&e, &Routing::base(b), &exp["merged_logits"], "merged_logits");
 }
+
+#[test]
+fn merge_writes_a_model_directory_that_reloads_with_merged_logits() {
+    let case = bert();
+    let tol = atol(&case);
+    let exp = expected(&case);
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let out = tmp.path().join("merged");
+    ok(&home, &["import", case.join("adapter").to_str().unwrap(), "--name", "cs", "--base", case.join("base").to_str().unwrap()]);
+    ok(&home, &["merge", "cs", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    // the directory is a complete task model: config (with labels), weights, tokenizer
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(cfg["id2label"]["1"], "욕설");
+    assert!(out.join("tokenizer.json").is_file());
+    // same tensor names and shapes as PEFT's merge_and_unload, values within tolerance
+    let ours = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let peft = candle_core::safetensors::load(case.join("merged/model.safetensors"), &Device::Cpu).unwrap();
+    let mut a: Vec<&String> = ours.keys().collect();
+    let mut b: Vec<&String> = peft.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    for (k, t) in &peft {
+        let d = (t - &ours[k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= tol, "{k} differs from PEFT's merged weight by {d}");
+    }
+    // and it reloads as a base of its own, giving merged_logits without any adapter
+    let e = Engine::load(BaseDir::open_dir(&out).unwrap(), Device::Cpu).unwrap();
+    let batch = bert_batch(&e, &exp);
+    let got = logits(e.classify_batch(&batch, &Routing::base(batch.lens.len())).unwrap());
+    assert_close(&got, &exp["merged_logits"], tol, "merged directory logits");
+}
