@@ -190,42 +190,26 @@ pub fn check_adapter(
             KeyKind::Saved(m, param) => {
                 let module = arch.canonical(&m);
                 let base_name = format!("{module}.{param}");
-                let is_head = HEAD_MODULES.contains(&module.as_str());
-                if !is_head {
+                if !HEAD_MODULES.contains(&module.as_str()) {
                     return Err(Error::UnsupportedAdapter(format!(
                         "{key}: modules_to_save other than a classification head ({HEAD_MODULES:?}) is not supported"
                     )));
                 }
-                match shapes.get(&base_name) {
-                    Some(bs) if bs == &info.shape => {}
-                    Some(bs) if is_head && bs.len() == info.shape.len() && bs.get(1) == info.shape.get(1) => {}
-                    Some(bs) => {
-                        return Err(Error::TensorMismatch {
-                            tensor: key.clone(),
-                            detail: format!("shape {:?} but base {base_name} is {:?}", info.shape, bs),
-                        })
-                    }
-                    None if is_head => {
-                        let ok = match (param.as_str(), info.shape.as_slice()) {
-                            ("weight", [_, h]) => hidden.is_none_or(|hid| *h == hid),
-                            ("bias", [_]) => true,
-                            _ => false,
-                        };
-                        if !ok {
-                            return Err(Error::TensorMismatch {
-                                tensor: key.clone(),
-                                detail: format!("head {param} of shape {:?} does not fit hidden size {hidden:?}", info.shape),
-                            });
-                        }
-                    }
-                    None => {
-                        return Err(Error::TensorMismatch {
-                            tensor: key.clone(),
-                            detail: format!("the base model has no {base_name}"),
-                        })
-                    }
+                // a head may have another label count than the base's, or be absent from the base
+                // (a bare encoder); its input side must fit the hidden size
+                let fits = match (shapes.get(&base_name), param.as_str(), info.shape.as_slice()) {
+                    (Some(bs), _, _) => bs.len() == info.shape.len() && bs.get(1) == info.shape.get(1),
+                    (None, "weight", [_, h]) => hidden.is_none_or(|hid| *h == hid),
+                    (None, "bias", [_]) => true,
+                    (None, _, _) => false,
+                };
+                if !fits {
+                    return Err(Error::TensorMismatch {
+                        tensor: key.clone(),
+                        detail: format!("head {param} of shape {:?} does not fit the base (hidden size {hidden:?})", info.shape),
+                    });
                 }
-                if is_head && param == "weight" {
+                if param == "weight" {
                     summary.head_labels = info.shape.first().copied();
                 }
                 summary.saved_modules.insert(module);
