@@ -154,3 +154,26 @@ fn merge_writes_a_model_directory_that_reloads_with_merged_logits() {
     let got = logits(e.classify_batch(&batch, &Routing::base(batch.lens.len())).unwrap());
     assert_close(&got, &exp["merged_logits"], tol, "merged directory logits");
 }
+
+#[test]
+fn llama_merge_directory_reloads_with_merged_logits() {
+    let case = llama();
+    let tol = atol(&case);
+    let exp = expected(&case);
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let out = tmp.path().join("merged");
+    ok(&home, &["import", case.join("adapter").to_str().unwrap(), "--name", "gen", "--base", case.join("base").to_str().unwrap()]);
+    ok(&home, &["merge", "gen", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let e = Engine::load(BaseDir::open_dir(&out).unwrap(), Device::Cpu).unwrap();
+    let Net::Llama(m) = &e.net else { panic!("merged llama did not reload as llama") };
+    let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
+    let got = m.forward(&ids, Some(&mask), 0, None, &Ctx::infer(&Routing::base(5))).unwrap();
+    for (r, row) in ids_rows(&exp["attention_mask"]).iter().enumerate() {
+        let valid = row.iter().filter(|&&x| x == 1).count();
+        let g = got.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = exp["merged_logits"].get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(max_abs_diff(&g, &w) <= tol, "row {r}");
+    }
+}

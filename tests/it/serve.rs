@@ -250,3 +250,30 @@ fn completions_choose_the_adapter_per_request() {
     let (st, _) = http(&srv.addr, "POST", "/v1/completions", Some(r#"{"model": "other-model", "prompt": "x"}"#), None);
     assert_eq!(st, 404);
 }
+
+#[test]
+fn a_full_queue_answers_503_and_the_server_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "cs", "--base", bert().join("base").to_str().unwrap()]);
+    // one waiting job at most; each job is 300 texts, so the batcher stays busy
+    let srv = Server::start(&home, &bert().join("base"), &["--max-queue", "1", "--max-batch", "1"]);
+    let texts: Vec<String> = (0..300).map(|i| format!("where is my refund {i} thank you for the quick help")).collect();
+    let body = serde_json::json!({"adapter": "cs", "texts": texts}).to_string();
+    let handles: Vec<_> = (0..24)
+        .map(|_| {
+            let (addr, body) = (srv.addr.clone(), body.clone());
+            std::thread::spawn(move || http(&addr, "POST", "/v1/classify", Some(&body), None))
+        })
+        .collect();
+    let results: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let n503 = results.iter().filter(|(s, _)| *s == 503).count();
+    let n200 = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(n503 + n200, results.len(), "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(n503 > 0, "24 concurrent requests against a queue of 1 never got a 503");
+    assert!(n200 > 0);
+    let oa = Checker::file("openapi.yaml");
+    let (_, b) = results.iter().find(|(s, _)| *s == 503).unwrap();
+    oa.assert_valid("components/schemas/Error", &json(b));
+    assert_eq!(classify(&srv.addr, Some("cs")).0, 200, "the server stopped serving after shedding load");
+}
