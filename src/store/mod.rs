@@ -223,12 +223,19 @@ impl Store {
         write_blob(&self.home, bytes)
     }
 
+    /// Reads a blob and checks it still hashes to its name: corruption is an error at the
+    /// first read, never served or exported (about 1 ms per MB).
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let p = self.blob_path(d);
-        std::fs::read(&p).map_err(|e| match e.kind() {
+        let bytes = std::fs::read(&p).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound(format!("blob {d} (run `loradex verify`)")),
             _ => Error::io(&p, e),
-        })
+        })?;
+        let actual = Digest::of(&bytes);
+        if &actual != d {
+            return Err(Error::Corrupt { digest: d.to_string(), actual: actual.to_string() });
+        }
+        Ok(bytes)
     }
 
     /// The base's fingerprint, cached by path + (size, mtime) of its files.

@@ -269,3 +269,34 @@ fn tag_rm_prune_policies() {
     assert_eq!(json(&ok(&home, &["--json", "verify"]))["ok"], true);
     assert!(fails(&home, &["prune", "--older-than", "3x"]).contains("duration"));
 }
+
+#[test]
+fn verify_reports_corrupt_and_missing_blobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "a", "--base", bert().join("base").to_str().unwrap()]);
+    ok(&home, &["import", bert().join("adapters_multi/other").to_str().unwrap(), "--name", "b", "--base", bert().join("base").to_str().unwrap()]);
+    let show = json(&ok(&home, &["--json", "show", "a"]));
+    let weights = show["weights_digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let other = json(&ok(&home, &["--json", "show", "b"]))["config_digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    // flip one byte of a's weights; delete b's config
+    let p = home.join("blobs/sha256").join(&weights);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::remove_file(home.join("blobs/sha256").join(&other)).unwrap();
+    let o = run(&home, &["--json", "verify"]);
+    assert_eq!(o.status.code(), Some(1), "verify must fail on a damaged store");
+    let v = json(&String::from_utf8(o.stdout).unwrap());
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["report"]["corrupt"], serde_json::json!([format!("sha256:{weights}")]));
+    assert_eq!(v["report"]["missing"], serde_json::json!([format!("sha256:{other}")]));
+    // the damage is reported where the adapter is used, not silently served
+    let e = fails(&home, &["export", "b", tmp.path().join("x").to_str().unwrap()]);
+    assert!(e.contains("not found") && e.contains("verify"), "{e}");
+    let e = fails(&home, &["export", "a", tmp.path().join("y").to_str().unwrap()]);
+    assert!(e.contains("corrupt"), "{e}");
+    assert!(!tmp.path().join("y/adapter_model.safetensors").exists(), "corrupt weights were exported");
+    let e = fails(&home, &["predict", "--base", bert().join("base").to_str().unwrap(), "--adapter", "a", "--text", "hi"]);
+    assert!(e.contains("corrupt"), "{e}");
+}
