@@ -119,7 +119,7 @@ impl Llama {
         }
         let head_dim = cfg.head_dim.unwrap_or(cfg.hidden_size / cfg.num_attention_heads);
         let n_kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
-        if cfg.num_attention_heads % n_kv != 0 {
+        if !cfg.num_attention_heads.is_multiple_of(n_kv) {
             return Err(Error::Model("num_attention_heads must be a multiple of num_key_value_heads".into()));
         }
         let mut layers = Vec::new();

@@ -99,7 +99,7 @@ impl Tok {
 
     pub fn batch(&self, texts: &[String], max_len: usize, device: &Device) -> Result<Batch> {
         let enc: Vec<(Vec<u32>, Vec<u32>)> = texts.iter().map(|t| self.encode(t, max_len)).collect::<Result<_>>()?;
-        Ok(pad_batch(&enc, self.pad_id, device)?)
+        pad_batch(&enc, self.pad_id, device)
     }
 }
 

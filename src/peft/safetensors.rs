@@ -245,7 +245,7 @@ pub fn write_f32(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Vec<u8> 
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header)).expect("header serializes");
     // pad the header with spaces to 8-byte alignment, as the reference writer does
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + offset);
