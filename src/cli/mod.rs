@@ -225,8 +225,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 Some(b) => Some(s.base_fingerprint(&BaseDir::open(&b)?)?),
                 None => None,
             };
-            let rows = s.list(fp.as_ref())?;
-            ls_print(&rows, js);
+            ls_print(&s, fp.as_ref(), js)?;
         }
         Cmd::Show { r#ref } => {
             let s = open_store(&home)?;
@@ -416,42 +415,70 @@ fn progress(p: &loradex::train::Progress) {
     let _ = std::io::stderr().flush();
 }
 
-fn ls_print(rows: &[store::ListRow], js: bool) {
+/// Streams the listing to stdout (table, or a JSON array) as the store yields it.
+fn ls_print(s: &Store, base: Option<&loradex::digest::Digest>, js: bool) -> Result<()> {
     use std::io::Write;
     let out = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, out.lock());
-    if js {
-        let _ = serde_json::to_writer(&mut w, rows);
-        let _ = writeln!(w);
-        return;
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut first = true;
+    if !js {
+        let _ = writeln!(w, "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}", "REF", "DIGEST", "TASK", "RANK", "SIZE", "CREATED");
     }
-    // Hand-rolled row formatting: with 100k rows, `format!` padding was most of the time.
-    let _ = writeln!(w, "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}", "REF", "DIGEST", "TASK", "RANK", "SIZE", "CREATED");
-    let mut line: Vec<u8> = Vec::with_capacity(160);
-    for r in rows {
+    let res = s.list_each(base, |r| {
         line.clear();
-        pad(&mut line, r.r#ref.as_bytes(), 40, false);
-        line.push(b' ');
-        pad(&mut line, r.digest.as_bytes().get(7..19).unwrap_or(r.digest.as_bytes()), 14, false);
-        line.push(b' ');
-        pad(&mut line, r.task.as_deref().unwrap_or("-").as_bytes(), 10, false);
-        line.push(b' ');
-        pad(&mut line, int(r.rank).as_bytes(), 4, true);
-        line.push(b' ');
-        pad(&mut line, int(r.size).as_bytes(), 10, true);
-        line.extend_from_slice(b"  ");
-        let (y, mo, d, hh, mi, ss) = civil(r.created_at);
-        for (v, width, sep) in [(y, 4usize, b'-'), (mo, 2, b'-'), (d, 2, b'T'), (hh, 2, b':'), (mi, 2, b':'), (ss, 2, b'Z')] {
-            let s = int(v);
-            line.extend(std::iter::repeat_n(b'0', width.saturating_sub(s.len())));
-            line.extend_from_slice(s.as_bytes());
-            line.push(sep);
+        if js {
+            // refs are validated to [A-Za-z0-9._/:-] (or "<none>"), digests are hex: only the
+            // task (from a PEFT config) can need escaping, so only it goes through serde_json
+            line.push(if first { b'[' } else { b',' });
+            line.extend_from_slice(b"{\"ref\":\"");
+            line.extend_from_slice(r.r#ref.as_bytes());
+            line.extend_from_slice(b"\",\"digest\":\"");
+            line.extend_from_slice(r.digest.as_bytes());
+            line.extend_from_slice(b"\",\"task\":");
+            serde_json::to_writer(&mut line, &r.task).map_err(|e| Error::json("ls", e))?;
+            line.extend_from_slice(b",\"rank\":");
+            line.extend_from_slice(int(r.rank).as_bytes());
+            line.extend_from_slice(b",\"base\":\"");
+            line.extend_from_slice(r.base.as_bytes());
+            line.extend_from_slice(b"\",\"size\":");
+            line.extend_from_slice(int(r.size).as_bytes());
+            line.extend_from_slice(b",\"created_at\":");
+            line.extend_from_slice(int(r.created_at).as_bytes());
+            line.push(b'}');
+        } else {
+            // hand-rolled row formatting: with 100k rows, `format!` padding was most of the time
+            pad(&mut line, r.r#ref.as_bytes(), 40, false);
+            line.push(b' ');
+            pad(&mut line, r.digest.as_bytes().get(7..19).unwrap_or(r.digest.as_bytes()), 14, false);
+            line.push(b' ');
+            pad(&mut line, r.task.as_deref().unwrap_or("-").as_bytes(), 10, false);
+            line.push(b' ');
+            pad(&mut line, int(r.rank).as_bytes(), 4, true);
+            line.push(b' ');
+            pad(&mut line, int(r.size).as_bytes(), 10, true);
+            line.extend_from_slice(b"  ");
+            let (y, mo, d, hh, mi, ss) = civil(r.created_at);
+            for (v, width, sep) in [(y, 4usize, b'-'), (mo, 2, b'-'), (d, 2, b'T'), (hh, 2, b':'), (mi, 2, b':'), (ss, 2, b'Z')] {
+                let s = int(v);
+                line.extend(std::iter::repeat_n(b'0', width.saturating_sub(s.len())));
+                line.extend_from_slice(s.as_bytes());
+                line.push(sep);
+            }
+            line.push(b'\n');
         }
-        line.push(b'\n');
-        if w.write_all(&line).is_err() {
-            return; // stdout closed (e.g. piped into head)
-        }
+        first = false;
+        w.write_all(&line).map_err(|e| Error::io("stdout", e))
+    });
+    match res {
+        // stdout closed (piped into `head`): stop quietly
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
     }
+    if js {
+        let _ = w.write_all(if first { b"[]\n" } else { b"]\n" });
+    }
+    Ok(())
 }
 
 fn pad(out: &mut Vec<u8>, s: &[u8], width: usize, right: bool) {
