@@ -420,12 +420,13 @@ fn bench_train(base: &Option<String>, batch: usize, seq: usize, steps: usize) ->
     println!("  baseline: inference forward {:>8.3} s/batch", fwd);
     println!("  last step: forward {f:.3} s, backward {bw:.3} s, clip + AdamW {o:.3} s");
     println!(
-        "  train step (fwd+bwd+AdamW)  {:>8.3} s/step  {:.1} samples/s  ({:.1}x forward; PEFT+PyTorch: 3.19 s/step on 2 threads -> {:.2}x PEFT speed)",
+        "  train step (fwd+bwd+AdamW)  {:>8.3} s/step  {:.1} samples/s  ({:.1}x forward; issue's PEFT figure 3.19 s/step -> {:.2}x)",
         step,
         batch as f64 / step,
         step / fwd,
         3.19 / step
     );
+    println!("  PEFT on this machine: benches/peft_train_step.py (same setup; needs torch, transformers, peft)");
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
