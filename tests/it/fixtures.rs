@@ -94,23 +94,10 @@ fn llama_logits_and_greedy_ids_match_peft() {
     let exp = expected(&case);
     let mut e = engine(&case);
     let a = adapter(&e, &case.join("adapter"));
-    let ids_t = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
-    let mask_t = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
-    let mask = ids_rows(&exp["attention_mask"]);
-    let (b, _) = ids_t.dims2().unwrap();
-    let check = |e: &Engine, routing: &Routing, want: &Tensor, what: &str| {
-        let Net::Llama(m) = &e.net else { panic!() };
-        let got = m.forward(&ids_t, Some(&mask_t), 0, None, &Ctx::infer(routing)).unwrap();
-        for r in 0..b {
-            let valid = mask[r].iter().filter(|&&x| x == 1).count();
-            let g = got.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let w = want.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let d = max_abs_diff(&g, &w);
-            assert!(d <= tol, "{what}: row {r} differs by {d}");
-        }
-    };
-    check(&e, &Routing::base(b), &exp["base_logits"], "base_logits");
-    check(&e, &Routing::single(a.clone(), b), &exp["lora_logits"], "lora_logits");
+    let b = exp["input_ids"].dims()[0];
+    let check = |e: &Engine, routing: &Routing, want: &str| assert_llama_logits(e, routing, &exp, want, tol);
+    check(&e, &Routing::base(b), "base_logits");
+    check(&e, &Routing::single(a.clone(), b), "lora_logits");
     // greedy generation with the adapter active
     let prompt: Vec<u32> = ids_rows(&exp["prompt_ids"])[0].clone();
     let want: Vec<u32> = ids_rows(&exp["greedy_ids"])[0].clone();
@@ -118,7 +105,22 @@ fn llama_logits_and_greedy_ids_match_peft() {
     let got = m.generate(&prompt, want.len() - prompt.len(), 0.0, 0, &Ctx::infer(&Routing::single(a.clone(), 1))).unwrap();
     assert_eq!(got, want, "greedy ids");
     e.merge(&a, 1.0).unwrap();
-    check(&e, &Routing::base(b), &exp["merged_logits"], "merged_logits");
+    check(&e, &Routing::base(b), "merged_logits");
+}
+
+/// Llama logits on the fixture's inputs equal `exp[want]` where the attention mask is 1.
+fn assert_llama_logits(e: &Engine, routing: &Routing, exp: &std::collections::HashMap<String, Tensor>, want: &str, tol: f32) {
+    let Net::Llama(m) = &e.net else { panic!("not a llama engine") };
+    let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
+    let got = m.forward(&ids, Some(&mask), 0, None, &Ctx::infer(routing)).unwrap();
+    for (r, row) in ids_rows(&exp["attention_mask"]).iter().enumerate() {
+        let valid = row.iter().filter(|&&x| x == 1).count();
+        let g = got.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = exp[want].get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let d = max_abs_diff(&g, &w);
+        assert!(d <= tol, "{want}: row {r} differs by {d}");
+    }
 }
 
 #[test]
@@ -166,14 +168,6 @@ fn llama_merge_directory_reloads_with_merged_logits() {
     ok(&home, &["import", case.join("adapter").to_str().unwrap(), "--name", "gen", "--base", case.join("base").to_str().unwrap()]);
     ok(&home, &["merge", "gen", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let e = Engine::load(BaseDir::open_dir(&out).unwrap(), Device::Cpu).unwrap();
-    let Net::Llama(m) = &e.net else { panic!("merged llama did not reload as llama") };
-    let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
-    let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
-    let got = m.forward(&ids, Some(&mask), 0, None, &Ctx::infer(&Routing::base(5))).unwrap();
-    for (r, row) in ids_rows(&exp["attention_mask"]).iter().enumerate() {
-        let valid = row.iter().filter(|&&x| x == 1).count();
-        let g = got.get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let w = exp["merged_logits"].get(r).unwrap().narrow(0, 0, valid).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(max_abs_diff(&g, &w) <= tol, "row {r}");
-    }
+    assert!(matches!(e.net, Net::Llama(_)), "merged llama did not reload as llama");
+    assert_llama_logits(&e, &Routing::base(5), &exp, "merged_logits", tol);
 }
