@@ -585,7 +585,7 @@ impl Store {
                 del.execute([v])?;
             }
         }
-        drop(tx.commit());
+        tx.commit()?;
         let gc = if dry_run { None } else { Some(self.gc(p.grace, false)?) };
         Ok(PruneReport { dry_run, adapters: victims, refs, gc })
     }
