@@ -72,13 +72,7 @@ fn write_tokenizer(path: &Path) -> Result<usize> {
 }
 
 fn randn(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            let u1 = rng.next_f32().max(1e-7);
-            let u2 = rng.next_f32();
-            std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-        })
-        .collect()
+    (0..n).map(|_| rng.normal(std)).collect()
 }
 
 /// Writes a random `BertForSequenceClassification` (`labels` empty: a bare encoder, no head).

@@ -99,12 +99,6 @@ fn matches_target(module: &str, targets: &[String]) -> bool {
     targets.iter().any(|t| module == t || module.ends_with(&format!(".{t}")))
 }
 
-fn normal(rng: &mut Rng, std: f32) -> f32 {
-    let u1 = rng.next_f32().max(1e-7);
-    let u2 = rng.next_f32();
-    std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-}
-
 impl Trainer {
     /// `labels` is the classifier's label list (seq-cls) or empty (causal LM).
     pub fn new(mut engine: Engine, task: Task, spec: LoraSpec, labels: Vec<String>) -> Result<Trainer> {
@@ -146,7 +140,7 @@ impl Trainer {
                 let (w, b) = match &bert.classifier {
                     Some(h) if h.weight.dims()[0] == n => (h.weight.to_device(&dev)?.copy()?, h.bias.to_device(&dev)?.copy()?),
                     _ => {
-                        let w: Vec<f32> = (0..n * hidden).map(|_| normal(&mut rng, 0.02)).collect();
+                        let w: Vec<f32> = (0..n * hidden).map(|_| rng.normal(0.02)).collect();
                         (Tensor::from_vec(w, (n, hidden), &dev)?, Tensor::zeros(n, DType::F32, &dev)?)
                     }
                 };
