@@ -196,6 +196,21 @@ fn load_engine(base: &str, store: &Store, cuda: bool) -> Result<(Engine, loradex
     Ok((Engine::load(b, loradex::model::device(cuda)?)?, fp))
 }
 
+/// Fetches an adapter (store ref or PEFT directory) for `e`'s base, marks a stored one as
+/// used (for `prune --unused-for`), and builds its tensors.
+fn use_adapter(
+    spec: &str,
+    s: &Store,
+    e: &Engine,
+    fp: &loradex::digest::Digest,
+) -> Result<std::sync::Arc<loradex::model::lora::LoadedAdapter>> {
+    let f = adapters::fetch(spec, Some(s), &e.base, Some(fp))?;
+    if let Some(d) = f.digest {
+        s.touch(&d)?;
+    }
+    e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)
+}
+
 fn run(cli: Cli, home: PathBuf) -> Result<i32> {
     let js = cli.json;
     match cli.cmd {
@@ -320,16 +335,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
         Cmd::Generate { base, adapter, prompt, max_new_tokens, temperature, cuda } => {
             let s = open_store(&home)?;
             let (e, fp) = load_engine(&base, &s, cuda)?;
-            let a = match &adapter {
-                Some(spec) => {
-                    let f = adapters::fetch(spec, Some(&s), &e.base, Some(&fp))?;
-                    if let Some(d) = f.digest {
-                        s.touch(&d)?;
-                    }
-                    Some(e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)?)
-                }
-                None => None,
-            };
+            let a = adapter.as_deref().map(|spec| use_adapter(spec, &s, &e, &fp)).transpose()?;
             let (ids, n_prompt, text) = e.generate(&prompt, max_new_tokens, temperature, a)?;
             if js {
                 print_json(&json!({"prompt_ids": &ids[..n_prompt], "ids": ids, "new_ids": &ids[n_prompt..], "text": text, "adapter": adapter}));
@@ -554,11 +560,7 @@ fn predict(home: &std::path::Path, base: &str, specs: &[String], merged: bool, t
         if is_none(spec) || names.contains(spec) {
             continue;
         }
-        let f = adapters::fetch(spec, Some(&s), &e.base, Some(&fp))?;
-        if let Some(d) = f.digest {
-            s.touch(&d)?;
-        }
-        loaded.push(e.adapter(&f.id, &f.config_bytes, &f.weights_bytes, f.labels)?);
+        loaded.push(use_adapter(spec, &s, &e, &fp)?);
         names.push(spec.clone());
     }
     let slot = |spec: &str| if is_none(spec) { None } else { names.iter().position(|n| n == spec) };
