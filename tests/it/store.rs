@@ -300,3 +300,20 @@ fn verify_reports_corrupt_and_missing_blobs() {
     let e = fails(&home, &["predict", "--base", bert().join("base").to_str().unwrap(), "--adapter", "a", "--text", "hi"]);
     assert!(e.contains("corrupt"), "{e}");
 }
+
+#[test]
+fn ls_json_is_the_same_rows_as_the_library_listing() {
+    // `ls --json` is written by hand for speed; it must equal ListRow's serde form
+    // (which /v1/adapters serves), including dangling adapters
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = bert().join("base");
+    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "a:v1", "--base", base.to_str().unwrap()]);
+    ok(&home, &["import", bert().join("adapters_multi/other").to_str().unwrap(), "--name", "b", "--base", base.to_str().unwrap()]);
+    ok(&home, &["tag", "b", "a:v1"]); // a's old adapter is now dangling
+    let cli = ls_json(&home);
+    let lib = serde_json::to_value(loradex::store::Store::open(&home).unwrap().list(None).unwrap()).unwrap();
+    assert_eq!(cli, lib);
+    assert_eq!(cli.as_array().unwrap().len(), 3);
+    assert!(cli.as_array().unwrap().iter().any(|r| r["ref"] == "<none>"));
+}
