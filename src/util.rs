@@ -88,6 +88,11 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
+    /// The generator as it will be after `n` more draws (SplitMix64's state advances by a
+    /// constant per draw, so streams can be split across threads and stay identical).
+    pub fn ahead(&self, n: u64) -> Rng {
+        Rng(self.0.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

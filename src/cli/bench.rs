@@ -8,7 +8,7 @@ use loradex::model::lora::Routing;
 use loradex::model::{Engine, Net};
 use loradex::store::{Ref, Store};
 use loradex::synth;
-use loradex::train::{LoraSpec, Task, Trainer};
+use loradex::train::{GradPath, LoraSpec, Task, Trainer};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -34,7 +34,8 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
-    /// Training throughput: r=8 q,v, batch 8, seq 128
+    /// Training throughput: r=8 q,v, batch 8, seq 128; against candle's autograd and,
+    /// with --peft, against PEFT + PyTorch measured in the same run
     Train {
         #[arg(long)]
         base: Option<String>,
@@ -44,6 +45,14 @@ pub enum Which {
         seq: usize,
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// A Python with torch, transformers and peft: also runs --peft-script (same setup)
+        #[arg(long)]
+        peft: Option<PathBuf>,
+        #[arg(long, default_value = "benches/peft_train_step.py")]
+        peft_script: PathBuf,
+        /// Skip the autograd baseline (quicker runs while profiling)
+        #[arg(long)]
+        no_autograd: bool,
     },
     /// Real-model check: sentence embeddings (mean pooling) from a BERT encoder such as
     /// all-MiniLM-L6-v2; similar pairs must score above unrelated ones
@@ -132,7 +141,9 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
     match which {
         Which::Store { n, keep } => bench_store(n, keep)?,
         Which::Model { base, batch, seq, reps } => bench_model(&base, batch, seq, reps)?,
-        Which::Train { base, batch, seq, steps } => bench_train(&base, batch, seq, steps)?,
+        Which::Train { base, batch, seq, steps, peft, peft_script, no_autograd } => {
+            bench_train(&base, (batch, seq, steps), !no_autograd, peft.as_deref(), &peft_script)?
+        }
         Which::Embed { base } => bench_embed(&base)?,
         Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
     }
@@ -381,7 +392,7 @@ fn layers(e: &Engine) -> usize {
     e.base.config.get("num_hidden_layers").and_then(|v| v.as_u64()).unwrap_or(0) as usize
 }
 
-fn bench_train(base: &Option<String>, batch: usize, seq: usize, steps: usize) -> Result<()> {
+fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize), autograd: bool, peft: Option<&Path>, peft_script: &Path) -> Result<()> {
     let tmp = tmpdir("train")?;
     let b = bert_base(base, &tmp, &["neg", "pos"])?;
     let e = Engine::load(b, candle_core::Device::Cpu)?;
@@ -415,18 +426,39 @@ fn bench_train(base: &Option<String>, batch: usize, seq: usize, steps: usize) ->
         let r = Routing::base(batch);
         m.pooled(&bt.ids, &bt.type_ids, &bt.mask, &loradex::model::lora::Ctx::infer(&r))
     })?;
+    let autograd = if autograd {
+        tr.grad_path = GradPath::Autograd;
+        let t = time(1, || tr.step(&bt, &targets, None, 2e-4))?;
+        tr.grad_path = GradPath::Auto;
+        t
+    } else {
+        f64::NAN
+    };
     let step = time(steps, || tr.step(&bt, &targets, None, 2e-4))?;
     let (f, bw, o) = tr.last_timing;
-    println!("  baseline: inference forward {:>8.3} s/batch", fwd);
-    println!("  last step: forward {f:.3} s, backward {bw:.3} s, clip + AdamW {o:.3} s");
+    println!("  baseline: inference forward          {fwd:>8.3} s/batch");
+    println!("  baseline: candle autograd step       {autograd:>8.3} s/step");
     println!(
-        "  train step (fwd+bwd+AdamW)  {:>8.3} s/step  {:.1} samples/s  ({:.1}x forward; issue's PEFT figure 3.19 s/step -> {:.2}x)",
-        step,
+        "  train step (fwd+bwd+AdamW)           {step:>8.3} s/step  {:.1} samples/s  ({:.2}x forward; {:.2}x faster than autograd)",
         batch as f64 / step,
         step / fwd,
-        3.19 / step
+        autograd / step
     );
-    println!("  PEFT on this machine: benches/peft_train_step.py (same setup; needs torch, transformers, peft)");
+    println!("  last step: forward {f:.3} s, backward {bw:.3} s, clip + AdamW {o:.3} s");
+    match peft {
+        None => println!("  PEFT + PyTorch: pass --peft PYTHON (with torch, transformers, peft) to measure it in this run"),
+        Some(py) => {
+            let out = std::process::Command::new(py).arg(peft_script).env("THREADS", threads.to_string()).output().map_err(|e| Error::io(py, e))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let peft_step = text
+                .split("train step ")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| Error::Model(format!("{}: no step time in its output: {text}{}", peft_script.display(), String::from_utf8_lossy(&out.stderr))))?;
+            println!("  PEFT + PyTorch (this run)            {peft_step:>8.3} s/step  -> loradex is {:.2}x PEFT's speed (goal >= 1)", peft_step / step);
+        }
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

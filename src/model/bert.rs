@@ -36,21 +36,21 @@ fn eps() -> f64 {
 }
 
 #[derive(Clone, Debug)]
-struct Norm {
-    w: Tensor,
-    b: Tensor,
+pub(crate) struct Norm {
+    pub(crate) w: Tensor,
+    pub(crate) b: Tensor,
 }
 
 #[derive(Clone, Debug)]
-struct Layer {
-    query: LoraLinear,
-    key: LoraLinear,
-    value: LoraLinear,
-    attn_out: LoraLinear,
-    attn_norm: Norm,
-    intermediate: LoraLinear,
-    output: LoraLinear,
-    out_norm: Norm,
+pub(crate) struct Layer {
+    pub(crate) query: LoraLinear,
+    pub(crate) key: LoraLinear,
+    pub(crate) value: LoraLinear,
+    pub(crate) attn_out: LoraLinear,
+    pub(crate) attn_norm: Norm,
+    pub(crate) intermediate: LoraLinear,
+    pub(crate) output: LoraLinear,
+    pub(crate) out_norm: Norm,
 }
 
 /// A classification head: `[labels, hidden]` weight and `[labels]` bias.
@@ -63,12 +63,12 @@ pub struct Head {
 #[derive(Clone, Debug)]
 pub struct Bert {
     pub cfg: Config,
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    emb_norm: Norm,
-    layers: Vec<Layer>,
-    pooler: Option<LoraLinear>,
+    pub(crate) word: Tensor,
+    pub(crate) position: Tensor,
+    pub(crate) token_type: Tensor,
+    pub(crate) emb_norm: Norm,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) pooler: Option<LoraLinear>,
     /// The base model's own head (absent for bare encoders such as all-MiniLM-L6-v2).
     pub classifier: Option<Head>,
 }

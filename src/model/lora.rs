@@ -352,12 +352,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn dropout(x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-    let p = ctx.dropout;
-    let n = x.elem_count();
-    let mut rng = ctx.rng.borrow_mut();
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..n).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect();
+    let mask = dropout_mask(ctx.dropout, x.elem_count(), &mut ctx.rng.borrow_mut());
     Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+}
+
+/// An inverted-dropout mask of `n` elements: 0 with probability `p`, else `1 / (1 - p)`.
+/// Every training path draws its masks here, in module order, so they agree exactly.
+pub(crate) fn dropout_mask(p: f32, n: usize, rng: &mut Rng) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let keep = 1.0 / (1.0 - p);
+    let mut mask = vec![0f32; n];
+    let start = rng.clone();
+    // element i takes draw i of the stream, whichever thread fills it
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let mut r = start.ahead((c * CHUNK) as u64);
+        chunk.iter_mut().for_each(|v| *v = if r.next_f32() < p { 0.0 } else { keep });
+    });
+    *rng = start.ahead(n as u64);
+    mask
 }
 
 /// Softmax over the last dim. In training the differentiable composition (candle's fused

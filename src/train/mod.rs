@@ -2,8 +2,10 @@
 //! supervised fine-tuning (Llama). Base weights stay frozen (only LoRA `Var`s and a saved head
 //! are optimized, with AdamW); forwards use the differentiable norm/softmax forms. The result
 //! is a PEFT-format adapter put straight into the store with its metrics and provenance.
+//! BERT steps on the CPU take the hand-differentiated path in `bert_cpu`; the rest use autograd.
 //! Never prints: progress goes to a callback.
 
+pub mod bert_cpu;
 pub mod data;
 pub mod metrics;
 pub mod recipe;
@@ -17,6 +19,7 @@ use crate::model::{pad_batch, Batch, Engine, Net};
 use crate::peft::{self, LoraConfig, NewConfig};
 use crate::store::{NewAdapter, Ref, Store};
 use crate::util::Rng;
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 pub use data::Example;
@@ -93,6 +96,20 @@ pub struct Trainer {
     pub labels: Vec<String>,
     /// Seconds of the last step spent in forward, backward and the optimizer (for benchmarks).
     pub last_timing: (f64, f64, f64),
+    /// How steps differentiate (benchmarks and tests compare the two).
+    pub grad_path: GradPath,
+}
+
+/// Gradients by PEFT key, `None` where the tensor got none.
+pub type KeyedGrads = Vec<(String, Option<Vec<f32>>)>;
+
+/// How a training step computes its gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradPath {
+    /// The hand-differentiated CPU step (`bert_cpu`) where it applies, else autograd.
+    Auto,
+    /// candle's autograd over the differentiable forward, always.
+    Autograd,
 }
 
 fn matches_target(module: &str, targets: &[String]) -> bool {
@@ -164,7 +181,7 @@ impl Trainer {
         let eval_adapter = Arc::new(detached(&train_adapter));
         let params = ParamsAdamW { lr: spec.learning_rate, weight_decay: spec.weight_decay, ..Default::default() };
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
-        Ok(Trainer { engine, task, spec, vars, train_adapter, eval_adapter, opt, step: 0, labels, last_timing: (0.0, 0.0, 0.0) })
+        Ok(Trainer { engine, task, spec, vars, train_adapter, eval_adapter, opt, step: 0, labels, last_timing: (0.0, 0.0, 0.0), grad_path: GradPath::Auto })
     }
 
     pub fn var_names(&self) -> Vec<String> {
@@ -172,7 +189,12 @@ impl Trainer {
     }
 
     fn ctx<'a>(&self, routing: &'a Routing, train: bool) -> Ctx<'a> {
-        Ctx { routing, train, dropout: if train { self.spec.dropout } else { 0.0 }, rng: RefCell::new(Rng::new(self.spec.seed ^ (self.step as u64).wrapping_mul(0x9E37))) }
+        Ctx { routing, train, dropout: if train { self.spec.dropout } else { 0.0 }, rng: RefCell::new(self.step_rng()) }
+    }
+
+    /// The dropout stream of the current step (the same for both gradient paths).
+    fn step_rng(&self) -> Rng {
+        Rng::new(self.spec.seed ^ (self.step as u64).wrapping_mul(0x9E37))
     }
 
     /// Mean loss of a batch, with the autograd graph (train) or without (eval).
@@ -205,22 +227,52 @@ impl Trainer {
         Ok((loss, logits))
     }
 
-    /// Gradients of one batch's loss for every trainable tensor, by PEFT key (norms only).
-    pub fn grad_norms(&self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>) -> Result<Vec<(String, Option<f32>)>> {
+    /// The batch loss and the gradient of every trainable tensor, with seconds spent in the
+    /// forward and the backward.
+    fn loss_and_grads(&self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>) -> Result<(f64, GradStore, f64, f64)> {
+        if let (GradPath::Auto, None, Net::Bert(bert)) = (self.grad_path, weights, &self.engine.net) {
+            if bert_cpu::supported(bert, &self.engine.device) {
+                let a = &self.train_adapter;
+                let head = bert.head_for(Some(a))?;
+                let trainable = a.saved.contains_key("classifier.weight");
+                let t = targets.to_vec1::<u32>()?;
+                let g = bert_cpu::loss_and_grads(bert, &a.modules, &head, trainable, batch, &t, self.spec.dropout, &mut self.step_rng())?;
+                let mut store = GradStore::default();
+                let dev = &self.engine.device;
+                for (m, (da, db)) in g.lora {
+                    let p = a.modules.get(&m).ok_or_else(|| Error::Model(format!("gradient for unknown module {m}")))?;
+                    store.insert(&p.a, Tensor::from_vec(da, p.a.shape(), dev)?);
+                    store.insert(&p.b, Tensor::from_vec(db, p.b.shape(), dev)?);
+                }
+                if let Some((dw, db)) = g.head {
+                    store.insert(&head.weight, Tensor::from_vec(dw, head.weight.shape(), dev)?);
+                    store.insert(&head.bias, Tensor::from_vec(db, head.bias.shape(), dev)?);
+                }
+                return Ok((g.loss, store, g.forward_s, g.backward_s));
+            }
+        }
+        let t0 = Instant::now();
         let (loss, _) = self.loss(batch, targets, weights, true)?;
+        let t1 = Instant::now();
         let grads = loss.backward()?;
-        self.vars
+        Ok((loss.to_scalar::<f32>()? as f64, grads, (t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64()))
+    }
+
+    /// One batch's loss and the gradient of every trainable tensor by PEFT key (`None`: the
+    /// tensor got no gradient), without updating anything.
+    pub fn gradients(&self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>) -> Result<(f64, KeyedGrads)> {
+        let (loss, grads, _, _) = self.loss_and_grads(batch, targets, weights)?;
+        let per = self
+            .vars
             .iter()
-            .map(|(k, v)| Ok((k.clone(), grads.get(v.as_tensor()).map(|g| g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()).transpose()?)))
-            .collect()
+            .map(|(k, v)| Ok((k.clone(), grads.get(v.as_tensor()).map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose()?)))
+            .collect::<Result<_>>()?;
+        Ok((loss, per))
     }
 
     /// One optimizer step at learning rate `lr`; returns the batch loss.
     pub fn step(&mut self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>, lr: f64) -> Result<f64> {
-        let t0 = Instant::now();
-        let (loss, _) = self.loss(batch, targets, weights, true)?;
-        let t1 = Instant::now();
-        let mut grads = loss.backward()?;
+        let (loss, mut grads, fwd, bwd) = self.loss_and_grads(batch, targets, weights)?;
         let t2 = Instant::now();
         if self.spec.max_grad_norm > 0.0 {
             let mut total = 0f64;
@@ -242,8 +294,8 @@ impl Trainer {
         self.opt.set_learning_rate(lr);
         self.opt.step(&grads)?;
         self.step += 1;
-        self.last_timing = ((t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), t2.elapsed().as_secs_f64());
-        Ok(loss.to_scalar::<f32>()? as f64)
+        self.last_timing = (fwd, bwd, t2.elapsed().as_secs_f64());
+        Ok(loss)
     }
 
     pub fn snapshot(&self) -> Result<Vec<Tensor>> {

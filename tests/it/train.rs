@@ -28,12 +28,74 @@ fn assert_all_grads(tr: &mut Trainer, ex: &[Example]) {
     let (b, t, w) = tr.encode(&refs, 32).unwrap();
     // step once so B (initialized to zero) is non-zero and A's gradient cannot vanish
     tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
-    let grads = tr.grad_norms(&b, &t, w.as_ref()).unwrap();
+    let (_, grads) = tr.gradients(&b, &t, w.as_ref()).unwrap();
     assert!(!grads.is_empty());
     for (name, g) in grads {
         let g = g.unwrap_or_else(|| panic!("{name} received no gradient"));
-        assert!(g.is_finite() && g > 0.0, "{name}: gradient norm {g}");
+        let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(norm.is_finite() && norm > 0.0, "{name}: gradient norm {norm}");
     }
+}
+
+/// The hand-differentiated CPU step (`train::bert_cpu`) gives the loss and gradients candle's
+/// autograd gives over the differentiable forward: every module kind plus the pooler ("dense"
+/// also matches `bert.pooler.dense`), the trained head, LoRA dropout on, padded rows, and both
+/// GELU forms and ReLU.
+#[test]
+fn bert_cpu_step_matches_autograd() {
+    for act in ["gelu", "gelu_new", "relu"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("bert");
+        loradex::synth::bert(&base, &loradex::synth::Shape::tiny(), &[], 2).unwrap();
+        let cfg_path = base.join("config.json");
+        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        cfg["hidden_act"] = act.into();
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let e = Engine::load(BaseDir::open_dir(&base).unwrap(), Device::Cpu).unwrap();
+        let mut tr = Trainer::new(e, Task::SeqCls, spec(&["query", "key", "value", "dense"], &["classifier"]), vec!["neg".into(), "pos".into()]).unwrap();
+        assert!(tr.var_names().iter().any(|n| n.contains("pooler.dense.lora_A")), "{:?}", tr.var_names());
+        let ex: Vec<Example> = loradex::synth::sentiment_data(6, 4)
+            .into_iter()
+            .map(|(t, l)| Example { text: t, completion: None, label: Some(l.into()) })
+            .collect();
+        let refs: Vec<&Example> = ex.iter().collect();
+        let (b, t, w) = tr.encode(&refs, 32).unwrap();
+        assert!(b.lens.iter().any(|&l| l < b.ids.dim(1).unwrap()), "the batch should have padded rows");
+        // two steps so every B is non-zero
+        for _ in 0..2 {
+            tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
+        }
+        tr.grad_path = loradex::train::GradPath::Auto;
+        let (l1, g1) = tr.gradients(&b, &t, w.as_ref()).unwrap();
+        tr.grad_path = loradex::train::GradPath::Autograd;
+        let (l2, g2) = tr.gradients(&b, &t, w.as_ref()).unwrap();
+        assert!((l1 - l2).abs() < 1e-5 * l2.abs().max(1.0), "{act}: loss {l1} vs {l2}");
+        for ((n1, a), (n2, b)) in g1.into_iter().zip(g2) {
+            assert_eq!(n1, n2);
+            let (a, b) = (a.unwrap_or_else(|| panic!("{act}: no gradient for {n1}")), b.unwrap());
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{act}: {n1} has a zero gradient");
+            let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-4 * scale + 1e-6, "{act}: {n1} differs by {diff} (largest element {scale})");
+        }
+    }
+}
+
+/// The vectorizable erf and exp behind the fast GELU stay within f32 rounding of the exact ones.
+#[test]
+fn fast_erf_and_exp_are_accurate() {
+    use loradex::train::bert_cpu::{erf, exp_neg};
+    let (mut e_erf, mut e_exp) = (0f64, 0f64);
+    for i in -60_000i32..=60_000 {
+        let x = i as f32 * 1e-4;
+        e_erf = e_erf.max((erf(x) as f64 - candle_core::cpu::erf::erf_f64(x as f64)).abs());
+        let y = -(i.abs() as f32) * 1.45e-3; // down to -87, where it clamps
+        let exact = (y as f64).exp();
+        e_exp = e_exp.max((exp_neg(y) as f64 - exact).abs() / exact);
+    }
+    assert!(e_erf < 1e-6, "erf error {e_erf}");
+    assert!(e_exp < 1e-6, "exp relative error {e_exp}");
+    assert!(exp_neg(-1e4) < 1e-37 && exp_neg(-1e4) >= 0.0);
 }
 
 #[test]
