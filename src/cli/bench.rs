@@ -434,29 +434,42 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
     } else {
         f64::NAN
     };
-    let step = time(steps, || tr.step(&bt, &targets, None, 2e-4))?;
+    tr.step(&bt, &targets, None, 2e-4)?; // warm-up
+    let mut times = vec![];
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        tr.step(&bt, &targets, None, 2e-4)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
     let (f, bw, o) = tr.last_timing;
     println!("  baseline: inference forward          {fwd:>8.3} s/batch");
     println!("  baseline: candle autograd step       {autograd:>8.3} s/step");
     println!(
-        "  train step (fwd+bwd+AdamW)           {step:>8.3} s/step  {:.1} samples/s  ({:.2}x forward; {:.2}x faster than autograd)",
-        batch as f64 / step,
-        step / fwd,
-        autograd / step
+        "  train step (fwd+bwd+AdamW)           {best:>8.3} s/step best of {}, {mean:.3} s mean  {:.1} samples/s  ({:.2}x forward; {:.2}x faster than autograd)",
+        times.len(),
+        batch as f64 / mean,
+        mean / fwd,
+        autograd / mean
     );
     println!("  last step: forward {f:.3} s, backward {bw:.3} s, clip + AdamW {o:.3} s");
     match peft {
         None => println!("  PEFT + PyTorch: pass --peft PYTHON (with torch, transformers, peft) to measure it in this run"),
         Some(py) => {
-            let out = std::process::Command::new(py).arg(peft_script).env("THREADS", threads.to_string()).output().map_err(|e| Error::io(py, e))?;
+            let out = std::process::Command::new(py)
+                .arg(peft_script)
+                .env("THREADS", threads.to_string())
+                .env("STEPS", times.len().to_string())
+                .output()
+                .map_err(|e| Error::io(py, e))?;
             let text = String::from_utf8_lossy(&out.stdout);
-            let peft_step = text
-                .split("train step ")
-                .nth(1)
-                .and_then(|t| t.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| Error::Model(format!("{}: no step time in its output: {text}{}", peft_script.display(), String::from_utf8_lossy(&out.stderr))))?;
-            println!("  PEFT + PyTorch (this run)            {peft_step:>8.3} s/step  -> loradex is {:.2}x PEFT's speed (goal >= 1)", peft_step / step);
+            let field = |k: &str| text.split(k).nth(1).and_then(|t| t.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok());
+            let (Some(p_best), Some(p_mean)) = (field("best_s "), field("mean_s ")) else {
+                return Err(Error::Model(format!("{}: no step times in its output: {text}{}", peft_script.display(), String::from_utf8_lossy(&out.stderr))));
+            };
+            println!("  PEFT + PyTorch (this run)            {p_best:>8.3} s/step best of {}, {p_mean:.3} s mean", times.len());
+            println!("  -> loradex vs PEFT: {:.2}x best to best, {:.2}x mean to mean (goal >= 1)", p_best / best, p_mean / mean);
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);

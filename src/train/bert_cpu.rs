@@ -218,46 +218,31 @@ impl Lin<'_> {
 
 // ---------------------------------------------------------------- elementwise kernels
 
+/// Rows per task in the row kernels.
+const ROWS: usize = 16;
+
 /// LayerNorm over rows of `h`: returns `(y, x̂, 1/σ)`.
 fn ln_fwd(x: &[f32], w: &[f32], b: &[f32], eps: f32, h: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let m = x.len() / h;
     let mut y = vec![0f32; x.len()];
     let mut xh = vec![0f32; x.len()];
     let mut rstd = vec![0f32; m];
-    y.par_chunks_mut(h)
-        .zip(xh.par_chunks_mut(h))
-        .zip(rstd.par_iter_mut())
-        .zip(x.par_chunks(h))
-        .with_min_len(8)
-        .for_each(|(((y, xh), rs), x)| {
-            let mean = x.iter().sum::<f32>() / h as f32;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
-            let r = 1.0 / (var + eps).sqrt();
-            *rs = r;
-            for (((y, xh), x), (w, b)) in y.iter_mut().zip(xh.iter_mut()).zip(x).zip(w.iter().zip(b)) {
-                let n = (x - mean) * r;
-                *xh = n;
-                *y = n * w + b;
-            }
-        });
+    y.par_chunks_mut(h * ROWS)
+        .zip(xh.par_chunks_mut(h * ROWS))
+        .zip(rstd.par_chunks_mut(ROWS))
+        .zip(x.par_chunks(h * ROWS))
+        .for_each(|(((y, xh), rs), x)| simd::ln_rows(x, w, b, eps, y, xh, rs));
     (y, xh, rstd)
 }
 
-/// LayerNorm backward (frozen scale and shift): `dx = (g - mean(g) - x̂ mean(g x̂)) / σ`, `g = dy w`.
+/// LayerNorm backward (frozen scale and shift).
 fn ln_bwd(dy: &[f32], xh: &[f32], rstd: &[f32], w: &[f32], h: usize) -> Vec<f32> {
     let mut dx = vec![0f32; dy.len()];
-    dx.par_chunks_mut(h).zip(dy.par_chunks(h)).zip(xh.par_chunks(h)).zip(rstd.par_iter()).with_min_len(8).for_each(|(((dx, dy), xh), r)| {
-        let (mut sg, mut sgx) = (0f32, 0f32);
-        for ((d, x), w) in dy.iter().zip(xh).zip(w) {
-            let g = d * w;
-            sg += g;
-            sgx += g * x;
-        }
-        let (mg, mgx) = (sg / h as f32, sgx / h as f32);
-        for (((o, d), x), w) in dx.iter_mut().zip(dy).zip(xh).zip(w) {
-            *o = (d * w - mg - x * mgx) * r;
-        }
-    });
+    dx.par_chunks_mut(h * ROWS)
+        .zip(dy.par_chunks(h * ROWS))
+        .zip(xh.par_chunks(h * ROWS))
+        .zip(rstd.par_chunks(ROWS))
+        .for_each(|(((dx, dy), xh), r)| simd::ln_bwd_rows(dy, xh, r, w, dx));
     dx
 }
 
@@ -354,23 +339,30 @@ mod simd {
         t.copysign(u)
     }
 
-    /// Sum in 8 lanes (vectorizes; the same order in every build).
-    #[inline(always)]
-    fn sum8(it: impl Iterator<Item = f32>) -> f32 {
-        let mut acc = [0f32; 8];
-        for (i, v) in it.enumerate() {
-            acc[i & 7] += v;
-        }
-        acc.iter().sum()
-    }
-
+    // Kernels use plain index loops over equal-length slices: iterator adapters such as
+    // `Zip::fold` may stay out of line, compiled without the AVX2 features.
     dispatch! {
         /// `a = act(z)`.
         pub fn act_fwd(act: Act, z: &[f32], a: &mut [f32]) {
+            let n = z.len().min(a.len());
+            let (z, a) = (&z[..n], &mut a[..n]);
             match act {
-                Act::GeluErf => z.iter().zip(a).for_each(|(z, a)| *a = 0.5 * z * (1.0 + erf(z * SQRT_1_2))),
-                Act::GeluTanh => z.iter().zip(a).for_each(|(z, a)| *a = 0.5 * z * (1.0 + tanh(K_TANH * (z + 0.044715 * z * z * z)))),
-                Act::Relu => z.iter().zip(a).for_each(|(z, a)| *a = z.max(0.0)),
+                Act::GeluErf => {
+                    for i in 0..n {
+                        a[i] = 0.5 * z[i] * (1.0 + erf(z[i] * SQRT_1_2));
+                    }
+                }
+                Act::GeluTanh => {
+                    for i in 0..n {
+                        let x = z[i];
+                        a[i] = 0.5 * x * (1.0 + tanh(K_TANH * (x + 0.044715 * x * x * x)));
+                    }
+                }
+                Act::Relu => {
+                    for i in 0..n {
+                        a[i] = z[i].max(0.0);
+                    }
+                }
             }
         }
     }
@@ -378,21 +370,27 @@ mod simd {
     dispatch! {
         /// `d *= act'(z)`.
         pub fn act_bwd(act: Act, z: &[f32], d: &mut [f32]) {
+            let n = z.len().min(d.len());
+            let (z, d) = (&z[..n], &mut d[..n]);
             match act {
-                Act::GeluErf => z.iter().zip(d).for_each(|(z, d)| {
-                    let g = 0.5 * (1.0 + erf(z * SQRT_1_2)) + z * INV_SQRT_2PI * exp_neg(-0.5 * z * z);
-                    *d *= g
-                }),
-                Act::GeluTanh => z.iter().zip(d).for_each(|(z, d)| {
-                    let t = tanh(K_TANH * (z + 0.044715 * z * z * z));
-                    let g = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * K_TANH * (1.0 + 3.0 * 0.044715 * z * z);
-                    *d *= g
-                }),
-                Act::Relu => z.iter().zip(d).for_each(|(z, d)| {
-                    if *z <= 0.0 {
-                        *d = 0.0
+                Act::GeluErf => {
+                    for i in 0..n {
+                        let x = z[i];
+                        d[i] *= 0.5 * (1.0 + erf(x * SQRT_1_2)) + x * INV_SQRT_2PI * exp_neg(-0.5 * x * x);
                     }
-                }),
+                }
+                Act::GeluTanh => {
+                    for i in 0..n {
+                        let x = z[i];
+                        let t = tanh(K_TANH * (x + 0.044715 * x * x * x));
+                        d[i] *= 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K_TANH * (1.0 + 3.0 * 0.044715 * x * x);
+                    }
+                }
+                Act::Relu => {
+                    for i in 0..n {
+                        d[i] = if z[i] > 0.0 { d[i] } else { 0.0 };
+                    }
+                }
             }
         }
     }
@@ -400,26 +398,88 @@ mod simd {
     dispatch! {
         /// Each row of `p` (length `bias.len()`): `softmax(row + bias)`, in place.
         pub fn softmax_rows(p: &mut [f32], bias: &[f32]) {
-            for row in p.chunks_mut(bias.len()) {
+            let n = bias.len();
+            for row in p.chunks_exact_mut(n) {
                 let mut mx = [f32::NEG_INFINITY; 8];
-                for (i, (x, b)) in row.iter_mut().zip(bias).enumerate() {
-                    *x += b;
-                    mx[i & 7] = mx[i & 7].max(*x);
+                for i in 0..n {
+                    row[i] += bias[i];
+                    mx[i & 7] = mx[i & 7].max(row[i]);
                 }
                 let mx = mx.iter().fold(f32::NEG_INFINITY, |a, b| a.max(*b));
-                row.iter_mut().for_each(|x| *x = exp_neg(*x - mx));
-                let inv = 1.0 / sum8(row.iter().copied());
-                row.iter_mut().for_each(|x| *x *= inv);
+                let mut acc = [0f32; 8];
+                for i in 0..n {
+                    row[i] = exp_neg(row[i] - mx);
+                    acc[i & 7] += row[i];
+                }
+                let inv = 1.0 / acc.iter().sum::<f32>();
+                for v in row.iter_mut() {
+                    *v *= inv;
+                }
             }
         }
     }
 
     dispatch! {
-        /// Softmax backward per row: `d = p ⊙ (d - Σ d ⊙ p)`, in place over `d`.
+        /// Softmax backward per row of `n`: `d = p ⊙ (d - Σ d ⊙ p)`, in place over `d`.
         pub fn softmax_bwd_rows(d: &mut [f32], p: &[f32], n: usize) {
-            for (d, p) in d.chunks_mut(n).zip(p.chunks(n)) {
-                let dot = sum8(d.iter().zip(p).map(|(a, b)| a * b));
-                d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot));
+            for (d, p) in d.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                let mut acc = [0f32; 8];
+                for i in 0..n {
+                    acc[i & 7] += d[i] * p[i];
+                }
+                let dot: f32 = acc.iter().sum();
+                for i in 0..n {
+                    d[i] = p[i] * (d[i] - dot);
+                }
+            }
+        }
+    }
+
+    dispatch! {
+        /// LayerNorm rows of `n`: `y = x̂ w + b` with `x̂ = (x - mean) / σ`; keeps `x̂`, `1/σ`.
+        pub fn ln_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32], xh: &mut [f32], rstd: &mut [f32]) {
+            let n = w.len();
+            let (w, b) = (&w[..n], &b[..n]);
+            for (((x, y), xh), rs) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).zip(xh.chunks_exact_mut(n)).zip(rstd.iter_mut()) {
+                let mut acc = [0f32; 8];
+                for i in 0..n {
+                    acc[i & 7] += x[i];
+                }
+                let mean = acc.iter().sum::<f32>() / n as f32;
+                let mut acc = [0f32; 8];
+                for i in 0..n {
+                    let c = x[i] - mean;
+                    acc[i & 7] += c * c;
+                }
+                let r = 1.0 / (acc.iter().sum::<f32>() / n as f32 + eps).sqrt();
+                *rs = r;
+                for i in 0..n {
+                    let v = (x[i] - mean) * r;
+                    xh[i] = v;
+                    y[i] = v * w[i] + b[i];
+                }
+            }
+        }
+    }
+
+    dispatch! {
+        /// LayerNorm backward rows of `n` (frozen w, b): `dx = (g - mean(g) - x̂ mean(g x̂)) / σ`,
+        /// `g = dy w`.
+        pub fn ln_bwd_rows(dy: &[f32], xh: &[f32], rstd: &[f32], w: &[f32], dx: &mut [f32]) {
+            let n = w.len();
+            let w = &w[..n];
+            for (((dy, xh), r), dx) in dy.chunks_exact(n).zip(xh.chunks_exact(n)).zip(rstd).zip(dx.chunks_exact_mut(n)) {
+                let (mut sg, mut sgx) = ([0f32; 8], [0f32; 8]);
+                for i in 0..n {
+                    let g = dy[i] * w[i];
+                    sg[i & 7] += g;
+                    sgx[i & 7] += g * xh[i];
+                }
+                let mg = sg.iter().sum::<f32>() / n as f32;
+                let mgx = sgx.iter().sum::<f32>() / n as f32;
+                for i in 0..n {
+                    dx[i] = (dy[i] * w[i] - mg - xh[i] * mgx) * r;
+                }
             }
         }
     }
