@@ -91,8 +91,10 @@ fn mm(m: usize, n: usize, k: usize, c: &mut [f32], a: (Op, &[f32]), b: (Op, &[f3
     assert!(c.len() >= m * n, "gemm: output too small");
     assert!(std::ptr::eq(a.0.ptr, a.1.as_ptr()) && reach(a.0, m, k) <= a.1.len(), "gemm: lhs out of bounds");
     assert!(std::ptr::eq(b.0.ptr, b.1.as_ptr()) && reach(b.0, k, n) <= b.1.len(), "gemm: rhs out of bounds");
+    // rank-sized (skinny) products run 4x slower split across threads than on one
+    let par = if m.min(n).min(k) < 16 { Parallelism::None } else { threads() };
     // SAFETY: bounds checked above; `c` is borrowed mutably, so no one else writes it.
-    unsafe { gemm_raw(m, n, k, c.as_mut_ptr(), n, a.0, b.0, beta, acc, threads()) }
+    unsafe { gemm_raw(m, n, k, c.as_mut_ptr(), n, a.0, b.0, beta, acc, par) }
 }
 
 fn threads() -> Parallelism {
@@ -189,9 +191,12 @@ impl Lin<'_> {
         if let (Some(lo), Some(sv)) = (&self.lora, save) {
             // dB = s dy^T h  [out, r];  t = dy B  [m, r];  dA = s t^T x_d  [r, in]
             let mut db = vec![0f32; self.out * lo.r];
-            mm(self.out, lo.r, m, &mut db, (trans(dy, self.out), dy), (rows(&sv.h, lo.r), &sv.h), lo.s, false);
             let mut tv = vec![0f32; m * lo.r];
-            mm(m, lo.r, self.out, &mut tv, (rows(dy, self.out), dy), (rows(&lo.b, lo.r), &lo.b), 1.0, false);
+            // two independent single-threaded products, one per thread
+            rayon::join(
+                || mm(self.out, lo.r, m, &mut db, (trans(dy, self.out), dy), (rows(&sv.h, lo.r), &sv.h), lo.s, false),
+                || mm(m, lo.r, self.out, &mut tv, (rows(dy, self.out), dy), (rows(&lo.b, lo.r), &lo.b), 1.0, false),
+            );
             let mut da = vec![0f32; lo.r * self.inp];
             mm(lo.r, self.inp, m, &mut da, (trans(&tv, lo.r), &tv), (rows(&sv.xd, self.inp), &sv.xd), lo.s, false);
             grads.insert(lo.name.clone(), (da, db));
