@@ -671,6 +671,9 @@ pub fn loss_and_grads(
     let m = b * s;
     let hd = cfg.hidden_size;
     let nh = cfg.num_attention_heads;
+    if nh == 0 || !hd.is_multiple_of(nh) {
+        return Err(Error::Model(format!("hidden size {hd} is not a multiple of {nh} attention heads")));
+    }
     if s > cfg.max_position_embeddings {
         return Err(Error::Model(format!("sequence of {s} tokens exceeds {} positions", cfg.max_position_embeddings)));
     }
@@ -719,6 +722,10 @@ pub fn loss_and_grads(
     };
     let (hw, hb) = (sl.next(), sl.next());
     let n_labels = head.weight.dims2()?.0;
+    check_shapes(hd, &layers, pooler.as_ref(), [word, pos, tt, eln_w, eln_b, hw, hb], n_labels)?;
+    if pos.len() < s * hd {
+        return Err(Error::Model(format!("the position table has fewer than {s} rows")));
+    }
 
     // embeddings (frozen, no gradient below them)
     let ids = batch.ids.flatten_all()?.to_vec1::<u32>()?;
@@ -821,6 +828,34 @@ pub fn loss_and_grads(
         }
     }
     Ok(Grads { loss, forward_s, backward_s: t_back.elapsed().as_secs_f64(), lora: grads, head: head_grads })
+}
+
+/// Every frozen tensor and LoRA pair has the shape the arithmetic assumes (a malformed base is
+/// an error here, as it is in the candle forward, not a panic in a kernel).
+fn check_shapes(hd: usize, layers: &[LayerW], pooler: Option<&Lin>, [word, pos, tt, eln_w, eln_b, hw, hb]: [&[f32]; 7], n_labels: usize) -> Result<()> {
+    let bad = |what: &str| Err(Error::Model(format!("{what} does not match hidden size {hd}")));
+    let lin_ok = |l: &Lin, inp: usize, out: usize| {
+        l.inp == inp && l.out == out && l.lora.as_ref().is_none_or(|lo| lo.a.len() == lo.r * inp && lo.b.len() == out * lo.r)
+    };
+    if !word.len().is_multiple_of(hd) || !pos.len().is_multiple_of(hd) || !tt.len().is_multiple_of(hd) || eln_w.len() != hd || eln_b.len() != hd {
+        return bad("an embedding table or the embedding LayerNorm");
+    }
+    if hw.len() != n_labels * hd || hb.len() != n_labels {
+        return bad("the classification head");
+    }
+    for l in layers {
+        let ffn = l.i.out;
+        if ![&l.q, &l.k, &l.v, &l.o].iter().all(|x| lin_ok(x, hd, hd)) || !lin_ok(&l.i, hd, ffn) || !lin_ok(&l.o2, ffn, hd) {
+            return bad("a layer's linear weight or LoRA pair");
+        }
+        if [l.ln1.0, l.ln1.1, l.ln2.0, l.ln2.1].iter().any(|x| x.len() != hd) {
+            return bad("a layer's LayerNorm");
+        }
+    }
+    if pooler.is_some_and(|p| !lin_ok(p, hd, hd)) {
+        return bad("the pooler");
+    }
+    Ok(())
 }
 
 /// Rows `0, n, 2n, ...` of a row-major `[rows, h]` matrix.
