@@ -33,6 +33,9 @@ pub enum Which {
         seq: usize,
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Run on the GPU (a build with the `cuda` feature)
+        #[arg(long)]
+        cuda: bool,
     },
     /// Training throughput: r=8 q,v, batch 8, seq 128; against candle's autograd and,
     /// with --peft, against PEFT + PyTorch measured in the same run
@@ -53,6 +56,9 @@ pub enum Which {
         /// Skip the autograd baseline (quicker runs while profiling)
         #[arg(long)]
         no_autograd: bool,
+        /// Train on the GPU (autograd there; the PEFT script then runs on the GPU too)
+        #[arg(long)]
+        cuda: bool,
     },
     /// Real-model check: sentence embeddings (mean pooling) from a BERT encoder such as
     /// all-MiniLM-L6-v2; similar pairs must score above unrelated ones
@@ -140,9 +146,9 @@ fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64,
 pub fn run(which: Which, _home: &Path) -> Result<i32> {
     match which {
         Which::Store { n, keep } => bench_store(n, keep)?,
-        Which::Model { base, batch, seq, reps } => bench_model(&base, batch, seq, reps)?,
-        Which::Train { base, batch, seq, steps, peft, peft_script, no_autograd } => {
-            bench_train(&base, (batch, seq, steps), !no_autograd, peft.as_deref(), &peft_script)?
+        Which::Model { base, batch, seq, reps, cuda } => bench_model(&base, batch, seq, reps, cuda)?,
+        Which::Train { base, batch, seq, steps, peft, peft_script, no_autograd, cuda } => {
+            bench_train(&base, (batch, seq, steps), !no_autograd && !cuda, peft.as_deref(), &peft_script, cuda)?
         }
         Which::Embed { base } => bench_embed(&base)?,
         Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
@@ -237,12 +243,13 @@ fn bench_store(n: usize, keep: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize) -> Result<()> {
+fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cuda: bool) -> Result<()> {
     let tmp = tmpdir("model")?;
     let b = bert_base(base, &tmp, &["neg", "pos"])?;
-    let mut e = Engine::load(b.clone(), candle_core::Device::Cpu)?;
+    let mut e = Engine::load(b.clone(), loradex::model::device(cuda)?)?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("bench model: BERT hidden {} layers {}, batch {batch} x {seq} tokens, {threads} threads", hidden(&e), layers(&e));
+    let on = if cuda { "GPU".to_string() } else { format!("{threads} threads") };
+    println!("bench model: BERT hidden {} layers {}, batch {batch} x {seq} tokens, {on}", hidden(&e), layers(&e));
     // adapters: 64 rank-8 q,v adapters with heads
     let n_ad = batch.max(1);
     let mut adapters = vec![];
@@ -392,10 +399,10 @@ fn layers(e: &Engine) -> usize {
     e.base.config.get("num_hidden_layers").and_then(|v| v.as_u64()).unwrap_or(0) as usize
 }
 
-fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize), autograd: bool, peft: Option<&Path>, peft_script: &Path) -> Result<()> {
+fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize), autograd: bool, peft: Option<&Path>, peft_script: &Path, cuda: bool) -> Result<()> {
     let tmp = tmpdir("train")?;
     let b = bert_base(base, &tmp, &["neg", "pos"])?;
-    let e = Engine::load(b, candle_core::Device::Cpu)?;
+    let e = Engine::load(b, loradex::model::device(cuda)?)?;
     let spec = LoraSpec {
         r: 8,
         alpha: 16.0,
@@ -409,7 +416,8 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
         seed: 1,
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("bench train: BERT hidden {} layers {}, r=8 q,v + head, batch {batch} x {seq} tokens, {threads} threads", hidden(&e), layers(&e));
+    let on = if cuda { "GPU (autograd)".to_string() } else { format!("{threads} threads") };
+    println!("bench train: BERT hidden {} layers {}, r=8 q,v + head, batch {batch} x {seq} tokens, {on}", hidden(&e), layers(&e));
     let mut tr = Trainer::new(e, Task::SeqCls, spec, vec!["neg".into(), "pos".into()])?;
     let words = synth::WORDS;
     let texts: Vec<loradex::train::Example> = (0..batch)
@@ -461,6 +469,7 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
                 .arg(peft_script)
                 .env("THREADS", threads.to_string())
                 .env("STEPS", times.len().to_string())
+                .env("DEVICE", if cuda { "cuda" } else { "cpu" })
                 .output()
                 .map_err(|e| Error::io(py, e))?;
             let text = String::from_utf8_lossy(&out.stdout);

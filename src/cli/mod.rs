@@ -140,6 +140,9 @@ enum Cmd {
         /// No progress bar
         #[arg(long)]
         quiet: bool,
+        /// Train on the GPU (a build with the `cuda` feature)
+        #[arg(long)]
+        cuda: bool,
     },
     /// Serve classification and completions over HTTP with per-request adapters
     Serve {
@@ -356,7 +359,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 println!("merged {} into {}", r#ref, out.display());
             }
         }
-        Cmd::Train { recipe, sets, name, base, epochs, seed, quiet } => {
+        Cmd::Train { recipe, sets, name, base, epochs, seed, quiet, cuda } => {
             let mut r = loradex::train::Recipe::load(&recipe, &sets)?;
             if let Some(n) = name {
                 r.name = n;
@@ -372,7 +375,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
             }
             let mut s = open_store(&home)?;
             let show_progress = !quiet && !js;
-            let report = loradex::train::train_and_store(&r, &mut s, &mut |p| {
+            let report = loradex::train::train_and_store(&r, &mut s, &loradex::model::device(cuda)?, &mut |p| {
                 if show_progress {
                     progress(p)
                 }

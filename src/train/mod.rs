@@ -465,7 +465,9 @@ fn better(metric: Metric, new: &Metrics, old: &Metrics) -> bool {
 }
 
 /// Trains per the recipe and stores the best checkpoint. `progress` is called after each step.
-pub fn train_and_store(r: &Recipe, store: &mut Store, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
+/// Trains per the recipe on `device` and stores the adapter (BERT on the CPU takes the
+/// hand-differentiated step; the GPU and Llama use autograd).
+pub fn train_and_store(r: &Recipe, store: &mut Store, device: &Device, progress: &mut dyn FnMut(&Progress)) -> Result<Report> {
     let t0 = Instant::now();
     let name = Ref::parse(&r.name)?;
     let base = BaseDir::open(&r.base_spec())?;
@@ -484,7 +486,7 @@ pub fn train_and_store(r: &Recipe, store: &mut Store, progress: &mut dyn FnMut(&
     } else {
         vec![]
     };
-    let engine = Engine::load(base.clone(), Device::Cpu)?;
+    let engine = Engine::load(base.clone(), device.clone())?;
     let max_len = r.data.max_seq_len.min(engine.max_len);
     let spec = LoraSpec {
         r: r.lora.r,

@@ -6,8 +6,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The PEFT fixtures: `$LORADEX_FIXTURES`, else `../shared/fixtures/peft` beside the checkout.
 pub fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/peft");
+    let p = match std::env::var_os("LORADEX_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/peft"),
+    };
     assert!(p.is_dir(), "PEFT fixtures not found at {}", p.display());
     p
 }
@@ -16,6 +20,16 @@ pub fn bert() -> PathBuf {
 }
 pub fn llama() -> PathBuf {
     fixtures().join("llama-causal-qkvo")
+}
+
+/// Where the model tests run: the CPU, or the GPU with `LORADEX_TEST_DEVICE=cuda` (a build with
+/// the `cuda` feature; CI has no GPU).
+pub fn device() -> Device {
+    match std::env::var("LORADEX_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("LORADEX_TEST_DEVICE=cuda needs a GPU and the cuda feature"),
+        Ok("cpu") | Err(_) => Device::Cpu,
+        Ok(other) => panic!("LORADEX_TEST_DEVICE={other}: expected cpu or cuda"),
+    }
 }
 
 pub fn expected(case: &Path) -> HashMap<String, Tensor> {

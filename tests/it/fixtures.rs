@@ -8,7 +8,7 @@ use loradex::model::{pad_batch, Engine, Net};
 use std::sync::Arc;
 
 fn engine(case: &std::path::Path) -> Engine {
-    Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), Device::Cpu).unwrap()
+    Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), device()).unwrap()
 }
 
 fn adapter(e: &Engine, dir: &std::path::Path) -> Arc<loradex::model::lora::LoadedAdapter> {
@@ -29,7 +29,7 @@ fn bert_batch(e: &Engine, exp: &std::collections::HashMap<String, Tensor>) -> lo
             (i[..n].to_vec(), t[..n].to_vec())
         })
         .collect();
-    pad_batch(&rows, e.tok.as_ref().unwrap().pad_id, &Device::Cpu).unwrap()
+    pad_batch(&rows, e.tok.as_ref().unwrap().pad_id, &e.device).unwrap()
 }
 
 fn logits(preds: Vec<loradex::model::Prediction>) -> Vec<Vec<f32>> {
@@ -42,7 +42,7 @@ fn bert_tokenizer_matches_fixture_ids() {
     let e = engine(&case);
     let exp = expected(&case);
     let texts: Vec<String> = case_json(&case)["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
-    let b = e.tok().unwrap().batch(&texts, 64, &Device::Cpu).unwrap();
+    let b = e.tok().unwrap().batch(&texts, 64, &e.device).unwrap();
     assert_eq!(ids_rows(&b.ids.to_dtype(candle_core::DType::I64).unwrap()), ids_rows(&exp["input_ids"]));
 }
 
@@ -111,8 +111,8 @@ fn llama_logits_and_greedy_ids_match_peft() {
 /// Llama logits on the fixture's inputs equal `exp[want]` where the attention mask is 1.
 fn assert_llama_logits(e: &Engine, routing: &Routing, exp: &std::collections::HashMap<String, Tensor>, want: &str, tol: f32) {
     let Net::Llama(m) = &e.net else { panic!("not a llama engine") };
-    let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
-    let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
+    let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_device(&e.device).unwrap();
+    let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap().to_device(&e.device).unwrap();
     let got = m.forward(&ids, Some(&mask), 0, None, &Ctx::infer(routing)).unwrap();
     for (r, row) in ids_rows(&exp["attention_mask"]).iter().enumerate() {
         let valid = row.iter().filter(|&&x| x == 1).count();
@@ -151,7 +151,7 @@ fn merge_writes_a_model_directory_that_reloads_with_merged_logits() {
         assert!(d <= tol, "{k} differs from PEFT's merged weight by {d}");
     }
     // and it reloads as a base of its own, giving merged_logits without any adapter
-    let e = Engine::load(BaseDir::open_dir(&out).unwrap(), Device::Cpu).unwrap();
+    let e = Engine::load(BaseDir::open_dir(&out).unwrap(), device()).unwrap();
     let batch = bert_batch(&e, &exp);
     let got = logits(e.classify_batch(&batch, &Routing::base(batch.lens.len())).unwrap());
     assert_close(&got, &exp["merged_logits"], tol, "merged directory logits");
@@ -167,7 +167,7 @@ fn llama_merge_directory_reloads_with_merged_logits() {
     let out = tmp.path().join("merged");
     ok(&home, &["import", case.join("adapter").to_str().unwrap(), "--name", "gen", "--base", case.join("base").to_str().unwrap()]);
     ok(&home, &["merge", "gen", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    let e = Engine::load(BaseDir::open_dir(&out).unwrap(), Device::Cpu).unwrap();
+    let e = Engine::load(BaseDir::open_dir(&out).unwrap(), device()).unwrap();
     assert!(matches!(e.net, Net::Llama(_)), "merged llama did not reload as llama");
     assert_llama_logits(&e, &Routing::base(5), &exp, "merged_logits", tol);
 }

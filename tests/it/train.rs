@@ -103,7 +103,7 @@ fn every_lora_tensor_receives_a_gradient() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("bert");
     loradex::synth::bert(&base, &loradex::synth::Shape::tiny(), &[], 1).unwrap();
-    let e = Engine::load(BaseDir::open_dir(&base).unwrap(), Device::Cpu).unwrap();
+    let e = Engine::load(BaseDir::open_dir(&base).unwrap(), device()).unwrap();
     let all = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"];
     let mut tr = Trainer::new(e, Task::SeqCls, spec(&all, &["classifier"]), vec!["neg".into(), "pos".into()]).unwrap();
     // 2 layers x 6 modules x (A, B) + classifier weight and bias
@@ -114,7 +114,7 @@ fn every_lora_tensor_receives_a_gradient() {
         .collect();
     assert_all_grads(&mut tr, &ex);
 
-    let e = Engine::load(BaseDir::open_dir(&llama().join("base")).unwrap(), Device::Cpu).unwrap();
+    let e = Engine::load(BaseDir::open_dir(&llama().join("base")).unwrap(), device()).unwrap();
     let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
     let mut tr = Trainer::new(e, Task::CausalLm, spec(&targets, &[]), vec![]).unwrap();
     assert_eq!(tr.var_names().len(), 2 * 7 * 2);
