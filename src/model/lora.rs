@@ -41,6 +41,101 @@ pub struct LoadedAdapter {
     pub saved: HashMap<String, Tensor>,
     pub labels: Vec<String>,
     pub bytes: usize,
+    /// The flat tensors this adapter contributes to a `Bank`, by module list. `None` for
+    /// adapters whose tensors change in place (training), which are never cached.
+    pub flat: Option<std::sync::OnceLock<Flat>>,
+}
+
+/// An adapter's LoRA tensors laid out for a `Bank`: for each module of `modules` in order,
+/// `Aᵀ` (`[in, r]`) in `a` and `(s·B)ᵀ` (`[r, out]`) in `b`, zeros where it has no such module.
+#[derive(Debug)]
+pub struct Flat {
+    modules: Vec<String>,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl LoadedAdapter {
+    /// Laid out over `layout` (module, in, out) with rank `r`; cached when the layout repeats.
+    fn flat(&self, layout: &[(String, usize, usize)], r: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+        let key: Vec<String> = layout.iter().map(|(m, _, _)| m.clone()).collect();
+        if let Some(f) = self.flat.as_ref().and_then(|c| c.get()).filter(|f| f.modules == key) {
+            return Ok((f.a.clone(), f.b.clone()));
+        }
+        let (mut a_parts, mut b_parts) = (vec![], vec![]);
+        for (m, d_in, d_out) in layout {
+            match self.modules.get(m) {
+                Some(p) => {
+                    a_parts.push(p.a.t()?.contiguous()?.flatten_all()?);
+                    b_parts.push((p.b.t()? * p.scale)?.contiguous()?.flatten_all()?);
+                }
+                None => {
+                    a_parts.push(Tensor::zeros(d_in * r, DType::F32, dev)?);
+                    b_parts.push(Tensor::zeros(r * d_out, DType::F32, dev)?);
+                }
+            }
+        }
+        let (a, b) = (Tensor::cat(&a_parts, 0)?, Tensor::cat(&b_parts, 0)?);
+        if let Some(c) = &self.flat {
+            let _ = c.set(Flat { modules: key, a: a.clone(), b: b.clone() });
+        }
+        Ok((a, b))
+    }
+}
+
+/// Every row's LoRA tensors for one mixed forward on an accelerator, gathered once for all
+/// modules: row `i` of `a` holds its adapter's flat `Aᵀ` blocks (zeros for base rows), so each
+/// module takes a slice instead of stacking 64 adapters' tensors itself (about 200 kernel
+/// launches per module before). Needs one rank across the batch's adapters.
+pub struct Bank {
+    offsets: HashMap<String, (usize, usize, usize, usize)>,
+    a: Tensor,
+    b: Tensor,
+    r: usize,
+}
+
+impl Bank {
+    /// `None` when the batch's adapters differ in rank (the per-module path handles that).
+    fn build(routing: &Routing, dev: &Device) -> Result<Option<Bank>> {
+        let mut shapes = std::collections::BTreeMap::new();
+        let mut rank = None;
+        for a in &routing.adapters {
+            for (m, p) in &a.modules {
+                if *rank.get_or_insert(p.rank()) != p.rank() {
+                    return Ok(None);
+                }
+                shapes.insert(m.clone(), (p.a.dims()[1], p.b.dims()[0]));
+            }
+        }
+        let Some(r) = rank else { return Ok(None) };
+        let layout: Vec<(String, usize, usize)> = shapes.into_iter().map(|(m, (i, o))| (m, i, o)).collect();
+        let (mut offsets, mut oa, mut ob) = (HashMap::new(), 0, 0);
+        for (m, i, o) in &layout {
+            offsets.insert(m.clone(), (oa, ob, *i, *o));
+            oa += i * r;
+            ob += r * o;
+        }
+        let (mut a_slots, mut b_slots) = (vec![Tensor::zeros((1, oa), DType::F32, dev)?], vec![Tensor::zeros((1, ob), DType::F32, dev)?]);
+        for ad in &routing.adapters {
+            let (a, b) = ad.flat(&layout, r, dev)?;
+            a_slots.push(a.unsqueeze(0)?);
+            b_slots.push(b.unsqueeze(0)?);
+        }
+        let idx: Vec<u32> = routing.rows.iter().map(|r| r.map(|i| i as u32 + 1).unwrap_or(0)).collect();
+        let idx = Tensor::from_vec(idx, routing.rows.len(), dev)?;
+        let a = Tensor::cat(&a_slots, 0)?.index_select(&idx, 0)?;
+        let b = Tensor::cat(&b_slots, 0)?.index_select(&idx, 0)?;
+        Ok(Some(Bank { offsets, a, b, r }))
+    }
+
+    /// Per-row `[rows, in, r]` and `[rows, r, out]` for `module`, if any adapter has it.
+    fn rows(&self, module: &str) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(&(oa, ob, d_in, d_out)) = self.offsets.get(module) else { return Ok(None) };
+        let n = self.a.dim(0)?;
+        let a = self.a.narrow(1, oa, d_in * self.r)?.contiguous()?.reshape((n, d_in, self.r))?;
+        let b = self.b.narrow(1, ob, self.r * d_out)?.contiguous()?.reshape((n, self.r, d_out))?;
+        Ok(Some((a, b)))
+    }
 }
 
 impl LoadedAdapter {
@@ -81,7 +176,7 @@ impl LoadedAdapter {
         if let Some(m) = b.keys().next() {
             return Err(Error::TensorMismatch { tensor: m.clone(), detail: "lora_B without lora_A".into() });
         }
-        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes })
+        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes, flat: Some(Default::default()) })
     }
 }
 
@@ -112,17 +207,29 @@ impl Routing {
     }
 }
 
-/// Per-forward context: the routing, and in training the LoRA dropout.
+/// Per-forward context: the routing, in training the LoRA dropout, and the gathered `Bank`
+/// of a mixed batch on an accelerator (built by the first module that needs it).
 pub struct Ctx<'a> {
     pub routing: &'a Routing,
     pub train: bool,
     pub dropout: f32,
     pub rng: RefCell<Rng>,
+    pub bank: RefCell<Option<Option<std::rc::Rc<Bank>>>>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn infer(routing: &'a Routing) -> Ctx<'a> {
-        Ctx { routing, train: false, dropout: 0.0, rng: RefCell::new(Rng::new(0)) }
+        Ctx::new(routing, false, 0.0, Rng::new(0))
+    }
+    pub fn new(routing: &'a Routing, train: bool, dropout: f32, rng: Rng) -> Ctx<'a> {
+        Ctx { routing, train, dropout, rng: RefCell::new(rng), bank: RefCell::new(None) }
+    }
+    fn bank(&self, dev: &Device) -> Result<Option<std::rc::Rc<Bank>>> {
+        if self.bank.borrow().is_none() {
+            let b = Bank::build(self.routing, dev)?.map(std::rc::Rc::new);
+            *self.bank.borrow_mut() = Some(b);
+        }
+        Ok(self.bank.borrow().clone().flatten())
     }
 }
 
@@ -182,10 +289,19 @@ impl LoraLinear {
             let d = mixed_lora_cpu(&x_in, &rows, s, out)?;
             return Ok((y + d)?.reshape((b, s, out))?);
         }
-        // mixed batch on an accelerator: gather each row's (A, s·B) padded to the largest rank;
-        // rows without this module get zero slot 0. One batched matmul pair for all rows.
-        let r_max = pairs.iter().flatten().map(|p| p.rank()).max().unwrap_or(1);
+        // mixed batch on an accelerator: each row's (Aᵀ, (s·B)ᵀ) from the forward's bank, one
+        // batched matmul pair for all rows
         let dev = x.device();
+        if let Some(bank) = ctx.bank(dev)? {
+            if let Some((a_rows, b_rows)) = bank.rows(&self.name)? {
+                let h = x_in.reshape((b, s, d_in))?.matmul(&a_rows)?;
+                let d = h.matmul(&b_rows)?;
+                return Ok((y.reshape((b, s, out))? + d)?);
+            }
+        }
+        // adapters of different ranks: gather per module, padded to the largest rank; rows
+        // without this module get zero slot 0
+        let r_max = pairs.iter().flatten().map(|p| p.rank()).max().unwrap_or(1);
         let mut a_slots = vec![Tensor::zeros((1, d_in, r_max), DType::F32, dev)?];
         let mut b_slots = vec![Tensor::zeros((1, r_max, out), DType::F32, dev)?];
         let mut slot_of = vec![0u32; pairs.len()];

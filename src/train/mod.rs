@@ -26,7 +26,6 @@ pub use data::Example;
 pub use metrics::Metrics;
 pub use recipe::{Metric, Recipe, Task};
 use serde::Serialize;
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -177,7 +176,7 @@ impl Trainer {
         }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = vars.iter().map(|(_, v)| v.elem_count() * 4).sum();
-        let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes });
+        let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes, flat: None });
         let eval_adapter = Arc::new(detached(&train_adapter));
         let params = ParamsAdamW { lr: spec.learning_rate, weight_decay: spec.weight_decay, ..Default::default() };
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
@@ -189,7 +188,7 @@ impl Trainer {
     }
 
     fn ctx<'a>(&self, routing: &'a Routing, train: bool) -> Ctx<'a> {
-        Ctx { routing, train, dropout: if train { self.spec.dropout } else { 0.0 }, rng: RefCell::new(self.step_rng()) }
+        Ctx::new(routing, train, if train { self.spec.dropout } else { 0.0 }, self.step_rng())
     }
 
     /// The dropout stream of the current step (the same for both gradient paths).
@@ -444,6 +443,8 @@ fn detached(a: &LoadedAdapter) -> LoadedAdapter {
         saved: a.saved.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
         labels: a.labels.clone(),
         bytes: a.bytes,
+        // shares storage with the variables the optimizer updates in place: never cached
+        flat: None,
     }
 }
 

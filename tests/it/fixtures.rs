@@ -81,6 +81,32 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
     ctx.train = true;
     let gathered = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
     assert_close(&gathered, &exp["mixed_logits"], tol, "mixed_logits (gathered path)");
+    assert!(matches!(*ctx.bank.borrow(), Some(None)), "adapters of different ranks take the per-module gather");
+    // same-rank adapters take the forward-wide bank; one of them lacks the value modules
+    let q_only = Arc::new(loradex::model::lora::LoadedAdapter {
+        id: "q-only".into(),
+        modules: default.modules.iter().filter(|(k, _)| k.ends_with("query")).map(|(k, p)| (k.clone(), p.clone())).collect(),
+        saved: default.saved.clone(),
+        labels: default.labels.clone(),
+        bytes: 0,
+        flat: Some(Default::default()),
+    });
+    assert!(!q_only.modules.is_empty() && q_only.modules.len() < default.modules.len());
+    let again = adapter(&e, &case.join("adapter"));
+    let same_rank = Routing { adapters: vec![default.clone(), q_only, again], rows: vec![Some(0), Some(1), None, Some(2), Some(1)] };
+    let kernel = logits(e.classify_batch(&batch, &same_rank).unwrap());
+    for round in 0..2 {
+        // the second round reads the adapters' cached flat tensors
+        let mut ctx = Ctx::infer(&same_rank);
+        ctx.train = true;
+        let banked = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
+        assert!(matches!(*ctx.bank.borrow(), Some(Some(_))), "same-rank adapters use the bank");
+        for (r, (g, k)) in banked.iter().zip(&kernel).enumerate() {
+            assert!(max_abs_diff(g, k) <= tol, "round {round}: row {r}: bank {g:?} vs kernel {k:?}");
+        }
+    }
+    assert_close(&kernel[2..3], &exp["base_logits"].narrow(0, 2, 1).unwrap(), tol, "base row");
+    assert_close(&kernel[3..4], &exp["lora_logits"].narrow(0, 3, 1).unwrap(), tol, "adapter row");
     // merged into the weights, then unmerged back to the base
     e.merge(&default, 1.0).unwrap();
     let merged = logits(e.classify_batch(&batch, &Routing::base(n)).unwrap());
