@@ -252,11 +252,10 @@ impl LoraLinear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        if ctx.train && x2.track_op() && x2.device().is_cpu() {
-            // candle's matmul backward also computes the (frozen, discarded) weight gradient:
-            // route the gradient through an op that only returns the input's
-            let y_val = y.detach().contiguous()?;
-            return Ok(x2.apply_op2(&y_val, FrozenLinear { weight: self.weight.clone() })?);
+        if ctx.train && x2.track_op() {
+            // candle's matmul backward also computes the (frozen, discarded) weight gradient
+            let w = self.weight.clone();
+            return attach(x2, &y, move |_, _, g| g.matmul(&w));
         }
         Ok(y)
     }
@@ -331,15 +330,29 @@ impl LoraLinear {
     }
 }
 
-/// `y = x W^T (+ b)` for a frozen `W` in training: forward returns the precomputed `y`;
-/// backward returns only `dL/dx = dL/dy · W` (no gradient for the frozen weight).
-struct FrozenLinear {
-    weight: Tensor,
+/// `y`, computed without a graph, attached to `x` so that backprop asks `back(x, y, dy)` for
+/// `dL/dx` and nothing else. The training forward uses it for frozen linear layers (candle's
+/// matmul backward would also compute the discarded weight gradient) and for LayerNorm,
+/// RMSNorm and softmax, whose fused kernels drop the graph: the fused kernel runs forward and
+/// an analytic backward replaces a dozen recorded elementwise nodes. The forward costs a copy
+/// of `y`.
+pub fn attach(x: &Tensor, y: &Tensor, back: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(y.clone());
+    }
+    let y = y.detach().contiguous()?;
+    Ok(x.apply_op2(&y, Attached { back: Box::new(back) })?)
 }
 
-impl candle_core::CustomOp2 for FrozenLinear {
+type Backward = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+
+struct Attached {
+    back: Backward,
+}
+
+impl candle_core::CustomOp2 for Attached {
     fn name(&self) -> &'static str {
-        "frozen-linear"
+        "attached-backward"
     }
     fn cpu_fwd(
         &self,
@@ -349,12 +362,26 @@ impl candle_core::CustomOp2 for FrozenLinear {
         ly: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         if !ly.is_contiguous() || ly.start_offset() != 0 {
-            candle_core::bail!("frozen-linear: precomputed output must be contiguous");
+            candle_core::bail!("attached-backward: the precomputed output must be contiguous");
         }
         Ok((y.clone(), ly.shape().clone()))
     }
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&self.weight)?), None))
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _x: &candle_core::CudaStorage,
+        _lx: &candle_core::Layout,
+        y: &candle_core::CudaStorage,
+        ly: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        if !ly.is_contiguous() || ly.start_offset() != 0 {
+            candle_core::bail!("attached-backward: the precomputed output must be contiguous");
+        }
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some((self.back)(&x.detach(), &res.detach(), grad)?), None))
     }
 }
 
@@ -468,6 +495,13 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn dropout(x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        // drawn on the accelerator (a host mask costs a transfer per module), seeded from the
+        // step's stream so that runs repeat
+        x.device().set_seed(ctx.rng.borrow_mut().next_u64())?;
+        let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(ctx.dropout as f64)?.to_dtype(DType::F32)?;
+        return Ok((x * (keep * (1.0 / (1.0 - ctx.dropout as f64)))?)?);
+    }
     let mask = dropout_mask(ctx.dropout, x.elem_count(), &mut ctx.rng.borrow_mut());
     Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
 }
@@ -489,36 +523,49 @@ pub(crate) fn dropout_mask(p: f32, n: usize, rng: &mut Rng) -> Vec<f32> {
     mask
 }
 
-/// Softmax over the last dim. In training the differentiable composition (candle's fused
-/// `softmax_last_dim` drops the graph); otherwise the fused kernel.
+/// Softmax over the last dim: candle's fused kernel, with `attach`'s analytic backward in
+/// training (`dx = y ⊙ (dy - Σ dy ⊙ y)`; the fused kernel alone drops the graph).
 pub fn softmax(x: &Tensor, train: bool) -> Result<Tensor> {
+    let y = candle_nn::ops::softmax_last_dim(&x.contiguous()?)?;
     if !train {
-        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+        return Ok(y);
     }
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+    attach(x, &y, |_, y, dy| y * dy.broadcast_sub(&(dy * y)?.sum_keepdim(D::Minus1)?)?)
 }
 
-/// LayerNorm over the last dim; differentiable form in training.
+/// LayerNorm over the last dim (candle's fused kernel); in training `attach`es the analytic
+/// input gradient for a frozen scale and shift: `dx = (g - mean(g) - x̂ mean(g x̂)) / σ`, `g = dy w`.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    let y = candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?;
     if !train {
-        return Ok(candle_nn::ops::layer_norm(&x.contiguous()?, w, b, eps as f32)?);
+        return Ok(y);
     }
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    Ok(xn.broadcast_mul(w)?.broadcast_add(b)?)
+    let w = w.clone();
+    attach(x, &y, move |x, _, dy| {
+        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let xh = xc.broadcast_mul(&rstd)?;
+        let g = dy.broadcast_mul(&w)?;
+        let mg = g.mean_keepdim(D::Minus1)?;
+        let mgx = (&g * &xh)?.mean_keepdim(D::Minus1)?;
+        g.broadcast_sub(&mg)?.sub(&xh.broadcast_mul(&mgx)?)?.broadcast_mul(&rstd)
+    })
 }
 
-/// RMSNorm over the last dim; differentiable form in training.
+/// RMSNorm over the last dim (candle's fused kernel); in training `attach`es the analytic input
+/// gradient for a frozen scale: `dx = r g - x r³ mean(g x)`, `g = dy w`, `r = 1/rms(x)`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, train: bool) -> Result<Tensor> {
+    let y = candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?;
     if !train {
-        return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?);
+        return Ok(y);
     }
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
+    let w = w.clone();
+    attach(x, &y, move |x, _, dy| {
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        let g = dy.broadcast_mul(&w)?;
+        let mgx = (&g * x)?.mean_keepdim(D::Minus1)?;
+        g.broadcast_mul(&r)?.sub(&x.broadcast_mul(&(mgx * r.powf(3.0)?)?)?)
+    })
 }
 
 /// Embedding lookup for `[b, s]` ids → `[b, s, h]` (differentiable w.r.t. the table).

@@ -292,3 +292,58 @@ fn frozen_linear_gradient_equals_candles_own() {
     assert!((l_train - l_plain).abs() < 1e-6);
     assert!(max_abs_diff(&g_train, &g_plain) < 1e-6, "{g_train:?} vs {g_plain:?}");
 }
+
+/// The training forms of LayerNorm, RMSNorm and softmax (fused kernel forward, hand-written
+/// backward) give the values and input gradients of their plain compositions under autograd.
+#[test]
+fn fused_norm_and_softmax_backward_equal_the_composed_forms() {
+    use candle_core::{Tensor, Var, D};
+    use loradex::model::lora::{layer_norm, rms_norm, softmax};
+    let dev = device();
+    let n = 3 * 5 * 16;
+    let x = Var::from_vec((0..n).map(|i| ((i * 37 % 101) as f32 * 0.07).sin() * 2.0).collect::<Vec<_>>(), (3, 5, 16), &dev).unwrap();
+    let w = Tensor::from_vec((0..16).map(|i| 0.5 + i as f32 * 0.1).collect::<Vec<_>>(), 16, &dev).unwrap();
+    let b = Tensor::from_vec((0..16).map(|i| i as f32 * 0.01 - 0.05).collect::<Vec<_>>(), 16, &dev).unwrap();
+    let c = Tensor::from_vec((0..n).map(|i| ((i * 13 % 29) as f32 * 0.3).cos()).collect::<Vec<_>>(), (3, 5, 16), &dev).unwrap();
+    let eps = 1e-5;
+    let grad = |f: &dyn Fn(&Tensor) -> Tensor| {
+        let xin = (x.as_tensor() * 1.0).unwrap(); // an op output, as activations are
+        let y = f(&xin);
+        let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+    };
+    let cases: [(&str, Box<dyn Fn(&Tensor) -> Tensor>, Box<dyn Fn(&Tensor) -> Tensor>); 3] = [
+        (
+            "layer_norm",
+            Box::new(|x| layer_norm(x, &w, &b, eps, true).unwrap()),
+            Box::new(|x| {
+                let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1).unwrap()).unwrap();
+                let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap()
+            }),
+        ),
+        (
+            "rms_norm",
+            Box::new(|x| rms_norm(x, &w, eps, true).unwrap()),
+            Box::new(|x| {
+                let ms = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                x.broadcast_div(&(ms + eps).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&w).unwrap()
+            }),
+        ),
+        (
+            "softmax",
+            Box::new(|x| softmax(x, true).unwrap()),
+            Box::new(|x| {
+                let e = x.broadcast_sub(&x.max_keepdim(D::Minus1).unwrap().detach()).unwrap().exp().unwrap();
+                e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+            }),
+        ),
+    ];
+    for (name, ours, composed) in &cases {
+        let (y1, g1) = grad(ours.as_ref());
+        let (y2, g2) = grad(composed.as_ref());
+        assert!(max_abs_diff(&y1, &y2) < 1e-5, "{name}: values differ by {}", max_abs_diff(&y1, &y2));
+        let scale = g2.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0 && max_abs_diff(&g1, &g2) < 1e-4 * scale, "{name}: gradients differ by {}", max_abs_diff(&g1, &g2));
+    }
+}
