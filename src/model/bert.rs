@@ -1,7 +1,7 @@
 //! BERT encoder for sequence classification (`BertForSequenceClassification` layout), with
 //! every linear layer behind the `LoraLinear` seam and a per-row classification head (an
 //! adapter's `modules_to_save` head replaces the base head for its rows). Owns only the
-//! architecture math.
+//! architecture math; classification on the CPU runs `bert_cpu`'s hand-written forward.
 
 use super::lora::{embed, layer_norm, softmax, Ctx, LoadedAdapter, LoraLinear};
 use super::Weights;
@@ -185,6 +185,9 @@ impl Bert {
 
     /// Logits per row; rows may use different heads (and so have different label counts).
     pub fn classify(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Vec<Vec<f32>>> {
+        if !ctx.train && ctx.cpu_kernels && super::bert_cpu::supported(self, ids.device()) {
+            return super::bert_cpu::classify(self, ids, type_ids, mask, ctx.routing);
+        }
         let pooled = self.pooled(ids, type_ids, mask, ctx)?;
         let n = pooled.dim(0)?;
         let mut out = vec![Vec::new(); n];

@@ -20,6 +20,9 @@ pub struct LoraPair {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
+    /// Host copies `(A, (s·B)ᵀ)` for the CPU mixed-batch kernel, made on first use; `None` for
+    /// pairs whose tensors change in place (training), which are copied every time.
+    pub host: Option<Arc<std::sync::OnceLock<(Vec<f32>, Vec<f32>)>>>,
 }
 
 impl LoraPair {
@@ -171,7 +174,7 @@ impl LoadedAdapter {
                 return Err(Error::TensorMismatch { tensor: m, detail: "lora_A and lora_B ranks differ".into() });
             }
             let scale = config.scale_for(&m, r);
-            modules.insert(m, LoraPair { a: a_t, b: b_t, scale });
+            modules.insert(m, LoraPair { a: a_t, b: b_t, scale, host: Some(Default::default()) });
         }
         if let Some(m) = b.keys().next() {
             return Err(Error::TensorMismatch { tensor: m.clone(), detail: "lora_B without lora_A".into() });
@@ -215,6 +218,9 @@ pub struct Ctx<'a> {
     pub dropout: f32,
     pub rng: RefCell<Rng>,
     pub bank: RefCell<Option<Option<std::rc::Rc<Bank>>>>,
+    /// Whether a model may take its hand-written CPU forward (`bert_cpu`) where it has one;
+    /// benchmarks turn it off to time candle's.
+    pub cpu_kernels: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -222,7 +228,7 @@ impl<'a> Ctx<'a> {
         Ctx::new(routing, false, 0.0, Rng::new(0))
     }
     pub fn new(routing: &'a Routing, train: bool, dropout: f32, rng: Rng) -> Ctx<'a> {
-        Ctx { routing, train, dropout, rng: RefCell::new(rng), bank: RefCell::new(None) }
+        Ctx { routing, train, dropout, rng: RefCell::new(rng), bank: RefCell::new(None), cpu_kernels: true }
     }
     fn bank(&self, dev: &Device) -> Result<Option<std::rc::Rc<Bank>>> {
         if self.bank.borrow().is_none() {
@@ -392,9 +398,18 @@ impl candle_core::CustomOp2 for Attached {
 fn mixed_lora_cpu(x: &Tensor, rows: &[Option<&LoraPair>], s: usize, out: usize) -> Result<Tensor> {
     let d_in = x.dim(1)?;
     let xv = x.flatten_all()?.to_vec1::<f32>()?;
+    let d = mixed_lora_host(&xv, rows, s, d_in, out)?;
+    Ok(Tensor::from_vec(d, (rows.len() * s, out), x.device())?)
+}
+
+/// `mixed_lora_cpu` over host memory: `xv` is `[rows * s, d_in]`; returns `[rows * s, out]`.
+pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, d_in: usize, out: usize) -> Result<Vec<f32>> {
+    if xv.len() != rows.len() * s * d_in {
+        return Err(Error::Model(format!("mixed LoRA: {} inputs for {} rows of {s} x {d_in}", xv.len(), rows.len())));
+    }
     // each distinct pair once: A [r, in] and s·Bᵀ [r, out], row-major
     let mut distinct: Vec<*const LoraPair> = vec![];
-    let mut host: Vec<(usize, Vec<f32>, Vec<f32>)> = vec![];
+    let mut host: Vec<(usize, HostPair)> = vec![];
     let mut which: Vec<Option<usize>> = Vec::with_capacity(rows.len());
     for r in rows {
         which.push(match r {
@@ -403,9 +418,25 @@ fn mixed_lora_cpu(x: &Tensor, rows: &[Option<&LoraPair>], s: usize, out: usize) 
                 Some(i) => i,
                 None => {
                     distinct.push(*p);
-                    let a = p.a.flatten_all()?.to_vec1::<f32>()?;
-                    let bt = (p.b.t()? * p.scale)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                    host.push((p.rank(), a, bt));
+                    let copy = || -> Result<(Vec<f32>, Vec<f32>)> {
+                        let a = p.a.flatten_all()?.to_vec1::<f32>()?;
+                        let bt = (p.b.t()? * p.scale)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                        Ok((a, bt))
+                    };
+                    let pair = match &p.host {
+                        Some(cell) => match cell.get() {
+                            Some(c) => HostPair::Cached(c),
+                            None => {
+                                let _ = cell.set(copy()?);
+                                HostPair::Cached(cell.get().expect("just set"))
+                            }
+                        },
+                        None => HostPair::Owned(copy()?),
+                    };
+                    if pair.a().len() != p.rank() * d_in || pair.bt().len() != p.rank() * out {
+                        return Err(Error::Model("mixed LoRA: a pair does not match the layer's shape".into()));
+                    }
+                    host.push((p.rank(), pair));
                     host.len() - 1
                 }
             }),
@@ -416,17 +447,38 @@ fn mixed_lora_cpu(x: &Tensor, rows: &[Option<&LoraPair>], s: usize, out: usize) 
     let per = rows.len().div_ceil(threads).max(1);
     std::thread::scope(|sc| {
         for (ci, chunk) in d.chunks_mut(per * s * out).enumerate() {
-            let k = Kernel { xv: &xv, host: &host, which: &which, first_row: ci * per, s, d_in, out };
+            let k = Kernel { xv, host: &host, which: &which, first_row: ci * per, s, d_in, out };
             sc.spawn(move || k.run(chunk));
         }
     });
-    Ok(Tensor::from_vec(d, (rows.len() * s, out), x.device())?)
+    Ok(d)
+}
+
+/// A pair's host copies: the pair's cache, or made for this forward.
+enum HostPair<'a> {
+    Cached(&'a (Vec<f32>, Vec<f32>)),
+    Owned((Vec<f32>, Vec<f32>)),
+}
+
+impl HostPair<'_> {
+    fn a(&self) -> &[f32] {
+        match self {
+            HostPair::Cached(c) => &c.0,
+            HostPair::Owned(c) => &c.0,
+        }
+    }
+    fn bt(&self) -> &[f32] {
+        match self {
+            HostPair::Cached(c) => &c.1,
+            HostPair::Owned(c) => &c.1,
+        }
+    }
 }
 
 /// One thread's share of `mixed_lora_cpu`: rows `first_row..` into `chunk`.
 struct Kernel<'a> {
     xv: &'a [f32],
-    host: &'a [(usize, Vec<f32>, Vec<f32>)],
+    host: &'a [(usize, HostPair<'a>)],
     which: &'a [Option<usize>],
     first_row: usize,
     s: usize,
@@ -458,7 +510,8 @@ impl Kernel<'_> {
         for (ri, drow) in chunk.chunks_mut(s * out).enumerate() {
             let row = self.first_row + ri;
             let Some(k) = self.which[row] else { continue };
-            let (r, a, bt) = &self.host[k];
+            let (r, pair) = &self.host[k];
+            let (a, bt) = (pair.a(), pair.bt());
             h.resize(*r, 0.0);
             for t in 0..s {
                 let xt = &self.xv[(row * s + t) * d_in..][..d_in];

@@ -4,6 +4,7 @@
 //! directories. Reads adapters from bytes; finding them (store or directory) is `resolve`'s job.
 
 pub mod bert;
+pub mod bert_cpu;
 pub mod llama;
 pub mod lora;
 

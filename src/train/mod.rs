@@ -2,10 +2,10 @@
 //! supervised fine-tuning (Llama). Base weights stay frozen (only LoRA `Var`s and a saved head
 //! are optimized, with AdamW); forwards use the differentiable norm/softmax forms. The result
 //! is a PEFT-format adapter put straight into the store with its metrics and provenance.
-//! BERT steps on the CPU take the hand-differentiated path in `bert_cpu`; the rest use autograd.
+//! BERT steps on the CPU take the hand-differentiated path in `model::bert_cpu`; the rest use
+//! autograd.
 //! Never prints: progress goes to a callback.
 
-pub mod bert_cpu;
 pub mod data;
 pub mod metrics;
 pub mod recipe;
@@ -14,6 +14,7 @@ use crate::base::BaseDir;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::model::bert::{apply_head, Head};
+use crate::model::bert_cpu;
 use crate::model::lora::{Ctx, LoadedAdapter, LoraPair, Routing};
 use crate::model::{pad_batch, Batch, Engine, Net};
 use crate::peft::{self, LoraConfig, NewConfig};
@@ -144,7 +145,7 @@ impl Trainer {
             let a: Vec<f32> = (0..spec.r * in_f).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect();
             let a = Var::from_vec(a, (spec.r, *in_f), &dev)?;
             let b = Var::zeros((*out_f, spec.r), DType::F32, &dev)?;
-            pairs.insert(m.clone(), LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale });
+            pairs.insert(m.clone(), LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale, host: None });
             vars.push((format!("{}{m}.lora_A.weight", peft::KEY_PREFIX), a));
             vars.push((format!("{}{m}.lora_B.weight", peft::KEY_PREFIX), b));
         }
@@ -439,7 +440,7 @@ impl Trainer {
 fn detached(a: &LoadedAdapter) -> LoadedAdapter {
     LoadedAdapter {
         id: a.id.clone(),
-        modules: a.modules.iter().map(|(k, p)| (k.clone(), LoraPair { a: p.a.detach(), b: p.b.detach(), scale: p.scale })).collect(),
+        modules: a.modules.iter().map(|(k, p)| (k.clone(), LoraPair { a: p.a.detach(), b: p.b.detach(), scale: p.scale, host: None })).collect(),
         saved: a.saved.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
         labels: a.labels.clone(),
         bytes: a.bytes,

@@ -37,7 +37,7 @@ fn assert_all_grads(tr: &mut Trainer, ex: &[Example]) {
     }
 }
 
-/// The hand-differentiated CPU step (`train::bert_cpu`) gives the loss and gradients candle's
+/// The hand-differentiated CPU step (`model::bert_cpu`) gives the loss and gradients candle's
 /// autograd gives over the differentiable forward: every module kind plus the pooler ("dense"
 /// also matches `bert.pooler.dense`), the trained head, LoRA dropout on, padded rows, and both
 /// GELU forms and ReLU.
@@ -84,7 +84,7 @@ fn bert_cpu_step_matches_autograd() {
 /// The vectorizable erf and exp behind the fast GELU stay within f32 rounding of the exact ones.
 #[test]
 fn fast_erf_and_exp_are_accurate() {
-    use loradex::train::bert_cpu::{erf, exp_neg};
+    use loradex::model::bert_cpu::{erf, exp_neg};
     let (mut e_erf, mut e_exp) = (0f64, 0f64);
     for i in -60_000i32..=60_000 {
         let x = i as f32 * 1e-4;

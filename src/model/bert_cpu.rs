@@ -1,17 +1,18 @@
-//! Hand-differentiated training step for BERT + LoRA on the CPU. The forward keeps exactly the
-//! activations the backward needs; the backward computes only gradients that reach a trainable
-//! tensor (none for a frozen weight, none below the lowest LoRA module). Matrix products go
+//! BERT + LoRA on the CPU by hand: the classification forward, and the hand-differentiated
+//! training step. The forward keeps exactly the activations the backward needs (none at
+//! inference); the backward computes only gradients that reach a trainable tensor (none for a
+//! frozen weight, none below the lowest LoRA module). Matrix products go
 //! straight to `gemm` with strides (no transposed copies; accumulation in place), and
 //! elementwise work (LayerNorm, softmax, GELU and their derivatives) is one fused pass per row.
 //! It computes what the autograd path in `train` computes, dropout masks included (a test
 //! checks every gradient against it); it exists because that path ran at 0.46x of PEFT's step
-//! time. Owns only this arithmetic: it reads the frozen weights and the adapter's tensors and
-//! returns gradients; it never writes a tensor, and knows nothing of the optimizer or store.
+//! time. Owns only this arithmetic: it reads the frozen weights and the adapters' tensors and
+//! returns logits or gradients; it never writes a tensor, and knows nothing of the optimizer or
+//! store.
 
 use crate::error::{Error, Result};
 use crate::model::bert::{Bert, Head, Layer};
-use crate::model::lora::{dropout_mask, LoraLinear, LoraPair};
-use crate::model::Batch;
+use crate::model::lora::{dropout_mask, mixed_lora_host, LoraLinear, LoraPair, Routing};
 use crate::util::Rng;
 use candle_core::{Layout, Storage, Tensor};
 use gemm::Parallelism;
@@ -139,7 +140,10 @@ struct Lin<'a> {
     b: &'a [f32],
     inp: usize,
     out: usize,
+    /// The pair every row uses (training, or a batch on one adapter).
     lora: Option<Lo>,
+    /// Each sequence's own pair (an inference batch mixing adapters).
+    mixed: Option<Vec<Option<&'a LoraPair>>>,
 }
 
 struct Lo {
@@ -157,7 +161,9 @@ struct LoSave {
     h: Vec<f32>,
 }
 
+/// Training (dropout, activations kept for the backward) or inference.
 struct Dropout<'r> {
+    train: bool,
     p: f32,
     rng: &'r mut Rng,
 }
@@ -166,11 +172,22 @@ impl Lin<'_> {
     /// `y = x W^T + b (+ s (drop(x) A^T) B^T)` for `x [m, in]`. The dropout mask is drawn for
     /// `m * stride` rows (the full batch) and row `i` of `x` takes mask row `i * stride`: with
     /// `stride = s`, `x` holds only each sequence's first row.
-    fn fwd(&self, x: &[f32], m: usize, drop: &mut Dropout, stride: usize) -> (Vec<f32>, Option<LoSave>) {
+    fn fwd(&self, x: &[f32], m: usize, drop: &mut Dropout, stride: usize) -> Result<(Vec<f32>, Option<LoSave>)> {
         let mut y = vec![0f32; m * self.out];
         y.par_chunks_mut(self.out).with_min_len(16).for_each(|r| r.copy_from_slice(self.b));
         lin(x, self.w, m, self.inp, self.out, &mut y, true);
-        let Some(lo) = &self.lora else { return (y, None) };
+        if let Some(per_seq) = &self.mixed {
+            let d = mixed_lora_host(x, per_seq, m / per_seq.len().max(1), self.inp, self.out)?;
+            add_into(&mut y, &d);
+            return Ok((y, None));
+        }
+        let Some(lo) = &self.lora else { return Ok((y, None)) };
+        if !drop.train {
+            let mut h = vec![0f32; m * lo.r];
+            lin(x, &lo.a, m, self.inp, lo.r, &mut h, false);
+            mm(m, self.out, lo.r, &mut y, (rows(&h, lo.r), &h), (trans(&lo.b, lo.r), &lo.b), lo.s, true);
+            return Ok((y, None));
+        }
         let (xd, mask) = if drop.p > 0.0 {
             let full = dropout_mask(drop.p, m * stride * self.inp, drop.rng);
             let mask = if stride == 1 { full } else { every_nth_row(&full, self.inp, stride) };
@@ -181,7 +198,7 @@ impl Lin<'_> {
         let mut h = vec![0f32; m * lo.r];
         lin(&xd, &lo.a, m, self.inp, lo.r, &mut h, false);
         mm(m, self.out, lo.r, &mut y, (rows(&h, lo.r), &h), (trans(&lo.b, lo.r), &lo.b), lo.s, true);
-        (y, Some(LoSave { xd, mask, h }))
+        Ok((y, Some(LoSave { xd, mask, h })))
     }
 
     /// Backward for `dy [m, out]`: the LoRA gradients (into `grads`) and, when `dx` is given,
@@ -603,13 +620,22 @@ impl LayerW<'_> {
     }
 }
 
-/// The frozen tensors' slices in the order they were listed, handed out as layers are built.
-struct Slices<'a, 'p> {
-    it: std::vec::IntoIter<&'a [f32]>,
-    pairs: &'p HashMap<String, LoraPair>,
+/// Where each linear layer's LoRA comes from.
+enum Source<'p> {
+    /// Training: the pairs being trained, every row.
+    Train(&'p HashMap<String, LoraPair>),
+    /// Inference: each row's adapter.
+    Route(&'p Routing),
 }
 
-impl<'a> Slices<'a, '_> {
+/// The frozen tensors' slices in the order `frozen_tensors` listed them, handed out as layers
+/// are built.
+struct Slices<'a> {
+    it: std::vec::IntoIter<&'a [f32]>,
+    src: Source<'a>,
+}
+
+impl<'a> Slices<'a> {
     fn next(&mut self) -> &'a [f32] {
         self.it.next().expect("one slice per listed tensor")
     }
@@ -621,17 +647,25 @@ impl<'a> Slices<'a, '_> {
         if w.len() != out * inp || b.len() != out {
             return Err(Error::Model(format!("{}: bias does not match the weight's {out} outputs", l.name)));
         }
-        let lora = match self.pairs.get(&l.name) {
-            None => None,
-            Some(pr) => Some(Lo {
-                name: l.name.clone(),
-                a: pr.a.flatten_all()?.to_vec1()?,
-                b: pr.b.flatten_all()?.to_vec1()?,
-                r: pr.rank(),
-                s: pr.scale as f32,
-            }),
+        let lo = |pr: &LoraPair| -> Result<Lo> {
+            Ok(Lo { name: l.name.clone(), a: pr.a.flatten_all()?.to_vec1()?, b: pr.b.flatten_all()?.to_vec1()?, r: pr.rank(), s: pr.scale as f32 })
         };
-        Ok(Lin { w, b, inp, out, lora })
+        let (lora, mixed) = match &self.src {
+            Source::Train(pairs) => (pairs.get(&l.name).map(lo).transpose()?, None),
+            Source::Route(routing) => {
+                let per_seq: Vec<Option<&'a LoraPair>> =
+                    routing.rows.iter().map(|r| r.and_then(|i| routing.adapters[i].modules.get(&l.name))).collect();
+                let first = routing.rows.first().copied().flatten();
+                if per_seq.iter().all(|p| p.is_none()) {
+                    (None, None)
+                } else if routing.rows.iter().all(|r| *r == first) {
+                    (per_seq[0].map(lo).transpose()?, None)
+                } else {
+                    (None, Some(per_seq))
+                }
+            }
+        };
+        Ok(Lin { w, b, inp, out, lora, mixed })
     }
 }
 
@@ -647,43 +681,8 @@ struct LayerSave {
     ln2: (Vec<f32>, Vec<f32>),
 }
 
-/// Mean cross-entropy of `targets` and its gradients for the adapter's `pairs` (and the head
-/// when `head_trainable`), with LoRA dropout `p` drawn from `rng` in the autograd path's order.
-#[allow(clippy::too_many_arguments)]
-pub fn loss_and_grads(
-    bert: &Bert,
-    pairs: &HashMap<String, LoraPair>,
-    head: &Head,
-    head_trainable: bool,
-    batch: &Batch,
-    targets: &[u32],
-    p: f32,
-    rng: &mut Rng,
-) -> Result<Grads> {
-    let cfg = &bert.cfg;
-    let act = match cfg.hidden_act.as_str() {
-        "gelu" => Act::GeluErf,
-        "relu" => Act::Relu,
-        "gelu_new" | "gelu_pytorch_tanh" => Act::GeluTanh,
-        a => return Err(Error::Model(format!("hidden_act {a:?} is not supported"))),
-    };
-    let (b, s) = batch.ids.dims2()?;
-    let m = b * s;
-    let hd = cfg.hidden_size;
-    let nh = cfg.num_attention_heads;
-    if nh == 0 || !hd.is_multiple_of(nh) {
-        return Err(Error::Model(format!("hidden size {hd} is not a multiple of {nh} attention heads")));
-    }
-    if s > cfg.max_position_embeddings {
-        return Err(Error::Model(format!("sequence of {s} tokens exceeds {} positions", cfg.max_position_embeddings)));
-    }
-    if targets.len() != b {
-        return Err(Error::Model(format!("{} targets for {b} rows", targets.len())));
-    }
-    let eps = cfg.layer_norm_eps as f32;
-    let t_fwd = std::time::Instant::now();
-
-    // every frozen tensor, read in place through its storage guard
+/// The frozen tensors `Slices` hands out, in order: embeddings, layers, pooler.
+fn frozen_tensors(bert: &Bert) -> Result<Vec<Tensor>> {
     let mut ts: Vec<Tensor> = vec![bert.word.clone(), bert.position.clone(), bert.token_type.clone(), bert.emb_norm.w.clone(), bert.emb_norm.b.clone()];
     let lin_tensors = |l: &LoraLinear, ts: &mut Vec<Tensor>| -> Result<()> {
         ts.push(l.weight.clone());
@@ -702,68 +701,180 @@ pub fn loss_and_grads(
     if let Some(pl) = &bert.pooler {
         lin_tensors(pl, &mut ts)?;
     }
+    Ok(ts)
+}
+
+/// A BERT encoder over borrowed frozen weights, with each linear layer's LoRA resolved.
+struct Model<'a> {
+    act: Act,
+    hd: usize,
+    nh: usize,
+    eps: f32,
+    emb: [&'a [f32]; 5],
+    layers: Vec<LayerW<'a>>,
+    pooler: Option<Lin<'a>>,
+}
+
+impl<'a> Model<'a> {
+    /// Takes the slices of `frozen_tensors(bert)` from `sl`; `s` is the batch's sequence length.
+    fn new(bert: &Bert, sl: &mut Slices<'a>, s: usize) -> Result<Model<'a>> {
+        let cfg = &bert.cfg;
+        let act = match cfg.hidden_act.as_str() {
+            "gelu" => Act::GeluErf,
+            "relu" => Act::Relu,
+            "gelu_new" | "gelu_pytorch_tanh" => Act::GeluTanh,
+            a => return Err(Error::Model(format!("hidden_act {a:?} is not supported"))),
+        };
+        let (hd, nh) = (cfg.hidden_size, cfg.num_attention_heads);
+        if nh == 0 || !hd.is_multiple_of(nh) {
+            return Err(Error::Model(format!("hidden size {hd} is not a multiple of {nh} attention heads")));
+        }
+        if s > cfg.max_position_embeddings {
+            return Err(Error::Model(format!("sequence of {s} tokens exceeds {} positions", cfg.max_position_embeddings)));
+        }
+        let emb = [sl.next(), sl.next(), sl.next(), sl.next(), sl.next()];
+        let mut layers = Vec::with_capacity(bert.layers.len());
+        for l in &bert.layers {
+            let l: &Layer = l;
+            let (q, k, v, o) = (sl.lin(&l.query)?, sl.lin(&l.key)?, sl.lin(&l.value)?, sl.lin(&l.attn_out)?);
+            let ln1 = (sl.next(), sl.next());
+            let (i, o2) = (sl.lin(&l.intermediate)?, sl.lin(&l.output)?);
+            let ln2 = (sl.next(), sl.next());
+            layers.push(LayerW { q, k, v, o, ln1, i, o2, ln2 });
+        }
+        let pooler = match &bert.pooler {
+            Some(pl) => Some(sl.lin(pl)?),
+            None => None,
+        };
+        check_shapes(hd, &layers, pooler.as_ref(), emb)?;
+        if emb[1].len() < s * hd {
+            return Err(Error::Model(format!("the position table has fewer than {s} rows")));
+        }
+        Ok(Model { act, hd, nh, eps: cfg.layer_norm_eps as f32, emb, layers, pooler })
+    }
+
+    fn attn(&self, li: usize, b: usize, s: usize) -> Attn {
+        // the last layer computes only the [CLS] rows (all the pooler and the loss read)
+        Attn { b, s, sq: if li + 1 == self.layers.len() { 1 } else { s }, nh: self.nh, dh: self.hd / self.nh }
+    }
+
+    /// Embeddings, every layer and the pooler: `([CLS] rows after the pooler, their input, the
+    /// pooler's LoRA save, each layer's save)` (saves only in training).
+    #[allow(clippy::type_complexity)]
+    fn encode(&self, (ids, tids, mask): (&Tensor, &Tensor, &Tensor), drop: &mut Dropout) -> Result<(Vec<f32>, Vec<f32>, Option<LoSave>, Vec<LayerSave>)> {
+        let (b, s) = ids.dims2()?;
+        let hd = self.hd;
+        let [word, pos, tt, eln_w, eln_b] = self.emb;
+        // embeddings (frozen, no gradient below them)
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let tids = tids.flatten_all()?.to_vec1::<u32>()?;
+        let mask = mask.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let mut x = vec![0f32; b * s * hd];
+        for (t, row) in x.chunks_mut(hd).enumerate() {
+            let (id, ty) = (ids[t] as usize, tids[t] as usize);
+            let w = word.get(id * hd..(id + 1) * hd).ok_or_else(|| Error::Model(format!("token id {id} out of vocabulary")))?;
+            let ty = tt.get(ty * hd..(ty + 1) * hd).ok_or_else(|| Error::Model(format!("token type {ty} out of range")))?;
+            let ps = &pos[(t % s) * hd..][..hd];
+            for (((o, w), p), y) in row.iter_mut().zip(w).zip(ps).zip(ty) {
+                *o = w + p + y;
+            }
+        }
+        x = ln_fwd(&x, eln_w, eln_b, self.eps, hd).0;
+        let bias: Vec<f32> = mask.iter().map(|v| (v - 1.0) * 1e9).collect();
+        let mut saves: Vec<LayerSave> = Vec::with_capacity(if drop.train { self.layers.len() } else { 0 });
+        for (li, lw) in self.layers.iter().enumerate() {
+            let (x2, save) = layer_fwd(lw, &x, &self.attn(li, b, s), &bias, self.act, self.eps, drop)?;
+            if drop.train {
+                saves.push(save);
+            }
+            x = x2;
+        }
+        let cls = if self.layers.is_empty() { every_nth_row(&x, hd, s) } else { x };
+        let (pooled, pool_save) = match &self.pooler {
+            Some(pl) => {
+                let (mut y, sv) = pl.fwd(&cls, b, drop, 1)?;
+                y.iter_mut().for_each(|v| *v = v.tanh());
+                (y, sv)
+            }
+            None => (cls.clone(), None),
+        };
+        Ok((pooled, cls, pool_save, saves))
+    }
+}
+
+/// Classification logits per row for a batch whose rows may use different adapters (and so
+/// heads): the inference forward of the CPU path, with each module's LoRA as one product pair
+/// when the batch shares an adapter and the per-row kernel when it mixes them.
+/// `ids`, `type_ids`: u32 `[b, s]`; `mask`: `[b, s]`.
+pub fn classify(bert: &Bert, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, routing: &Routing) -> Result<Vec<Vec<f32>>> {
+    let (b, s) = ids.dims2()?;
+    if routing.rows.len() != b {
+        return Err(Error::Model(format!("routing for {} rows, batch of {b}", routing.rows.len())));
+    }
+    let ts = frozen_tensors(bert)?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let sl: Vec<&[f32]> = guards.iter().map(|(g, l)| host(g, l, "bert weight")).collect::<Result<_>>()?;
+    let mut sl = Slices { it: sl.into_iter(), src: Source::Route(routing) };
+    let model = Model::new(bert, &mut sl, s)?;
+    let mut rng = Rng::new(0);
+    let (pooled, _, _, _) = model.encode((ids, type_ids, mask), &mut Dropout { train: false, p: 0.0, rng: &mut rng })?;
+    let hd = model.hd;
+    let mut out = vec![Vec::new(); b];
+    for (choice, rows) in routing.groups() {
+        let head = bert.head_for(choice.map(|i| routing.adapters[i].as_ref()))?;
+        let (n, h) = head.weight.dims2()?;
+        if h != hd {
+            return Err(Error::Model(format!("the classification head takes {h} inputs, the model gives {hd}")));
+        }
+        let w = head.weight.flatten_all()?.to_vec1::<f32>()?;
+        let bias = head.bias.flatten_all()?.to_vec1::<f32>()?;
+        if bias.len() != n {
+            return Err(Error::Model("the classification head's bias does not match its weight".into()));
+        }
+        for r in rows {
+            let p = &pooled[r * hd..][..hd];
+            out[r] = (0..n).map(|j| bias[j] + w[j * hd..][..hd].iter().zip(p).map(|(a, b)| a * b).sum::<f32>()).collect();
+        }
+    }
+    Ok(out)
+}
+
+/// Mean cross-entropy of `targets` and its gradients for the adapter's `pairs` (and the head
+/// when `head_trainable`), with LoRA dropout `p` drawn from `rng` in the autograd path's order.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_and_grads(
+    bert: &Bert,
+    pairs: &HashMap<String, LoraPair>,
+    head: &Head,
+    head_trainable: bool,
+    batch: &crate::model::Batch,
+    targets: &[u32],
+    p: f32,
+    rng: &mut Rng,
+) -> Result<Grads> {
+    let (b, s) = batch.ids.dims2()?;
+    if targets.len() != b {
+        return Err(Error::Model(format!("{} targets for {b} rows", targets.len())));
+    }
+    let t_fwd = std::time::Instant::now();
+    // every frozen tensor, read in place through its storage guard; the head last
+    let mut ts = frozen_tensors(bert)?;
     ts.extend([head.weight.clone(), head.bias.clone()]);
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let sl: Vec<&[f32]> = guards.iter().map(|(g, l)| host(g, l, "bert weight")).collect::<Result<_>>()?;
-    let mut sl = Slices { it: sl.into_iter(), pairs };
-    let (word, pos, tt, eln_w, eln_b) = (sl.next(), sl.next(), sl.next(), sl.next(), sl.next());
-    let mut layers = Vec::with_capacity(bert.layers.len());
-    for l in &bert.layers {
-        let l: &Layer = l;
-        let (q, k, v, o) = (sl.lin(&l.query)?, sl.lin(&l.key)?, sl.lin(&l.value)?, sl.lin(&l.attn_out)?);
-        let ln1 = (sl.next(), sl.next());
-        let (i, o2) = (sl.lin(&l.intermediate)?, sl.lin(&l.output)?);
-        let ln2 = (sl.next(), sl.next());
-        layers.push(LayerW { q, k, v, o, ln1, i, o2, ln2 });
-    }
-    let pooler = match &bert.pooler {
-        Some(pl) => Some(sl.lin(pl)?),
-        None => None,
-    };
+    let mut sl = Slices { it: sl.into_iter(), src: Source::Train(pairs) };
+    let model = Model::new(bert, &mut sl, s)?;
     let (hw, hb) = (sl.next(), sl.next());
+    let hd = model.hd;
     let n_labels = head.weight.dims2()?.0;
-    check_shapes(hd, &layers, pooler.as_ref(), [word, pos, tt, eln_w, eln_b, hw, hb], n_labels)?;
-    if pos.len() < s * hd {
-        return Err(Error::Model(format!("the position table has fewer than {s} rows")));
+    if hw.len() != n_labels * hd || hb.len() != n_labels {
+        return Err(Error::Model(format!("the classification head does not match hidden size {hd}")));
     }
-
-    // embeddings (frozen, no gradient below them)
-    let ids = batch.ids.flatten_all()?.to_vec1::<u32>()?;
-    let tids = batch.type_ids.flatten_all()?.to_vec1::<u32>()?;
-    let mask = batch.mask.flatten_all()?.to_vec1::<f32>()?;
-    let mut x = vec![0f32; m * hd];
-    for (t, row) in x.chunks_mut(hd).enumerate() {
-        let (id, ty) = (ids[t] as usize, tids[t] as usize);
-        let w = word.get(id * hd..(id + 1) * hd).ok_or_else(|| Error::Model(format!("token id {id} out of vocabulary")))?;
-        let ty = tt.get(ty * hd..(ty + 1) * hd).ok_or_else(|| Error::Model(format!("token type {ty} out of range")))?;
-        let ps = &pos[(t % s) * hd..][..hd];
-        for (((o, w), p), y) in row.iter_mut().zip(w).zip(ps).zip(ty) {
-            *o = w + p + y;
-        }
-    }
-    x = ln_fwd(&x, eln_w, eln_b, eps, hd).0;
-    let bias: Vec<f32> = mask.iter().map(|v| (v - 1.0) * 1e9).collect();
-
-    // forward, keeping what the backward needs. The last layer computes only the [CLS] rows
-    // (all the pooler and the loss read), attending over every key.
-    let mut drop = Dropout { p, rng };
-    let mut saves: Vec<LayerSave> = Vec::with_capacity(layers.len());
-    let attn = |li: usize| Attn { b, s, sq: if li + 1 == layers.len() { 1 } else { s }, nh, dh: hd / nh };
-    for (li, lw) in layers.iter().enumerate() {
-        let (x2, save) = layer_fwd(lw, &x, &attn(li), &bias, act, eps, &mut drop);
-        saves.push(save);
-        x = x2;
-    }
-    // pooler on the [CLS] rows, then the head
-    let cls = if layers.is_empty() { every_nth_row(&x, hd, s) } else { x };
-    let (pooled, pool_save) = match &pooler {
-        Some(pl) => {
-            let (mut y, sv) = pl.fwd(&cls, b, &mut drop, 1);
-            y.iter_mut().for_each(|v| *v = v.tanh());
-            (y, sv)
-        }
-        None => (cls.clone(), None),
-    };
+    // forward, keeping what the backward needs
+    let mut drop = Dropout { train: true, p, rng };
+    let (pooled, _, pool_save, saves) = model.encode((&batch.ids, &batch.type_ids, &batch.mask), &mut drop)?;
+    let (layers, pooler, act) = (&model.layers, &model.pooler, model.act);
+    let attn = |li: usize| model.attn(li, b, s);
     let mut logits = vec![0f32; b * n_labels];
     for row in logits.chunks_mut(n_labels) {
         row.copy_from_slice(hb);
@@ -832,16 +943,13 @@ pub fn loss_and_grads(
 
 /// Every frozen tensor and LoRA pair has the shape the arithmetic assumes (a malformed base is
 /// an error here, as it is in the candle forward, not a panic in a kernel).
-fn check_shapes(hd: usize, layers: &[LayerW], pooler: Option<&Lin>, [word, pos, tt, eln_w, eln_b, hw, hb]: [&[f32]; 7], n_labels: usize) -> Result<()> {
+fn check_shapes(hd: usize, layers: &[LayerW], pooler: Option<&Lin>, [word, pos, tt, eln_w, eln_b]: [&[f32]; 5]) -> Result<()> {
     let bad = |what: &str| Err(Error::Model(format!("{what} does not match hidden size {hd}")));
     let lin_ok = |l: &Lin, inp: usize, out: usize| {
         l.inp == inp && l.out == out && l.lora.as_ref().is_none_or(|lo| lo.a.len() == lo.r * inp && lo.b.len() == out * lo.r)
     };
     if !word.len().is_multiple_of(hd) || !pos.len().is_multiple_of(hd) || !tt.len().is_multiple_of(hd) || eln_w.len() != hd || eln_b.len() != hd {
         return bad("an embedding table or the embedding LayerNorm");
-    }
-    if hw.len() != n_labels * hd || hb.len() != n_labels {
-        return bad("the classification head");
     }
     for l in layers {
         let ffn = l.i.out;
@@ -870,7 +978,7 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 /// One encoder layer's forward for input `x [b*s, h]`: returns its output (`[b*sq, h]`: the
 /// query rows) and what its backward needs.
 #[allow(clippy::too_many_arguments)]
-fn layer_fwd(lw: &LayerW, x: &[f32], at: &Attn, bias: &[f32], act: Act, eps: f32, drop: &mut Dropout) -> (Vec<f32>, LayerSave) {
+fn layer_fwd(lw: &LayerW, x: &[f32], at: &Attn, bias: &[f32], act: Act, eps: f32, drop: &mut Dropout) -> Result<(Vec<f32>, LayerSave)> {
     let (b, s, sq, hd) = (at.b, at.s, at.sq, at.h());
     let (m, mq, stride) = (b * s, b * sq, s / sq);
     let first_rows;
@@ -881,22 +989,22 @@ fn layer_fwd(lw: &LayerW, x: &[f32], at: &Attn, bias: &[f32], act: Act, eps: f32
         &first_rows
     };
     // masks are drawn in module order q, k, v, attention output, intermediate, output
-    let (q, sq_) = lw.q.fwd(xq, mq, drop, stride);
-    let (k, sk) = lw.k.fwd(x, m, drop, 1);
-    let (v, sv) = lw.v.fwd(x, m, drop, 1);
+    let (q, sq_) = lw.q.fwd(xq, mq, drop, stride)?;
+    let (k, sk) = lw.k.fwd(x, m, drop, 1)?;
+    let (v, sv) = lw.v.fwd(x, m, drop, 1)?;
     let (ctx, pr) = at.fwd(&q, &k, &v, bias);
-    let (mut a, so) = lw.o.fwd(&ctx, mq, drop, stride);
+    let (mut a, so) = lw.o.fwd(&ctx, mq, drop, stride)?;
     drop_vec(ctx);
     add_into(&mut a, xq);
     let (x1, xh1, r1) = ln_fwd(&a, lw.ln1.0, lw.ln1.1, eps, hd);
     drop_vec(a);
-    let (z, si) = lw.i.fwd(&x1, mq, drop, stride);
+    let (z, si) = lw.i.fwd(&x1, mq, drop, stride)?;
     let g = act_fwd(act, &z);
-    let (mut o, so2) = lw.o2.fwd(&g, mq, drop, stride);
+    let (mut o, so2) = lw.o2.fwd(&g, mq, drop, stride)?;
     drop_vec(g);
     add_into(&mut o, &x1);
     let (x2, xh2, r2) = ln_fwd(&o, lw.ln2.0, lw.ln2.1, eps, hd);
-    (x2, LayerSave { q, k, v, p: pr, lo: [sq_, sk, sv, so, si, so2], ln1: (xh1, r1), z, ln2: (xh2, r2) })
+    Ok((x2, LayerSave { q, k, v, p: pr, lo: [sq_, sk, sv, so, si, so2], ln1: (xh1, r1), z, ln2: (xh2, r2) }))
 }
 
 /// One encoder layer's backward from the gradient of its output `[b*sq, h]`: LoRA gradients
