@@ -1,14 +1,14 @@
-//! BERT + LoRA on the CPU by hand: the classification forward, and the hand-differentiated
+//! BERT + LoRA on the CPU by hand: the classification forward and the hand-differentiated
 //! training step. The forward keeps exactly the activations the backward needs (none at
 //! inference); the backward computes only gradients that reach a trainable tensor (none for a
-//! frozen weight, none below the lowest LoRA module). Matrix products go
-//! straight to `gemm` with strides (no transposed copies; accumulation in place), and
-//! elementwise work (LayerNorm, softmax, GELU and their derivatives) is one fused pass per row.
-//! It computes what the autograd path in `train` computes, dropout masks included (a test
-//! checks every gradient against it); it exists because that path ran at 0.46x of PEFT's step
-//! time. Owns only this arithmetic: it reads the frozen weights and the adapters' tensors and
-//! returns logits or gradients; it never writes a tensor, and knows nothing of the optimizer or
-//! store.
+//! frozen weight, none below the lowest LoRA module). Matrix products go straight to `gemm`
+//! with strides (no transposed copies; accumulation in place), and elementwise work
+//! (LayerNorm, softmax, GELU and their derivatives) is one vectorized pass per row. It computes
+//! what candle's autograd over the differentiable forward computes, dropout masks included (a
+//! test checks every gradient against it); it exists because that path ran at 0.46x of PEFT's
+//! step time. Owns only this arithmetic: it reads the frozen weights and the adapters' tensors
+//! and returns logits or gradients; it never writes a tensor, and knows nothing of the
+//! optimizer or the store.
 
 use crate::error::{Error, Result};
 use crate::model::bert::{Bert, Head, Layer};
@@ -30,7 +30,7 @@ pub struct Grads {
     pub head: Option<(Vec<f32>, Vec<f32>)>,
 }
 
-/// Whether this path can train `bert` (CPU tensors, activations it implements).
+/// Whether this path can run `bert` (CPU tensors, an activation it implements).
 pub fn supported(bert: &Bert, device: &candle_core::Device) -> bool {
     device.is_cpu() && matches!(bert.cfg.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu")
 }
@@ -79,8 +79,8 @@ fn reach(o: Op, r: usize, c: usize) -> usize {
     ((r as isize - 1) * o.rs + (c as isize - 1) * o.cs + 1) as usize
 }
 
-/// Safe `gemm_raw` over slices: checks every operand lies inside its slice. `a`, `b` are
-/// built by `rows`/`trans` from `a_s`, `b_s`.
+/// Safe `gemm_raw` over slices: each operand comes with the slice it was built from (by `rows`
+/// or `trans`), and must lie inside it.
 #[allow(clippy::too_many_arguments)]
 fn mm(m: usize, n: usize, k: usize, c: &mut [f32], a: (Op, &[f32]), b: (Op, &[f32]), beta: f32, acc: bool) {
     if m == 0 || n == 0 || k == 0 {
