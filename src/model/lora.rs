@@ -22,8 +22,11 @@ pub struct LoraPair {
     pub scale: f64,
     /// Host copies `(A, (s·B)ᵀ)` for the CPU mixed-batch kernel, made on first use; `None` for
     /// pairs whose tensors change in place (training), which are copied every time.
-    pub host: Option<Arc<std::sync::OnceLock<(Vec<f32>, Vec<f32>)>>>,
+    pub host: Option<Arc<std::sync::OnceLock<HostCopies>>>,
 }
+
+/// A pair's `(A, (s·B)ᵀ)`, row-major `[r, in]` and `[r, out]`, in host memory.
+pub type HostCopies = (Vec<f32>, Vec<f32>);
 
 impl LoraPair {
     pub fn rank(&self) -> usize {
@@ -418,7 +421,7 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
                 Some(i) => i,
                 None => {
                     distinct.push(*p);
-                    let copy = || -> Result<(Vec<f32>, Vec<f32>)> {
+                    let copy = || -> Result<HostCopies> {
                         let a = p.a.flatten_all()?.to_vec1::<f32>()?;
                         let bt = (p.b.t()? * p.scale)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                         Ok((a, bt))
@@ -456,8 +459,8 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
 
 /// A pair's host copies: the pair's cache, or made for this forward.
 enum HostPair<'a> {
-    Cached(&'a (Vec<f32>, Vec<f32>)),
-    Owned((Vec<f32>, Vec<f32>)),
+    Cached(&'a HostCopies),
+    Owned(HostCopies),
 }
 
 impl HostPair<'_> {

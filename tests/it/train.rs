@@ -312,7 +312,8 @@ fn fused_norm_and_softmax_backward_equal_the_composed_forms() {
         let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
         (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
     };
-    let cases: [(&str, Box<dyn Fn(&Tensor) -> Tensor>, Box<dyn Fn(&Tensor) -> Tensor>); 3] = [
+    type Form<'a> = Box<dyn Fn(&Tensor) -> Tensor + 'a>;
+    let cases: [(&str, Form, Form); 3] = [
         (
             "layer_norm",
             Box::new(|x| layer_norm(x, &w, &b, eps, true).unwrap()),
