@@ -204,6 +204,12 @@ impl Trainer {
         let routing = Routing::single(adapter.clone(), n);
         let ctx = self.ctx(&routing, train);
         let logits = match &self.engine.net {
+            // evaluation: the inference forward (bert_cpu's on the CPU)
+            Net::Bert(b) if !train => {
+                let rows = b.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
+                let n_labels = rows.first().map_or(0, |r| r.len());
+                Tensor::from_vec(rows.concat(), (rows.len(), n_labels), &self.engine.device)?
+            }
             Net::Bert(b) => {
                 let pooled = b.pooled(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
                 let head: Head = b.head_for(Some(adapter))?;
