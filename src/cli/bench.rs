@@ -464,7 +464,7 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let (f, bw, o) = tr.last_timing;
-    println!("  baseline: inference forward          {fwd:>8.3} s/batch");
+    println!("  baseline: candle inference forward   {fwd:>8.3} s/batch");
     println!("  baseline: candle autograd step       {autograd:>8.3} s/step");
     println!(
         "  train step (fwd+bwd+AdamW)           {best:>8.3} s/step best of {}, {mean:.3} s mean  {:.1} samples/s  ({:.2}x forward; {:.2}x faster than autograd)",
