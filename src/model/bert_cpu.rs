@@ -162,7 +162,7 @@ struct LoSave {
 }
 
 /// Training (dropout, activations kept for the backward) or inference.
-struct Dropout<'r> {
+struct Mode<'r> {
     train: bool,
     p: f32,
     rng: &'r mut Rng,
@@ -172,7 +172,7 @@ impl Lin<'_> {
     /// `y = x W^T + b (+ s (drop(x) A^T) B^T)` for `x [m, in]`. The dropout mask is drawn for
     /// `m * stride` rows (the full batch) and row `i` of `x` takes mask row `i * stride`: with
     /// `stride = s`, `x` holds only each sequence's first row.
-    fn fwd(&self, x: &[f32], m: usize, drop: &mut Dropout, stride: usize) -> Result<(Vec<f32>, Option<LoSave>)> {
+    fn fwd(&self, x: &[f32], m: usize, mode: &mut Mode, stride: usize) -> Result<(Vec<f32>, Option<LoSave>)> {
         let mut y = vec![0f32; m * self.out];
         y.par_chunks_mut(self.out).with_min_len(16).for_each(|r| r.copy_from_slice(self.b));
         lin(x, self.w, m, self.inp, self.out, &mut y, true);
@@ -182,23 +182,19 @@ impl Lin<'_> {
             return Ok((y, None));
         }
         let Some(lo) = &self.lora else { return Ok((y, None)) };
-        if !drop.train {
-            let mut h = vec![0f32; m * lo.r];
-            lin(x, &lo.a, m, self.inp, lo.r, &mut h, false);
-            mm(m, self.out, lo.r, &mut y, (rows(&h, lo.r), &h), (trans(&lo.b, lo.r), &lo.b), lo.s, true);
-            return Ok((y, None));
-        }
-        let (xd, mask) = if drop.p > 0.0 {
-            let full = dropout_mask(drop.p, m * stride * self.inp, drop.rng);
+        let (xd, mask): (std::borrow::Cow<[f32]>, _) = if mode.train && mode.p > 0.0 {
+            let full = dropout_mask(mode.p, m * stride * self.inp, mode.rng);
             let mask = if stride == 1 { full } else { every_nth_row(&full, self.inp, stride) };
             (x.iter().zip(&mask).map(|(a, b)| a * b).collect(), Some(mask))
         } else {
-            (x.to_vec(), None)
+            (x.into(), None)
         };
         let mut h = vec![0f32; m * lo.r];
         lin(&xd, &lo.a, m, self.inp, lo.r, &mut h, false);
         mm(m, self.out, lo.r, &mut y, (rows(&h, lo.r), &h), (trans(&lo.b, lo.r), &lo.b), lo.s, true);
-        Ok((y, Some(LoSave { xd, mask, h })))
+        // inference keeps nothing for a backward
+        let save = mode.train.then(|| LoSave { xd: xd.into_owned(), mask, h });
+        Ok((y, save))
     }
 
     /// Backward for `dy [m, out]`: the LoRA gradients (into `grads`) and, when `dx` is given,
@@ -761,7 +757,7 @@ impl<'a> Model<'a> {
     /// Embeddings, every layer and the pooler: `([CLS] rows after the pooler, their input, the
     /// pooler's LoRA save, each layer's save)` (saves only in training).
     #[allow(clippy::type_complexity)]
-    fn encode(&self, (ids, tids, mask): (&Tensor, &Tensor, &Tensor), drop: &mut Dropout) -> Result<(Vec<f32>, Vec<f32>, Option<LoSave>, Vec<LayerSave>)> {
+    fn encode(&self, (ids, tids, mask): (&Tensor, &Tensor, &Tensor), mode: &mut Mode) -> Result<(Vec<f32>, Vec<f32>, Option<LoSave>, Vec<LayerSave>)> {
         let (b, s) = ids.dims2()?;
         let hd = self.hd;
         let [word, pos, tt, eln_w, eln_b] = self.emb;
@@ -781,10 +777,10 @@ impl<'a> Model<'a> {
         }
         x = ln_fwd(&x, eln_w, eln_b, self.eps, hd).0;
         let bias: Vec<f32> = mask.iter().map(|v| (v - 1.0) * 1e9).collect();
-        let mut saves: Vec<LayerSave> = Vec::with_capacity(if drop.train { self.layers.len() } else { 0 });
+        let mut saves: Vec<LayerSave> = Vec::with_capacity(if mode.train { self.layers.len() } else { 0 });
         for (li, lw) in self.layers.iter().enumerate() {
-            let (x2, save) = layer_fwd(lw, &x, &self.attn(li, b, s), &bias, self.act, self.eps, drop)?;
-            if drop.train {
+            let (x2, save) = layer_fwd(lw, &x, &self.attn(li, b, s), &bias, self.act, self.eps, mode)?;
+            if mode.train {
                 saves.push(save);
             }
             x = x2;
@@ -792,7 +788,7 @@ impl<'a> Model<'a> {
         let cls = if self.layers.is_empty() { every_nth_row(&x, hd, s) } else { x };
         let (pooled, pool_save) = match &self.pooler {
             Some(pl) => {
-                let (mut y, sv) = pl.fwd(&cls, b, drop, 1)?;
+                let (mut y, sv) = pl.fwd(&cls, b, mode, 1)?;
                 y.iter_mut().for_each(|v| *v = v.tanh());
                 (y, sv)
             }
@@ -817,7 +813,7 @@ pub fn classify(bert: &Bert, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, rou
     let mut sl = Slices { it: sl.into_iter(), src: Source::Route(routing) };
     let model = Model::new(bert, &mut sl, s)?;
     let mut rng = Rng::new(0);
-    let (pooled, _, _, _) = model.encode((ids, type_ids, mask), &mut Dropout { train: false, p: 0.0, rng: &mut rng })?;
+    let (pooled, _, _, _) = model.encode((ids, type_ids, mask), &mut Mode { train: false, p: 0.0, rng: &mut rng })?;
     let hd = model.hd;
     let mut out = vec![Vec::new(); b];
     for (choice, rows) in routing.groups() {
@@ -871,8 +867,8 @@ pub fn loss_and_grads(
         return Err(Error::Model(format!("the classification head does not match hidden size {hd}")));
     }
     // forward, keeping what the backward needs
-    let mut drop = Dropout { train: true, p, rng };
-    let (pooled, _, pool_save, saves) = model.encode((&batch.ids, &batch.type_ids, &batch.mask), &mut drop)?;
+    let mut mode = Mode { train: true, p, rng };
+    let (pooled, _, pool_save, saves) = model.encode((&batch.ids, &batch.type_ids, &batch.mask), &mut mode)?;
     let (layers, pooler, act) = (&model.layers, &model.pooler, model.act);
     let attn = |li: usize| model.attn(li, b, s);
     let mut logits = vec![0f32; b * n_labels];
@@ -978,7 +974,7 @@ fn add_into(a: &mut [f32], b: &[f32]) {
 /// One encoder layer's forward for input `x [b*s, h]`: returns its output (`[b*sq, h]`: the
 /// query rows) and what its backward needs.
 #[allow(clippy::too_many_arguments)]
-fn layer_fwd(lw: &LayerW, x: &[f32], at: &Attn, bias: &[f32], act: Act, eps: f32, drop: &mut Dropout) -> Result<(Vec<f32>, LayerSave)> {
+fn layer_fwd(lw: &LayerW, x: &[f32], at: &Attn, bias: &[f32], act: Act, eps: f32, mode: &mut Mode) -> Result<(Vec<f32>, LayerSave)> {
     let (b, s, sq, hd) = (at.b, at.s, at.sq, at.h());
     let (m, mq, stride) = (b * s, b * sq, s / sq);
     let first_rows;
@@ -989,19 +985,19 @@ fn layer_fwd(lw: &LayerW, x: &[f32], at: &Attn, bias: &[f32], act: Act, eps: f32
         &first_rows
     };
     // masks are drawn in module order q, k, v, attention output, intermediate, output
-    let (q, sq_) = lw.q.fwd(xq, mq, drop, stride)?;
-    let (k, sk) = lw.k.fwd(x, m, drop, 1)?;
-    let (v, sv) = lw.v.fwd(x, m, drop, 1)?;
+    let (q, sq_) = lw.q.fwd(xq, mq, mode, stride)?;
+    let (k, sk) = lw.k.fwd(x, m, mode, 1)?;
+    let (v, sv) = lw.v.fwd(x, m, mode, 1)?;
     let (ctx, pr) = at.fwd(&q, &k, &v, bias);
-    let (mut a, so) = lw.o.fwd(&ctx, mq, drop, stride)?;
-    drop_vec(ctx);
+    let (mut a, so) = lw.o.fwd(&ctx, mq, mode, stride)?;
+    drop(ctx);
     add_into(&mut a, xq);
     let (x1, xh1, r1) = ln_fwd(&a, lw.ln1.0, lw.ln1.1, eps, hd);
-    drop_vec(a);
-    let (z, si) = lw.i.fwd(&x1, mq, drop, stride)?;
+    drop(a);
+    let (z, si) = lw.i.fwd(&x1, mq, mode, stride)?;
     let g = act_fwd(act, &z);
-    let (mut o, so2) = lw.o2.fwd(&g, mq, drop, stride)?;
-    drop_vec(g);
+    let (mut o, so2) = lw.o2.fwd(&g, mq, mode, stride)?;
+    drop(g);
     add_into(&mut o, &x1);
     let (x2, xh2, r2) = ln_fwd(&o, lw.ln2.0, lw.ln2.1, eps, hd);
     Ok((x2, LayerSave { q, k, v, p: pr, lo: [sq_, sk, sv, so, si, so2], ln1: (xh1, r1), z, ln2: (xh2, r2) }))
@@ -1019,15 +1015,15 @@ fn layer_bwd(lw: &LayerW, sv: &LayerSave, at: &Attn, dx2: &[f32], act: Act, need
     act_bwd(act, &sv.z, &mut dg);
     let mut dx1 = dr2;
     lw.i.bwd(&dg, mq, sv.lo[4].as_ref(), Some((&mut dx1, true)), grads);
-    drop_vec(dg);
+    drop(dg);
     // x1 = LN1(ctx Wo^T + x)
     let dr1 = ln_bwd(&dx1, &sv.ln1.0, &sv.ln1.1, lw.ln1.0, hd);
-    drop_vec(dx1);
+    drop(dx1);
     let mut dctx = vec![0f32; mq * hd];
     lw.o.bwd(&dr1, mq, sv.lo[3].as_ref(), Some((&mut dctx, false)), grads);
     let want = [need_in || lw.q.lora.is_some(), need_in || lw.k.lora.is_some(), need_in || lw.v.lora.is_some()];
     let [dq, dk, dv] = at.bwd(&sv.q, &sv.k, &sv.v, &sv.p, &dctx, want);
-    drop_vec(dctx);
+    drop(dctx);
     // the query rows' input gradient: the residual plus the query projection's
     let mut dxq = dr1;
     if let Some(dq) = &dq {
@@ -1053,7 +1049,3 @@ fn layer_bwd(lw: &LayerW, sv: &LayerSave, at: &Attn, dx2: &[f32], act: Act, need
     Some(dx)
 }
 
-/// Frees a large buffer now (named so the intent is visible at the call site).
-fn drop_vec(v: Vec<f32>) {
-    std::mem::drop(v)
-}
