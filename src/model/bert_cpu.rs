@@ -649,12 +649,10 @@ impl<'a> Slices<'a> {
         let (lora, mixed) = match &self.src {
             Source::Train(pairs) => (pairs.get(&l.name).map(lo).transpose()?, None),
             Source::Route(routing) => {
-                let per_seq: Vec<Option<&'a LoraPair>> =
-                    routing.rows.iter().map(|r| r.and_then(|i| routing.adapters[i].modules.get(&l.name))).collect();
-                let first = routing.rows.first().copied().flatten();
-                if per_seq.iter().all(|p| p.is_none()) {
+                let per_seq = routing.row_pairs(&l.name);
+                if per_seq.iter().all(Option::is_none) {
                     (None, None)
-                } else if routing.rows.iter().all(|r| *r == first) {
+                } else if routing.uniform().is_some() {
                     (per_seq[0].map(lo).transpose()?, None)
                 } else {
                     (None, Some(per_seq))

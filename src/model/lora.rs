@@ -32,6 +32,10 @@ impl LoraPair {
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
     }
+    /// `(s·B)ᵀ`, `[r, out]`: the scaled up-projection the gathered and kernel paths multiply by.
+    fn scaled_bt(&self) -> Result<Tensor> {
+        Ok((self.b.t()? * self.scale)?)
+    }
     /// `s * B A`, the dense update merged into `W` (the scale is applied to the small `B`).
     pub fn delta(&self, sign: f64) -> Result<Tensor> {
         Ok((&self.b * (self.scale * sign))?.matmul(&self.a)?)
@@ -47,9 +51,9 @@ pub struct LoadedAdapter {
     pub saved: HashMap<String, Tensor>,
     pub labels: Vec<String>,
     pub bytes: usize,
-    /// The flat tensors this adapter contributes to a `Bank`, by module list. `None` for
-    /// adapters whose tensors change in place (training), which are never cached.
-    pub flat: Option<std::sync::OnceLock<Flat>>,
+    /// The flat tensors this adapter contributes to a `Bank`, by module list; filled only when
+    /// its pairs are cacheable (see `LoraPair::host`).
+    pub flat: std::sync::OnceLock<Flat>,
 }
 
 /// An adapter's LoRA tensors laid out for a `Bank`: for each module of `modules` in order,
@@ -65,7 +69,7 @@ impl LoadedAdapter {
     /// Laid out over `layout` (module, in, out) with rank `r`; cached when the layout repeats.
     fn flat(&self, layout: &[(String, usize, usize)], r: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
         let key: Vec<String> = layout.iter().map(|(m, _, _)| m.clone()).collect();
-        if let Some(f) = self.flat.as_ref().and_then(|c| c.get()).filter(|f| f.modules == key) {
+        if let Some(f) = self.flat.get().filter(|f| f.modules == key) {
             return Ok((f.a.clone(), f.b.clone()));
         }
         let (mut a_parts, mut b_parts) = (vec![], vec![]);
@@ -73,7 +77,7 @@ impl LoadedAdapter {
             match self.modules.get(m) {
                 Some(p) => {
                     a_parts.push(p.a.t()?.contiguous()?.flatten_all()?);
-                    b_parts.push((p.b.t()? * p.scale)?.contiguous()?.flatten_all()?);
+                    b_parts.push(p.scaled_bt()?.contiguous()?.flatten_all()?);
                 }
                 None => {
                     a_parts.push(Tensor::zeros(d_in * r, DType::F32, dev)?);
@@ -82,8 +86,9 @@ impl LoadedAdapter {
             }
         }
         let (a, b) = (Tensor::cat(&a_parts, 0)?, Tensor::cat(&b_parts, 0)?);
-        if let Some(c) = &self.flat {
-            let _ = c.set(Flat { modules: key, a: a.clone(), b: b.clone() });
+        // pairs that change in place (training) are never cached
+        if self.modules.values().all(|p| p.host.is_some()) {
+            let _ = self.flat.set(Flat { modules: key, a: a.clone(), b: b.clone() });
         }
         Ok((a, b))
     }
@@ -182,7 +187,7 @@ impl LoadedAdapter {
         if let Some(m) = b.keys().next() {
             return Err(Error::TensorMismatch { tensor: m.clone(), detail: "lora_B without lora_A".into() });
         }
-        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes, flat: Some(Default::default()) })
+        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes, flat: Default::default() })
     }
 }
 
@@ -199,6 +204,15 @@ impl Routing {
     }
     pub fn single(a: Arc<LoadedAdapter>, n: usize) -> Routing {
         Routing { adapters: vec![a], rows: vec![Some(0); n] }
+    }
+    /// Each row's pair for `module` (`None`: no adapter, or one without that module).
+    pub fn row_pairs(&self, module: &str) -> Vec<Option<&LoraPair>> {
+        self.rows.iter().map(|r| r.and_then(|i| self.adapters[i].modules.get(module))).collect()
+    }
+    /// `Some(choice)` when every row makes the same adapter choice.
+    pub fn uniform(&self) -> Option<Option<usize>> {
+        let first = *self.rows.first()?;
+        self.rows.iter().all(|r| *r == first).then_some(first)
     }
     /// Rows grouped by adapter choice, in first-seen order.
     pub fn groups(&self) -> Vec<(Option<usize>, Vec<usize>)> {
@@ -220,7 +234,8 @@ pub struct Ctx<'a> {
     pub train: bool,
     pub dropout: f32,
     pub rng: RefCell<Rng>,
-    pub bank: RefCell<Option<Option<std::rc::Rc<Bank>>>>,
+    /// Built on first use; `None` inside when the batch's ranks differ.
+    pub bank: std::cell::OnceCell<Option<Bank>>,
     /// Whether a model may take its hand-written CPU forward (`bert_cpu`) where it has one;
     /// benchmarks turn it off to time candle's.
     pub cpu_kernels: bool,
@@ -231,14 +246,13 @@ impl<'a> Ctx<'a> {
         Ctx::new(routing, false, 0.0, Rng::new(0))
     }
     pub fn new(routing: &'a Routing, train: bool, dropout: f32, rng: Rng) -> Ctx<'a> {
-        Ctx { routing, train, dropout, rng: RefCell::new(rng), bank: RefCell::new(None), cpu_kernels: true }
+        Ctx { routing, train, dropout, rng: RefCell::new(rng), bank: Default::default(), cpu_kernels: true }
     }
-    fn bank(&self, dev: &Device) -> Result<Option<std::rc::Rc<Bank>>> {
-        if self.bank.borrow().is_none() {
-            let b = Bank::build(self.routing, dev)?.map(std::rc::Rc::new);
-            *self.bank.borrow_mut() = Some(b);
+    fn bank(&self, dev: &Device) -> Result<Option<&Bank>> {
+        if self.bank.get().is_none() {
+            let _ = self.bank.set(Bank::build(self.routing, dev)?);
         }
-        Ok(self.bank.borrow().clone().flatten())
+        Ok(self.bank.get().and_then(Option::as_ref))
     }
 }
 
@@ -276,24 +290,19 @@ impl LoraLinear {
         let y = self.base(&x2, ctx)?;
         let out = y.dim(1)?;
         let routing = ctx.routing;
-        // which adapters of this batch touch this module
-        let pairs: Vec<Option<&LoraPair>> = routing.adapters.iter().map(|a| a.modules.get(&self.name)).collect();
-        let row_pair = |r: &Option<usize>| r.and_then(|i| pairs[i]);
-        if routing.rows.iter().all(|r| row_pair(r).is_none()) {
+        let rows = routing.row_pairs(&self.name);
+        if rows.iter().all(Option::is_none) {
             return Ok(y.reshape((b, s, out))?);
         }
         let x_in = if ctx.train && ctx.dropout > 0.0 { dropout(&x2, ctx)? } else { x2 };
-        let first = routing.rows.first().and_then(|r| *r);
-        let uniform = routing.rows.iter().all(|r| *r == first);
-        if uniform {
+        if routing.uniform().is_some() {
             // one adapter for the whole batch: two skinny matmuls
-            let p = row_pair(&first).expect("checked above");
+            let p = rows[0].expect("a uniform batch with this module");
             let h = (x_in.matmul(&p.a.t()?)? * p.scale)?;
             let d = h.matmul(&p.b.t()?)?;
             return Ok((y + d)?.reshape((b, s, out))?);
         }
         if x.device().is_cpu() && !ctx.train {
-            let rows: Vec<Option<&LoraPair>> = routing.rows.iter().map(row_pair).collect();
             let d = mixed_lora_cpu(&x_in, &rows, s, out)?;
             return Ok((y + d)?.reshape((b, s, out))?);
         }
@@ -309,6 +318,7 @@ impl LoraLinear {
         }
         // adapters of different ranks: gather per module, padded to the largest rank; rows
         // without this module get zero slot 0
+        let pairs: Vec<Option<&LoraPair>> = routing.adapters.iter().map(|a| a.modules.get(&self.name)).collect();
         let r_max = pairs.iter().flatten().map(|p| p.rank()).max().unwrap_or(1);
         let mut a_slots = vec![Tensor::zeros((1, d_in, r_max), DType::F32, dev)?];
         let mut b_slots = vec![Tensor::zeros((1, r_max, out), DType::F32, dev)?];
@@ -317,7 +327,7 @@ impl LoraLinear {
             if let Some(p) = p {
                 let pad = r_max - p.rank();
                 let at = p.a.t()?.pad_with_zeros(1, 0, pad)?;
-                let bt = (p.b.t()? * p.scale)?.pad_with_zeros(0, 0, pad)?;
+                let bt = p.scaled_bt()?.pad_with_zeros(0, 0, pad)?;
                 slot_of[i] = a_slots.len() as u32;
                 a_slots.push(at.unsqueeze(0)?);
                 b_slots.push(bt.unsqueeze(0)?);
@@ -423,7 +433,7 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
                     distinct.push(*p);
                     let copy = || -> Result<HostCopies> {
                         let a = p.a.flatten_all()?.to_vec1::<f32>()?;
-                        let bt = (p.b.t()? * p.scale)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                        let bt = p.scaled_bt()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                         Ok((a, bt))
                     };
                     let pair = match &p.host {

@@ -177,7 +177,7 @@ impl Trainer {
         }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = vars.iter().map(|(_, v)| v.elem_count() * 4).sum();
-        let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes, flat: None });
+        let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes, flat: Default::default() });
         let eval_adapter = Arc::new(detached(&train_adapter));
         let params = ParamsAdamW { lr: spec.learning_rate, weight_decay: spec.weight_decay, ..Default::default() };
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
@@ -450,8 +450,9 @@ fn detached(a: &LoadedAdapter) -> LoadedAdapter {
         saved: a.saved.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
         labels: a.labels.clone(),
         bytes: a.bytes,
-        // shares storage with the variables the optimizer updates in place: never cached
-        flat: None,
+        // shares storage with the variables the optimizer updates in place; its pairs (host:
+        // None) keep it from being cached
+        flat: Default::default(),
     }
 }
 

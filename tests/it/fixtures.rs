@@ -81,7 +81,7 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
     ctx.train = true;
     let gathered = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
     assert_close(&gathered, &exp["mixed_logits"], tol, "mixed_logits (gathered path)");
-    assert!(matches!(*ctx.bank.borrow(), Some(None)), "adapters of different ranks take the per-module gather");
+    assert!(matches!(ctx.bank.get(), Some(None)), "adapters of different ranks take the per-module gather");
     // same-rank adapters take the forward-wide bank; one of them lacks the value modules
     let q_only = Arc::new(loradex::model::lora::LoadedAdapter {
         id: "q-only".into(),
@@ -89,7 +89,7 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
         saved: default.saved.clone(),
         labels: default.labels.clone(),
         bytes: 0,
-        flat: Some(Default::default()),
+        flat: Default::default(),
     });
     assert!(!q_only.modules.is_empty() && q_only.modules.len() < default.modules.len());
     let again = adapter(&e, &case.join("adapter"));
@@ -100,7 +100,7 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
         let mut ctx = Ctx::infer(&same_rank);
         ctx.train = true;
         let banked = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
-        assert!(matches!(*ctx.bank.borrow(), Some(Some(_))), "same-rank adapters use the bank");
+        assert!(matches!(ctx.bank.get(), Some(Some(_))), "same-rank adapters use the bank");
         for (r, (g, k)) in banked.iter().zip(&kernel).enumerate() {
             assert!(max_abs_diff(g, k) <= tol, "round {round}: row {r}: bank {g:?} vs kernel {k:?}");
         }
