@@ -120,3 +120,29 @@ impl Rng {
         }
     }
 }
+
+/// `[vis] fn name(args) { body }`, plus an AVX2 + FMA build of the same body chosen at run time
+/// (the body must not rely on anything the baseline build lacks). Kernels that should vectorize
+/// 8-wide on x86-64 are written once through this.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn body($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($a: $t),*) {
+                    body($($a),*)
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features this variant is compiled for.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;

@@ -296,29 +296,6 @@ mod simd {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
     const K_TANH: f32 = 0.797_884_6; // sqrt(2/pi)
 
-    /// `pub fn name(args) { body }`, plus an AVX2 + FMA build of the body chosen at run time.
-    macro_rules! dispatch {
-        ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),*) $body:block) => {
-            $(#[$m])*
-            pub fn $name($($a: $t),*) {
-                #[inline(always)]
-                fn body($($a: $t),*) $body
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn avx2($($a: $t),*) {
-                        body($($a),*)
-                    }
-                    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                        // SAFETY: the CPU has the features this variant is compiled for.
-                        return unsafe { avx2($($a),*) };
-                    }
-                }
-                body($($a),*)
-            }
-        };
-    }
-
     /// erf(x) as a rational function of x on [-4, 4] (±1 beyond, in f32), branch-free so it
     /// vectorizes; the approximation Eigen and XLA use for f32. Max error ~1e-7 (tested).
     #[inline(always)]
@@ -359,7 +336,7 @@ mod simd {
 
     // Kernels use plain index loops over equal-length slices: iterator adapters such as
     // `Zip::fold` may stay out of line, compiled without the AVX2 features.
-    dispatch! {
+    crate::util::simd_dispatch! {
         /// `a = act(z)`.
         pub fn act_fwd(act: Act, z: &[f32], a: &mut [f32]) {
             let n = z.len().min(a.len());
@@ -385,7 +362,7 @@ mod simd {
         }
     }
 
-    dispatch! {
+    crate::util::simd_dispatch! {
         /// `d *= act'(z)`.
         pub fn act_bwd(act: Act, z: &[f32], d: &mut [f32]) {
             let n = z.len().min(d.len());
@@ -413,7 +390,7 @@ mod simd {
         }
     }
 
-    dispatch! {
+    crate::util::simd_dispatch! {
         /// Each row of `p` (length `bias.len()`): `softmax(row + bias)`, in place.
         pub fn softmax_rows(p: &mut [f32], bias: &[f32]) {
             let n = bias.len();
@@ -437,7 +414,7 @@ mod simd {
         }
     }
 
-    dispatch! {
+    crate::util::simd_dispatch! {
         /// Softmax backward per row of `n`: `d = p ⊙ (d - Σ d ⊙ p)`, in place over `d`.
         pub fn softmax_bwd_rows(d: &mut [f32], p: &[f32], n: usize) {
             for (d, p) in d.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
@@ -453,7 +430,7 @@ mod simd {
         }
     }
 
-    dispatch! {
+    crate::util::simd_dispatch! {
         /// LayerNorm rows of `n`: `y = x̂ w + b` with `x̂ = (x - mean) / σ`; keeps `x̂`, `1/σ`.
         pub fn ln_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, y: &mut [f32], xh: &mut [f32], rstd: &mut [f32]) {
             let n = w.len();
@@ -480,7 +457,7 @@ mod simd {
         }
     }
 
-    dispatch! {
+    crate::util::simd_dispatch! {
         /// LayerNorm backward rows of `n` (frozen w, b): `dx = (g - mean(g) - x̂ mean(g x̂)) / σ`,
         /// `g = dy w`.
         pub fn ln_bwd_rows(dy: &[f32], xh: &[f32], rstd: &[f32], w: &[f32], dx: &mut [f32]) {

@@ -461,7 +461,7 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
     std::thread::scope(|sc| {
         for (ci, chunk) in d.chunks_mut(per * s * out).enumerate() {
             let k = Kernel { xv, host: &host, which: &which, first_row: ci * per, s, d_in, out };
-            sc.spawn(move || k.run(chunk));
+            sc.spawn(move || kernel_rows(&k, chunk));
         }
     });
     Ok(d)
@@ -488,7 +488,7 @@ impl HostPair<'_> {
     }
 }
 
-/// One thread's share of `mixed_lora_cpu`: rows `first_row..` into `chunk`.
+/// What one thread of `mixed_lora_host` reads.
 struct Kernel<'a> {
     xv: &'a [f32],
     host: &'a [(usize, HostPair<'a>)],
@@ -499,35 +499,19 @@ struct Kernel<'a> {
     out: usize,
 }
 
-impl Kernel<'_> {
-    fn run(&self, chunk: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features this variant is compiled for.
-            return unsafe { self.run_avx2(chunk) };
-        }
-        self.body(chunk)
-    }
-
-    /// The same loops compiled for AVX2 (8-wide) instead of the SSE2 baseline.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, chunk: &mut [f32]) {
-        self.body(chunk)
-    }
-
-    #[inline(always)]
-    fn body(&self, chunk: &mut [f32]) {
-        let (s, d_in, out) = (self.s, self.d_in, self.out);
+crate::util::simd_dispatch! {
+    /// One thread's share of `mixed_lora_host`: rows `k.first_row..` into `chunk`.
+    fn kernel_rows(k: &Kernel<'_>, chunk: &mut [f32]) {
+        let (s, d_in, out) = (k.s, k.d_in, k.out);
         let mut h = vec![0f32; 0];
         for (ri, drow) in chunk.chunks_mut(s * out).enumerate() {
-            let row = self.first_row + ri;
-            let Some(k) = self.which[row] else { continue };
-            let (r, pair) = &self.host[k];
+            let row = k.first_row + ri;
+            let Some(slot) = k.which[row] else { continue };
+            let (r, pair) = &k.host[slot];
             let (a, bt) = (pair.a(), pair.bt());
             h.resize(*r, 0.0);
             for t in 0..s {
-                let xt = &self.xv[(row * s + t) * d_in..][..d_in];
+                let xt = &k.xv[(row * s + t) * d_in..][..d_in];
                 for (j, hj) in h.iter_mut().enumerate() {
                     *hj = dot(xt, &a[j * d_in..][..d_in]);
                 }
@@ -538,7 +522,7 @@ impl Kernel<'_> {
                     }
                 }
             }
-        }
+    }
     }
 }
 
