@@ -78,6 +78,11 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// `loradex import DIR --name NAME --base BASE`, which must succeed; returns stdout.
+pub fn import(home: &Path, dir: &Path, name: &str, base: &Path) -> String {
+    ok(home, &["import", dir.to_str().unwrap(), "--name", name, "--base", base.to_str().unwrap()])
+}
+
 /// Runs and asserts failure; returns stderr.
 pub fn fails(home: &Path, args: &[&str]) -> String {
     let o = run(home, args);

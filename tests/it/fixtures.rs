@@ -157,7 +157,7 @@ fn merge_writes_a_model_directory_that_reloads_with_merged_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let out = tmp.path().join("merged");
-    ok(&home, &["import", case.join("adapter").to_str().unwrap(), "--name", "cs", "--base", case.join("base").to_str().unwrap()]);
+    import(&home, &case.join("adapter"), "cs", &case.join("base"));
     ok(&home, &["merge", "cs", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     // the directory is a complete task model: config (with labels), weights, tokenizer
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
@@ -191,7 +191,7 @@ fn llama_merge_directory_reloads_with_merged_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let out = tmp.path().join("merged");
-    ok(&home, &["import", case.join("adapter").to_str().unwrap(), "--name", "gen", "--base", case.join("base").to_str().unwrap()]);
+    import(&home, &case.join("adapter"), "gen", &case.join("base"));
     ok(&home, &["merge", "gen", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let e = Engine::load(BaseDir::open_dir(&out).unwrap(), device()).unwrap();
     assert!(matches!(e.net, Net::Llama(_)), "merged llama did not reload as llama");

@@ -165,7 +165,7 @@ fn the_checker_rejects_what_it_should() {
 fn show_json_matches_the_manifest_schema() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "ko/cs:v1", "--base", bert().join("base").to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "ko/cs:v1", &bert().join("base"));
     ok(&home, &["predict", "--base", bert().join("base").to_str().unwrap(), "--adapter", "ko/cs:v1", "--text", "hello"]);
     let c = Checker::file("manifest.schema.json");
     let m = json(&ok(&home, &["--json", "show", "ko/cs:v1"]));

@@ -26,9 +26,8 @@ fn classify(addr: &str, adapter: Option<&str>) -> (u16, Value) {
 
 fn setup(home: &std::path::Path, tmp: &std::path::Path) -> Vec<Vec<f32>> {
     let base = bert().join("base");
-    let b = base.to_str().unwrap();
-    ok(home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "cs/default", "--base", b]);
-    ok(home, &["import", bert().join("adapters_multi/other").to_str().unwrap(), "--name", "cs/other", "--base", b]);
+    import(home, &bert().join("adapter"), "cs/default", &base);
+    import(home, &bert().join("adapters_multi/other"), "cs/other", &base);
     // a third adapter: the default one with changed weights; its reference logits come from
     // the library's single-adapter path (itself checked against PEFT in fixtures.rs)
     let third = tmp.join("third");
@@ -41,7 +40,7 @@ fn setup(home: &std::path::Path, tmp: &std::path::Path) -> Vec<Vec<f32>> {
         c.copy_from_slice(&x.to_le_bytes());
     }
     std::fs::write(third.join("adapter_model.safetensors"), &w).unwrap();
-    ok(home, &["import", third.to_str().unwrap(), "--name", "cs/third", "--base", b]);
+    import(home, &third, "cs/third", &base);
     let e = Engine::load(BaseDir::open_dir(&base).unwrap(), Device::Cpu).unwrap();
     let f = loradex::peft::read_dir(&third).unwrap();
     let a = e.adapter("third", &f.config_bytes, &f.weights_bytes, vec![]).unwrap();
@@ -126,8 +125,8 @@ fn concurrent_requests_over_three_adapters_and_none_match_the_fixture() {
 fn errors_are_status_codes_with_messages() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "cs/default", "--base", bert().join("base").to_str().unwrap()]);
-    ok(&home, &["import", llama().join("adapter").to_str().unwrap(), "--name", "gen/llama", "--base", llama().join("base").to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "cs/default", &bert().join("base"));
+    import(&home, &llama().join("adapter"), "gen/llama", &llama().join("base"));
     let srv = Server::start(&home, &bert().join("base"), &["--token", "s3cret"]);
     let oa = Checker::file("openapi.yaml");
     let t = Some("s3cret");
@@ -230,7 +229,7 @@ fn retag_under_load_and_eviction_under_a_tiny_cache() {
 fn completions_choose_the_adapter_per_request() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["import", llama().join("adapter").to_str().unwrap(), "--name", "gen/qkvo", "--base", llama().join("base").to_str().unwrap()]);
+    import(&home, &llama().join("adapter"), "gen/qkvo", &llama().join("base"));
     let srv = Server::start(&home, &llama().join("base"), &[]);
     let exp = expected(&llama());
     let want: Vec<i64> = exp["greedy_ids"].to_vec2::<i64>().unwrap()[0].clone();
@@ -255,7 +254,7 @@ fn completions_choose_the_adapter_per_request() {
 fn a_full_queue_answers_503_and_the_server_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "cs", "--base", bert().join("base").to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "cs", &bert().join("base"));
     // one waiting job at most; each job is 300 texts, so the batcher stays busy
     let srv = Server::start(&home, &bert().join("base"), &["--max-queue", "1", "--max-batch", "1"]);
     let texts: Vec<String> = (0..300).map(|i| format!("where is my refund {i} thank you for the quick help")).collect();

@@ -39,7 +39,7 @@ fn import_export_round_trips_every_fixture_adapter() {
     ];
     for (i, (dir, base)) in cases.iter().enumerate() {
         let name = format!("case{i}:v1");
-        let digest = ok(&home, &["import", dir.to_str().unwrap(), "--name", &name, "--base", base.to_str().unwrap()]);
+        let digest = import(&home, dir, &name, base);
         assert!(digest.trim().starts_with("sha256:") && digest.trim().len() == 71, "{digest}");
         let out = tmp.path().join(format!("out{i}"));
         ok(&home, &["export", &name, out.to_str().unwrap()]);
@@ -57,7 +57,7 @@ fn import_export_round_trips_every_fixture_adapter() {
     }
     // identical content is stored once: re-importing under another name adds no blob
     let before = blob_files(&home);
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "again", "--base", bert().join("base").to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "again", &bert().join("base"));
     assert_eq!(before, blob_files(&home));
     let v = json(&ok(&home, &["--json", "verify"]));
     assert_eq!(v["ok"], true, "{v}");
@@ -77,7 +77,7 @@ fn hostile_and_mismatched_inputs_are_refused_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let base = bert().join("base");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "good", "--base", base.to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "good", &base);
     let good = bert().join("adapter");
     let w = std::fs::read(good.join("adapter_model.safetensors")).unwrap();
     let mk = |name: &str, weights: &[u8], cfg: Option<&str>| -> PathBuf {
@@ -159,7 +159,7 @@ fn killed_writer_leaves_index_consistent_and_no_partial_blob() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let base = bert().join("base");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "keep", "--base", base.to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "keep", &base);
     let big = tmp.path().join("big");
     big_adapter(&big);
     let mut killed_mid = 0;
@@ -190,7 +190,7 @@ fn killed_writer_leaves_index_consistent_and_no_partial_blob() {
     // temp files of killed writers are invisible as blobs and swept by gc
     ok(&home, &["gc", "--grace", "0s"]);
     assert!(std::fs::read_dir(home.join("tmp")).unwrap().next().is_none(), "temp files left after gc");
-    ok(&home, &["import", big.to_str().unwrap(), "--name", "big-final", "--base", base.to_str().unwrap()]);
+    import(&home, &big, "big-final", &base);
     assert_eq!(json(&ok(&home, &["--json", "verify"]))["ok"], true);
 }
 
@@ -211,7 +211,7 @@ fn concurrent_import_and_prune_lose_nothing() {
     let (h1, b1) = (home.clone(), base.clone());
     let importer = std::thread::spawn(move || {
         for (i, d) in dirs.iter().enumerate() {
-            ok(&h1, &["import", d.to_str().unwrap(), "--name", &format!("team/a{i}"), "--base", b1.to_str().unwrap()]);
+            import(&h1, d, &format!("team/a{i}"), &b1);
         }
     });
     let h2 = home.clone();
@@ -241,7 +241,7 @@ fn tag_rm_prune_policies() {
     for i in 0..4 {
         let d = tmp.path().join(format!("v{i}"));
         variant(&bert().join("adapter"), &d, i as u8 + 1);
-        ok(&home, &["import", d.to_str().unwrap(), "--name", &format!("cs:v{i}"), "--base", base.to_str().unwrap()]);
+        import(&home, &d, &format!("cs:v{i}"), &base);
         std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct created_at seconds
     }
     let d3 = json(&ok(&home, &["--json", "show", "cs:v3"]))["digest"].as_str().unwrap().to_string();
@@ -274,8 +274,8 @@ fn tag_rm_prune_policies() {
 fn verify_reports_corrupt_and_missing_blobs() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "a", "--base", bert().join("base").to_str().unwrap()]);
-    ok(&home, &["import", bert().join("adapters_multi/other").to_str().unwrap(), "--name", "b", "--base", bert().join("base").to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "a", &bert().join("base"));
+    import(&home, &bert().join("adapters_multi/other"), "b", &bert().join("base"));
     let show = json(&ok(&home, &["--json", "show", "a"]));
     let weights = show["weights_digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
     let other = json(&ok(&home, &["--json", "show", "b"]))["config_digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
@@ -308,8 +308,8 @@ fn ls_json_is_the_same_rows_as_the_library_listing() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let base = bert().join("base");
-    ok(&home, &["import", bert().join("adapter").to_str().unwrap(), "--name", "a:v1", "--base", base.to_str().unwrap()]);
-    ok(&home, &["import", bert().join("adapters_multi/other").to_str().unwrap(), "--name", "b", "--base", base.to_str().unwrap()]);
+    import(&home, &bert().join("adapter"), "a:v1", &base);
+    import(&home, &bert().join("adapters_multi/other"), "b", &base);
     ok(&home, &["tag", "b", "a:v1"]); // a's old adapter is now dangling
     let cli = ls_json(&home);
     let lib = serde_json::to_value(loradex::store::Store::open(&home).unwrap().list(None).unwrap()).unwrap();
