@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::peft::{self, safetensors::SafeView, KeyKind, LoraConfig};
 use crate::util::Rng;
 use candle_core::{DType, Device, Tensor, D};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -422,7 +423,8 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
     }
     // each distinct pair once: A [r, in] and s·Bᵀ [r, out], row-major
     let mut distinct: Vec<*const LoraPair> = vec![];
-    let mut host: Vec<(usize, HostPair)> = vec![];
+    // each pair's host copies: borrowed from its cache, or made for this forward
+    let mut host: Vec<(usize, Cow<HostCopies>)> = vec![];
     let mut which: Vec<Option<usize>> = Vec::with_capacity(rows.len());
     for r in rows {
         which.push(match r {
@@ -438,15 +440,15 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
                     };
                     let pair = match &p.host {
                         Some(cell) => match cell.get() {
-                            Some(c) => HostPair::Cached(c),
+                            Some(c) => Cow::Borrowed(c),
                             None => {
                                 let _ = cell.set(copy()?);
-                                HostPair::Cached(cell.get().expect("just set"))
+                                Cow::Borrowed(cell.get().expect("just set"))
                             }
                         },
-                        None => HostPair::Owned(copy()?),
+                        None => Cow::Owned(copy()?),
                     };
-                    if pair.a().len() != p.rank() * d_in || pair.bt().len() != p.rank() * out {
+                    if pair.0.len() != p.rank() * d_in || pair.1.len() != p.rank() * out {
                         return Err(Error::Model("mixed LoRA: a pair does not match the layer's shape".into()));
                     }
                     host.push((p.rank(), pair));
@@ -467,31 +469,10 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
     Ok(d)
 }
 
-/// A pair's host copies: the pair's cache, or made for this forward.
-enum HostPair<'a> {
-    Cached(&'a HostCopies),
-    Owned(HostCopies),
-}
-
-impl HostPair<'_> {
-    fn a(&self) -> &[f32] {
-        match self {
-            HostPair::Cached(c) => &c.0,
-            HostPair::Owned(c) => &c.0,
-        }
-    }
-    fn bt(&self) -> &[f32] {
-        match self {
-            HostPair::Cached(c) => &c.1,
-            HostPair::Owned(c) => &c.1,
-        }
-    }
-}
-
 /// What one thread of `mixed_lora_host` reads.
 struct Kernel<'a> {
     xv: &'a [f32],
-    host: &'a [(usize, HostPair<'a>)],
+    host: &'a [(usize, Cow<'a, HostCopies>)],
     which: &'a [Option<usize>],
     first_row: usize,
     s: usize,
@@ -508,7 +489,7 @@ crate::util::simd_dispatch! {
             let row = k.first_row + ri;
             let Some(slot) = k.which[row] else { continue };
             let (r, pair) = &k.host[slot];
-            let (a, bt) = (pair.a(), pair.bt());
+            let (a, bt) = (&pair.0, &pair.1);
             h.resize(*r, 0.0);
             for t in 0..s {
                 let xt = &k.xv[(row * s + t) * d_in..][..d_in];
