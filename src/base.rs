@@ -1,5 +1,5 @@
 //! Base models on disk: a Hugging Face-style directory (`config.json`, `*.safetensors`,
-//! `tokenizer.json`), or a hub repo id fetched into the local hub cache (feature `hub`). Owns
+//! `tokenizer.json`), a GGUF file (read by `model::gguf`), or a hub repo id fetched into the local hub cache (feature `hub`). Owns
 //! architecture detection, fingerprints, module-name canonicalization and the check that an
 //! adapter fits a base. Does not build tensors (that is `model`) nor touch the store.
 
@@ -58,17 +58,23 @@ pub struct BaseDir {
     pub config: Value,
     pub config_bytes: Vec<u8>,
     pub weight_files: Vec<PathBuf>,
+    /// A GGUF file base: `weight_files` holds just it, `config` is derived from its metadata.
+    pub gguf: Option<PathBuf>,
 }
 
 impl BaseDir {
-    /// Opens `spec`: an existing directory, or (with the `hub` feature) a hub repo id.
+    /// Opens `spec`: an existing directory, a `.gguf` file, or (with the `hub` feature) a hub
+    /// repo id.
     pub fn open(spec: &str) -> Result<BaseDir> {
         let p = Path::new(spec);
         if p.is_dir() {
             return BaseDir::open_dir(p);
         }
+        if p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return BaseDir::open_gguf(p);
+        }
         if p.exists() {
-            return Err(Error::InvalidArgument(format!("{spec}: a base model must be a directory")));
+            return Err(Error::InvalidArgument(format!("{spec}: a base model must be a directory or a .gguf file")));
         }
         hub_download(spec).and_then(|d| BaseDir::open_dir(&d))
     }
@@ -92,7 +98,25 @@ impl BaseDir {
         if weight_files.is_empty() {
             return Err(Error::Missing { path: dir.into(), what: "*.safetensors weights".into() });
         }
-        Ok(BaseDir { dir: dir.canonicalize().at(dir)?, arch, config, config_bytes, weight_files })
+        Ok(BaseDir { dir: dir.canonicalize().at(dir)?, arch, config, config_bytes, weight_files, gguf: None })
+    }
+
+    /// A GGUF file (llama architecture): its config comes from the file's metadata, and its
+    /// fingerprint covers the whole file (tensor data and metadata).
+    pub fn open_gguf(path: &Path) -> Result<BaseDir> {
+        let path = path.canonicalize().at(path)?;
+        let g = crate::model::gguf::Gguf::open(&path)?;
+        let config = g.hf_config()?;
+        let config_bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        Ok(BaseDir { dir, arch: Arch::Llama, config, config_bytes, weight_files: vec![path.clone()], gguf: Some(path) })
+    }
+
+    /// A short name for the base: the directory's or the GGUF file's, without `.gguf`.
+    pub fn name(&self) -> String {
+        let p = self.gguf.as_deref().unwrap_or(&self.dir);
+        let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "base".into());
+        n.strip_suffix(".gguf").map(str::to_string).unwrap_or(n)
     }
 
     /// Cheap change detector for fingerprint caching: name, size and mtime of every file.
@@ -120,6 +144,9 @@ impl BaseDir {
 
     /// Every weight's shape, keyed by canonical name.
     pub fn shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        if let Some(g) = &self.gguf {
+            return Ok(crate::model::gguf::Gguf::open(g)?.hf_shapes());
+        }
         let mut out = BTreeMap::new();
         for f in &self.weight_files {
             for (name, info) in read_file_header(f)? {

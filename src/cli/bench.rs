@@ -518,14 +518,11 @@ fn bench_serve(base: &Option<String>, clients: usize, n_adapters: usize, per_cli
     drop(s);
     drop(e);
     let opts = loradex::serve::Options {
-        base: b.dir.display().to_string(),
         addr: "127.0.0.1:0".into(),
         cache_bytes: 1 << 30,
         max_batch: 64,
         max_queue: 1024,
-        token: None,
-        cuda: false,
-        home: home.clone(),
+        ..loradex::serve::Options::new(b.dir.display().to_string(), home.clone())
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -96,7 +96,8 @@ enum Cmd {
         #[arg(long)]
         cuda: bool,
     },
-    /// Generate text with a Llama base (greedy unless --temperature > 0)
+    /// Generate text with a Llama-family base: a directory or a .gguf file (greedy unless
+    /// --temperature > 0)
     Generate {
         #[arg(long)]
         base: String,
@@ -104,10 +105,32 @@ enum Cmd {
         adapter: Option<String>,
         #[arg(long)]
         prompt: String,
-        #[arg(long, default_value_t = 32)]
+        /// Send --prompt as a user message through the base's chat template
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: a system message before the user's
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        #[arg(long, alias = "max-tokens", default_value_t = 32)]
         max_new_tokens: usize,
         #[arg(long, default_value_t = 0.0)]
         temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Keep the K most likely tokens (0: all)
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// End the text before this string (repeatable)
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Print text as it is generated
+        #[arg(long)]
+        stream: bool,
+        /// GGUF bases: native (keep quantized blocks) or f32 (dequantize at load)
+        #[arg(long, default_value = "native")]
+        dtype: String,
         #[arg(long)]
         cuda: bool,
     },
@@ -164,6 +187,21 @@ enum Cmd {
         token: Option<String>,
         #[arg(long)]
         cuda: bool,
+        /// Generation: sequences decoded together in the continuous batch
+        #[arg(long, default_value_t = 32)]
+        max_running: usize,
+        /// Generation: KV cache budget in bytes; a request reserves prompt + max_tokens
+        #[arg(long, default_value_t = 1 << 30)]
+        kv_cache_bytes: usize,
+        /// Generation: requests waiting for a slot before 503
+        #[arg(long, default_value_t = 256)]
+        max_waiting: usize,
+        /// Generation: prompt tokens prefilled per step (bounds other streams' stalls)
+        #[arg(long, default_value_t = 512)]
+        prefill_tokens: usize,
+        /// GGUF bases: native (keep quantized blocks) or f32 (dequantize at load)
+        #[arg(long, default_value = "native")]
+        dtype: String,
     },
     /// Benchmarks that print ratios against a baseline measured in the same run
     Bench {
@@ -335,15 +373,38 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
             }
         }
         Cmd::Predict { base, adapter, merged, text, cuda } => predict(&home, &base, &adapter, merged, &text, cuda, js)?,
-        Cmd::Generate { base, adapter, prompt, max_new_tokens, temperature, cuda } => {
-            let s = open_store(&home)?;
-            let (e, fp) = load_engine(&base, &s, cuda)?;
-            let a = adapter.as_deref().map(|spec| use_adapter(spec, &s, &e, &fp)).transpose()?;
-            let (ids, n_prompt, text) = e.generate(&prompt, max_new_tokens, temperature, a)?;
-            if js {
-                print_json(&json!({"prompt_ids": &ids[..n_prompt], "ids": ids, "new_ids": &ids[n_prompt..], "text": text, "adapter": adapter}));
+        Cmd::Generate { base, adapter, prompt, chat, system, max_new_tokens, temperature, top_p, top_k, seed, stop, stream, dtype, cuda } => {
+            use loradex::model::{chat::Message, generation::{Event, SamplingParams}, Prompt};
+            let params = SamplingParams { max_tokens: max_new_tokens, temperature, top_p, top_k, seed, stop };
+            params.validate()?;
+            let prompt = if chat {
+                let mut m: Vec<Message> = system.into_iter().map(|c| Message { role: "system".into(), content: c }).collect();
+                m.push(Message { role: "user".into(), content: prompt });
+                Prompt::Chat(m)
             } else {
-                println!("{text}");
+                Prompt::Text(prompt)
+            };
+            let s = open_store(&home)?;
+            let b = BaseDir::open(&base)?;
+            let fp = s.base_fingerprint(&b)?;
+            let e = Engine::load_with(b, loradex::model::device(cuda)?, dtype.parse()?)?;
+            let a = adapter.as_deref().map(|spec| use_adapter(spec, &s, &e, &fp)).transpose()?;
+            let ids = e.prompt_ids(&prompt)?;
+            let live = stream && !js;
+            let g = e.generate(ids, params, a, &mut |ev| {
+                if let (true, Event::Token { text, .. } | Event::Done { text, .. }) = (live, ev) {
+                    use std::io::Write;
+                    print!("{text}");
+                    let _ = std::io::stdout().flush();
+                }
+            })?;
+            if js {
+                let all: Vec<u32> = g.prompt_ids.iter().chain(&g.new_ids).copied().collect();
+                print_json(&json!({"prompt_ids": g.prompt_ids, "ids": all, "new_ids": g.new_ids, "text": g.text, "finish_reason": g.finish_reason, "adapter": adapter}));
+            } else if live {
+                println!();
+            } else {
+                println!("{}", g.text);
             }
         }
         Cmd::Merge { r#ref, base, out } => {
@@ -392,8 +453,22 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 }
             }
         }
-        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda } => {
-            let opts = loradex::serve::Options { base, addr, cache_bytes, max_batch, max_queue, token, cuda, home };
+        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda, max_running, kv_cache_bytes, max_waiting, prefill_tokens, dtype } => {
+            let dtype = dtype.parse()?;
+            let opts = loradex::serve::Options {
+                addr,
+                cache_bytes,
+                max_batch,
+                max_queue,
+                token,
+                cuda,
+                max_running,
+                kv_cache_bytes,
+                max_waiting,
+                prefill_tokens,
+                dtype,
+                ..loradex::serve::Options::new(base, home)
+            };
             loradex::serve::run_blocking(opts, |addr| eprintln!("loradex serving on http://{addr}"))?;
         }
         Cmd::Bench { which } => return bench::run(which, &home),

@@ -46,7 +46,7 @@ fn max_pos() -> usize {
 }
 
 impl Config {
-    fn theta(&self) -> Result<f64> {
+    pub(crate) fn theta(&self) -> Result<f64> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
         if let Some(p) = params {
             let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
@@ -61,6 +61,25 @@ impl Config {
             .and_then(Value::as_f64)
             .or(self.rope_theta)
             .unwrap_or(10000.0))
+    }
+    /// `(num_key_value_heads, head_dim)`, after checking that the head counts and sizes fit.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        let (hidden, nh) = (self.hidden_size, self.num_attention_heads);
+        if nh == 0 || hidden == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
+            return Err(Error::Model("config: hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into()));
+        }
+        let n_kv = self.num_key_value_heads.unwrap_or(nh);
+        if n_kv == 0 || !nh.is_multiple_of(n_kv) {
+            return Err(Error::Model(format!("config: num_attention_heads {nh} is not a multiple of num_key_value_heads {n_kv}")));
+        }
+        if self.head_dim.is_none() && !hidden.is_multiple_of(nh) {
+            return Err(Error::Model(format!("config: hidden_size {hidden} is not divisible by num_attention_heads {nh}")));
+        }
+        let hd = self.head_dim.unwrap_or(hidden / nh);
+        if hd == 0 || !hd.is_multiple_of(2) {
+            return Err(Error::Model(format!("config: head_dim {hd} must be even and positive")));
+        }
+        Ok((n_kv, hd))
     }
     pub fn eos_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {
@@ -117,11 +136,7 @@ impl Llama {
         if cfg.hidden_act.as_deref().is_some_and(|a| a != "silu") {
             return Err(Error::Model(format!("hidden_act {:?} is not supported (silu)", cfg.hidden_act)));
         }
-        let head_dim = cfg.head_dim.unwrap_or(cfg.hidden_size / cfg.num_attention_heads);
-        let n_kv = cfg.num_key_value_heads.unwrap_or(cfg.num_attention_heads);
-        if !cfg.num_attention_heads.is_multiple_of(n_kv) {
-            return Err(Error::Model("num_attention_heads must be a multiple of num_key_value_heads".into()));
-        }
+        let (n_kv, head_dim) = cfg.dims()?;
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");

@@ -37,6 +37,25 @@ impl LoraPair {
     fn scaled_bt(&self) -> Result<Tensor> {
         Ok((self.b.t()? * self.scale)?)
     }
+    /// `(A, (s·B)ᵀ)` in host memory: borrowed from the pair's cache (made on first use), or
+    /// copied for this call when the pair's tensors change in place.
+    pub fn host_copies(&self) -> Result<Cow<'_, HostCopies>> {
+        let copy = || -> Result<HostCopies> {
+            let a = self.a.flatten_all()?.to_vec1::<f32>()?;
+            let bt = self.scaled_bt()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            Ok((a, bt))
+        };
+        Ok(match &self.host {
+            Some(cell) => match cell.get() {
+                Some(c) => Cow::Borrowed(c),
+                None => {
+                    let _ = cell.set(copy()?);
+                    Cow::Borrowed(cell.get().expect("just set"))
+                }
+            },
+            None => Cow::Owned(copy()?),
+        })
+    }
     /// `s * B A`, the dense update merged into `W` (the scale is applied to the small `B`).
     pub fn delta(&self, sign: f64) -> Result<Tensor> {
         Ok((&self.b * (self.scale * sign))?.matmul(&self.a)?)
@@ -433,21 +452,7 @@ pub(crate) fn mixed_lora_host(xv: &[f32], rows: &[Option<&LoraPair>], s: usize, 
                 Some(i) => i,
                 None => {
                     distinct.push(*p);
-                    let copy = || -> Result<HostCopies> {
-                        let a = p.a.flatten_all()?.to_vec1::<f32>()?;
-                        let bt = p.scaled_bt()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-                        Ok((a, bt))
-                    };
-                    let pair = match &p.host {
-                        Some(cell) => match cell.get() {
-                            Some(c) => Cow::Borrowed(c),
-                            None => {
-                                let _ = cell.set(copy()?);
-                                Cow::Borrowed(cell.get().expect("just set"))
-                            }
-                        },
-                        None => Cow::Owned(copy()?),
-                    };
+                    let pair = p.host_copies()?;
                     if pair.0.len() != p.rank() * d_in || pair.1.len() != p.rank() * out {
                         return Err(Error::Model("mixed LoRA: a pair does not match the layer's shape".into()));
                     }

@@ -5,8 +5,14 @@
 
 pub mod bert;
 pub mod bert_cpu;
+pub mod chat;
+pub mod decoder;
+pub mod generation;
+pub mod gguf;
+pub mod kv_cache;
 pub mod llama;
 pub mod lora;
+pub mod quant;
 
 use crate::base::{Arch, BaseDir};
 use crate::error::{Error, IoContext, Result};
@@ -54,6 +60,41 @@ impl Weights {
 pub enum Net {
     Bert(bert::Bert),
     Llama(llama::Llama),
+    /// A GGUF base: generation only, through `Engine::decoder` (no candle model to train or
+    /// merge into).
+    Gguf,
+}
+
+/// A decoder's tensors from a safetensors base (f32 copies for the CPU decoder).
+struct WeightsSource<'a>(&'a Weights);
+
+impl decoder::Source for WeightsSource<'_> {
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<quant::QWeight> {
+        let t = self.0.get(name)?;
+        if t.dims() != [rows, cols] {
+            return Err(Error::TensorMismatch { tensor: name.into(), detail: format!("shape {:?}, expected [{rows}, {cols}]", t.dims()) });
+        }
+        quant::QWeight::f32(rows, cols, t.flatten_all()?.to_vec1::<f32>()?)
+    }
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.0.get(name)?;
+        if t.dims() != [len] {
+            return Err(Error::TensorMismatch { tensor: name.into(), detail: format!("shape {:?}, expected [{len}]", t.dims()) });
+        }
+        Ok(t.to_vec1::<f32>()?)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.has(name)
+    }
+}
+
+/// What `Engine::generate` returns.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generated {
+    pub prompt_ids: Vec<u32>,
+    pub new_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: generation::Finish,
 }
 
 /// A tokenized batch, right-padded to its longest row.
@@ -72,7 +113,11 @@ pub struct Tok {
 
 impl Tok {
     pub fn load(path: &Path, pad_hint: Option<u32>) -> Result<Tok> {
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Tok::new(inner, pad_hint)
+    }
+
+    pub fn new(mut inner: tokenizers::Tokenizer, pad_hint: Option<u32>) -> Result<Tok> {
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let pad_id = pad_hint
@@ -83,7 +128,13 @@ impl Tok {
 
     /// Token ids (with the tokenizer's special tokens), truncated to `max_len`.
     pub fn encode(&self, text: &str, max_len: usize) -> Result<(Vec<u32>, Vec<u32>)> {
-        let e = self.inner.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        self.encode_with(text, max_len, true)
+    }
+
+    /// `encode`, optionally without the tokenizer's special tokens (a rendered chat template
+    /// already holds them).
+    pub fn encode_with(&self, text: &str, max_len: usize, add_special: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+        let e = self.inner.encode(text, add_special).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = e.get_ids().to_vec();
         let mut tt = e.get_type_ids().to_vec();
         if ids.len() > max_len {
@@ -124,6 +175,13 @@ pub fn pad_batch(rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32, device: &Device) ->
     })
 }
 
+/// A generation prompt.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<chat::Message>),
+}
+
 /// One row's classification.
 #[derive(serde::Serialize, Clone, Debug)]
 pub struct Prediction {
@@ -148,6 +206,9 @@ pub struct Engine {
     pub device: Device,
     pub labels: Vec<String>,
     pub max_len: usize,
+    /// The CPU decoder of a Llama-family base (serving, generation); `None` on an accelerator.
+    pub decoder: Option<Arc<decoder::Decoder>>,
+    pub chat: Option<chat::ChatTemplate>,
 }
 
 pub fn device(cuda: bool) -> Result<Device> {
@@ -160,6 +221,31 @@ pub fn device(cuda: bool) -> Result<Device> {
 
 impl Engine {
     pub fn load(base: BaseDir, device: Device) -> Result<Engine> {
+        Engine::load_with(base, device, gguf::LoadDtype::Native)
+    }
+
+    /// `dtype` applies to GGUF bases (safetensors bases compute in f32 on the CPU).
+    pub fn load_with(base: BaseDir, device: Device, dtype: gguf::LoadDtype) -> Result<Engine> {
+        if let Some(path) = base.gguf.clone() {
+            if !device.is_cpu() {
+                return Err(Error::InvalidArgument("GGUF bases run on the CPU (drop --cuda)".into()));
+            }
+            let g = gguf::Gguf::open(&path)?;
+            let cfg: llama::Config = serde_json::from_value(base.config.clone()).map_err(|e| Error::json(path.display().to_string(), e))?;
+            let max_len = cfg.max_position_embeddings;
+            let dec = decoder::Decoder::new(cfg, &mut g.source(dtype)?)?;
+            let (inner, pad) = g.tokenizer()?;
+            let tok = Tok::new(inner, pad)?;
+            let chat = match g.chat_template() {
+                Some(t) => Some(chat::ChatTemplate::new(
+                    &t,
+                    &g.token_text("bos_token_id").unwrap_or_default(),
+                    &g.token_text("eos_token_id").unwrap_or_default(),
+                )?),
+                None => None,
+            };
+            return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
+        }
         let w = Weights::load(&base, &device)?;
         let cfg_err = |e: serde_json::Error| Error::json(format!("{}/config.json", base.dir.display()), e);
         let (net, max_len, pad) = match base.arch {
@@ -174,10 +260,46 @@ impl Engine {
                 (Net::Llama(llama::Llama::new(cfg, &w, &device)?), m, None)
             }
         };
+        let decoder = match &net {
+            Net::Llama(l) if device.is_cpu() => Some(Arc::new(decoder::Decoder::new(l.cfg.clone(), &mut WeightsSource(&w))?)),
+            _ => None,
+        };
         let tp = base.tokenizer_path();
         let tok = if tp.is_file() { Some(Tok::load(&tp, pad)?) } else { None };
         let labels = base.labels();
-        Ok(Engine { base, net, tok, device, labels, max_len })
+        let chat = if base.arch == Arch::Llama { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
+        Ok(Engine { base, net, tok, device, labels, max_len, decoder, chat })
+    }
+
+    /// Whether this base generates text.
+    pub fn is_causal_lm(&self) -> bool {
+        matches!(self.net, Net::Llama(_) | Net::Gguf)
+    }
+
+    /// End-of-sequence ids of a causal LM.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match (&self.decoder, &self.net) {
+            (Some(d), _) => d.eos.clone(),
+            (None, Net::Llama(l)) => l.cfg.eos_ids(),
+            _ => vec![],
+        }
+    }
+
+    /// Token ids of a prompt: plain text (with the tokenizer's special tokens), or chat
+    /// messages rendered through the base's chat template.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let tok = self.tok()?;
+        let (ids, _) = match prompt {
+            Prompt::Text(t) => tok.encode_with(t, usize::MAX, true)?,
+            Prompt::Chat(msgs) => {
+                let c = self.chat.as_ref().ok_or_else(|| Error::InvalidArgument("this base has no chat template".into()))?;
+                tok.encode_with(&c.render(msgs, true)?, usize::MAX, false)?
+            }
+        };
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("the prompt has no tokens".into()));
+        }
+        Ok(ids)
     }
 
     pub fn tok(&self) -> Result<&Tok> {
@@ -221,30 +343,81 @@ impl Engine {
         self.classify_batch(&batch, routing)
     }
 
-    /// Generates from one prompt (Llama). Returns (all ids, new text).
-    pub fn generate(&self, prompt: &str, max_new: usize, temperature: f64, adapter: Option<Arc<LoadedAdapter>>) -> Result<(Vec<u32>, usize, String)> {
-        let Net::Llama(m) = &self.net else { return Err(Error::Model("generation needs a Llama base".into())) };
+    /// Generates one sequence (causal LM), calling `on_event` with each piece of text as it
+    /// becomes visible. Runs the CPU decoder, or candle's model on an accelerator.
+    pub fn generate(
+        &self,
+        prompt_ids: Vec<u32>,
+        params: generation::SamplingParams,
+        adapter: Option<Arc<LoadedAdapter>>,
+        on_event: &mut dyn FnMut(&generation::Event),
+    ) -> Result<Generated> {
+        use generation::{Event, Sequence};
+        params.validate()?;
+        if !self.is_causal_lm() {
+            return Err(Error::Model("generation needs a causal LM base".into()));
+        }
         let tok = self.tok()?;
-        let (ids, _) = tok.encode(prompt, self.max_len)?;
-        let routing = match adapter {
-            Some(a) => Routing::single(a, 1),
-            None => Routing::base(1),
+        let cap = Sequence::positions_needed(prompt_ids.len(), params.max_tokens, self.max_len);
+        let mut text = String::new();
+        let push = |ev: &Event, text: &mut String| match ev {
+            Event::Token { text: t, .. } | Event::Done { text: t, .. } => text.push_str(t),
+            Event::Pending => {}
         };
-        let out = m.generate(&ids, max_new, temperature, 0, &Ctx::infer(&routing))?;
-        let text = tok.inner.decode(&out[ids.len()..], true).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok((out, ids.len(), text))
+        let finish = if let Some(dec) = &self.decoder {
+            let mut seq = Sequence::new(prompt_ids.clone(), params, dec.cache(cap, None), self.eos_ids(), self.max_len)?;
+            loop {
+                let input = seq.next_input(512).to_vec();
+                let logits = dec.step(&mut [decoder::Row { tokens: &input, cache: &mut seq.cache, adapter: adapter.as_deref() }])?;
+                let ev = seq.accept(tok, input.len(), &logits[0])?;
+                push(&ev, &mut text);
+                on_event(&ev);
+                if let Event::Done { finish, .. } = ev {
+                    break (finish, seq.generated);
+                }
+            }
+        } else {
+            let Net::Llama(m) = &self.net else { return Err(Error::Model("generation needs a Llama base".into())) };
+            let routing = match &adapter {
+                Some(a) => Routing::single(a.clone(), 1),
+                None => Routing::base(1),
+            };
+            let ctx = Ctx::infer(&routing);
+            let mut cache = llama::Cache::default();
+            let mut seq = Sequence::new(prompt_ids.clone(), params, kv_cache::SeqCache::new(0, 0, cap, None), self.eos_ids(), self.max_len)?;
+            loop {
+                let input = seq.next_input(usize::MAX).to_vec();
+                let ids = Tensor::from_vec(input.clone(), (1, input.len()), &self.device)?;
+                let logits = m.forward(&ids, None, cache.len(), Some(&mut cache), &ctx)?;
+                let last = logits.get(0)?.get(input.len() - 1)?.to_vec1::<f32>()?;
+                let ev = seq.accept(tok, input.len(), &last)?;
+                push(&ev, &mut text);
+                on_event(&ev);
+                if let Event::Done { finish, .. } = ev {
+                    break (finish, seq.generated);
+                }
+            }
+        };
+        let (finish_reason, new_ids) = finish;
+        Ok(Generated { prompt_ids, new_ids, text, finish_reason })
     }
 
     pub fn linears_mut(&mut self) -> Box<dyn Iterator<Item = &mut LoraLinear> + '_> {
         match &mut self.net {
             Net::Bert(b) => Box::new(b.linears_mut()),
             Net::Llama(l) => Box::new(l.linears_mut()),
+            Net::Gguf => Box::new(std::iter::empty()),
         }
     }
 
     /// Merges an adapter into the weights (sign 1) or takes it out again (sign -1).
     /// A saved head replaces the base head on merge.
     pub fn merge(&mut self, a: &LoadedAdapter, sign: f64) -> Result<()> {
+        if matches!(self.net, Net::Gguf) {
+            return Err(Error::Model("a GGUF base's quantized weights cannot be merged into (serve the adapter unmerged)".into()));
+        }
+        // the decoder's copies would go stale: generation after a merge runs candle's model
+        self.decoder = None;
         let mut todo: Vec<(&mut LoraLinear, &lora::LoraPair)> =
             self.linears_mut().filter_map(|l| a.modules.get(&l.name).map(|p| (l, p))).collect();
         let done = todo.len();
@@ -300,6 +473,7 @@ impl Engine {
                     put(&format!("{}.weight", l.name), &l.weight);
                 }
             }
+            Net::Gguf => return Err(Error::Model("a GGUF base cannot be merged into (use its safetensors form)".into())),
         }
         Ok(out)
     }

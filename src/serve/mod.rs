@@ -1,11 +1,14 @@
 //! HTTP serving on one shared base (axum + tokio). Each request names its adapter (or none);
 //! adapters load from the store on first use into a byte-bounded LRU cache and are leased in
 //! the store while resident. Classification jobs from concurrent requests are gathered by one
-//! batcher thread into mixed-adapter forwards. Refs are resolved per request, so a re-tag is
-//! seen by new requests while requests in flight finish on the adapter they hold.
+//! batcher thread into mixed-adapter forwards; generation requests join `llm`'s continuous
+//! batch (OpenAI-compatible endpoints in `openai`). Refs are resolved per request, so a re-tag
+//! is seen by new requests while requests in flight finish on the adapter they hold.
 
 mod cache;
+pub mod llm;
 mod metrics;
+mod openai;
 
 use crate::base::BaseDir;
 use crate::digest::Digest;
@@ -14,7 +17,7 @@ use crate::model::lora::{LoadedAdapter, Routing};
 use crate::model::{pad_batch, Engine, Net, Prediction};
 use crate::store::Store;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +41,37 @@ pub struct Options {
     pub token: Option<String>,
     pub cuda: bool,
     pub home: PathBuf,
+    /// Generation: sequences in the continuous batch at once.
+    pub max_running: usize,
+    /// Generation: KV cache budget in bytes.
+    pub kv_cache_bytes: usize,
+    /// Generation: requests waiting for a slot (503 beyond).
+    pub max_waiting: usize,
+    /// Generation: prompt tokens prefilled per step.
+    pub prefill_tokens: usize,
+    /// GGUF bases: keep quantized or dequantize to f32.
+    pub dtype: crate::model::gguf::LoadDtype,
+}
+
+impl Options {
+    /// Defaults for everything but the base and the store.
+    pub fn new(base: String, home: PathBuf) -> Options {
+        Options {
+            base,
+            addr: "127.0.0.1:8080".into(),
+            cache_bytes: 256 << 20,
+            max_batch: 64,
+            max_queue: 1024,
+            token: None,
+            cuda: false,
+            home,
+            max_running: 32,
+            kv_cache_bytes: 1 << 30,
+            max_waiting: 256,
+            prefill_tokens: 512,
+            dtype: Default::default(),
+        }
+    }
 }
 
 struct Job {
@@ -54,9 +88,10 @@ struct Shared {
     cache: Mutex<Cache>,
     jobs: mpsc::Sender<Job>,
     queued: Arc<AtomicUsize>,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
     token: Option<String>,
     holder: String,
+    llm: Option<Arc<llm::Llm>>,
 }
 
 /// An API error: status + message, rendered as `{"error": {"message", "type"}}`.
@@ -89,7 +124,7 @@ impl From<Error> for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -270,57 +305,6 @@ async fn classify(s: Arc<Shared>, body: Bytes) -> Result<Value, ApiError> {
     }))
 }
 
-async fn completions(s: Arc<Shared>, body: Bytes) -> Result<Value, ApiError> {
-    let v = parse_body(&body)?;
-    let model = v.get("model").and_then(Value::as_str).ok_or_else(|| bad("\"model\" (BASE or BASE:REF) is required"))?.to_string();
-    let prompt = match v.get("prompt") {
-        Some(Value::String(p)) => p.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-        _ => return Err(bad("\"prompt\" must be a string")),
-    };
-    let max_tokens = match v.get("max_tokens") {
-        None | Some(Value::Null) => 16,
-        Some(x) => x.as_u64().filter(|&n| n <= 4096).ok_or_else(|| bad("\"max_tokens\" must be an integer in 0..=4096"))? as usize,
-    };
-    let temperature = match v.get("temperature") {
-        None | Some(Value::Null) => 0.0,
-        Some(x) => x.as_f64().filter(|t| (0.0..=5.0).contains(t)).ok_or_else(|| bad("\"temperature\" must be a number in [0, 5]"))?,
-    };
-    let (base, spec) = match model.split_once(':') {
-        Some((b, r)) => (b.to_string(), Some(r.to_string())),
-        None => (model.clone(), None),
-    };
-    if base != s.base_id && base != s.base_fp.to_string() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("model {base:?} is not served here (serving {:?})", s.base_id)));
-    }
-    if !matches!(s.engine.net, Net::Llama(_)) {
-        return Err(bad("this base is not a causal LM (use /v1/classify)"));
-    }
-    let s2 = s.clone();
-    let (ids, n_prompt, text) = blocking(move || {
-        let a = match &spec {
-            Some(r) => Some(s2.adapter(r)?.1),
-            None => None,
-        };
-        Ok(s2.engine.generate(&prompt, max_tokens, temperature, a)?)
-    })
-    .await?;
-    let new = ids.len() - n_prompt;
-    let eos = match &s.engine.net {
-        Net::Llama(l) => l.cfg.eos_ids(),
-        _ => vec![],
-    };
-    let finish = if ids.last().is_some_and(|t| eos.contains(t)) && new > 0 { "stop" } else { "length" };
-    Ok(json!({
-        "id": format!("cmpl-{:x}", crate::util::unique_suffix()),
-        "object": "text_completion",
-        "created": crate::util::now_secs(),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish, "token_ids": &ids[n_prompt..]}],
-        "usage": {"prompt_tokens": n_prompt, "completion_tokens": new, "total_tokens": ids.len()},
-    }))
-}
-
 async fn list_adapters(s: Arc<Shared>) -> Result<Value, ApiError> {
     blocking(move || {
         let resident: Vec<Value> = {
@@ -359,10 +343,11 @@ async fn adapter_action(s: Arc<Shared>, spec: String, action: String) -> Result<
 }
 
 fn respond(s: &Shared, endpoint: &str, t0: Instant, r: Result<Value, ApiError>) -> Response {
-    let resp = match r {
-        Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
-        Err(e) => e.into_response(),
-    };
+    respond_with(s, endpoint, t0, r.map(|v| (StatusCode::OK, axum::Json(v)).into_response()))
+}
+
+fn respond_with(s: &Shared, endpoint: &str, t0: Instant, r: Result<Response, ApiError>) -> Response {
+    let resp = r.unwrap_or_else(IntoResponse::into_response);
     s.metrics.observe(endpoint, resp.status().as_u16(), t0.elapsed().as_secs_f64());
     resp
 }
@@ -376,6 +361,14 @@ macro_rules! guarded {
             respond(&$s, $ep, $t0, r)
         }
     }};
+}
+
+async fn generation(s: Arc<Shared>, h: HeaderMap, q: Option<String>, body: Bytes, kind: openai::Kind, ep: &str, t0: Instant) -> Response {
+    if !s.authorized(&h) {
+        return respond(&s, ep, t0, Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())));
+    }
+    let r = openai::generate(s.clone(), kind, h, q, body).await;
+    respond_with(&s, ep, t0, r)
 }
 
 /// The router over shared state (also used by tests through `start`).
@@ -399,7 +392,13 @@ fn router(s: Arc<Shared>) -> Router {
                     let c = s.cache.lock().expect("cache lock");
                     (c.resident_bytes(), c.entries.len())
                 };
-                let text = s.metrics.render(bytes, n, s.queued.load(Ordering::Relaxed));
+                let llm = s.llm.as_ref().map(|l| metrics::LlmGauges {
+                    running: l.running.load(Ordering::Relaxed),
+                    waiting: l.waiting(),
+                    kv_bytes_used: l.budget.used(),
+                    kv_bytes_total: l.budget.total(),
+                });
+                let text = s.metrics.render(bytes, n, s.queued.load(Ordering::Relaxed), llm);
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }),
         )
@@ -412,9 +411,23 @@ fn router(s: Arc<Shared>) -> Router {
         )
         .route(
             "/v1/completions",
-            post(|State(s): State<Arc<Shared>>, h: HeaderMap, body: Bytes| async move {
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, RawQuery(q): RawQuery, body: Bytes| async move {
                 let t0 = Instant::now();
-                guarded!(s, h, "/v1/completions", t0, completions(s.clone(), body))
+                generation(s, h, q, body, openai::Kind::Completion, "/v1/completions", t0).await
+            }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, RawQuery(q): RawQuery, body: Bytes| async move {
+                let t0 = Instant::now();
+                generation(s, h, q, body, openai::Kind::Chat, "/v1/chat/completions", t0).await
+            }),
+        )
+        .route(
+            "/v1/models",
+            get(|State(s): State<Arc<Shared>>, h: HeaderMap| async move {
+                let t0 = Instant::now();
+                guarded!(s, h, "/v1/models", t0, openai::models(s.clone()))
             }),
         )
         .route(
@@ -439,9 +452,23 @@ fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<Job>)> {
     let store = Store::open(&opts.home)?;
     let base = BaseDir::open(&opts.base)?;
     let base_fp = store.base_fingerprint(&base)?;
-    let base_id = base.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "base".into());
-    let engine = Arc::new(Engine::load(base, crate::model::device(opts.cuda)?)?);
+    let base_id = base.name();
+    let engine = Arc::new(Engine::load_with(base, crate::model::device(opts.cuda)?, opts.dtype)?);
     let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
+    let metrics: Arc<metrics::Metrics> = Default::default();
+    let llm = match (&engine.decoder, &engine.tok) {
+        (Some(dec), Some(tok)) => {
+            let limits = llm::Limits {
+                max_running: opts.max_running.max(1),
+                max_waiting: opts.max_waiting,
+                kv_bytes: opts.kv_cache_bytes,
+                prefill_tokens: opts.prefill_tokens.max(1),
+            };
+            let tok = Arc::new(crate::model::Tok::new(tok.inner.clone(), Some(tok.pad_id))?);
+            Some(Arc::new(llm::Llm::start(dec.clone(), tok, limits, metrics.clone())?))
+        }
+        _ => None,
+    };
     let shared = Arc::new(Shared {
         engine,
         base_fp,
@@ -450,9 +477,10 @@ fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<Job>)> {
         cache: Mutex::new(Cache::new(opts.cache_bytes)),
         jobs: tx,
         queued: Arc::new(AtomicUsize::new(0)),
-        metrics: Default::default(),
+        metrics,
         token: opts.token.clone().filter(|t| !t.is_empty()),
         holder: format!("serve-{}-{:x}", std::process::id(), crate::util::unique_suffix()),
+        llm,
     });
     Ok((shared, rx))
 }

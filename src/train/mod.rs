@@ -121,6 +121,7 @@ impl Trainer {
     pub fn new(mut engine: Engine, task: Task, spec: LoraSpec, labels: Vec<String>) -> Result<Trainer> {
         match (&engine.net, task) {
             (Net::Bert(_), Task::SeqCls) | (Net::Llama(_), Task::CausalLm) => {}
+            (Net::Gguf, _) => return Err(Error::Recipe("training needs a safetensors base (a GGUF base is quantized); dequantize it to a directory first".into())),
             _ => return Err(Error::Recipe(format!("task {task:?} does not fit a {} base", engine.base.arch.name()))),
         }
         let dev = engine.device.clone();
@@ -220,6 +221,7 @@ impl Trainer {
                 let (b, s, d) = h.dims3()?;
                 h.reshape((b * s, d))?.matmul(&l.lm_head().t()?)?
             }
+            Net::Gguf => return Err(Error::Recipe("training needs a safetensors base (a GGUF base is quantized); dequantize it to a directory first".into())),
         };
         // cross-entropy from differentiable ops: log-softmax, gather, (weighted) mean
         let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?;

@@ -1,5 +1,6 @@
 mod common;
 mod fixtures;
+mod generate;
 mod store;
 mod train;
 mod schema;

@@ -1,0 +1,340 @@
+//! The CPU decoder: a Llama-family causal LM forward written for serving. One `step` runs every
+//! row of a continuous batch (a prompt being prefilled, or one new token) through one forward:
+//! the frozen weights (f32 or quantized, `quant`) are read once per step for all rows, each row
+//! adds its own adapter's low-rank term, and attends over its own `SeqCache` at its own
+//! positions. Every number a row gets is computed from that row alone in a fixed order, so a
+//! sequence's output does not depend on the rest of the batch. Owns the architecture math of
+//! inference only; training and merging stay with `llama` (candle), weights come from a
+//! `Source` (safetensors or GGUF), and scheduling belongs to the server.
+
+use super::kv_cache::{bytes_per_token, SeqCache};
+use super::llama::Config;
+use super::lora::LoadedAdapter;
+use super::quant::{dot_f32, matmul, Act, LowRank, QWeight};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// The seven projections of a layer, by their PEFT module names.
+pub const SLOTS: [&str; 7] =
+    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+
+/// Where a decoder's tensors come from, by canonical (HF) name; shapes are checked here.
+pub trait Source {
+    /// A `[rows, cols]` matrix.
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QWeight>;
+    /// A vector of `len` values.
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>>;
+    fn has(&self, name: &str) -> bool;
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    lin: [QWeight; 7],
+    names: [String; 7],
+}
+
+pub struct Decoder {
+    pub cfg: Config,
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub inter: usize,
+    pub vocab: usize,
+    pub eos: Vec<u32>,
+    inv_freq: Vec<f32>,
+    embed: QWeight,
+    lm_head: Option<QWeight>,
+    norm: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Decoder({} layers, hidden {}, {})", self.layers.len(), self.hidden, self.weight_format())
+    }
+}
+
+/// One row of a step: the new tokens of a sequence, its cache and its adapter.
+pub struct Row<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SeqCache,
+    pub adapter: Option<&'a LoadedAdapter>,
+}
+
+impl Decoder {
+    pub fn new(cfg: Config, src: &mut dyn Source) -> Result<Decoder> {
+        if cfg.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            return Err(Error::Model(format!("hidden_act {:?} is not supported (silu)", cfg.hidden_act)));
+        }
+        let (hidden, nh) = (cfg.hidden_size, cfg.num_attention_heads);
+        let (n_kv, hd) = cfg.dims()?;
+        let theta = cfg.theta()?;
+        let (inter, vocab) = (cfg.intermediate_size, cfg.vocab_size);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let names: [String; 7] = std::array::from_fn(|s| format!("{p}.{}", SLOTS[s]));
+            let shapes = [(nh * hd, hidden), (n_kv * hd, hidden), (n_kv * hd, hidden), (hidden, nh * hd), (inter, hidden), (inter, hidden), (hidden, inter)];
+            let mut lin = Vec::with_capacity(7);
+            for (n, (r, c)) in names.iter().zip(shapes) {
+                lin.push(src.matrix(&format!("{n}.weight"), r, c)?);
+            }
+            let lin: [QWeight; 7] = lin.try_into().map_err(|_| Error::Model("seven projections".into()))?;
+            layers.push(Layer {
+                attn_norm: src.vector(&format!("{p}.input_layernorm.weight"), hidden)?,
+                ffn_norm: src.vector(&format!("{p}.post_attention_layernorm.weight"), hidden)?,
+                lin,
+                names,
+            });
+        }
+        let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
+        let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
+        let norm = src.vector("model.norm.weight", hidden)?;
+        let inv_freq = (0..hd / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
+        let eos = cfg.eos_ids();
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, inv_freq, embed, lm_head, norm, layers, cfg })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv * self.head_dim
+    }
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+    /// KV bytes per cached position.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        bytes_per_token(self.layers.len(), self.kv_dim())
+    }
+    /// A cache with room for `capacity` positions.
+    pub fn cache(&self, capacity: usize, reservation: Option<super::kv_cache::KvReservation>) -> SeqCache {
+        SeqCache::new(self.layers.len(), self.kv_dim(), capacity, reservation)
+    }
+    /// The projections' storage, e.g. `Q4_1` (`f32` for unquantized bases).
+    pub fn weight_format(&self) -> String {
+        self.layers.first().map(|l| l.lin[0].format()).unwrap_or_default()
+    }
+    /// Bytes of frozen weights held.
+    pub fn weight_bytes(&self) -> usize {
+        let lin: usize = self.layers.iter().flat_map(|l| l.lin.iter()).map(QWeight::bytes).sum();
+        lin + self.embed.bytes() + self.lm_head.as_ref().map_or(0, QWeight::bytes)
+    }
+    fn head(&self) -> &QWeight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Runs every row's new tokens through the model, appends their keys and values to the
+    /// rows' caches, and returns each row's logits for its last token. On error no cache has
+    /// changed.
+    pub fn step(&self, rows: &mut [Row]) -> Result<Vec<Vec<f32>>> {
+        let r = self.forward(rows);
+        for row in rows.iter_mut() {
+            if r.is_err() {
+                row.cache.rollback();
+            }
+        }
+        let logits = r?;
+        for row in rows.iter_mut() {
+            row.cache.advance(row.tokens.len());
+        }
+        Ok(logits)
+    }
+
+    fn forward(&self, rows: &mut [Row]) -> Result<Vec<Vec<f32>>> {
+        let (h, nh, nkv, hd) = (self.hidden, self.n_heads, self.n_kv, self.head_dim);
+        let kvd = nkv * hd;
+        let mut tok_row = vec![];
+        let mut tok_pos = vec![];
+        let mut ids = vec![];
+        for (ri, r) in rows.iter().enumerate() {
+            if r.tokens.is_empty() {
+                return Err(Error::InvalidArgument("a row with no tokens".into()));
+            }
+            let p0 = r.cache.len();
+            let end = p0 + r.tokens.len();
+            if end > self.max_positions() || end > r.cache.capacity() {
+                return Err(Error::InvalidArgument(format!(
+                    "{end} positions exceed the context ({} positions, cache room {})",
+                    self.max_positions(),
+                    r.cache.capacity()
+                )));
+            }
+            if r.cache.kv_dim() != kvd || r.cache.k.len() != self.layers.len() {
+                return Err(Error::Model("a cache made for another model".into()));
+            }
+            for (i, &t) in r.tokens.iter().enumerate() {
+                if t as usize >= self.vocab {
+                    return Err(Error::InvalidArgument(format!("token id {t} is outside the vocabulary ({})", self.vocab)));
+                }
+                tok_row.push(ri);
+                tok_pos.push(p0 + i);
+                ids.push(t);
+            }
+        }
+        let n = ids.len();
+        let mut x = vec![0f32; n * h];
+        for (t, &id) in ids.iter().enumerate() {
+            self.embed.row(id as usize, &mut x[t * h..][..h])?;
+        }
+        // rotary tables for each token's position
+        let half = hd / 2;
+        let mut cos = vec![0f32; n * half];
+        let mut sin = vec![0f32; n * half];
+        for t in 0..n {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let a = tok_pos[t] as f32 * f;
+                cos[t * half + i] = a.cos();
+                sin[t * half + i] = a.sin();
+            }
+        }
+        let adapters: Vec<Option<&LoadedAdapter>> = tok_row.iter().map(|&r| rows[r].adapter).collect();
+        let (mut xn, mut q, mut k, mut v) = (vec![0f32; n * h], vec![0f32; n * nh * hd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
+        let (mut attn, mut tmp) = (vec![0f32; n * nh * hd], vec![0f32; n * h]);
+        let (mut g, mut u) = (vec![0f32; n * self.inter], vec![0f32; n * self.inter]);
+        let eps = self.cfg.rms_norm_eps as f32;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let rep = nh / nkv;
+        let window = None::<usize>;
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
+            {
+                let act = Act::new(&xn, n, h);
+                self.linear(l, 0, &act, &adapters, &mut q)?;
+                self.linear(l, 1, &act, &adapters, &mut k)?;
+                self.linear(l, 2, &act, &adapters, &mut v)?;
+            }
+            rope(&mut q, nh, hd, &cos, &sin);
+            rope(&mut k, nkv, hd, &cos, &sin);
+            for t in 0..n {
+                rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
+            }
+            {
+                let caches: Vec<(&[f32], &[f32])> = rows.iter().map(|r| (r.cache.k[li].as_slice(), r.cache.v[li].as_slice())).collect();
+                let (q, tok_row, tok_pos) = (&q, &tok_row, &tok_pos);
+                attn.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                    let (t, head) = (i / nh, i % nh);
+                    let (kc, vc) = caches[tok_row[t]];
+                    let p = tok_pos[t];
+                    let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
+                    let off = (head / rep) * hd;
+                    let qh = &q[t * nh * hd + head * hd..][..hd];
+                    let mut s: Vec<f32> = (lo..=p).map(|j| dot_f32(qh, &kc[j * kvd + off..][..hd]) * scale).collect();
+                    let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut sum = 0f32;
+                    for e in s.iter_mut() {
+                        *e = (*e - m).exp();
+                        sum += *e;
+                    }
+                    out.fill(0.0);
+                    for (j, e) in (lo..=p).zip(&s) {
+                        let w = e / sum;
+                        for (o, vv) in out.iter_mut().zip(&vc[j * kvd + off..][..hd]) {
+                            *o += w * vv;
+                        }
+                    }
+                });
+            }
+            {
+                let act = Act::new(&attn, n, nh * hd);
+                self.linear(l, 3, &act, &adapters, &mut tmp)?;
+            }
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
+            {
+                let act = Act::new(&xn, n, h);
+                self.linear(l, 4, &act, &adapters, &mut g)?;
+                self.linear(l, 5, &act, &adapters, &mut u)?;
+            }
+            g.par_iter_mut().zip(u.par_iter()).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            {
+                let act = Act::new(&g, n, self.inter);
+                self.linear(l, 6, &act, &adapters, &mut tmp)?;
+            }
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+        }
+        // logits for each row's last token only
+        let mut last = Vec::with_capacity(rows.len() * h);
+        let mut end = 0;
+        for r in rows.iter() {
+            end += r.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * h..][..h]);
+        }
+        let nr = rows.len();
+        let mut ln = vec![0f32; nr * h];
+        rms_norm_rows(&last, &self.norm, eps, &mut ln, h);
+        let mut logits = vec![0f32; nr * self.vocab];
+        let none: Vec<Option<LowRank>> = (0..nr).map(|_| None).collect();
+        matmul(self.head(), &Act::new(&ln, nr, h), &none, &mut logits)?;
+        Ok(logits.chunks(self.vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Projection `slot` of layer `l` for every token, each with its own adapter's term.
+    fn linear(&self, l: &Layer, slot: usize, act: &Act, adapters: &[Option<&LoadedAdapter>], y: &mut [f32]) -> Result<()> {
+        let name = &l.names[slot];
+        let pairs: Vec<_> = adapters.iter().map(|a| a.and_then(|a| a.modules.get(name))).collect();
+        if pairs.iter().all(Option::is_none) {
+            let none: Vec<Option<LowRank>> = (0..act.n).map(|_| None).collect();
+            return matmul(&l.lin[slot], act, &none, y);
+        }
+        let cols = act.cols;
+        let mut copies = Vec::with_capacity(act.n);
+        for p in &pairs {
+            copies.push(match p {
+                Some(p) => Some(p.host_copies()?),
+                None => None,
+            });
+        }
+        // h = A x per token (s is folded into the up-projection's copy)
+        let hs: Vec<Vec<f32>> = copies
+            .par_iter()
+            .enumerate()
+            .map(|(t, c)| match c {
+                Some(c) => {
+                    let x = &act.x[t * cols..][..cols];
+                    c.0.chunks_exact(cols).map(|a| dot_f32(a, x)).collect()
+                }
+                None => vec![],
+            })
+            .collect();
+        let lora: Vec<Option<LowRank>> =
+            copies.iter().zip(&hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: &c.1 })).collect();
+        for (c, _) in copies.iter().zip(&pairs).filter(|(c, _)| c.is_some()) {
+            let c = c.as_ref().expect("filtered");
+            if c.0.len() % cols != 0 || c.1.len() != c.0.len() / cols * l.lin[slot].rows {
+                return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
+            }
+        }
+        matmul(&l.lin[slot], act, &lora, y)
+    }
+}
+
+/// RMSNorm of each `h`-wide row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)`.
+fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize) {
+    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, xr)| {
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {
+            *o = wv * (v * r);
+        }
+    });
+}
+
+/// Rotary embedding (the rotate-half form of Hugging Face's Llama) on `[n, heads, hd]` rows.
+fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32]) {
+    let half = hd / 2;
+    for (t, row) in x.chunks_mut(heads * hd).enumerate() {
+        let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+        for head in row.chunks_mut(hd) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * c[i] - x2 * s[i];
+                b[i] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`): the model's
+//! hyper-parameters as a Hugging Face `config.json`, its tensors under Hugging Face's names
+//! (with llama.cpp's rotary row order of `q`/`k` undone, so PEFT adapters apply as trained),
+//! a `Source` that keeps GGML blocks quantized or dequantizes them, and the tokenizer and chat
+//! template from `tokenizer.ggml.*`. Owns no model math and no store logic.
+
+use super::decoder::Source;
+use super::quant::{BlockFmt, QWeight};
+use crate::error::{Error, IoContext, Result};
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::Device;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// How a GGUF base's frozen weights are held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LoadDtype {
+    /// As stored: Q4_0/Q4_1/Q8_0 blocks with loradex's kernels, other GGML types through
+    /// candle's, f16/bf16 as f32.
+    #[default]
+    Native,
+    /// Everything dequantized to f32 at load (what transformers runs from a GGUF file).
+    F32,
+}
+
+impl std::str::FromStr for LoadDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "native" | "auto" => Ok(LoadDtype::Native),
+            "f32" => Ok(LoadDtype::F32),
+            other => Err(Error::InvalidArgument(format!("--dtype {other:?}: use native or f32"))),
+        }
+    }
+}
+
+pub struct Gguf {
+    pub path: PathBuf,
+    pub content: Content,
+    arch: String,
+}
+
+fn io(path: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
+    move |e| Error::Model(format!("{}: {e}", path.display()))
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Gguf> {
+        let mut f = std::fs::File::open(path).at(path)?;
+        let content = Content::read(&mut f).map_err(io(path))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned())
+            .ok_or_else(|| Error::Model(format!("{}: no general.architecture", path.display())))?;
+        if arch != "llama" {
+            return Err(Error::Model(format!("{}: GGUF architecture {arch:?} is not supported (llama)", path.display())));
+        }
+        Ok(Gguf { path: path.to_path_buf(), content, arch })
+    }
+
+    fn meta(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+    fn arch_u(&self, key: &str) -> Result<Option<usize>> {
+        match self.meta(&format!("{}.{key}", self.arch)) {
+            None => Ok(None),
+            Some(v) => v.to_u64().map(|n| Some(n as usize)).map_err(|e| Error::Model(format!("{}.{key}: {e}", self.arch))),
+        }
+    }
+    fn arch_req(&self, key: &str) -> Result<usize> {
+        self.arch_u(key)?.ok_or_else(|| Error::Model(format!("{}: metadata lacks {}.{key}", self.path.display(), self.arch)))
+    }
+    fn arch_f(&self, key: &str) -> Option<f64> {
+        self.meta(&format!("{}.{key}", self.arch)).and_then(|v| v.to_f64().ok().or_else(|| v.to_f32().ok().map(f64::from)))
+    }
+    fn tok_u32(&self, key: &str) -> Option<u32> {
+        self.meta(&format!("tokenizer.ggml.{key}")).and_then(|v| v.to_u32().ok())
+    }
+
+    /// The hyper-parameters as the `config.json` transformers would write for this model.
+    pub fn hf_config(&self) -> Result<serde_json::Value> {
+        if let Some(t) = self.meta(&format!("{}.rope.scaling.type", self.arch)).and_then(|v| v.to_string().ok()) {
+            if t != "none" {
+                return Err(Error::Model(format!("{}: rope scaling {t:?} is not supported", self.path.display())));
+            }
+        }
+        let heads = self.arch_req("attention.head_count")?;
+        let hidden = self.arch_req("embedding_length")?;
+        let vocab = match self.arch_u("vocab_size")? {
+            Some(v) => v,
+            None => self.tokens()?.len(),
+        };
+        let mut c = json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_act": "silu",
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": self.arch_req("feed_forward_length")?,
+            "num_hidden_layers": self.arch_req("block_count")?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": self.arch_u("attention.head_count_kv")?.unwrap_or(heads),
+            "max_position_embeddings": self.arch_u("context_length")?.unwrap_or(2048),
+            "rms_norm_eps": self.arch_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            "rope_theta": self.arch_f("rope.freq_base").unwrap_or(10000.0),
+            "tie_word_embeddings": !self.content.tensor_infos.contains_key("output.weight"),
+        });
+        if let Some(hd) = self.arch_u("attention.key_length")?.or(self.arch_u("rope.dimension_count")?) {
+            c["head_dim"] = hd.into();
+        }
+        if let Some(b) = self.tok_u32("bos_token_id") {
+            c["bos_token_id"] = b.into();
+        }
+        if let Some(e) = self.tok_u32("eos_token_id") {
+            c["eos_token_id"] = e.into();
+        }
+        Ok(c)
+    }
+
+    /// GGUF tensor name → Hugging Face name.
+    pub fn hf_name(name: &str) -> Option<String> {
+        let fixed = match name {
+            "token_embd.weight" => Some("model.embed_tokens.weight"),
+            "output_norm.weight" => Some("model.norm.weight"),
+            "output.weight" => Some("lm_head.weight"),
+            _ => None,
+        };
+        if let Some(f) = fixed {
+            return Some(f.to_string());
+        }
+        let rest = name.strip_prefix("blk.")?;
+        let (layer, t) = rest.split_once('.')?;
+        layer.parse::<usize>().ok()?;
+        let (module, param) = t.rsplit_once('.')?;
+        let hf = match module {
+            "attn_norm" => "input_layernorm",
+            "ffn_norm" => "post_attention_layernorm",
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            _ => return None,
+        };
+        Some(format!("model.layers.{layer}.{hf}.{param}"))
+    }
+
+    /// Every mapped tensor's shape by Hugging Face name (what adapters are checked against).
+    pub fn hf_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.content
+            .tensor_infos
+            .iter()
+            .filter_map(|(n, i)| Some((Gguf::hf_name(n)?, i.shape.dims().to_vec())))
+            .collect()
+    }
+
+    pub fn source(&self, dtype: LoadDtype) -> Result<GgufSource<'_>> {
+        let names = self.content.tensor_infos.keys().filter_map(|n| Some((Gguf::hf_name(n)?, n.clone()))).collect();
+        let file = std::fs::File::open(&self.path).at(&self.path)?;
+        let heads = self.arch_req("attention.head_count")?;
+        let kv = self.arch_u("attention.head_count_kv")?.unwrap_or(heads);
+        Ok(GgufSource { g: self, file, names, dtype, heads, kv })
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let v = self.meta(key).ok_or_else(|| Error::Tokenizer(format!("{}: no {key}", self.path.display())))?;
+        let arr = v.to_vec().map_err(|e| Error::Tokenizer(format!("{key}: {e}")))?;
+        arr.iter().map(|s| s.to_string().cloned().map_err(|e| Error::Tokenizer(format!("{key}: {e}")))).collect()
+    }
+    fn tokens(&self) -> Result<Vec<String>> {
+        self.strings("tokenizer.ggml.tokens")
+    }
+
+    /// `tokenizer.chat_template`, if the file has one.
+    pub fn chat_template(&self) -> Option<String> {
+        self.meta("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned())
+    }
+    pub fn token_text(&self, key: &str) -> Option<String> {
+        let id = self.tok_u32(key)? as usize;
+        self.tokens().ok()?.get(id).cloned()
+    }
+
+    /// The tokenizer `tokenizer.ggml.*` describes, built with the tokenizers crate: byte-level
+    /// BPE (`gpt2` models) with the pre-tokenizer that `tokenizer.ggml.pre` names.
+    pub fn tokenizer(&self) -> Result<(tokenizers::Tokenizer, Option<u32>)> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence, split::Split, split::SplitPattern};
+        use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+        let model = self.meta("tokenizer.ggml.model").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
+        if model != "gpt2" {
+            return Err(Error::Tokenizer(format!(
+                "{}: tokenizer.ggml.model {model:?} is not supported (gpt2 byte-level BPE); put a tokenizer.json beside the file",
+                self.path.display()
+            )));
+        }
+        let tokens = self.tokens()?;
+        let merges: Vec<(String, String)> = self
+            .strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Tokenizer(format!("bad merge {m:?}"))))
+            .collect::<Result<_>>()?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        let pre = self.meta("tokenizer.ggml.pre").and_then(|v| v.to_string().ok().cloned()).unwrap_or_else(|| "default".into());
+        let split = |re: &str, behavior| -> Result<PreTokenizerWrapper> {
+            Ok(Split::new(SplitPattern::Regex(re.into()), behavior, false).map_err(|e| Error::Tokenizer(e.to_string()))?.into())
+        };
+        let pt: PreTokenizerWrapper = match pre.as_str() {
+            "default" | "gpt2" | "gpt-2" => ByteLevel::new(false, true, true).into(),
+            "smollm" | "starcoder" | "refact" | "codeshell" => {
+                Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+            }
+            "llama-bpe" | "llama3" => Sequence::new(vec![
+                split(LLAMA3_SPLIT, SplitDelimiterBehavior::Isolated)?,
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into(),
+            "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT, SplitDelimiterBehavior::Isolated)?, ByteLevel::new(false, false, false).into()]).into(),
+            other => return Err(Error::Tokenizer(format!("{}: tokenizer.ggml.pre {other:?} is not supported", self.path.display()))),
+        };
+        tok.with_pre_tokenizer(Some(pt));
+        tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        // control tokens (type 3) are special; user-defined ones (4) are matched whole
+        let types: Vec<i64> = match self.meta("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|e| Error::Tokenizer(e.to_string()))?
+                .iter()
+                .map(|t| t.to_i32().map(i64::from).unwrap_or(1))
+                .collect(),
+            None => vec![],
+        };
+        let special: Vec<AddedToken> =
+            types.iter().enumerate().filter(|(_, t)| **t == 3).map(|(i, _)| AddedToken::from(tokens[i].clone(), true)).collect();
+        let user: Vec<AddedToken> =
+            types.iter().enumerate().filter(|(_, t)| **t == 4).map(|(i, _)| AddedToken::from(tokens[i].clone(), false).normalized(false)).collect();
+        tok.add_special_tokens(special).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tok.add_tokens(user).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let add_bos = self.meta("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
+        if let (true, Some(b)) = (add_bos, self.tok_u32("bos_token_id")) {
+            let bos = tokens.get(b as usize).cloned().ok_or_else(|| Error::Tokenizer("bos_token_id outside the vocabulary".into()))?;
+            let tp = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{bos}:0 $A:0"))
+                .map_err(|e| Error::Tokenizer(e.to_string()))?
+                .special_tokens(vec![(bos.clone(), b)])
+                .build()
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            tok.with_post_processor(Some(tp));
+        }
+        let pad = self.tok_u32("padding_token_id").or(self.tok_u32("eos_token_id"));
+        Ok((tok, pad))
+    }
+}
+
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's converter interleaves the rotary halves of each head's `q`/`k` rows: GGUF row
+/// `h·d + 2j + t` is Hugging Face row `h·d + t·d/2 + j`. Returns, for each Hugging Face row,
+/// the GGUF row that holds it.
+pub fn unpermute_rows(rows: usize, heads: usize) -> Result<Vec<usize>> {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return Err(Error::Model(format!("{rows} rows do not split into {heads} rotary heads")));
+    }
+    let (d, half) = (rows / heads, rows / heads / 2);
+    Ok((0..rows)
+        .map(|i| {
+            let (h, r) = (i / d, i % d);
+            let (t, j) = (r / half, r % half);
+            h * d + 2 * j + t
+        })
+        .collect())
+}
+
+pub struct GgufSource<'a> {
+    g: &'a Gguf,
+    file: std::fs::File,
+    names: HashMap<String, String>,
+    dtype: LoadDtype,
+    heads: usize,
+    kv: usize,
+}
+
+impl GgufSource<'_> {
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<QTensor> {
+        let gname = self.names.get(name).ok_or_else(|| Error::Model(format!("{}: no tensor for {name}", self.g.path.display())))?;
+        let info = &self.g.content.tensor_infos[gname];
+        if info.shape.dims() != shape {
+            return Err(Error::TensorMismatch { tensor: gname.clone(), detail: format!("shape {:?}, expected {shape:?}", info.shape.dims()) });
+        }
+        self.g.content.tensor(&mut self.file, gname, &Device::Cpu).map_err(io(&self.g.path))
+    }
+}
+
+impl Source for GgufSource<'_> {
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QWeight> {
+        let mut t = self.load(name, &[rows, cols])?;
+        let heads = if name.ends_with("self_attn.q_proj.weight") {
+            Some(self.heads)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            Some(self.kv)
+        } else {
+            None
+        };
+        if let Some(h) = heads {
+            // rows are independent in every GGML type: move whole rows of bytes
+            let dt = t.dtype();
+            let data = t.data().map_err(io(&self.g.path))?;
+            let rb = data.len() / rows;
+            let perm: Vec<u8> = unpermute_rows(rows, h)?.iter().flat_map(|&r| data[r * rb..][..rb].iter().copied()).collect();
+            let storage = QStorage::from_data(std::borrow::Cow::Owned(perm), &Device::Cpu, dt).map_err(io(&self.g.path))?;
+            t = QTensor::new(storage, (rows, cols)).map_err(io(&self.g.path))?;
+        }
+        let is_embed = name == "model.embed_tokens.weight";
+        let w = match (self.dtype, BlockFmt::of(t.dtype()), t.dtype()) {
+            (LoadDtype::Native, Some(f), _) => QWeight::blocks(f, rows, cols, t.data().map_err(io(&self.g.path))?.into_owned())?,
+            (LoadDtype::Native, None, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) | (LoadDtype::F32, _, _) => {
+                let v = t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                QWeight::f32(rows, cols, v)?
+            }
+            // embedding rows are looked up one at a time: keep a format with row access
+            (LoadDtype::Native, None, _) if is_embed => {
+                QWeight::f32(rows, cols, t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)?
+            }
+            (LoadDtype::Native, None, _) => QWeight::candle(t)?,
+        };
+        Ok(w)
+    }
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.load(name, &[len])?;
+        Ok(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+}

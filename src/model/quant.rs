@@ -1,0 +1,457 @@
+//! Frozen weight matrices for the CPU decoder and the matrix-times-rows kernels over them:
+//! f32, and GGML's Q4_0 / Q4_1 / Q8_0 blocks kept quantized (activations are quantized per
+//! row to 8-bit blocks and multiplied in integers, as llama.cpp does), with an AVX2 build chosen
+//! at run time. Other GGML types run through candle's `QMatMul`. Every output element is one
+//! row's dot product in a fixed order, whatever the number of rows: a sequence's result never
+//! depends on what else is in the batch. Knows nothing of models, adapters or files.
+
+use crate::error::{Error, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Values per quantized block (all the formats here).
+pub const QK: usize = 32;
+
+/// The block formats with loradex's own kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFmt {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl BlockFmt {
+    pub fn bytes(self) -> usize {
+        match self {
+            BlockFmt::Q4_0 => 18,
+            BlockFmt::Q4_1 => 20,
+            BlockFmt::Q8_0 => 34,
+        }
+    }
+    pub fn of(d: GgmlDType) -> Option<BlockFmt> {
+        match d {
+            GgmlDType::Q4_0 => Some(BlockFmt::Q4_0),
+            GgmlDType::Q4_1 => Some(BlockFmt::Q4_1),
+            GgmlDType::Q8_0 => Some(BlockFmt::Q8_0),
+            _ => None,
+        }
+    }
+}
+
+enum Kind {
+    F32(Vec<f32>),
+    Blocks(BlockFmt, Vec<u8>),
+    Candle(QMatMul),
+}
+
+/// A `[rows, cols]` weight (PyTorch layout: one row per output feature).
+pub struct QWeight {
+    pub rows: usize,
+    pub cols: usize,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QWeight({}x{} {})", self.rows, self.cols, self.format())
+    }
+}
+
+impl QWeight {
+    pub fn f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<QWeight> {
+        if data.len() != rows * cols {
+            return Err(Error::Model(format!("weight of {} values for {rows}x{cols}", data.len())));
+        }
+        Ok(QWeight { rows, cols, kind: Kind::F32(data) })
+    }
+    /// Raw GGML blocks, row-major (`cols / 32` blocks per row).
+    pub fn blocks(fmt: BlockFmt, rows: usize, cols: usize, data: Vec<u8>) -> Result<QWeight> {
+        if !cols.is_multiple_of(QK) || data.len() != rows * cols / QK * fmt.bytes() {
+            return Err(Error::Model(format!("{fmt:?} weight of {} bytes for {rows}x{cols}", data.len())));
+        }
+        Ok(QWeight { rows, cols, kind: Kind::Blocks(fmt, data) })
+    }
+    /// Any other GGML type, through candle's kernels.
+    pub fn candle(t: QTensor) -> Result<QWeight> {
+        let (rows, cols) = t.shape().dims2()?;
+        Ok(QWeight { rows, cols, kind: Kind::Candle(QMatMul::from_arc(Arc::new(t))?) })
+    }
+    pub fn format(&self) -> String {
+        match &self.kind {
+            Kind::F32(_) => "f32".into(),
+            Kind::Blocks(f, _) => format!("{f:?}"),
+            Kind::Candle(QMatMul::QTensor(t)) => format!("{:?}", t.dtype()),
+            Kind::Candle(_) => "candle".into(),
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        match &self.kind {
+            Kind::F32(v) => v.len() * 4,
+            Kind::Blocks(_, b) => b.len(),
+            Kind::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            Kind::Candle(_) => 0,
+        }
+    }
+    pub fn is_f32(&self) -> bool {
+        matches!(self.kind, Kind::F32(_))
+    }
+
+    /// Row `r` as f32 (embedding lookups).
+    pub fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows || out.len() != self.cols {
+            return Err(Error::Model(format!("row {r} of a {}x{} weight", self.rows, self.cols)));
+        }
+        match &self.kind {
+            Kind::F32(v) => out.copy_from_slice(&v[r * self.cols..][..self.cols]),
+            Kind::Blocks(f, b) => {
+                let rb = self.cols / QK * f.bytes();
+                dequantize_row(*f, &b[r * rb..][..rb], out);
+            }
+            Kind::Candle(_) => return Err(Error::Model("row lookup in a candle-quantized weight".into())),
+        }
+        Ok(())
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// One row of blocks to f32 (GGML's dequantization).
+pub fn dequantize_row(f: BlockFmt, blocks: &[u8], out: &mut [f32]) {
+    for (blk, o) in blocks.chunks_exact(f.bytes()).zip(out.chunks_exact_mut(QK)) {
+        match f {
+            BlockFmt::Q4_0 => {
+                let d = f16(blk);
+                for j in 0..16 {
+                    o[j] = ((blk[2 + j] & 15) as i32 - 8) as f32 * d;
+                    o[j + 16] = ((blk[2 + j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+            BlockFmt::Q4_1 => {
+                let (d, m) = (f16(blk), f16(&blk[2..]));
+                for j in 0..16 {
+                    o[j] = (blk[4 + j] & 15) as f32 * d + m;
+                    o[j + 16] = (blk[4 + j] >> 4) as f32 * d + m;
+                }
+            }
+            BlockFmt::Q8_0 => {
+                let d = f16(blk);
+                for j in 0..QK {
+                    o[j] = blk[2 + j] as i8 as f32 * d;
+                }
+            }
+        }
+    }
+}
+
+/// A row's 32 values quantized to 8 bits: `x ≈ d · q`, with `isum = Σ q`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(8))]
+pub struct Q8 {
+    pub d: f32,
+    pub isum: i32,
+    pub qs: [i8; QK],
+}
+
+/// Quantizes one row (`len % 32 == 0`) into blocks.
+pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut s = 0i32;
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+            s += *q as i32;
+        }
+        b.d = d;
+        b.isum = s;
+    }
+}
+
+/// The rows a matrix multiplies: `[n, cols]` f32, with their 8-bit form made on first need.
+pub struct Act<'a> {
+    pub x: &'a [f32],
+    pub n: usize,
+    pub cols: usize,
+    q8: std::cell::OnceCell<Vec<Q8>>,
+}
+
+impl<'a> Act<'a> {
+    pub fn new(x: &'a [f32], n: usize, cols: usize) -> Act<'a> {
+        debug_assert_eq!(x.len(), n * cols);
+        Act { x, n, cols, q8: Default::default() }
+    }
+    fn q8(&self) -> &[Q8] {
+        self.q8.get_or_init(|| {
+            let nb = self.cols / QK;
+            let mut v = vec![Q8 { d: 0.0, isum: 0, qs: [0; QK] }; self.n * nb];
+            v.par_chunks_mut(nb).zip(self.x.par_chunks(self.cols)).for_each(|(o, x)| quantize_row(x, o));
+            v
+        })
+    }
+}
+
+/// One row's low-rank term for a matrix call: `h = s·A x` (`r` values) and `(s·B)ᵀ`... here
+/// `bt` is `[r, rows]` row-major, so `y += Σ_j h_j bt_j`.
+pub struct LowRank<'a> {
+    pub h: &'a [f32],
+    pub bt: &'a [f32],
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Output rows per parallel task.
+const CHUNK: usize = 64;
+
+/// `y[t, o] = Σ_k x[t, k] w[o, k]` (+ the row's low-rank term), `y` is `[n, rows]`.
+pub fn matmul(w: &QWeight, act: &Act, lora: &[Option<LowRank>], y: &mut [f32]) -> Result<()> {
+    let (n, rows, cols) = (act.n, w.rows, w.cols);
+    if act.cols != cols || y.len() != n * rows || lora.len() != n {
+        return Err(Error::Model(format!("matmul of {n}x{} rows by a {rows}x{cols} weight", act.cols)));
+    }
+    if let Kind::Candle(m) = &w.kind {
+        // one row at a time: candle's batched kernels may order sums by batch shape
+        for t in 0..n {
+            let x = Tensor::from_slice(&act.x[t * cols..][..cols], (1, cols), &Device::Cpu)?;
+            let r = m.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            y[t * rows..][..rows].copy_from_slice(&r);
+        }
+        add_low_rank(lora, y, rows, 0, rows);
+        return Ok(());
+    }
+    let q8 = match &w.kind {
+        Kind::Blocks(..) => Some(act.q8()),
+        _ => None,
+    };
+    let yp = SendPtr(y.as_mut_ptr());
+    let yp = &yp;
+    let avx2 = has_avx2();
+    (0..rows.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+        let (o0, o1) = (c * CHUNK, ((c + 1) * CHUNK).min(rows));
+        // SAFETY: tasks write disjoint column ranges [o0, o1) of y's rows; y outlives the loop.
+        let y = unsafe { std::slice::from_raw_parts_mut(yp.0, n * rows) };
+        for o in o0..o1 {
+            let mut t = 0;
+            while t < n {
+                let g = (n - t).min(4);
+                let mut out = [0f32; 4];
+                match (&w.kind, q8) {
+                    (Kind::F32(v), _) => {
+                        let wr = &v[o * cols..][..cols];
+                        let xs: [&[f32]; 4] = std::array::from_fn(|i| &act.x[(t + i.min(g - 1)) * cols..][..cols]);
+                        if avx2 {
+                            // SAFETY: AVX2 and FMA were detected.
+                            unsafe { avx::dot_f32_x4(wr, &xs, g, &mut out) }
+                        } else {
+                            for i in 0..g {
+                                out[i] = dot_f32(wr, xs[i]);
+                            }
+                        }
+                    }
+                    (Kind::Blocks(f, b), Some(q)) => {
+                        let nb = cols / QK;
+                        let wr = &b[o * nb * f.bytes()..][..nb * f.bytes()];
+                        let xs: [&[Q8]; 4] = std::array::from_fn(|i| &q[(t + i.min(g - 1)) * nb..][..nb]);
+                        if avx2 {
+                            // SAFETY: AVX2 and FMA were detected.
+                            unsafe { avx::dot_q_x4(*f, wr, &xs, g, &mut out) }
+                        } else {
+                            for i in 0..g {
+                                out[i] = dot_q(*f, wr, xs[i]);
+                            }
+                        }
+                    }
+                    _ => unreachable!("candle weights return above"),
+                }
+                for i in 0..g {
+                    y[(t + i) * rows + o] = out[i];
+                }
+                t += g;
+            }
+        }
+        add_low_rank(lora, y, rows, o0, o1);
+    });
+    Ok(())
+}
+
+/// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term.
+fn add_low_rank(lora: &[Option<LowRank>], y: &mut [f32], rows: usize, o0: usize, o1: usize) {
+    for (t, l) in lora.iter().enumerate() {
+        let Some(l) = l else { continue };
+        let yt = &mut y[t * rows + o0..t * rows + o1];
+        for (j, hj) in l.h.iter().enumerate() {
+            for (yv, bv) in yt.iter_mut().zip(&l.bt[j * rows + o0..j * rows + o1]) {
+                *yv += hj * bv;
+            }
+        }
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *F.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Dot product in 8 lanes, summed in a fixed order (the portable build).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for (x, y) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for i in n8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// A weight row of blocks times an 8-bit row (the portable build).
+fn dot_q(f: BlockFmt, w: &[u8], x: &[Q8]) -> f32 {
+    let mut acc = 0f32;
+    for (blk, xb) in w.chunks_exact(f.bytes()).zip(x) {
+        match f {
+            BlockFmt::Q4_0 => {
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += ((blk[2 + j] & 15) as i32 - 8) * xb.qs[j] as i32 + ((blk[2 + j] >> 4) as i32 - 8) * xb.qs[j + 16] as i32;
+                }
+                acc += f16(blk) * xb.d * s as f32;
+            }
+            BlockFmt::Q4_1 => {
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += (blk[4 + j] & 15) as i32 * xb.qs[j] as i32 + (blk[4 + j] >> 4) as i32 * xb.qs[j + 16] as i32;
+                }
+                acc += f16(blk) * xb.d * s as f32 + f16(&blk[2..]) * xb.d * xb.isum as f32;
+            }
+            BlockFmt::Q8_0 => {
+                let s: i32 = (0..QK).map(|j| blk[2 + j] as i8 as i32 * xb.qs[j] as i32).sum();
+                acc += f16(blk) * xb.d * s as f32;
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::{f16, BlockFmt, Q8};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `out[i] = w · xs[i]` for `i < g`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32_x4(w: &[f32], xs: &[&[f32]; 4], g: usize, out: &mut [f32; 4]) {
+        let n = w.len();
+        let n8 = n / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut k = 0;
+        while k < n8 {
+            let wv = _mm256_loadu_ps(w.as_ptr().add(k));
+            for i in 0..4 {
+                if i < g {
+                    acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xs[i].as_ptr().add(k)), acc[i]);
+                }
+            }
+            k += 8;
+        }
+        for i in 0..g {
+            let mut s = hsum(acc[i]);
+            for j in n8..n {
+                s += w[j] * xs[i][j];
+            }
+            out[i] = s;
+        }
+    }
+
+    /// `out[i] = w · xs[i]` for `i < g`, `w` a row of blocks: each block's integer dot product
+    /// exact, scaled into an 8-lane accumulator.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q_x4(f: BlockFmt, w: &[u8], xs: &[&[Q8]; 4], g: usize, out: &mut [f32; 4]) {
+        let nb = w.len() / f.bytes();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut macc = [0f32; 4];
+        let ones = _mm256_set1_epi16(1);
+        let m4 = _mm_set1_epi8(15);
+        let eight = _mm256_set1_epi8(8);
+        for b in 0..nb {
+            let blk = w.as_ptr().add(b * f.bytes());
+            let d = f16(std::slice::from_raw_parts(blk, 2));
+            match f {
+                BlockFmt::Q4_1 => {
+                    let m = f16(std::slice::from_raw_parts(blk.add(2), 2));
+                    let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                    let lo = _mm_and_si128(raw, m4);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                    let wv = _mm256_set_m128i(hi, lo);
+                    for i in 0..4 {
+                        if i < g {
+                            let xb = &xs[i][b];
+                            let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
+                            macc[i] += m * xb.d * xb.isum as f32;
+                        }
+                    }
+                }
+                BlockFmt::Q4_0 | BlockFmt::Q8_0 => {
+                    let wv = if f == BlockFmt::Q4_0 {
+                        let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                        let lo = _mm_and_si128(raw, m4);
+                        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight)
+                    } else {
+                        _mm256_loadu_si256(blk.add(2) as *const __m256i)
+                    };
+                    let aw = _mm256_sign_epi8(wv, wv);
+                    for i in 0..4 {
+                        if i < g {
+                            let xb = &xs[i][b];
+                            let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+                            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..g {
+            out[i] = hsum(acc[i]) + macc[i];
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx {
+    use super::{BlockFmt, Q8};
+    pub unsafe fn dot_f32_x4(_: &[f32], _: &[&[f32]; 4], _: usize, _: &mut [f32; 4]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_q_x4(_: BlockFmt, _: &[u8], _: &[&[Q8]; 4], _: usize, _: &mut [f32; 4]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+}
+

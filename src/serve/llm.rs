@@ -1,0 +1,316 @@
+//! Continuous batching for generation. One scheduler thread owns the decoder: each step runs one
+//! forward over every running sequence (a prompt chunk for those being prefilled, one token for
+//! the rest), each row on its own adapter and cache. Requests wait in a bounded queue and are
+//! admitted between steps when a running slot and their whole KV reservation are free; a
+//! sequence leaves the batch the step it finishes or its client goes away, and its cache goes
+//! back to the budget. Owns admission, stepping and per-sequence events; HTTP parsing and
+//! response shapes live in `openai`.
+
+use super::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::model::decoder::{Decoder, Row};
+use crate::model::generation::{Event, Finish, SamplingParams, Sequence};
+use crate::model::kv_cache::KvBudget;
+use crate::model::lora::LoadedAdapter;
+use crate::model::Tok;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the scheduler sends a request, in order: tokens, then one `Done` or `Error`.
+#[derive(Debug)]
+pub enum GenEvent {
+    Token { id: u32, text: String },
+    Done { id: Option<u32>, text: String, finish: Finish, prompt_tokens: usize, completion_tokens: usize },
+    Error(String),
+}
+
+pub struct GenRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub adapter: Option<Arc<LoadedAdapter>>,
+    pub events: UnboundedSender<GenEvent>,
+}
+
+/// Why a request was not queued.
+#[derive(Debug)]
+pub enum Refused {
+    /// It can never run here (context or KV budget); a 400.
+    TooLarge(String),
+    /// The wait queue is full; a 503.
+    QueueFull,
+    /// The scheduler is gone; a 503 with the reason.
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_running: usize,
+    pub max_waiting: usize,
+    pub kv_bytes: usize,
+    /// Prompt tokens fed per step across all prefilling sequences (decode rows always run).
+    pub prefill_tokens: usize,
+}
+
+struct Waiting {
+    req: GenRequest,
+    bytes: usize,
+    positions: usize,
+    since: Instant,
+}
+
+struct Queue {
+    q: VecDeque<Waiting>,
+    closed: bool,
+}
+
+/// The handle the HTTP side holds.
+pub struct Llm {
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    pub budget: KvBudget,
+    pub running: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
+    limits: Limits,
+    max_positions: usize,
+    bytes_per_token: usize,
+}
+
+impl Llm {
+    /// Starts the scheduler thread.
+    pub fn start(dec: Arc<Decoder>, tok: Arc<Tok>, limits: Limits, metrics: Arc<Metrics>) -> Result<Llm> {
+        let queue = Arc::new((Mutex::new(Queue { q: VecDeque::new(), closed: false }), Condvar::new()));
+        let budget = KvBudget::new(limits.kv_bytes);
+        let running = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicBool::new(true));
+        let llm = Llm {
+            queue: queue.clone(),
+            budget: budget.clone(),
+            running: running.clone(),
+            alive: alive.clone(),
+            limits,
+            max_positions: dec.max_positions(),
+            bytes_per_token: dec.kv_bytes_per_token(),
+        };
+        let s = Scheduler { dec, tok, queue, budget, running, limits, metrics, seqs: vec![] };
+        std::thread::Builder::new()
+            .name("loradex-scheduler".into())
+            .spawn(move || {
+                let _alive = AliveGuard(alive);
+                s.run()
+            })
+            .map_err(|e| Error::io("scheduler thread", e))?;
+        Ok(llm)
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.queue.0.lock().map(|q| q.q.len()).unwrap_or(0)
+    }
+
+    /// Checks that a request can ever run, then queues it.
+    pub fn submit(&self, req: GenRequest) -> std::result::Result<(), Refused> {
+        if !self.alive.load(Ordering::Acquire) {
+            return Err(Refused::Stopped);
+        }
+        let (p, m) = (req.prompt.len(), req.params.max_tokens);
+        if p + m > self.max_positions {
+            return Err(Refused::TooLarge(format!(
+                "the prompt ({p} tokens) plus max_tokens ({m}) exceeds the context length ({})",
+                self.max_positions
+            )));
+        }
+        let positions = Sequence::positions_needed(p, m, self.max_positions);
+        let bytes = positions * self.bytes_per_token;
+        if bytes > self.budget.total() {
+            return Err(Refused::TooLarge(format!(
+                "this request needs {bytes} bytes of KV cache ({positions} positions); the budget is {} (--kv-cache-bytes)",
+                self.budget.total()
+            )));
+        }
+        let (lock, cv) = &*self.queue;
+        let mut q = lock.lock().map_err(|_| Refused::Stopped)?;
+        if q.closed {
+            return Err(Refused::Stopped);
+        }
+        if q.q.len() >= self.limits.max_waiting {
+            return Err(Refused::QueueFull);
+        }
+        q.q.push_back(Waiting { req, bytes, positions, since: Instant::now() });
+        cv.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Llm {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.queue.0.lock() {
+            q.closed = true;
+        }
+        self.queue.1.notify_all();
+    }
+}
+
+struct AliveGuard(Arc<AtomicBool>);
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+struct Running {
+    seq: Sequence,
+    adapter: Option<Arc<LoadedAdapter>>,
+    events: UnboundedSender<GenEvent>,
+    since: Instant,
+    last: Option<Instant>,
+}
+
+struct Scheduler {
+    dec: Arc<Decoder>,
+    tok: Arc<Tok>,
+    queue: Arc<(Mutex<Queue>, Condvar)>,
+    budget: KvBudget,
+    running: Arc<AtomicUsize>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    seqs: Vec<Running>,
+}
+
+impl Scheduler {
+    fn run(mut self) {
+        loop {
+            if !self.admit() {
+                return;
+            }
+            if self.seqs.is_empty() {
+                continue;
+            }
+            self.step();
+            self.running.store(self.seqs.len(), Ordering::Release);
+        }
+    }
+
+    /// Moves waiting requests into the batch while a slot and their KV reservation are free
+    /// (first come, first served). Blocks while there is nothing to do. False once closed.
+    fn admit(&mut self) -> bool {
+        let (lock, cv) = &*self.queue;
+        let Ok(mut q) = lock.lock() else { return false };
+        while self.seqs.is_empty() && q.q.is_empty() {
+            if q.closed {
+                return false;
+            }
+            q = match cv.wait_timeout(q, Duration::from_millis(200)) {
+                Ok((g, _)) => g,
+                Err(_) => return false,
+            };
+        }
+        // requests whose client left while they waited
+        q.q.retain(|w| !w.req.events.is_closed());
+        while self.seqs.len() < self.limits.max_running.max(1) {
+            let Some(front) = q.q.front() else { break };
+            let Some(res) = self.budget.try_reserve(front.bytes) else { break };
+            let w = q.q.pop_front().expect("front exists");
+            let cache = self.dec.cache(w.positions, Some(res));
+            match Sequence::new(w.req.prompt, w.req.params, cache, self.dec.eos.clone(), self.dec.max_positions()) {
+                Ok(seq) => self.seqs.push(Running { seq, adapter: w.req.adapter, events: w.req.events, since: w.since, last: None }),
+                Err(e) => {
+                    let _ = w.req.events.send(GenEvent::Error(e.to_string()));
+                }
+            }
+        }
+        self.metrics.llm_waiting.store(q.q.len(), Ordering::Relaxed);
+        true
+    }
+
+    fn step(&mut self) {
+        // cancelled clients leave before the forward
+        self.seqs.retain(|r| !r.events.is_closed());
+        if self.seqs.is_empty() {
+            return;
+        }
+        let mut budget = self.limits.prefill_tokens.max(1);
+        let mut inputs: Vec<(usize, Vec<u32>)> = vec![];
+        for (i, r) in self.seqs.iter().enumerate() {
+            if r.seq.prefilling() {
+                if budget == 0 {
+                    continue;
+                }
+                let t = r.seq.next_input(budget).to_vec();
+                budget -= t.len();
+                inputs.push((i, t));
+            } else {
+                inputs.push((i, r.seq.next_input(1).to_vec()));
+            }
+        }
+        let t0 = Instant::now();
+        let result = {
+            let mut rows: Vec<Row> = vec![];
+            let mut it = inputs.iter().peekable();
+            for (i, r) in self.seqs.iter_mut().enumerate() {
+                if let Some((_, toks)) = it.next_if(|(j, _)| *j == i) {
+                    rows.push(Row { tokens: toks, cache: &mut r.seq.cache, adapter: r.adapter.as_deref() });
+                }
+            }
+            self.dec.step(&mut rows)
+        };
+        let fed: usize = inputs.iter().map(|(_, t)| t.len()).sum();
+        self.metrics.llm_steps.fetch_add(1, Ordering::Relaxed);
+        self.metrics.llm_step_rows.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        self.metrics.llm_step_tokens.fetch_add(fed as u64, Ordering::Relaxed);
+        let _ = t0;
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("generation failed: {e}");
+                let failed: Vec<usize> = inputs.iter().map(|(i, _)| *i).collect();
+                for &i in failed.iter().rev() {
+                    let r = self.seqs.remove(i);
+                    let _ = r.events.send(GenEvent::Error(msg.clone()));
+                }
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut done = vec![];
+        for ((i, toks), l) in inputs.iter().zip(&logits) {
+            let r = &mut self.seqs[*i];
+            let ev = match r.seq.accept(&self.tok, toks.len(), l) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let _ = r.events.send(GenEvent::Error(e.to_string()));
+                    done.push(*i);
+                    continue;
+                }
+            };
+            let out = match ev {
+                Event::Pending => continue,
+                Event::Token { id, text } => GenEvent::Token { id, text },
+                Event::Done { id, text, finish } => {
+                    done.push(*i);
+                    GenEvent::Done { id, text, finish, prompt_tokens: r.seq.prompt.len(), completion_tokens: r.seq.generated.len() }
+                }
+            };
+            if !matches!(out, GenEvent::Done { id: None, .. }) {
+                self.metrics.llm_tokens.fetch_add(1, Ordering::Relaxed);
+                match r.last {
+                    None => self.metrics.ttft.observe(now.duration_since(r.since).as_secs_f64()),
+                    Some(t) => self.metrics.itl.observe(now.duration_since(t).as_secs_f64()),
+                }
+                r.last = Some(now);
+            }
+            if r.events.send(out).is_err() && !done.contains(i) {
+                done.push(*i); // the client is gone: free its slot now
+            }
+        }
+        done.sort_unstable();
+        done.dedup();
+        for &i in done.iter().rev() {
+            self.seqs.remove(i);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The CPU decoder and generation: PEFT parity of logits and greedy ids, batch invariance of a
+//! continuous batch over several adapters, GGUF bases written here (f32 exactly, quantized
+//! within a bound), the tokenizer built from GGUF metadata, seeded sampling, stop strings.
+
+use super::common::*;
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use loradex::base::BaseDir;
+use loradex::model::decoder::Row;
+use loradex::model::generation::{Event, Finish, SamplingParams, Sequence};
+use loradex::model::gguf::LoadDtype;
+use loradex::model::lora::LoadedAdapter;
+use loradex::model::{Engine, Prompt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn cpu_engine(dir: &Path) -> Engine {
+    Engine::load(BaseDir::open(dir.to_str().unwrap()).unwrap(), Device::Cpu).unwrap()
+}
+
+fn load_adapter(e: &Engine, dir: &Path) -> Arc<LoadedAdapter> {
+    let f = loradex::peft::read_dir(dir).unwrap();
+    e.adapter(&dir.display().to_string(), &f.config_bytes, &f.weights_bytes, vec![]).unwrap()
+}
+
+/// The fixture adapter with every weight multiplied by `k`: another adapter of the same shape.
+fn scaled_adapter(tmp: &Path, k: f32) -> PathBuf {
+    let d = tmp.join(format!("scaled{k}"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(llama().join("adapter/adapter_config.json"), d.join("adapter_config.json")).unwrap();
+    let mut w = std::fs::read(llama().join("adapter/adapter_model.safetensors")).unwrap();
+    let (h, _) = loradex::peft::safetensors::read_header(&w, "x").unwrap();
+    for c in w[8 + h..].chunks_exact_mut(4) {
+        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * k;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(d.join("adapter_model.safetensors"), &w).unwrap();
+    d
+}
+
+/// Per-position logits of one token row fed `chunk` tokens per step.
+fn position_logits(e: &Engine, ids: &[u32], adapter: Option<&LoadedAdapter>, chunk: usize) -> Vec<Vec<f32>> {
+    let dec = e.decoder.as_ref().expect("a CPU decoder");
+    let mut cache = dec.cache(ids.len(), None);
+    let mut out = vec![];
+    // chunk 1 gives every position's logits; larger chunks give each chunk's last
+    for c in ids.chunks(chunk) {
+        let l = dec.step(&mut [Row { tokens: c, cache: &mut cache, adapter }]).unwrap();
+        out.push(l.into_iter().next().unwrap());
+    }
+    out
+}
+
+fn valid_rows(exp: &std::collections::HashMap<String, Tensor>) -> Vec<Vec<u32>> {
+    let ids = ids_rows(&exp["input_ids"]);
+    let mask = ids_rows(&exp["attention_mask"]);
+    ids.into_iter().zip(mask).map(|(i, m)| i.into_iter().zip(m).filter(|(_, m)| *m == 1).map(|(i, _)| i).collect()).collect()
+}
+
+#[test]
+fn the_decoder_reproduces_peft_logits_and_greedy_ids() {
+    let case = llama();
+    let (tol, exp) = (atol(&case), expected(&case));
+    let e = cpu_engine(&case.join("base"));
+    let a = load_adapter(&e, &case.join("adapter"));
+    for (want, ad) in [("base_logits", None), ("lora_logits", Some(a.as_ref()))] {
+        for (r, ids) in valid_rows(&exp).iter().enumerate() {
+            let got = position_logits(&e, ids, ad, 1);
+            for (p, g) in got.iter().enumerate() {
+                let w = exp[want].get(r).unwrap().get(p).unwrap().to_vec1::<f32>().unwrap();
+                let d = max_abs_diff(g, &w);
+                assert!(d <= tol, "{want}: row {r} position {p} differs by {d}");
+            }
+            // a prompt fed whole, or in chunks, ends on the same logits, bit for bit
+            let whole = position_logits(&e, ids, ad, ids.len());
+            let chunked = position_logits(&e, ids, ad, 3);
+            assert_eq!(whole.last(), got.last(), "{want}: row {r}: one prefill step vs token by token");
+            assert_eq!(chunked.last(), got.last(), "{want}: row {r}: chunked prefill");
+        }
+    }
+    let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
+    let want = ids_rows(&exp["greedy_ids"])[0].clone();
+    let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
+    let g = e.generate(prompt.clone(), params, Some(a.clone()), &mut |_| {}).unwrap();
+    assert_eq!([g.prompt_ids.clone(), g.new_ids.clone()].concat(), want, "greedy ids");
+    // the candle forward (used on accelerators) agrees
+    let mut merged = cpu_engine(&case.join("base"));
+    merged.merge(&a, 1.0).unwrap();
+    assert!(merged.decoder.is_none(), "a merge drops the decoder's stale copies");
+    let g2 = merged.generate(prompt, SamplingParams { max_tokens: want.len() - g.prompt_ids.len(), ..Default::default() }, None, &mut |_| {}).unwrap();
+    assert_eq!(g2.new_ids, g.new_ids, "merged (candle) vs unmerged (decoder) greedy ids");
+}
+
+/// Drives sequences as the server does: sequence `i` joins at step `join[i]`, prompts are fed
+/// `chunk` tokens a step, and every step is one forward over all running rows.
+fn continuous(e: &Engine, reqs: &[(Vec<u32>, Option<Arc<LoadedAdapter>>, SamplingParams)], join: &[usize], chunk: usize) -> Vec<(Vec<u32>, String)> {
+    let dec = e.decoder.as_ref().unwrap();
+    let tok = e.tok().unwrap();
+    let mut seqs: Vec<Option<Sequence>> = (0..reqs.len()).map(|_| None).collect();
+    let mut out: Vec<Option<(Vec<u32>, String)>> = vec![None; reqs.len()];
+    let mut step = 0;
+    while out.iter().any(Option::is_none) {
+        for (i, (p, _, params)) in reqs.iter().enumerate() {
+            if join[i] == step {
+                let cap = Sequence::positions_needed(p.len(), params.max_tokens, dec.max_positions());
+                seqs[i] = Some(Sequence::new(p.clone(), params.clone(), dec.cache(cap, None), dec.eos.clone(), dec.max_positions()).unwrap());
+            }
+        }
+        let active: Vec<usize> = (0..reqs.len()).filter(|&i| seqs[i].is_some()).collect();
+        if !active.is_empty() {
+            let inputs: Vec<Vec<u32>> = active.iter().map(|&i| seqs[i].as_ref().unwrap().next_input(chunk).to_vec()).collect();
+            let logits = {
+                let mut rows = vec![];
+                let mut it = active.iter().zip(&inputs).peekable();
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    if let Some((_, inp)) = it.next_if(|(j, _)| **j == i) {
+                        rows.push(Row { tokens: inp, cache: &mut s.as_mut().unwrap().cache, adapter: reqs[i].1.as_deref() });
+                    }
+                }
+                dec.step(&mut rows).unwrap()
+            };
+            for ((&i, inp), l) in active.iter().zip(&inputs).zip(&logits) {
+                let s = seqs[i].as_mut().unwrap();
+                if let Event::Done { .. } = s.accept(tok, inp.len(), l).unwrap() {
+                    out[i] = Some((s.generated.clone(), s.text().to_string()));
+                    seqs[i] = None;
+                }
+            }
+        }
+        step += 1;
+    }
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn a_continuous_batch_over_three_adapters_and_none_gives_each_sequence_its_solo_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = cpu_engine(&llama().join("base"));
+    let adapters: Vec<Option<Arc<LoadedAdapter>>> = vec![
+        Some(load_adapter(&e, &llama().join("adapter"))),
+        Some(load_adapter(&e, &scaled_adapter(tmp.path(), -1.5))),
+        Some(load_adapter(&e, &scaled_adapter(tmp.path(), 3.0))),
+        None,
+    ];
+    let texts = case_json(&llama())["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let mut reqs = vec![];
+    for i in 0..8 {
+        let ids = e.prompt_ids(&Prompt::Text(texts[i % texts.len()].clone())).unwrap();
+        let params = SamplingParams { max_tokens: 6 + i % 5, temperature: if i % 3 == 2 { 0.9 } else { 0.0 }, seed: Some(i as u64), ..Default::default() };
+        reqs.push((ids, adapters[i % adapters.len()].clone(), params));
+    }
+    let alone: Vec<_> = reqs.iter().map(|r| continuous(&e, std::slice::from_ref(r), &[0], usize::MAX)[0].clone()).collect();
+    let together = continuous(&e, &reqs, &[0, 0, 1, 2, 2, 3, 5, 7], 2);
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a, t, "sequence {i}: alone vs in the batch");
+    }
+    // the adapters really differ, so the check is not vacuous
+    let firsts: std::collections::BTreeSet<_> = alone[..4].iter().map(|(ids, _)| ids.clone()).collect();
+    assert!(firsts.len() >= 3, "adapters should change the output: {alone:?}");
+}
+
+#[test]
+fn seeded_sampling_repeats_and_stop_strings_end_the_text() {
+    let e = cpu_engine(&llama().join("base"));
+    let prompt = e.prompt_ids(&Prompt::Text("thank you for the quick help".into())).unwrap();
+    let sampled = |seed| {
+        let p = SamplingParams { max_tokens: 20, temperature: 1.0, top_p: 0.95, top_k: 50, seed: Some(seed), ..Default::default() };
+        e.generate(prompt.clone(), p, None, &mut |_| {}).unwrap()
+    };
+    let (a, b, c) = (sampled(1), sampled(1), sampled(2));
+    assert_eq!(a.new_ids, b.new_ids, "same seed, same tokens");
+    assert_ne!(a.new_ids, c.new_ids, "another seed should differ somewhere in 20 tokens");
+    // a stop string taken from the middle of the greedy text
+    let free = e.generate(prompt.clone(), SamplingParams { max_tokens: 24, ..Default::default() }, None, &mut |_| {}).unwrap();
+    let chars: Vec<char> = free.text.chars().collect();
+    assert!(chars.len() > 6, "need some text to cut: {:?}", free.text);
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let mut streamed = String::new();
+    let cut = e
+        .generate(prompt, SamplingParams { max_tokens: 24, stop: vec![stop.clone()], ..Default::default() }, None, &mut |ev| match ev {
+            Event::Token { text, .. } | Event::Done { text, .. } => streamed.push_str(text),
+            Event::Pending => {}
+        })
+        .unwrap();
+    let at = free.text.find(&stop).unwrap();
+    assert_eq!(cut.text, free.text[..at], "the text ends before the stop string {stop:?}");
+    assert_eq!(streamed, cut.text, "streamed pieces concatenate to the text");
+    assert_eq!(cut.finish_reason, Finish::Stop);
+    assert!(cut.new_ids.len() < free.new_ids.len(), "generation stopped at the stop string");
+}
+
+/// llama.cpp's row order for `q`/`k`: the inverse of loradex's `unpermute_rows`.
+fn to_gguf_rows(t: &Tensor, heads: usize) -> Tensor {
+    let rows = t.dims()[0];
+    let perm = loradex::model::gguf::unpermute_rows(rows, heads).unwrap();
+    let mut inv = vec![0u32; rows];
+    for (hf, &g) in perm.iter().enumerate() {
+        inv[g] = hf as u32;
+    }
+    t.index_select(&Tensor::new(inv, &Device::Cpu).unwrap(), 0).unwrap()
+}
+
+/// Writes the fixture Llama base as a GGUF file as llama.cpp's converter would, with its
+/// projections in `dtype`.
+fn write_gguf(out: &Path, dtype: GgmlDType) {
+    use gguf_file::Value as V;
+    let base = llama().join("base");
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let u = |k: &str| cfg[k].as_u64().unwrap() as u32;
+    let (heads, kv) = (u("num_attention_heads") as usize, u("num_key_value_heads") as usize);
+    let tensors = candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut q = vec![];
+    for (name, t) in &tensors {
+        let g = match name.as_str() {
+            "model.embed_tokens.weight" => "token_embd.weight".to_string(),
+            "model.norm.weight" => "output_norm.weight".to_string(),
+            "lm_head.weight" => "output.weight".to_string(),
+            n => {
+                let rest = n.strip_prefix("model.layers.").unwrap();
+                let (l, m) = rest.split_once('.').unwrap();
+                let short = match m {
+                    "input_layernorm.weight" => "attn_norm",
+                    "post_attention_layernorm.weight" => "ffn_norm",
+                    "self_attn.q_proj.weight" => "attn_q",
+                    "self_attn.k_proj.weight" => "attn_k",
+                    "self_attn.v_proj.weight" => "attn_v",
+                    "self_attn.o_proj.weight" => "attn_output",
+                    "mlp.gate_proj.weight" => "ffn_gate",
+                    "mlp.up_proj.weight" => "ffn_up",
+                    "mlp.down_proj.weight" => "ffn_down",
+                    other => panic!("unexpected tensor {other}"),
+                };
+                format!("blk.{l}.{short}.weight")
+            }
+        };
+        let t = if g.ends_with("attn_q.weight") {
+            to_gguf_rows(t, heads)
+        } else if g.ends_with("attn_k.weight") {
+            to_gguf_rows(t, kv)
+        } else {
+            t.clone()
+        };
+        let dt = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
+        q.push((g, QTensor::quantize(&t, dt).unwrap()));
+    }
+    let tj: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("tokenizer.json")).unwrap()).unwrap();
+    let mut tokens = vec![String::new(); u("vocab_size") as usize];
+    for (t, id) in tj["model"]["vocab"].as_object().unwrap() {
+        tokens[id.as_u64().unwrap() as usize] = t.clone();
+    }
+    let special: Vec<u64> = tj["added_tokens"].as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+    for a in tj["added_tokens"].as_array().unwrap() {
+        tokens[a["id"].as_u64().unwrap() as usize] = a["content"].as_str().unwrap().to_string();
+    }
+    let merges: Vec<V> = tj["model"]["merges"].as_array().unwrap().iter().map(|m| V::String(format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))).collect();
+    let types: Vec<V> = (0..tokens.len()).map(|i| V::I32(if special.contains(&(i as u64)) { 3 } else { 1 })).collect();
+    let rope = cfg["rope_parameters"]["rope_theta"].as_f64().unwrap() as f32;
+    let md: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("llama.block_count", V::U32(u("num_hidden_layers"))),
+        ("llama.context_length", V::U32(u("max_position_embeddings"))),
+        ("llama.embedding_length", V::U32(u("hidden_size"))),
+        ("llama.feed_forward_length", V::U32(u("intermediate_size"))),
+        ("llama.attention.head_count", V::U32(heads as u32)),
+        ("llama.attention.head_count_kv", V::U32(kv as u32)),
+        ("llama.attention.key_length", V::U32(u("head_dim"))),
+        ("llama.rope.freq_base", V::F32(rope)),
+        ("llama.attention.layer_norm_rms_epsilon", V::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32)),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.pre", V::String("default".into())),
+        ("tokenizer.ggml.tokens", V::Array(tokens.into_iter().map(V::String).collect())),
+        ("tokenizer.ggml.merges", V::Array(merges)),
+        ("tokenizer.ggml.token_type", V::Array(types)),
+        ("tokenizer.ggml.bos_token_id", V::U32(u("bos_token_id"))),
+        ("tokenizer.ggml.eos_token_id", V::U32(u("eos_token_id"))),
+        ("tokenizer.ggml.add_bos_token", V::Bool(true)),
+        ("tokenizer.chat_template", V::String("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into())),
+    ];
+    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let tr: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out).unwrap();
+    gguf_file::write(&mut f, &mdr, &tr).unwrap();
+}
+
+#[test]
+fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_quantized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = llama();
+    let st = cpu_engine(&case.join("base"));
+    let a_st = load_adapter(&st, &case.join("adapter"));
+    let exp = expected(&case);
+    let rows = valid_rows(&exp);
+    let texts = case_json(&case)["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let f32_path = tmp.path().join("tiny-f32.gguf");
+    write_gguf(&f32_path, GgmlDType::F32);
+    let gb = BaseDir::open(f32_path.to_str().unwrap()).unwrap();
+    let g = Engine::load_with(gb.clone(), Device::Cpu, LoadDtype::F32).unwrap();
+    // the tokenizer from GGUF metadata tokenizes as the fixture's tokenizer.json
+    for (t, want) in texts.iter().zip(&rows) {
+        assert_eq!(&g.prompt_ids(&Prompt::Text(t.clone())).unwrap(), want, "token ids of {t:?}");
+    }
+    let a_g = load_adapter(&g, &case.join("adapter"));
+    for ids in &rows {
+        for ad in [None, Some((&a_st, &a_g))] {
+            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
+            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
+            assert_eq!(got, want, "f32 GGUF vs safetensors, bit for bit");
+        }
+    }
+    // the base's shapes come from the file, so adapters import against it; its fingerprint is
+    // not the safetensors base's
+    let home = tmp.path().join("home");
+    import(&home, &case.join("adapter"), "gg/qkvo", &f32_path);
+    let fp = |b: &BaseDir| b.fingerprint().unwrap();
+    assert_ne!(fp(&gb), fp(&BaseDir::open_dir(&case.join("base")).unwrap()));
+    // the chat template travels in the metadata
+    let chat = g.chat.as_ref().expect("a chat template");
+    let m = vec![loradex::model::chat::Message { role: "user".into(), content: "hi".into() }];
+    assert_eq!(chat.render(&m, true).unwrap(), "<|user|>hi\n<|assistant|>");
+    // quantized: projections stay in GGML blocks; logits within a bound of f32
+    for (dt, bound) in [(GgmlDType::Q8_0, 0.02f32), (GgmlDType::Q4_1, 0.25), (GgmlDType::Q4_0, 0.3)] {
+        let p = tmp.path().join(format!("tiny-{dt:?}.gguf"));
+        write_gguf(&p, dt);
+        let q = Engine::load(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu).unwrap();
+        let dec = q.decoder.as_ref().unwrap();
+        assert_eq!(dec.weight_format(), format!("{dt:?}"));
+        let a_q = load_adapter(&q, &case.join("adapter"));
+        let mut worst = 0f32;
+        for ids in &rows {
+            let want = position_logits(&st, ids, Some(&a_st), 1);
+            let got = position_logits(&q, ids, Some(&a_q), 1);
+            for (gv, wv) in got.iter().zip(&want) {
+                worst = worst.max(max_abs_diff(gv, wv));
+            }
+        }
+        assert!(worst <= bound, "{dt:?}: logits differ by {worst} > {bound}");
+        assert!(worst > 0.0, "{dt:?}: quantization should change something");
+    }
+}
+
+#[test]
+fn malformed_decoder_configs_are_errors_naming_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = llama().join("base");
+    for (key, val, want) in [
+        ("num_attention_heads", serde_json::json!(0), "num_attention_heads"),
+        ("num_key_value_heads", serde_json::json!(3), "num_key_value_heads"),
+        ("hidden_size", serde_json::json!(48), "shape"),
+    ] {
+        let d = tmp.path().join(key);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(base.join(f), d.join(f)).unwrap();
+        }
+        let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+        cfg[key] = val;
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+        let err = match Engine::load(BaseDir::open_dir(&d).unwrap(), Device::Cpu) {
+            Ok(_) => panic!("{key}: loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(want), "{key}: {err}");
+    }
+}
