@@ -149,3 +149,31 @@ pub fn sentiment_data(n: usize, seed: u64) -> Vec<(String, &'static str)> {
         })
         .collect()
 }
+
+/// A random LoRA adapter (rank `r`, `lora_alpha = 2r`) on every projection of a decoder,
+/// resident in memory: for benchmarks of serving many adapters.
+pub fn decoder_adapter(dec: &crate::model::decoder::Decoder, r: usize, seed: u64) -> Result<crate::model::lora::LoadedAdapter> {
+    use crate::model::decoder::SLOTS;
+    use crate::model::lora::{LoadedAdapter, LoraPair};
+    use candle_core::{Device, Tensor};
+    let (h, q, kv, i) = (dec.hidden, dec.n_heads * dec.head_dim, dec.kv_dim(), dec.inter);
+    let shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]; // (in, out)
+    let mut rng = Rng::new(seed);
+    let mut modules = HashMap::new();
+    let mut bytes = 0;
+    for l in 0..dec.layers() {
+        for (slot, (d_in, d_out)) in SLOTS.iter().zip(shapes) {
+            let a: Vec<f32> = (0..r * d_in).map(|_| rng.normal(0.02)).collect();
+            let b: Vec<f32> = (0..d_out * r).map(|_| rng.normal(0.02)).collect();
+            bytes += (a.len() + b.len()) * 4;
+            let pair = LoraPair {
+                a: Tensor::from_vec(a, (r, d_in), &Device::Cpu)?,
+                b: Tensor::from_vec(b, (d_out, r), &Device::Cpu)?,
+                scale: 2.0,
+                host: Some(Default::default()),
+            };
+            modules.insert(format!("model.layers.{l}.{slot}"), pair);
+        }
+    }
+    Ok(LoadedAdapter { id: format!("synthetic-{seed}"), modules, saved: HashMap::new(), labels: vec![], bytes, flat: Default::default() })
+}

@@ -66,6 +66,26 @@ pub enum Which {
         #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
         base: String,
     },
+    /// Generation: single-stream decode, N concurrent streams, 32 adapters vs one, TTFT;
+    /// with --llamacpp, llama.cpp on the same GGUF in the same run
+    Generate {
+        #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        base: String,
+        /// GGUF bases: native or f32
+        #[arg(long, default_value = "native")]
+        dtype: String,
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, value_delimiter = ',', default_value = "16,32")]
+        streams: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// A Python with llama-cpp-python: also runs --llamacpp-script
+        #[arg(long)]
+        llamacpp: Option<PathBuf>,
+        #[arg(long, default_value = "benches/llamacpp_generate.py")]
+        llamacpp_script: PathBuf,
+    },
     /// HTTP load: 32 concurrent clients over 16 adapters vs 1 adapter
     Serve {
         #[arg(long)]
@@ -152,6 +172,9 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
         }
         Which::Embed { base } => bench_embed(&base)?,
         Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
+        Which::Generate { base, dtype, tokens, streams, reps, llamacpp, llamacpp_script } => {
+            super::bench_generate::run(super::bench_generate::Args { base, dtype: dtype.parse()?, tokens, streams, reps, llamacpp, llamacpp_script })?
+        }
     }
     Ok(0)
 }

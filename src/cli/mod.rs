@@ -2,6 +2,7 @@
 //! (human tables, or `--json`). The only place (with `bench`) that writes to stdout/stderr.
 
 mod bench;
+mod bench_generate;
 
 use clap::{Parser, Subcommand};
 use loradex::adapters;

@@ -10,7 +10,7 @@
 use super::kv_cache::{bytes_per_token, SeqCache};
 use super::llama::Config;
 use super::lora::LoadedAdapter;
-use super::quant::{dot_f32, matmul, Act, LowRank, QWeight};
+use super::quant::{axpy, dot_f32, matmul, Act, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -131,7 +131,8 @@ impl Decoder {
     /// rows' caches, and returns each row's logits for its last token. On error no cache has
     /// changed.
     pub fn step(&self, rows: &mut [Row]) -> Result<Vec<Vec<f32>>> {
-        let r = self.forward(rows);
+        // on a pool thread, so the forward's many small parallel loops do not each cross threads
+        let r = rayon::scope(|_| self.forward(rows));
         for row in rows.iter_mut() {
             if r.is_err() {
                 row.cache.rollback();
@@ -215,7 +216,7 @@ impl Decoder {
             {
                 let caches: Vec<(&[f32], &[f32])> = rows.iter().map(|r| (r.cache.k[li].as_slice(), r.cache.v[li].as_slice())).collect();
                 let (q, tok_row, tok_pos) = (&q, &tok_row, &tok_pos);
-                attn.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+                let one = |(i, out): (usize, &mut [f32])| {
                     let (t, head) = (i / nh, i % nh);
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
@@ -231,12 +232,16 @@ impl Decoder {
                     }
                     out.fill(0.0);
                     for (j, e) in (lo..=p).zip(&s) {
-                        let w = e / sum;
-                        for (o, vv) in out.iter_mut().zip(&vc[j * kvd + off..][..hd]) {
-                            *o += w * vv;
-                        }
+                        axpy(e / sum, &vc[j * kvd + off..][..hd], out);
                     }
-                });
+                };
+                // each (token, head) is independent; small steps stay on this thread
+                let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();
+                if work > 1 << 16 {
+                    attn.par_chunks_mut(hd).enumerate().for_each(one);
+                } else {
+                    attn.chunks_mut(hd).enumerate().for_each(one);
+                }
             }
             {
                 let act = Act::new(&attn, n, nh * hd);
@@ -249,7 +254,7 @@ impl Decoder {
                 self.linear(l, 4, &act, &adapters, &mut g)?;
                 self.linear(l, 5, &act, &adapters, &mut u)?;
             }
-            g.par_iter_mut().zip(u.par_iter()).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
             {
                 let act = Act::new(&g, n, self.inter);
                 self.linear(l, 6, &act, &adapters, &mut tmp)?;
@@ -314,7 +319,7 @@ impl Decoder {
 
 /// RMSNorm of each `h`-wide row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize) {
-    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, xr)| {
+    out.chunks_mut(h).zip(x.chunks(h)).for_each(|(o, xr)| {
         let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
         let r = 1.0 / (ms + eps).sqrt();
         for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {

@@ -13,6 +13,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod lora;
 pub mod quant;
+pub mod qx8;
 
 use crate::base::{Arch, BaseDir};
 use crate::error::{Error, IoContext, Result};

@@ -43,6 +43,8 @@ impl BlockFmt {
 enum Kind {
     F32(Vec<f32>),
     Blocks(BlockFmt, Vec<u8>),
+    /// Blocks repacked eight rows at a time (`qx8`), on CPUs with AVX2.
+    X8(BlockFmt, Vec<u8>),
     Candle(QMatMul),
 }
 
@@ -71,6 +73,10 @@ impl QWeight {
         if !cols.is_multiple_of(QK) || data.len() != rows * cols / QK * fmt.bytes() {
             return Err(Error::Model(format!("{fmt:?} weight of {} bytes for {rows}x{cols}", data.len())));
         }
+        if has_avx2() && rows.is_multiple_of(8) {
+            let x8 = super::qx8::repack(fmt, rows, cols, &data);
+            return Ok(QWeight { rows, cols, kind: Kind::X8(fmt, x8) });
+        }
         Ok(QWeight { rows, cols, kind: Kind::Blocks(fmt, data) })
     }
     /// Any other GGML type, through candle's kernels.
@@ -81,7 +87,7 @@ impl QWeight {
     pub fn format(&self) -> String {
         match &self.kind {
             Kind::F32(_) => "f32".into(),
-            Kind::Blocks(f, _) => format!("{f:?}"),
+            Kind::Blocks(f, _) | Kind::X8(f, _) => format!("{f:?}"),
             Kind::Candle(QMatMul::QTensor(t)) => format!("{:?}", t.dtype()),
             Kind::Candle(_) => "candle".into(),
         }
@@ -89,7 +95,7 @@ impl QWeight {
     pub fn bytes(&self) -> usize {
         match &self.kind {
             Kind::F32(v) => v.len() * 4,
-            Kind::Blocks(_, b) => b.len(),
+            Kind::Blocks(_, b) | Kind::X8(_, b) => b.len(),
             Kind::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
             Kind::Candle(_) => 0,
         }
@@ -109,6 +115,7 @@ impl QWeight {
                 let rb = self.cols / QK * f.bytes();
                 dequantize_row(*f, &b[r * rb..][..rb], out);
             }
+            Kind::X8(f, b) => super::qx8::dequantize_row(*f, b, self.cols, r, out),
             Kind::Candle(_) => return Err(Error::Model("row lookup in a candle-quantized weight".into())),
         }
         Ok(())
@@ -147,12 +154,12 @@ pub fn dequantize_row(f: BlockFmt, blocks: &[u8], out: &mut [f32]) {
     }
 }
 
-/// A row's 32 values quantized to 8 bits: `x ≈ d · q`, with `isum = Σ q`.
+/// A row's 32 values quantized to 8 bits: `x ≈ d · q`, with `s = d · Σ q`.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(8))]
 pub struct Q8 {
     pub d: f32,
-    pub isum: i32,
+    pub s: f32,
     pub qs: [i8; QK],
 }
 
@@ -168,7 +175,7 @@ pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
             s += *q as i32;
         }
         b.d = d;
-        b.isum = s;
+        b.s = d * s as f32;
     }
 }
 
@@ -188,7 +195,7 @@ impl<'a> Act<'a> {
     fn q8(&self) -> &[Q8] {
         self.q8.get_or_init(|| {
             let nb = self.cols / QK;
-            let mut v = vec![Q8 { d: 0.0, isum: 0, qs: [0; QK] }; self.n * nb];
+            let mut v = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; self.n * nb];
             v.par_chunks_mut(nb).zip(self.x.par_chunks(self.cols)).for_each(|(o, x)| quantize_row(x, o));
             v
         })
@@ -226,9 +233,39 @@ pub fn matmul(w: &QWeight, act: &Act, lora: &[Option<LowRank>], y: &mut [f32]) -
         return Ok(());
     }
     let q8 = match &w.kind {
-        Kind::Blocks(..) => Some(act.q8()),
+        Kind::Blocks(..) | Kind::X8(..) => Some(act.q8()),
         _ => None,
     };
+    if let (Kind::X8(f, data), Some(q)) = (&w.kind, q8) {
+        let nb = cols / QK;
+        let yp = SendPtr(y.as_mut_ptr());
+        let yp = &yp;
+        (0..rows.div_ceil(CHUNK)).into_par_iter().for_each(|c| {
+            // SAFETY: tasks write disjoint column ranges of y's rows; y outlives the loop.
+            let y = unsafe { std::slice::from_raw_parts_mut(yp.0, n * rows) };
+            let (o0, o1) = (c * CHUNK, ((c + 1) * CHUNK).min(rows));
+            for g in o0 / 8..o1 / 8 {
+                let mut t = 0;
+                while t < n {
+                    let k = (n - t).min(4);
+                    let xs: [*const Q8; 4] = std::array::from_fn(|i| q[(t + i.min(k - 1)) * nb..].as_ptr());
+                    let mut out = [[0f32; 8]; 4];
+                    // SAFETY: X8 weights exist only where AVX2, FMA and F16C were detected; each
+                    // xs row holds nb blocks and the group lies inside data.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        super::qx8::group(*f, data, g, nb, &xs, k, &mut out)
+                    };
+                    for (i, o) in out.iter().enumerate().take(k) {
+                        y[(t + i) * rows + g * 8..][..8].copy_from_slice(o);
+                    }
+                    t += k;
+                }
+            }
+            add_low_rank(lora, y, rows, o0, o1);
+        });
+        return Ok(());
+    }
     let yp = SendPtr(y.as_mut_ptr());
     let yp = &yp;
     let avx2 = has_avx2();
@@ -250,7 +287,7 @@ pub fn matmul(w: &QWeight, act: &Act, lora: &[Option<LowRank>], y: &mut [f32]) -
                             unsafe { avx::dot_f32_x4(wr, &xs, g, &mut out) }
                         } else {
                             for i in 0..g {
-                                out[i] = dot_f32(wr, xs[i]);
+                                out[i] = dot_f32_portable(wr, xs[i]);
                             }
                         }
                     }
@@ -259,7 +296,7 @@ pub fn matmul(w: &QWeight, act: &Act, lora: &[Option<LowRank>], y: &mut [f32]) -
                         let wr = &b[o * nb * f.bytes()..][..nb * f.bytes()];
                         let xs: [&[Q8]; 4] = std::array::from_fn(|i| &q[(t + i.min(g - 1)) * nb..][..nb]);
                         if avx2 {
-                            // SAFETY: AVX2 and FMA were detected.
+                            // SAFETY: AVX2, FMA and F16C were detected; each row of xs holds cols / 32 blocks.
                             unsafe { avx::dot_q_x4(*f, wr, &xs, g, &mut out) }
                         } else {
                             for i in 0..g {
@@ -267,7 +304,7 @@ pub fn matmul(w: &QWeight, act: &Act, lora: &[Option<LowRank>], y: &mut [f32]) -
                             }
                         }
                     }
-                    _ => unreachable!("candle weights return above"),
+                    _ => unreachable!("candle and repacked weights return above"),
                 }
                 for i in 0..g {
                     y[(t + i) * rows + o] = out[i];
@@ -286,9 +323,7 @@ fn add_low_rank(lora: &[Option<LowRank>], y: &mut [f32], rows: usize, o0: usize,
         let Some(l) = l else { continue };
         let yt = &mut y[t * rows + o0..t * rows + o1];
         for (j, hj) in l.h.iter().enumerate() {
-            for (yv, bv) in yt.iter_mut().zip(&l.bt[j * rows + o0..j * rows + o1]) {
-                *yv += hj * bv;
-            }
+            axpy(*hj, &l.bt[j * rows + o0..j * rows + o1], yt);
         }
     }
 }
@@ -297,14 +332,36 @@ fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *F.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+        *F.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
-/// Dot product in 8 lanes, summed in a fixed order (the portable build).
+/// Dot product, summed in a fixed order (AVX2 + FMA where the CPU has them).
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { avx::dot_f32(a, b) };
+    }
+    dot_f32_portable(a, b)
+}
+
+/// `y += a · x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { avx::axpy(a, x, y) };
+    }
+    for (yv, xv) in y.iter_mut().zip(x) {
+        *yv += a * xv;
+    }
+}
+
+/// Dot product in 8 lanes, summed in a fixed order (the portable build).
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let n8 = a.len() / 8 * 8;
     for (x, y) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
@@ -336,7 +393,7 @@ fn dot_q(f: BlockFmt, w: &[u8], x: &[Q8]) -> f32 {
                 for j in 0..16 {
                     s += (blk[4 + j] & 15) as i32 * xb.qs[j] as i32 + (blk[4 + j] >> 4) as i32 * xb.qs[j + 16] as i32;
                 }
-                acc += f16(blk) * xb.d * s as f32 + f16(&blk[2..]) * xb.d * xb.isum as f32;
+                acc += f16(blk) * xb.d * s as f32 + f16(&blk[2..]) * xb.s;
             }
             BlockFmt::Q8_0 => {
                 let s: i32 = (0..QK).map(|j| blk[2 + j] as i8 as i32 * xb.qs[j] as i32).sum();
@@ -349,7 +406,7 @@ fn dot_q(f: BlockFmt, w: &[u8], x: &[Q8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::{f16, BlockFmt, Q8};
+    use super::{BlockFmt, Q8};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -389,57 +446,132 @@ mod avx {
 
     /// `out[i] = w · xs[i]` for `i < g`, `w` a row of blocks: each block's integer dot product
     /// exact, scaled into an 8-lane accumulator.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q_x4(f: BlockFmt, w: &[u8], xs: &[&[Q8]; 4], g: usize, out: &mut [f32; 4]) {
         let nb = w.len() / f.bytes();
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut macc = [0f32; 4];
+        let x: [*const Q8; 4] = std::array::from_fn(|i| xs[i].as_ptr());
+        debug_assert!(xs.iter().all(|r| r.len() >= nb));
+        macro_rules! go {
+            ($fmt:ident) => {
+                match g {
+                    1 => rows::<1>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                    2 => rows::<2>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                    3 => rows::<3>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                    _ => rows::<4>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                }
+            };
+        }
+        match f {
+            BlockFmt::Q4_0 => go!(Q4_0),
+            BlockFmt::Q4_1 => go!(Q4_1),
+            BlockFmt::Q8_0 => go!(Q8_0),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn half(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*p, *p.add(1)]) as i32)))
+    }
+
+    /// The kernel for one format and `G` rows; `f` is a constant after inlining. Even and odd
+    /// blocks go to two accumulators (two dependency chains), summed at the end: the same order
+    /// for every `G`.
+    #[inline(always)]
+    unsafe fn rows<const G: usize>(f: BlockFmt, w: *const u8, nb: usize, x: &[*const Q8; 4], out: &mut [f32; 4]) {
+        let (mut a0, mut a1) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+        let (mut m0, mut m1) = ([0f32; G], [0f32; G]);
+        let mut b = 0;
+        while b + 1 < nb {
+            block::<G>(f, w, b, x, &mut a0, &mut m0);
+            block::<G>(f, w, b + 1, x, &mut a1, &mut m1);
+            b += 2;
+        }
+        if b < nb {
+            block::<G>(f, w, b, x, &mut a0, &mut m0);
+        }
+        for i in 0..G {
+            out[i] = hsum(_mm256_add_ps(a0[i], a1[i])) + (m0[i] + m1[i]);
+        }
+    }
+
+    /// Block `b` of the weight row into `G` rows' accumulators.
+    #[inline(always)]
+    unsafe fn block<const G: usize>(f: BlockFmt, w: *const u8, b: usize, x: &[*const Q8; 4], acc: &mut [__m256; G], macc: &mut [f32; G]) {
         let ones = _mm256_set1_epi16(1);
         let m4 = _mm_set1_epi8(15);
-        let eight = _mm256_set1_epi8(8);
-        for b in 0..nb {
-            let blk = w.as_ptr().add(b * f.bytes());
-            let d = f16(std::slice::from_raw_parts(blk, 2));
-            match f {
-                BlockFmt::Q4_1 => {
-                    let m = f16(std::slice::from_raw_parts(blk.add(2), 2));
-                    let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
+        let blk = w.add(b * f.bytes());
+        let d = half(blk);
+        match f {
+            BlockFmt::Q4_1 => {
+                let m = half(blk.add(2));
+                let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                let wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+                for i in 0..G {
+                    let xb = &*x[i].add(b);
+                    let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
+                    macc[i] += m * xb.s;
+                }
+            }
+            BlockFmt::Q4_0 | BlockFmt::Q8_0 => {
+                let wv = if f == BlockFmt::Q4_0 {
+                    let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
                     let lo = _mm_and_si128(raw, m4);
                     let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-                    let wv = _mm256_set_m128i(hi, lo);
-                    for i in 0..4 {
-                        if i < g {
-                            let xb = &xs[i][b];
-                            let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
-                            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
-                            macc[i] += m * xb.d * xb.isum as f32;
-                        }
-                    }
-                }
-                BlockFmt::Q4_0 | BlockFmt::Q8_0 => {
-                    let wv = if f == BlockFmt::Q4_0 {
-                        let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
-                        let lo = _mm_and_si128(raw, m4);
-                        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-                        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight)
-                    } else {
-                        _mm256_loadu_si256(blk.add(2) as *const __m256i)
-                    };
-                    let aw = _mm256_sign_epi8(wv, wv);
-                    for i in 0..4 {
-                        if i < g {
-                            let xb = &xs[i][b];
-                            let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
-                            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
-                        }
-                    }
+                    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+                } else {
+                    _mm256_loadu_si256(blk.add(2) as *const __m256i)
+                };
+                let aw = _mm256_sign_epi8(wv, wv);
+                for i in 0..G {
+                    let xb = &*x[i].add(b);
+                    let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
                 }
             }
         }
-        for i in 0..g {
-            out[i] = hsum(acc[i]) + macc[i];
+    }
+
+    /// `a · b` in two 8-lane FMA accumulators, summed in a fixed order.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k + 8)), _mm256_loadu_ps(pb.add(k + 8)), s1);
+            k += 16;
+        }
+        if k + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), s0);
+            k += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while k < n {
+            s += a[k] * b[k];
+            k += 1;
+        }
+        s
+    }
+
+    /// `y += a · x` over `y.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let av = _mm256_set1_ps(a);
+        let mut k = 0;
+        while k + 8 <= n {
+            let p = y.as_mut_ptr().add(k);
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(k)), _mm256_loadu_ps(p)));
+            k += 8;
+        }
+        while k < n {
+            y[k] += a * x[k];
+            k += 1;
         }
     }
 }
@@ -451,6 +583,12 @@ mod avx {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn dot_q_x4(_: BlockFmt, _: &[u8], _: &[&[Q8]; 4], _: usize, _: &mut [f32; 4]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_f32(_: &[f32], _: &[f32]) -> f32 {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn axpy(_: f32, _: &[f32], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
 }

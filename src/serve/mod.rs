@@ -7,7 +7,7 @@
 
 mod cache;
 pub mod llm;
-mod metrics;
+pub mod metrics;
 mod openai;
 
 use crate::base::BaseDir;

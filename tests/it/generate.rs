@@ -135,11 +135,19 @@ fn continuous(e: &Engine, reqs: &[(Vec<u32>, Option<Arc<LoadedAdapter>>, Samplin
 #[test]
 fn a_continuous_batch_over_three_adapters_and_none_gives_each_sequence_its_solo_ids() {
     let tmp = tempfile::tempdir().unwrap();
-    let e = cpu_engine(&llama().join("base"));
+    // f32 weights, and Q4_1 blocks (repacked 8 rows at a time where the CPU has AVX2)
+    let q = tmp.path().join("q4_1.gguf");
+    write_gguf(&q, GgmlDType::Q4_1);
+    for base in [llama().join("base"), q] {
+        batch_invariance(&cpu_engine(&base), tmp.path());
+    }
+}
+
+fn batch_invariance(e: &Engine, tmp: &Path) {
     let adapters: Vec<Option<Arc<LoadedAdapter>>> = vec![
-        Some(load_adapter(&e, &llama().join("adapter"))),
-        Some(load_adapter(&e, &scaled_adapter(tmp.path(), -1.5))),
-        Some(load_adapter(&e, &scaled_adapter(tmp.path(), 3.0))),
+        Some(load_adapter(e, &llama().join("adapter"))),
+        Some(load_adapter(e, &scaled_adapter(tmp, -1.5))),
+        Some(load_adapter(e, &scaled_adapter(tmp, 3.0))),
         None,
     ];
     let texts = case_json(&llama())["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect::<Vec<_>>();
@@ -149,8 +157,8 @@ fn a_continuous_batch_over_three_adapters_and_none_gives_each_sequence_its_solo_
         let params = SamplingParams { max_tokens: 6 + i % 5, temperature: if i % 3 == 2 { 0.9 } else { 0.0 }, seed: Some(i as u64), ..Default::default() };
         reqs.push((ids, adapters[i % adapters.len()].clone(), params));
     }
-    let alone: Vec<_> = reqs.iter().map(|r| continuous(&e, std::slice::from_ref(r), &[0], usize::MAX)[0].clone()).collect();
-    let together = continuous(&e, &reqs, &[0, 0, 1, 2, 2, 3, 5, 7], 2);
+    let alone: Vec<_> = reqs.iter().map(|r| continuous(e, std::slice::from_ref(r), &[0], usize::MAX)[0].clone()).collect();
+    let together = continuous(e, &reqs, &[0, 0, 1, 2, 2, 3, 5, 7], 2);
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         assert_eq!(a, t, "sequence {i}: alone vs in the batch");
     }

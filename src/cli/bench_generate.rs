@@ -1,0 +1,193 @@
+//! `loradex bench generate`: decode throughput of the CPU decoder and the continuous-batching
+//! scheduler on one base (SmolLM2-135M Q4_1 by default), each figure beside a baseline
+//! measured in the same run: one adapter against the base, N streams against one stream,
+//! 32 adapters against one adapter; time to first token under load. With `--llamacpp
+//! PYTHON`, llama.cpp (llama-cpp-python) on the same file and thread count, same run.
+
+use loradex::base::BaseDir;
+use loradex::error::{Error, Result};
+use loradex::model::generation::{Event, SamplingParams};
+use loradex::model::gguf::LoadDtype;
+use loradex::model::lora::LoadedAdapter;
+use loradex::model::{Engine, Prompt, Tok};
+use loradex::serve::llm::{GenEvent, GenRequest, Limits, Llm};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Args {
+    pub base: String,
+    pub dtype: LoadDtype,
+    pub tokens: usize,
+    pub streams: Vec<usize>,
+    pub reps: usize,
+    pub llamacpp: Option<std::path::PathBuf>,
+    pub llamacpp_script: std::path::PathBuf,
+}
+
+const PROMPT: &str = "Write a long story about a dragon who learns to bake bread in a small village.";
+
+/// Decode tokens/s of one sequence: tokens after the first over the time since the first.
+fn single(e: &Engine, prompt: &[u32], tokens: usize, adapter: Option<Arc<LoadedAdapter>>, reps: usize) -> Result<(f64, Vec<u32>)> {
+    let mut best = 0f64;
+    let mut ids = vec![];
+    for _ in 0..reps.max(1) {
+        let mut first = None;
+        let mut n = 0usize;
+        let params = SamplingParams { max_tokens: tokens, ..Default::default() };
+        let g = e.generate(prompt.to_vec(), params, adapter.clone(), &mut |ev| {
+            if matches!(ev, Event::Token { .. } | Event::Done { id: Some(_), .. }) {
+                n += 1;
+                first.get_or_insert_with(Instant::now);
+            }
+        })?;
+        let dt = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(0.0);
+        if n > 1 && dt > 0.0 {
+            best = best.max((n - 1) as f64 / dt);
+        }
+        ids = g.new_ids;
+    }
+    Ok((best, ids))
+}
+
+struct Load {
+    tok_per_s: f64,
+    tokens: usize,
+    ttft: Vec<f64>,
+}
+
+/// `adapters.len()` concurrent streams through the scheduler (row i on `adapters[i]`).
+fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: &[Option<Arc<LoadedAdapter>>]) -> Result<Load> {
+    let dec = e.decoder.clone().ok_or_else(|| Error::Model("bench generate needs the CPU decoder".into()))?;
+    let n = adapters.len();
+    let limits = Limits { max_running: n, max_waiting: n, kv_bytes: usize::MAX / 2, prefill_tokens: 512 };
+    let metrics: Arc<loradex::serve::metrics::Metrics> = Default::default();
+    let llm = Llm::start(dec, tok.clone(), limits, metrics.clone())?;
+    let t0 = Instant::now();
+    let mut rxs = vec![];
+    for a in adapters {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let params = SamplingParams { max_tokens: tokens, ..Default::default() };
+        llm.submit(GenRequest { prompt: prompt.to_vec(), params, adapter: a.clone(), events: tx })
+            .map_err(|r| Error::Model(format!("submit refused: {r:?}")))?;
+        rxs.push(rx);
+    }
+    // one reader per stream, so each first token is timed when it arrives
+    let readers: Vec<_> = rxs
+        .into_iter()
+        .map(|mut rx| {
+            std::thread::spawn(move || -> Result<(usize, f64)> {
+                let mut first = None;
+                loop {
+                    match rx.blocking_recv() {
+                        Some(GenEvent::Token { .. }) => {
+                            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                        }
+                        Some(GenEvent::Done { completion_tokens, .. }) => {
+                            let f = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                            return Ok((completion_tokens, f));
+                        }
+                        Some(GenEvent::Error(m)) => return Err(Error::Model(m)),
+                        None => return Err(Error::Model("the scheduler stopped".into())),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut ttft = vec![];
+    for r in readers {
+        let (n, f) = r.join().map_err(|_| Error::Model("a reader thread panicked".into()))??;
+        total += n;
+        ttft.push(f);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    use std::sync::atomic::Ordering::Relaxed;
+    eprintln!("  [{} steps, {} rows, {} tokens fed]", metrics.llm_steps.load(Relaxed), metrics.llm_step_rows.load(Relaxed), metrics.llm_step_tokens.load(Relaxed));
+    Ok(Load { tok_per_s: total as f64 / wall, tokens: total, ttft })
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(((s.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !Path::new(&a.base).exists() {
+        return Err(Error::InvalidArgument(format!("{}: not found (scripts/fetch-models.sh fetches SmolLM2)", a.base)));
+    }
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    let e = Engine::load_with(BaseDir::open(&a.base)?, candle_core::Device::Cpu, a.dtype)?;
+    let dec = e.decoder.clone().ok_or_else(|| Error::Model("bench generate needs a Llama-family base on the CPU".into()))?;
+    println!(
+        "base {} ({} weights, {:.1} MB), loaded in {:.2} s; {threads} threads",
+        a.base,
+        dec.weight_format(),
+        dec.weight_bytes() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    let tok = Arc::new(Tok::new(e.tok()?.inner.clone(), Some(e.tok()?.pad_id))?);
+    // an instruction model answers at length through its chat template
+    let prompt = match e.chat {
+        Some(_) => e.prompt_ids(&Prompt::Chat(vec![loradex::model::chat::Message { role: "user".into(), content: PROMPT.into() }]))?,
+        None => e.prompt_ids(&Prompt::Text(PROMPT.into()))?,
+    };
+    println!("prompt: {} tokens", prompt.len());
+    let one = Arc::new(loradex::synth::decoder_adapter(&dec, 8, 1)?);
+    println!("adapters: rank 8 on all 7 projections ({:.1} MB each, f32)", one.bytes as f64 / 1e6);
+
+    let (base_tps, base_ids) = single(&e, &prompt, a.tokens, None, a.reps)?;
+    let (ad_tps, _) = single(&e, &prompt, a.tokens, Some(one.clone()), a.reps)?;
+    println!("single stream, {} new tokens, greedy, best of {}:", a.tokens, a.reps);
+    println!("  base:          {base_tps:7.1} tok/s");
+    println!("  one adapter:   {ad_tps:7.1} tok/s = {:.2}x the base (goal >= 0.90: the adapter costs <= 10%)", ad_tps / base_tps);
+    println!("  first 32 greedy ids: {:?}", &base_ids[..base_ids.len().min(32)]);
+
+    for &n in &a.streams {
+        let l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
+        println!(
+            "{n:2} streams, base: {:7.1} tok/s aggregate ({} tokens) = {:.2}x one stream{}",
+            l.tok_per_s,
+            l.tokens,
+            l.tok_per_s / base_tps,
+            if n == 16 { " (goal >= 4x)" } else { "" }
+        );
+    }
+    let n = a.streams.iter().copied().max().unwrap_or(32);
+    let same: Vec<_> = (0..n).map(|_| Some(one.clone())).collect();
+    let many: Vec<_> = (0..n).map(|i| loradex::synth::decoder_adapter(&dec, 8, 100 + i as u64).map(|x| Some(Arc::new(x)))).collect::<Result<_>>()?;
+    let l1 = streams(&e, &tok, &prompt, a.tokens, &same)?;
+    let ln = streams(&e, &tok, &prompt, a.tokens, &many)?;
+    println!("{n} streams on one adapter:   {:7.1} tok/s aggregate", l1.tok_per_s);
+    println!(
+        "{n} streams on {n} adapters:   {:7.1} tok/s aggregate = {:.2}x one adapter (goal >= 0.90)",
+        ln.tok_per_s,
+        ln.tok_per_s / l1.tok_per_s
+    );
+    println!(
+        "time to first token under that load ({n} adapters, {n} requests at once): p50 {:.0} ms, p99 {:.0} ms",
+        pct(&ln.ttft, 0.5) * 1e3,
+        pct(&ln.ttft, 0.99) * 1e3
+    );
+    if let Some(py) = &a.llamacpp {
+        println!("llama.cpp (llama-cpp-python) on the same file, {threads} threads, same run:");
+        let out = std::process::Command::new(py)
+            .arg(&a.llamacpp_script)
+            .args(["--model", &a.base, "--threads", &threads.to_string(), "--tokens", &a.tokens.to_string()])
+            .output()
+            .map_err(|e| Error::io(py.display().to_string(), e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        if !out.status.success() {
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("llama.cpp single-stream:").and_then(|r| r.trim().split_whitespace().next()?.parse::<f64>().ok()) {
+                println!("  loradex single stream / llama.cpp single stream: {:.2}x (goal >= 1.0)", base_tps / v);
+            }
+        }
+    }
+    Ok(())
+}
