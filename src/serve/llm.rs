@@ -210,7 +210,9 @@ impl Scheduler {
             };
         }
         // requests whose client left while they waited
+        let before = q.q.len();
         q.q.retain(|w| !w.req.events.is_closed());
+        self.metrics.llm_cancelled.fetch_add((before - q.q.len()) as u64, Ordering::Relaxed);
         while self.seqs.len() < self.limits.max_running.max(1) {
             let Some(front) = q.q.front() else { break };
             let Some(res) = self.budget.try_reserve(front.bytes) else { break };
@@ -229,7 +231,9 @@ impl Scheduler {
 
     fn step(&mut self) {
         // cancelled clients leave before the forward
+        let before = self.seqs.len();
         self.seqs.retain(|r| !r.events.is_closed());
+        self.metrics.llm_cancelled.fetch_add((before - self.seqs.len()) as u64, Ordering::Relaxed);
         if self.seqs.is_empty() {
             return;
         }
@@ -247,7 +251,6 @@ impl Scheduler {
                 inputs.push((i, r.seq.next_input(1).to_vec()));
             }
         }
-        let t0 = Instant::now();
         let result = {
             let mut rows: Vec<Row> = vec![];
             let mut it = inputs.iter().peekable();
@@ -262,7 +265,6 @@ impl Scheduler {
         self.metrics.llm_steps.fetch_add(1, Ordering::Relaxed);
         self.metrics.llm_step_rows.fetch_add(inputs.len() as u64, Ordering::Relaxed);
         self.metrics.llm_step_tokens.fetch_add(fed as u64, Ordering::Relaxed);
-        let _ = t0;
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -277,12 +279,13 @@ impl Scheduler {
         };
         let now = Instant::now();
         let mut done = vec![];
+        let mut outbox: Vec<(usize, GenEvent)> = vec![];
         for ((i, toks), l) in inputs.iter().zip(&logits) {
             let r = &mut self.seqs[*i];
             let ev = match r.seq.accept(&self.tok, toks.len(), l) {
                 Ok(ev) => ev,
                 Err(e) => {
-                    let _ = r.events.send(GenEvent::Error(e.to_string()));
+                    outbox.push((*i, GenEvent::Error(e.to_string())));
                     done.push(*i);
                     continue;
                 }
@@ -303,14 +306,28 @@ impl Scheduler {
                 }
                 r.last = Some(now);
             }
-            if r.events.send(out).is_err() && !done.contains(i) {
-                done.push(*i); // the client is gone: free its slot now
-            }
+            outbox.push((*i, out));
         }
+        // finished sequences leave (and return their KV reservation) before their client hears
         done.sort_unstable();
         done.dedup();
+        let senders: Vec<UnboundedSender<GenEvent>> = self.seqs.iter().map(|r| r.events.clone()).collect();
         for &i in done.iter().rev() {
             self.seqs.remove(i);
+        }
+        self.running.store(self.seqs.len(), Ordering::Release);
+        let mut gone = vec![];
+        for (i, ev) in outbox {
+            if senders[i].send(ev).is_err() && !done.contains(&i) {
+                gone.push(i);
+            }
+        }
+        // clients that went away while we stepped: free their slots now
+        if !gone.is_empty() {
+            let closed: Vec<UnboundedSender<GenEvent>> = gone.iter().map(|&i| senders[i].clone()).collect();
+            self.seqs.retain(|r| !closed.iter().any(|c| c.same_channel(&r.events)));
+            self.metrics.llm_cancelled.fetch_add(closed.len() as u64, Ordering::Relaxed);
+            self.running.store(self.seqs.len(), Ordering::Release);
         }
     }
 }

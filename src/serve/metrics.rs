@@ -56,6 +56,7 @@ pub struct Metrics {
     pub llm_step_rows: AtomicU64,
     pub llm_step_tokens: AtomicU64,
     pub llm_tokens: AtomicU64,
+    pub llm_cancelled: AtomicU64,
     pub ttft: Histogram,
     pub itl: Histogram,
 }
@@ -109,6 +110,7 @@ impl Metrics {
             g("loradex_llm_kv_cache_bytes_used", "KV cache bytes reserved by running sequences.", l.kv_bytes_used, &mut s);
             g("loradex_llm_kv_cache_bytes_total", "The KV cache budget (--kv-cache-bytes).", l.kv_bytes_total, &mut s);
             c("loradex_llm_generated_tokens_total", "Tokens generated.", self.llm_tokens.load(Ordering::Relaxed), &mut s);
+            c("loradex_llm_cancelled_total", "Sequences dropped because their client went away.", self.llm_cancelled.load(Ordering::Relaxed), &mut s);
             c("loradex_llm_steps_total", "Decoder steps (one forward over the running batch).", self.llm_steps.load(Ordering::Relaxed), &mut s);
             c("loradex_llm_step_rows_total", "Sequences across all decoder steps.", self.llm_step_rows.load(Ordering::Relaxed), &mut s);
             c("loradex_llm_step_tokens_total", "Tokens fed across all decoder steps (prefill and decode).", self.llm_step_tokens.load(Ordering::Relaxed), &mut s);

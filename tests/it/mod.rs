@@ -5,3 +5,4 @@ mod store;
 mod train;
 mod schema;
 mod serve;
+mod serve_llm;
