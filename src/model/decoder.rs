@@ -294,17 +294,16 @@ impl Decoder {
             });
         }
         // h = A x per token (s is folded into the up-projection's copy)
-        let hs: Vec<Vec<f32>> = copies
-            .par_iter()
-            .enumerate()
-            .map(|(t, c)| match c {
-                Some(c) => {
-                    let x = &act.x[t * cols..][..cols];
-                    c.0.chunks_exact(cols).map(|a| dot_f32(a, x)).collect()
-                }
-                None => vec![],
-            })
-            .collect();
+        let down = |(t, c): (usize, &Option<std::borrow::Cow<'_, super::lora::HostCopies>>)| match c {
+            Some(c) => {
+                let x = &act.x[t * cols..][..cols];
+                c.0.chunks_exact(cols).map(|a| dot_f32(a, x)).collect()
+            }
+            None => vec![],
+        };
+        // a few rows' down-projections are cheaper than a trip through the pool
+        let hs: Vec<Vec<f32>> =
+            if act.n > 8 { copies.par_iter().enumerate().map(down).collect() } else { copies.iter().enumerate().map(down).collect() };
         let lora: Vec<Option<LowRank>> =
             copies.iter().zip(&hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: &c.1 })).collect();
         for (c, _) in copies.iter().zip(&pairs).filter(|(c, _)| c.is_some()) {

@@ -258,6 +258,37 @@ impl Gguf {
     }
 }
 
+impl Gguf {
+    /// Every mapped tensor dequantized to f32 under its Hugging Face name, `q`/`k` rows in
+    /// Hugging Face order: the weights transformers would load from this file (for training).
+    pub fn dequantized(&self, device: &Device) -> Result<Vec<(String, candle_core::Tensor)>> {
+        let mut f = std::fs::File::open(&self.path).at(&self.path)?;
+        let heads = self.arch_req("attention.head_count")?;
+        let kv = self.arch_u("attention.head_count_kv")?.unwrap_or(heads);
+        let mut out = vec![];
+        for name in self.content.tensor_infos.keys() {
+            let Some(hf) = Gguf::hf_name(name) else { continue };
+            let t = self.content.tensor(&mut f, name, &Device::Cpu).map_err(io(&self.path))?.dequantize(&Device::Cpu)?;
+            let h = if hf.ends_with("self_attn.q_proj.weight") {
+                Some(heads)
+            } else if hf.ends_with("self_attn.k_proj.weight") {
+                Some(kv)
+            } else {
+                None
+            };
+            let t = match h {
+                Some(h) => {
+                    let perm: Vec<u32> = unpermute_rows(t.dim(0)?, h)?.into_iter().map(|r| r as u32).collect();
+                    t.index_select(&candle_core::Tensor::new(perm, &Device::Cpu)?, 0)?
+                }
+                None => t,
+            };
+            out.push((hf, t.to_device(device)?));
+        }
+        Ok(out)
+    }
+}
+
 const LLAMA3_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

@@ -248,6 +248,27 @@ impl Engine {
             return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
         }
         let w = Weights::load(&base, &device)?;
+        Engine::from_weights(base, w, device, true)
+    }
+
+    /// For training: a GGUF base is dequantized to f32 into candle's model (what transformers
+    /// loads from the file), keeping the file's tokenizer, template and fingerprint; other bases
+    /// load as `load` does.
+    pub fn load_trainable(base: BaseDir, device: Device) -> Result<Engine> {
+        let Some(path) = base.gguf.clone() else { return Engine::load(base, device) };
+        let g = gguf::Gguf::open(&path)?;
+        let w = Weights { map: g.dequantized(&device)?.into_iter().collect() };
+        let mut e = Engine::from_weights(base, w, device, false)?;
+        let (inner, pad) = g.tokenizer()?;
+        e.tok = Some(Tok::new(inner, pad)?);
+        e.chat = match g.chat_template() {
+            Some(t) => Some(chat::ChatTemplate::new(&t, &g.token_text("bos_token_id").unwrap_or_default(), &g.token_text("eos_token_id").unwrap_or_default())?),
+            None => None,
+        };
+        Ok(e)
+    }
+
+    fn from_weights(base: BaseDir, w: Weights, device: Device, with_decoder: bool) -> Result<Engine> {
         let cfg_err = |e: serde_json::Error| Error::json(format!("{}/config.json", base.dir.display()), e);
         let (net, max_len, pad) = match base.arch {
             Arch::Bert => {
@@ -262,13 +283,13 @@ impl Engine {
             }
         };
         let decoder = match &net {
-            Net::Llama(l) if device.is_cpu() => Some(Arc::new(decoder::Decoder::new(l.cfg.clone(), &mut WeightsSource(&w))?)),
+            Net::Llama(l) if device.is_cpu() && with_decoder => Some(Arc::new(decoder::Decoder::new(l.cfg.clone(), &mut WeightsSource(&w))?)),
             _ => None,
         };
         let tp = base.tokenizer_path();
-        let tok = if tp.is_file() { Some(Tok::load(&tp, pad)?) } else { None };
+        let tok = if tp.is_file() && base.gguf.is_none() { Some(Tok::load(&tp, pad)?) } else { None };
         let labels = base.labels();
-        let chat = if base.arch == Arch::Llama { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
+        let chat = if base.arch == Arch::Llama && base.gguf.is_none() { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
         Ok(Engine { base, net, tok, device, labels, max_len, decoder, chat })
     }
 

@@ -497,7 +497,7 @@ pub fn train_and_store(r: &Recipe, store: &mut Store, device: &Device, progress:
     } else {
         vec![]
     };
-    let engine = Engine::load(base.clone(), device.clone())?;
+    let engine = Engine::load_trainable(base.clone(), device.clone())?;
     let max_len = r.data.max_seq_len.min(engine.max_len);
     let spec = LoraSpec {
         r: r.lora.r,

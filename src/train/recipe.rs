@@ -200,7 +200,7 @@ impl Recipe {
     /// The base spec: a directory relative to the recipe if one exists there, else as given.
     pub fn base_spec(&self) -> String {
         let p = self.path(Path::new(&self.base));
-        if p.is_dir() {
+        if p.is_dir() || p.is_file() {
             p.display().to_string()
         } else {
             self.base.clone()
