@@ -10,7 +10,7 @@
 use super::kv_cache::{bytes_per_token, SeqCache};
 use super::llama::Config;
 use super::lora::LoadedAdapter;
-use super::quant::{axpy, dot_f32, matmul, Act, LowRank, QWeight};
+use super::quant::{attend, dot_f32, matmul, Act, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -223,17 +223,7 @@ impl Decoder {
                     let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
                     let off = (head / rep) * hd;
                     let qh = &q[t * nh * hd + head * hd..][..hd];
-                    let mut s: Vec<f32> = (lo..=p).map(|j| dot_f32(qh, &kc[j * kvd + off..][..hd]) * scale).collect();
-                    let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut sum = 0f32;
-                    for e in s.iter_mut() {
-                        *e = (*e - m).exp();
-                        sum += *e;
-                    }
-                    out.fill(0.0);
-                    for (j, e) in (lo..=p).zip(&s) {
-                        axpy(e / sum, &vc[j * kvd + off..][..hd], out);
-                    }
+                    attend(qh, kc, vc, kvd, off, lo, p, scale, out);
                 };
                 // each (token, head) is independent; small steps stay on this thread
                 let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();

@@ -163,19 +163,22 @@ pub struct Q8 {
     pub qs: [i8; QK],
 }
 
-/// Quantizes one row (`len % 32 == 0`) into blocks.
-pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
-    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut s = 0i32;
-        for (q, v) in b.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-            s += *q as i32;
+crate::util::simd_dispatch! {
+    /// Quantizes one row (`len % 32 == 0`) into blocks (round half to even, which compiles to one
+    /// instruction where `round` would be a libm call).
+    pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
+        for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut s = 0i32;
+            for (q, v) in b.qs.iter_mut().zip(xs) {
+                *q = (v * id).round_ties_even() as i8;
+                s += *q as i32;
+            }
+            b.d = d;
+            b.s = d * s as f32;
         }
-        b.d = d;
-        b.s = d * s as f32;
     }
 }
 
@@ -358,6 +361,42 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for (yv, xv) in y.iter_mut().zip(x) {
         *yv += a * xv;
     }
+}
+
+/// Softmax attention of one query head `q` over cache positions `lo..=hi`: position `j`'s key
+/// and value are `k[j·stride + off..][..q.len()]` and likewise in `v`; writes the weighted sum of
+/// values into `out`. One call per (token, head), with its loops inside one AVX2 function.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, lo: usize, hi: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    assert!(hi < k.len().div_ceil(stride.max(1)) && (hi * stride + off + hd) <= k.len().min(v.len()) && out.len() == hd, "attention slices");
+    let mut s = vec![0f32; hi + 1 - lo];
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA were detected; the assert above bounds every slice read.
+        unsafe { avx::attend(q, k, v, stride, off, lo, scale, &mut s, out) };
+        return;
+    }
+    for (e, j) in s.iter_mut().zip(lo..) {
+        *e = dot_f32_portable(q, &k[j * stride + off..][..hd]) * scale;
+    }
+    softmax_in_place(&mut s);
+    out.fill(0.0);
+    for (e, j) in s.iter().zip(lo..) {
+        for (o, x) in out.iter_mut().zip(&v[j * stride + off..][..hd]) {
+            *o += e * x;
+        }
+    }
+}
+
+fn softmax_in_place(s: &mut [f32]) {
+    let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for e in s.iter_mut() {
+        *e = (*e - m).exp();
+        sum += *e;
+    }
+    let inv = 1.0 / sum;
+    s.iter_mut().for_each(|e| *e *= inv);
 }
 
 /// Dot product in 8 lanes, summed in a fixed order (the portable build).
@@ -558,6 +597,55 @@ mod avx {
         s
     }
 
+    #[inline(always)]
+    unsafe fn dot_inline(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(k)), _mm256_loadu_ps(b.add(k)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(k + 8)), _mm256_loadu_ps(b.add(k + 8)), s1);
+            k += 16;
+        }
+        if k + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(k)), _mm256_loadu_ps(b.add(k)), s0);
+            k += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while k < n {
+            s += *a.add(k) * *b.add(k);
+            k += 1;
+        }
+        s
+    }
+
+    /// `attend`'s AVX2 build; `s` holds one score per position.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, lo: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+        let hd = q.len();
+        for (i, e) in s.iter_mut().enumerate() {
+            *e = dot_inline(q.as_ptr(), k.as_ptr().add((lo + i) * stride + off), hd) * scale;
+        }
+        super::softmax_in_place(s);
+        let (mut j, n8) = (0, hd / 8 * 8);
+        while j < n8 {
+            let mut acc = _mm256_setzero_ps();
+            for (i, e) in s.iter().enumerate() {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*e), _mm256_loadu_ps(v.as_ptr().add((lo + i) * stride + off + j)), acc);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(j), acc);
+            j += 8;
+        }
+        while j < hd {
+            let mut acc = 0f32;
+            for (i, e) in s.iter().enumerate() {
+                acc += e * v[(lo + i) * stride + off + j];
+            }
+            out[j] = acc;
+            j += 1;
+        }
+    }
+
     /// `y += a · x` over `y.len()` values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
@@ -589,6 +677,10 @@ mod avx {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn axpy(_: f32, _: &[f32], _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
 }
