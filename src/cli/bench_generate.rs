@@ -136,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     println!("prompt: {} tokens", prompt.len());
     let one = Arc::new(loradex::synth::decoder_adapter(&dec, 8, 1)?);
-    println!("adapters: rank 8 on all 7 projections ({:.1} MB each, f32)", one.bytes as f64 / 1e6);
+    println!("adapters: rank 8 on all 7 projections ({:.1} MB each in f32; read in f16 beside a quantized base)", one.bytes as f64 / 1e6);
 
     let (base_tps, base_ids) = single(&e, &prompt, a.tokens, None, a.reps)?;
     let (ad_tps, _) = single(&e, &prompt, a.tokens, Some(one.clone()), a.reps)?;

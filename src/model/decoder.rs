@@ -10,7 +10,7 @@
 use super::kv_cache::{bytes_per_token, SeqCache};
 use super::llama::Config;
 use super::lora::LoadedAdapter;
-use super::quant::{attend, dot_f32, matmul, Act, LowRank, QWeight};
+use super::quant::{attend, dot_half, matmul, Act, Half, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -276,32 +276,50 @@ impl Decoder {
             return matmul(&l.lin[slot], act, &none, y);
         }
         let cols = act.cols;
+        let w = &l.lin[slot];
+        // beside an f32 base the factors stay f32 (PEFT-exact); beside a quantized one they are
+        // read in half precision (half the memory traffic; the base's rounding is far larger)
+        enum C<'a> {
+            F32(std::borrow::Cow<'a, super::lora::HostCopies>),
+            F16(std::borrow::Cow<'a, super::lora::HostCopies16>),
+        }
         let mut copies = Vec::with_capacity(act.n);
         for p in &pairs {
             copies.push(match p {
-                Some(p) => Some(p.host_copies()?),
+                Some(p) if w.is_f32() => Some(C::F32(p.host_copies()?)),
+                Some(p) => Some(C::F16(p.host_copies_f16()?)),
                 None => None,
             });
         }
-        // h = A x per token (s is folded into the up-projection's copy)
-        let down = |(t, c): (usize, &Option<std::borrow::Cow<'_, super::lora::HostCopies>>)| match c {
-            Some(c) => {
-                let x = &act.x[t * cols..][..cols];
-                c.0.chunks_exact(cols).map(|a| dot_f32(a, x)).collect()
+        fn parts<'b>(c: &'b C<'_>) -> (Half<'b>, Half<'b>) {
+            match c {
+                C::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
+                C::F16(c) => (Half::F16(&c.0), Half::F16(&c.1)),
             }
-            None => vec![],
+        }
+        for c in copies.iter().flatten() {
+            let (a, bt) = parts(c);
+            if a.len() % cols != 0 || bt.len() != a.len() / cols * w.rows {
+                return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
+            }
+        }
+        // h = A x per token (s is folded into the up-projection's copy)
+        let down = |(t, c): (usize, &Option<C>)| -> Vec<f32> {
+            let Some(c) = c else { return vec![] };
+            let x = &act.x[t * cols..][..cols];
+            let (a, _) = parts(c);
+            let r = a.len() / cols;
+            (0..r)
+                .map(|j| match a {
+                    Half::F32(v) => dot_half(Half::F32(&v[j * cols..][..cols]), x),
+                    Half::F16(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
+                })
+                .collect()
         };
         // a few rows' down-projections are cheaper than a trip through the pool
         let hs: Vec<Vec<f32>> =
             if act.n > 8 { copies.par_iter().enumerate().map(down).collect() } else { copies.iter().enumerate().map(down).collect() };
-        let lora: Vec<Option<LowRank>> =
-            copies.iter().zip(&hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: &c.1 })).collect();
-        for (c, _) in copies.iter().zip(&pairs).filter(|(c, _)| c.is_some()) {
-            let c = c.as_ref().expect("filtered");
-            if c.0.len() % cols != 0 || c.1.len() != c.0.len() / cols * l.lin[slot].rows {
-                return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
-            }
-        }
+        let lora: Vec<Option<LowRank>> = copies.iter().zip(&hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: parts(c).1 })).collect();
         matmul(&l.lin[slot], act, &lora, y)
     }
 }

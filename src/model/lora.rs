@@ -23,11 +23,21 @@ pub struct LoraPair {
     pub scale: f64,
     /// Host copies `(A, (s·B)ᵀ)` for the CPU mixed-batch kernel, made on first use; `None` for
     /// pairs whose tensors change in place (training), which are copied every time.
-    pub host: Option<Arc<std::sync::OnceLock<HostCopies>>>,
+    pub host: Option<Arc<HostCache>>,
 }
 
 /// A pair's `(A, (s·B)ᵀ)`, row-major `[r, in]` and `[r, out]`, in host memory.
 pub type HostCopies = (Vec<f32>, Vec<f32>);
+/// The same as IEEE half-precision bits: what the CPU decoder reads beside a quantized base,
+/// where half the memory traffic matters and the base's own rounding is far larger.
+pub type HostCopies16 = (Vec<u16>, Vec<u16>);
+
+/// A pair's host copies, each made on first use.
+#[derive(Debug, Default)]
+pub struct HostCache {
+    f32: std::sync::OnceLock<HostCopies>,
+    f16: std::sync::OnceLock<HostCopies16>,
+}
 
 impl LoraPair {
     pub fn rank(&self) -> usize {
@@ -46,11 +56,30 @@ impl LoraPair {
             Ok((a, bt))
         };
         Ok(match &self.host {
-            Some(cell) => match cell.get() {
+            Some(cache) => match cache.f32.get() {
                 Some(c) => Cow::Borrowed(c),
                 None => {
-                    let _ = cell.set(copy()?);
-                    Cow::Borrowed(cell.get().expect("just set"))
+                    let _ = cache.f32.set(copy()?);
+                    Cow::Borrowed(cache.f32.get().expect("just set"))
+                }
+            },
+            None => Cow::Owned(copy()?),
+        })
+    }
+
+    /// `host_copies` rounded to half precision.
+    pub fn host_copies_f16(&self) -> Result<Cow<'_, HostCopies16>> {
+        let half = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect::<Vec<u16>>();
+        let copy = || -> Result<HostCopies16> {
+            let c = self.host_copies()?;
+            Ok((half(&c.0), half(&c.1)))
+        };
+        Ok(match &self.host {
+            Some(cache) => match cache.f16.get() {
+                Some(c) => Cow::Borrowed(c),
+                None => {
+                    let _ = cache.f16.set(copy()?);
+                    Cow::Borrowed(cache.f16.get().expect("just set"))
                 }
             },
             None => Cow::Owned(copy()?),

@@ -205,11 +205,48 @@ impl<'a> Act<'a> {
     }
 }
 
-/// One row's low-rank term for a matrix call: `h = s·A x` (`r` values) and `(s·B)ᵀ`... here
-/// `bt` is `[r, rows]` row-major, so `y += Σ_j h_j bt_j`.
+/// One row's low-rank term for a matrix call: `h = A x` (`r` values) and `bt = (s·B)ᵀ`,
+/// `[r, rows]` row-major, so `y += Σ_j h_j bt_j`.
 pub struct LowRank<'a> {
     pub h: &'a [f32],
-    pub bt: &'a [f32],
+    pub bt: Half<'a>,
+}
+
+/// A vector in f32, or as half-precision bits.
+#[derive(Clone, Copy)]
+pub enum Half<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
+impl Half<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Half::F32(v) => v.len(),
+            Half::F16(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Half::F32(v) => v[i],
+            Half::F16(v) => half::f16::from_bits(v[i]).to_f32(),
+        }
+    }
+}
+
+/// `a · x` for `a` in f32 or half precision.
+pub fn dot_half(a: Half, x: &[f32]) -> f32 {
+    match a {
+        Half::F32(a) => dot_f32(a, x),
+        Half::F16(a) if has_avx2() => {
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe { avx::dot_f16(a, x) }
+        }
+        Half::F16(a) => a.iter().zip(x).map(|(w, v)| half::f16::from_bits(*w).to_f32() * v).sum(),
+    }
 }
 
 struct SendPtr(*mut f32);
@@ -325,8 +362,16 @@ fn add_low_rank(lora: &[Option<LowRank>], y: &mut [f32], rows: usize, o0: usize,
     for (t, l) in lora.iter().enumerate() {
         let Some(l) = l else { continue };
         let yt = &mut y[t * rows + o0..t * rows + o1];
+        assert!(l.bt.len() >= l.h.len() * rows, "a low-rank term of the wrong shape");
+        if has_avx2() {
+            // SAFETY: AVX2, FMA and F16C were detected; the assert bounds every read.
+            unsafe { avx::low_rank(l.h, l.bt, rows, o0, yt) };
+            continue;
+        }
         for (j, hj) in l.h.iter().enumerate() {
-            axpy(*hj, &l.bt[j * rows + o0..j * rows + o1], yt);
+            for (i, yv) in yt.iter_mut().enumerate() {
+                *yv += hj * l.bt.get(j * rows + o0 + i);
+            }
         }
     }
 }
@@ -646,6 +691,53 @@ mod avx {
         }
     }
 
+    /// `y += Σ_j h_j bt[j·rows + o0..][..y.len()]`, all `j` in one pass per 8 outputs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn low_rank(h: &[f32], bt: super::Half, rows: usize, o0: usize, y: &mut [f32]) {
+        let n = y.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let mut acc = _mm256_loadu_ps(y.as_ptr().add(i));
+            for (j, hj) in h.iter().enumerate() {
+                let at = j * rows + o0 + i;
+                let b = match bt {
+                    super::Half::F32(v) => _mm256_loadu_ps(v.as_ptr().add(at)),
+                    super::Half::F16(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i)),
+                };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*hj), b, acc);
+            }
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), acc);
+            i += 8;
+        }
+        while i < n {
+            for (j, hj) in h.iter().enumerate() {
+                y[i] += hj * bt.get(j * rows + o0 + i);
+            }
+            i += 1;
+        }
+    }
+
+    /// `a · x`, `a` as half-precision bits.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[u16], x: &[f32]) -> f32 {
+        let n = a.len().min(x.len());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k + 16 <= n {
+            let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(k) as *const __m128i));
+            let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(k + 8) as *const __m128i));
+            s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(x.as_ptr().add(k)), s0);
+            s1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(x.as_ptr().add(k + 8)), s1);
+            k += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while k < n {
+            s += half::f16::from_bits(a[k]).to_f32() * x[k];
+            k += 1;
+        }
+        s
+    }
+
     /// `y += a · x` over `y.len()` values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
@@ -681,6 +773,12 @@ mod avx {
     }
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn low_rank(_: &[f32], _: super::Half, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_f16(_: &[u16], _: &[f32]) -> f32 {
         unreachable!("AVX2 is only detected on x86-64")
     }
 }
