@@ -10,7 +10,7 @@
 use super::kv_cache::{bytes_per_token, SeqCache};
 use super::llama::Config;
 use super::lora::LoadedAdapter;
-use super::quant::{attend, dot_half, matmul, Act, Half, LowRank, QWeight};
+use super::quant::{attend, dot_half, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -204,9 +204,7 @@ impl Decoder {
             rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
-                self.linear(l, 0, &act, &adapters, &mut q)?;
-                self.linear(l, 1, &act, &adapters, &mut k)?;
-                self.linear(l, 2, &act, &adapters, &mut v)?;
+                self.linears(l, &act, &adapters, &mut [(0, &mut q), (1, &mut k), (2, &mut v)])?;
             }
             rope(&mut q, nh, hd, &cos, &sin);
             rope(&mut k, nkv, hd, &cos, &sin);
@@ -235,19 +233,18 @@ impl Decoder {
             }
             {
                 let act = Act::new(&attn, n, nh * hd);
-                self.linear(l, 3, &act, &adapters, &mut tmp)?;
+                self.linears(l, &act, &adapters, &mut [(3, &mut tmp)])?;
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
-                self.linear(l, 4, &act, &adapters, &mut g)?;
-                self.linear(l, 5, &act, &adapters, &mut u)?;
+                self.linears(l, &act, &adapters, &mut [(4, &mut g), (5, &mut u)])?;
             }
             g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
             {
                 let act = Act::new(&g, n, self.inter);
-                self.linear(l, 6, &act, &adapters, &mut tmp)?;
+                self.linears(l, &act, &adapters, &mut [(6, &mut tmp)])?;
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
@@ -267,60 +264,70 @@ impl Decoder {
         Ok(logits.chunks(self.vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// Projection `slot` of layer `l` for every token, each with its own adapter's term.
-    fn linear(&self, l: &Layer, slot: usize, act: &Act, adapters: &[Option<&LoadedAdapter>], y: &mut [f32]) -> Result<()> {
-        let name = &l.names[slot];
-        let pairs: Vec<_> = adapters.iter().map(|a| a.and_then(|a| a.modules.get(name))).collect();
-        if pairs.iter().all(Option::is_none) {
-            let none: Vec<Option<LowRank>> = (0..act.n).map(|_| None).collect();
-            return matmul(&l.lin[slot], act, &none, y);
-        }
+    /// Projections `slot` of layer `l` for every token, each token with its own adapter's term,
+    /// all in one parallel region: `outs` pairs a slot with its output.
+    fn linears(&self, l: &Layer, act: &Act, adapters: &[Option<&LoadedAdapter>], outs: &mut [(usize, &mut [f32])]) -> Result<()> {
         let cols = act.cols;
-        let w = &l.lin[slot];
-        // beside an f32 base the factors stay f32 (PEFT-exact); beside a quantized one they are
-        // read in half precision (half the memory traffic; the base's rounding is far larger)
-        enum C<'a> {
-            F32(std::borrow::Cow<'a, super::lora::HostCopies>),
-            F16(std::borrow::Cow<'a, super::lora::HostCopies16>),
-        }
-        let mut copies = Vec::with_capacity(act.n);
-        for p in &pairs {
-            copies.push(match p {
-                Some(p) if w.is_f32() => Some(C::F32(p.host_copies()?)),
-                Some(p) => Some(C::F16(p.host_copies_f16()?)),
-                None => None,
-            });
-        }
-        fn parts<'b>(c: &'b C<'_>) -> (Half<'b>, Half<'b>) {
-            match c {
-                C::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
-                C::F16(c) => (Half::F16(&c.0), Half::F16(&c.1)),
+        let mut terms: Vec<(Vec<Option<Copies>>, Vec<Vec<f32>>)> = Vec::with_capacity(outs.len());
+        for (slot, _) in outs.iter() {
+            let (name, w) = (&l.names[*slot], &l.lin[*slot]);
+            let mut copies = Vec::with_capacity(act.n);
+            for a in adapters {
+                copies.push(match a.and_then(|a| a.modules.get(name)) {
+                    // beside an f32 base the factors stay f32 (PEFT-exact); beside a quantized
+                    // one they are read in half precision (half the memory traffic; the base's
+                    // own rounding is far larger)
+                    Some(p) if w.is_f32() => Some(Copies::F32(p.host_copies()?)),
+                    Some(p) => Some(Copies::F16(p.host_copies_f16()?)),
+                    None => None,
+                });
             }
-        }
-        for c in copies.iter().flatten() {
-            let (a, bt) = parts(c);
-            if a.len() % cols != 0 || bt.len() != a.len() / cols * w.rows {
-                return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
+            for c in copies.iter().flatten() {
+                let (a, bt) = c.parts();
+                if a.len() % cols != 0 || bt.len() != a.len() / cols * w.rows {
+                    return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
+                }
             }
+            // h = A x per token (s is folded into the up-projection's copy)
+            let down = |(t, c): (usize, &Option<Copies>)| -> Vec<f32> {
+                let Some(c) = c else { return vec![] };
+                let x = &act.x[t * cols..][..cols];
+                let (a, _) = c.parts();
+                (0..a.len() / cols)
+                    .map(|j| match a {
+                        Half::F32(v) => dot_half(Half::F32(&v[j * cols..][..cols]), x),
+                        Half::F16(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
+                    })
+                    .collect()
+            };
+            // a few rows' down-projections are cheaper than a trip through the pool
+            let hs: Vec<Vec<f32>> = if act.n > 8 && copies.iter().any(Option::is_some) {
+                copies.par_iter().enumerate().map(down).collect()
+            } else {
+                copies.iter().enumerate().map(down).collect()
+            };
+            terms.push((copies, hs));
         }
-        // h = A x per token (s is folded into the up-projection's copy)
-        let down = |(t, c): (usize, &Option<C>)| -> Vec<f32> {
-            let Some(c) = c else { return vec![] };
-            let x = &act.x[t * cols..][..cols];
-            let (a, _) = parts(c);
-            let r = a.len() / cols;
-            (0..r)
-                .map(|j| match a {
-                    Half::F32(v) => dot_half(Half::F32(&v[j * cols..][..cols]), x),
-                    Half::F16(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
-                })
-                .collect()
-        };
-        // a few rows' down-projections are cheaper than a trip through the pool
-        let hs: Vec<Vec<f32>> =
-            if act.n > 8 { copies.par_iter().enumerate().map(down).collect() } else { copies.iter().enumerate().map(down).collect() };
-        let lora: Vec<Option<LowRank>> = copies.iter().zip(&hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: parts(c).1 })).collect();
-        matmul(&l.lin[slot], act, &lora, y)
+        let views: Vec<Vec<Option<LowRank>>> =
+            terms.iter().map(|(copies, hs)| copies.iter().zip(hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: c.parts().1 })).collect()).collect();
+        let mut jobs: Vec<Job> = outs.iter_mut().zip(&views).map(|((slot, y), lora)| Job { w: &l.lin[*slot], lora, y: &mut **y }).collect();
+        matmul_many(act, &mut jobs)
+    }
+}
+
+/// A pair's host copies as the decoder reads them.
+enum Copies<'a> {
+    F32(std::borrow::Cow<'a, super::lora::HostCopies>),
+    F16(std::borrow::Cow<'a, super::lora::HostCopies16>),
+}
+
+impl Copies<'_> {
+    /// `(A, (s·B)ᵀ)`.
+    fn parts(&self) -> (Half<'_>, Half<'_>) {
+        match self {
+            Copies::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
+            Copies::F16(c) => (Half::F16(&c.0), Half::F16(&c.1)),
+        }
     }
 }
 

@@ -261,105 +261,123 @@ fn chunk_rows(rows: usize) -> usize {
 
 /// `y[t, o] = Σ_k x[t, k] w[o, k]` (+ the row's low-rank term), `y` is `[n, rows]`.
 pub fn matmul(w: &QWeight, act: &Act, lora: &[Option<LowRank>], y: &mut [f32]) -> Result<()> {
-    let (n, rows, cols) = (act.n, w.rows, w.cols);
-    if act.cols != cols || y.len() != n * rows || lora.len() != n {
-        return Err(Error::Model(format!("matmul of {n}x{} rows by a {rows}x{cols} weight", act.cols)));
-    }
-    if let Kind::Candle(m) = &w.kind {
-        // one row at a time: candle's batched kernels may order sums by batch shape
-        for t in 0..n {
-            let x = Tensor::from_slice(&act.x[t * cols..][..cols], (1, cols), &Device::Cpu)?;
-            let r = m.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
-            y[t * rows..][..rows].copy_from_slice(&r);
+    matmul_many(act, &mut [Job { w, lora, y }])
+}
+
+/// One weight's share of `matmul_many`.
+pub struct Job<'a, 'b> {
+    pub w: &'a QWeight,
+    pub lora: &'a [Option<LowRank<'b>>],
+    pub y: &'a mut [f32],
+}
+
+/// Several matrices over the same rows (q, k and v; gate and up) in one parallel region: one
+/// barrier instead of one per matrix, and the threads share out all their row ranges.
+pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
+    let n = act.n;
+    for j in jobs.iter_mut() {
+        let (rows, cols) = (j.w.rows, j.w.cols);
+        if act.cols != cols || j.y.len() != n * rows || j.lora.len() != n {
+            return Err(Error::Model(format!("matmul of {n}x{} rows by a {rows}x{cols} weight", act.cols)));
         }
-        add_low_rank(lora, y, rows, 0, rows);
-        return Ok(());
-    }
-    let q8 = match &w.kind {
-        Kind::Blocks(..) | Kind::X8(..) => Some(act.q8()),
-        _ => None,
-    };
-    if let (Kind::X8(f, data), Some(q)) = (&w.kind, q8) {
-        let nb = cols / QK;
-        let yp = SendPtr(y.as_mut_ptr());
-        let yp = &yp;
-        let ch = chunk_rows(rows);
-        (0..rows.div_ceil(ch)).into_par_iter().for_each(|c| {
-            // SAFETY: tasks write disjoint column ranges of y's rows; y outlives the loop.
-            let y = unsafe { std::slice::from_raw_parts_mut(yp.0, n * rows) };
-            let (o0, o1) = (c * ch, ((c + 1) * ch).min(rows));
-            for g in o0 / 8..o1 / 8 {
-                let mut t = 0;
-                while t < n {
-                    let k = (n - t).min(4);
-                    let xs: [*const Q8; 4] = std::array::from_fn(|i| q[(t + i.min(k - 1)) * nb..].as_ptr());
-                    let mut out = [[0f32; 8]; 4];
-                    // SAFETY: X8 weights exist only where AVX2, FMA and F16C were detected; each
-                    // xs row holds nb blocks and the group lies inside data.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        super::qx8::group(*f, data, g, nb, &xs, k, &mut out)
-                    };
-                    for (i, o) in out.iter().enumerate().take(k) {
-                        y[(t + i) * rows + g * 8..][..8].copy_from_slice(o);
-                    }
-                    t += k;
-                }
+        if let Kind::Candle(m) = &j.w.kind {
+            // one row at a time: candle's batched kernels may order sums by batch shape
+            for t in 0..n {
+                let x = Tensor::from_slice(&act.x[t * cols..][..cols], (1, cols), &Device::Cpu)?;
+                let r = m.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+                j.y[t * rows..][..rows].copy_from_slice(&r);
             }
-            add_low_rank(lora, y, rows, o0, o1);
-        });
-        return Ok(());
-    }
-    let yp = SendPtr(y.as_mut_ptr());
-    let yp = &yp;
-    let avx2 = has_avx2();
-    let ch = chunk_rows(rows);
-    (0..rows.div_ceil(ch)).into_par_iter().for_each(|c| {
-        let (o0, o1) = (c * ch, ((c + 1) * ch).min(rows));
-        // SAFETY: tasks write disjoint column ranges [o0, o1) of y's rows; y outlives the loop.
-        let y = unsafe { std::slice::from_raw_parts_mut(yp.0, n * rows) };
-        for o in o0..o1 {
-            let mut t = 0;
-            while t < n {
-                let g = (n - t).min(4);
-                let mut out = [0f32; 4];
-                match (&w.kind, q8) {
-                    (Kind::F32(v), _) => {
-                        let wr = &v[o * cols..][..cols];
-                        let xs: [&[f32]; 4] = std::array::from_fn(|i| &act.x[(t + i.min(g - 1)) * cols..][..cols]);
-                        if avx2 {
-                            // SAFETY: AVX2 and FMA were detected.
-                            unsafe { avx::dot_f32_x4(wr, &xs, g, &mut out) }
-                        } else {
-                            for i in 0..g {
-                                out[i] = dot_f32_portable(wr, xs[i]);
-                            }
-                        }
-                    }
-                    (Kind::Blocks(f, b), Some(q)) => {
-                        let nb = cols / QK;
-                        let wr = &b[o * nb * f.bytes()..][..nb * f.bytes()];
-                        let xs: [&[Q8]; 4] = std::array::from_fn(|i| &q[(t + i.min(g - 1)) * nb..][..nb]);
-                        if avx2 {
-                            // SAFETY: AVX2, FMA and F16C were detected; each row of xs holds cols / 32 blocks.
-                            unsafe { avx::dot_q_x4(*f, wr, &xs, g, &mut out) }
-                        } else {
-                            for i in 0..g {
-                                out[i] = dot_q(*f, wr, xs[i]);
-                            }
-                        }
-                    }
-                    _ => unreachable!("candle and repacked weights return above"),
-                }
-                for i in 0..g {
-                    y[(t + i) * rows + o] = out[i];
-                }
-                t += g;
-            }
+            add_low_rank(j.lora, j.y, rows, 0, rows);
         }
-        add_low_rank(lora, y, rows, o0, o1);
+    }
+    let q8 = jobs.iter().any(|j| matches!(j.w.kind, Kind::Blocks(..) | Kind::X8(..))).then(|| act.q8());
+    let ptrs: Vec<SendPtr> = jobs.iter_mut().map(|j| SendPtr(j.y.as_mut_ptr())).collect();
+    let mut tasks = vec![];
+    for (ji, j) in jobs.iter().enumerate() {
+        if matches!(j.w.kind, Kind::Candle(_)) {
+            continue;
+        }
+        let ch = chunk_rows(j.w.rows);
+        tasks.extend((0..j.w.rows.div_ceil(ch)).map(|c| (ji, c * ch, ((c + 1) * ch).min(j.w.rows))));
+    }
+    let jobs = &*jobs;
+    let ptrs = &ptrs;
+    let x = act.x;
+    tasks.into_par_iter().for_each(|(ji, o0, o1)| {
+        let j = &jobs[ji];
+        // SAFETY: tasks write disjoint column ranges [o0, o1) of their job's y, which outlives
+        // the loop and is borrowed by nothing else meanwhile.
+        let y = unsafe { std::slice::from_raw_parts_mut(ptrs[ji].0, n * j.w.rows) };
+        chunk(j.w, x, n, q8, y, o0, o1);
+        add_low_rank(j.lora, y, j.w.rows, o0, o1);
     });
     Ok(())
+}
+
+/// Output rows `o0..o1` of `w` for the `n` rows of `x` into `y` (`[n, rows]`).
+fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0: usize, o1: usize) {
+    let (rows, cols) = (w.rows, w.cols);
+    let nb = cols / QK;
+    if let (Kind::X8(f, data), Some(q)) = (&w.kind, q8) {
+        for g in o0 / 8..o1 / 8 {
+            let mut t = 0;
+            while t < n {
+                let k = (n - t).min(4);
+                let xs: [*const Q8; 4] = std::array::from_fn(|i| q[(t + i.min(k - 1)) * nb..].as_ptr());
+                let mut out = [[0f32; 8]; 4];
+                // SAFETY: X8 weights exist only where AVX2, FMA and F16C were detected; each
+                // xs row holds nb blocks and the group lies inside data.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    super::qx8::group(*f, data, g, nb, &xs, k, &mut out)
+                };
+                for (i, o) in out.iter().enumerate().take(k) {
+                    y[(t + i) * rows + g * 8..][..8].copy_from_slice(o);
+                }
+                t += k;
+            }
+        }
+        return;
+    }
+    let avx2 = has_avx2();
+    for o in o0..o1 {
+        let mut t = 0;
+        while t < n {
+            let g = (n - t).min(4);
+            let mut out = [0f32; 4];
+            match (&w.kind, q8) {
+                (Kind::F32(v), _) => {
+                    let wr = &v[o * cols..][..cols];
+                    let xs: [&[f32]; 4] = std::array::from_fn(|i| &x[(t + i.min(g - 1)) * cols..][..cols]);
+                    if avx2 {
+                        // SAFETY: AVX2 and FMA were detected.
+                        unsafe { avx::dot_f32_x4(wr, &xs, g, &mut out) }
+                    } else {
+                        for i in 0..g {
+                            out[i] = dot_f32_portable(wr, xs[i]);
+                        }
+                    }
+                }
+                (Kind::Blocks(f, b), Some(q)) => {
+                    let wr = &b[o * nb * f.bytes()..][..nb * f.bytes()];
+                    let xs: [&[Q8]; 4] = std::array::from_fn(|i| &q[(t + i.min(g - 1)) * nb..][..nb]);
+                    if avx2 {
+                        // SAFETY: AVX2, FMA and F16C were detected; each row of xs holds cols / 32 blocks.
+                        unsafe { avx::dot_q_x4(*f, wr, &xs, g, &mut out) }
+                    } else {
+                        for i in 0..g {
+                            out[i] = dot_q(*f, wr, xs[i]);
+                        }
+                    }
+                }
+                _ => unreachable!("candle weights are done by the caller; blocks come with their 8-bit rows"),
+            }
+            for i in 0..g {
+                y[(t + i) * rows + o] = out[i];
+            }
+            t += g;
+        }
+    }
 }
 
 /// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term.
