@@ -184,7 +184,7 @@ pub fn run(a: Args) -> Result<()> {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
         }
         for line in text.lines() {
-            if let Some(v) = line.strip_prefix("llama.cpp single-stream:").and_then(|r| r.trim().split_whitespace().next()?.parse::<f64>().ok()) {
+            if let Some(v) = line.strip_prefix("llama.cpp single-stream:").and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok()) {
                 println!("  loradex single stream / llama.cpp single stream: {:.2}x (goal >= 1.0)", base_tps / v);
             }
         }

@@ -93,7 +93,10 @@ fn the_decoder_reproduces_peft_logits_and_greedy_ids() {
 
 /// Drives sequences as the server does: sequence `i` joins at step `join[i]`, prompts are fed
 /// `chunk` tokens a step, and every step is one forward over all running rows.
-fn continuous(e: &Engine, reqs: &[(Vec<u32>, Option<Arc<LoadedAdapter>>, SamplingParams)], join: &[usize], chunk: usize) -> Vec<(Vec<u32>, String)> {
+/// A request: prompt ids, adapter, sampling.
+type Req = (Vec<u32>, Option<Arc<LoadedAdapter>>, SamplingParams);
+
+fn continuous(e: &Engine, reqs: &[Req], join: &[usize], chunk: usize) -> Vec<(Vec<u32>, String)> {
     let dec = e.decoder.as_ref().unwrap();
     let tok = e.tok().unwrap();
     let mut seqs: Vec<Option<Sequence>> = (0..reqs.len()).map(|_| None).collect();
