@@ -456,13 +456,15 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, lo: us
     }
 }
 
+/// Softmax in place; `exp` is the polynomial `bert_cpu` uses (max error ~1e-7), which
+/// vectorizes where libm's is a call per score.
+#[inline(always)]
 fn softmax_in_place(s: &mut [f32]) {
     let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0f32;
     for e in s.iter_mut() {
-        *e = (*e - m).exp();
-        sum += *e;
+        *e = super::bert_cpu::exp_neg(*e - m);
     }
+    let sum: f32 = s.iter().sum();
     let inv = 1.0 / sum;
     s.iter_mut().for_each(|e| *e *= inv);
 }
@@ -695,7 +697,22 @@ mod avx {
             *e = dot_inline(q.as_ptr(), k.as_ptr().add((lo + i) * stride + off), hd) * scale;
         }
         super::softmax_in_place(s);
+        // values in passes of 32 outputs (4 accumulators), each pass one walk over positions
         let (mut j, n8) = (0, hd / 8 * 8);
+        while j + 32 <= n8 {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, e) in s.iter().enumerate() {
+                let w = _mm256_set1_ps(*e);
+                let row = v.as_ptr().add((lo + i) * stride + off + j);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * q)), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(j + 8 * q), *a);
+            }
+            j += 32;
+        }
         while j < n8 {
             let mut acc = _mm256_setzero_ps();
             for (i, e) in s.iter().enumerate() {
