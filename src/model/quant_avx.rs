@@ -1,0 +1,319 @@
+//! The AVX2 + FMA + F16C builds of `quant`'s kernels (row-at-a-time block dots, f32 and f16
+//! dots, the fused low-rank add, one head's attention). Callers check the CPU first; nothing here
+//! is reached without those features.
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::*;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::{BlockFmt, Q8};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `out[i] = w · xs[i]` for `i < g`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32_x4(w: &[f32], xs: &[&[f32]; 4], g: usize, out: &mut [f32; 4]) {
+        let n = w.len();
+        let n8 = n / 8 * 8;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut k = 0;
+        while k < n8 {
+            let wv = _mm256_loadu_ps(w.as_ptr().add(k));
+            for i in 0..4 {
+                if i < g {
+                    acc[i] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xs[i].as_ptr().add(k)), acc[i]);
+                }
+            }
+            k += 8;
+        }
+        for i in 0..g {
+            let mut s = hsum(acc[i]);
+            for j in n8..n {
+                s += w[j] * xs[i][j];
+            }
+            out[i] = s;
+        }
+    }
+
+    /// `out[i] = w · xs[i]` for `i < g`, `w` a row of blocks: each block's integer dot product
+    /// exact, scaled into an 8-lane accumulator.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q_x4(f: BlockFmt, w: &[u8], xs: &[&[Q8]; 4], g: usize, out: &mut [f32; 4]) {
+        let nb = w.len() / f.bytes();
+        let x: [*const Q8; 4] = std::array::from_fn(|i| xs[i].as_ptr());
+        debug_assert!(xs.iter().all(|r| r.len() >= nb));
+        macro_rules! go {
+            ($fmt:ident) => {
+                match g {
+                    1 => rows::<1>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                    2 => rows::<2>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                    3 => rows::<3>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                    _ => rows::<4>(BlockFmt::$fmt, w.as_ptr(), nb, &x, out),
+                }
+            };
+        }
+        match f {
+            BlockFmt::Q4_0 => go!(Q4_0),
+            BlockFmt::Q4_1 => go!(Q4_1),
+            BlockFmt::Q8_0 => go!(Q8_0),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn half(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*p, *p.add(1)]) as i32)))
+    }
+
+    /// The kernel for one format and `G` rows; `f` is a constant after inlining. Even and odd
+    /// blocks go to two accumulators (two dependency chains), summed at the end: the same order
+    /// for every `G`.
+    #[inline(always)]
+    unsafe fn rows<const G: usize>(f: BlockFmt, w: *const u8, nb: usize, x: &[*const Q8; 4], out: &mut [f32; 4]) {
+        let (mut a0, mut a1) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+        let (mut m0, mut m1) = ([0f32; G], [0f32; G]);
+        let mut b = 0;
+        while b + 1 < nb {
+            block::<G>(f, w, b, x, &mut a0, &mut m0);
+            block::<G>(f, w, b + 1, x, &mut a1, &mut m1);
+            b += 2;
+        }
+        if b < nb {
+            block::<G>(f, w, b, x, &mut a0, &mut m0);
+        }
+        for i in 0..G {
+            out[i] = hsum(_mm256_add_ps(a0[i], a1[i])) + (m0[i] + m1[i]);
+        }
+    }
+
+    /// Block `b` of the weight row into `G` rows' accumulators.
+    #[inline(always)]
+    unsafe fn block<const G: usize>(f: BlockFmt, w: *const u8, b: usize, x: &[*const Q8; 4], acc: &mut [__m256; G], macc: &mut [f32; G]) {
+        let ones = _mm256_set1_epi16(1);
+        let m4 = _mm_set1_epi8(15);
+        let blk = w.add(b * f.bytes());
+        let d = half(blk);
+        match f {
+            BlockFmt::Q4_1 => {
+                let m = half(blk.add(2));
+                let raw = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                let wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+                for i in 0..G {
+                    let xb = &*x[i].add(b);
+                    let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
+                    macc[i] += m * xb.s;
+                }
+            }
+            BlockFmt::Q4_0 | BlockFmt::Q8_0 => {
+                let wv = if f == BlockFmt::Q4_0 {
+                    let raw = _mm_loadu_si128(blk.add(2) as *const __m128i);
+                    let lo = _mm_and_si128(raw, m4);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                    _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+                } else {
+                    _mm256_loadu_si256(blk.add(2) as *const __m256i)
+                };
+                let aw = _mm256_sign_epi8(wv, wv);
+                for i in 0..G {
+                    let xb = &*x[i].add(b);
+                    let xv = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(p), acc[i]);
+                }
+            }
+        }
+    }
+
+    /// `a · b` in two 8-lane FMA accumulators, summed in a fixed order.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k + 8)), _mm256_loadu_ps(pb.add(k + 8)), s1);
+            k += 16;
+        }
+        if k + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), s0);
+            k += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while k < n {
+            s += a[k] * b[k];
+            k += 1;
+        }
+        s
+    }
+
+    #[inline(always)]
+    unsafe fn dot_inline(a: *const f32, b: *const f32, n: usize) -> f32 {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(k)), _mm256_loadu_ps(b.add(k)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(k + 8)), _mm256_loadu_ps(b.add(k + 8)), s1);
+            k += 16;
+        }
+        if k + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(k)), _mm256_loadu_ps(b.add(k)), s0);
+            k += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while k < n {
+            s += *a.add(k) * *b.add(k);
+            k += 1;
+        }
+        s
+    }
+
+    /// `attend`'s AVX2 build; `s` holds one score per position.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, lo: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+        let hd = q.len();
+        for (i, e) in s.iter_mut().enumerate() {
+            *e = dot_inline(q.as_ptr(), k.as_ptr().add((lo + i) * stride + off), hd) * scale;
+        }
+        super::super::softmax_in_place(s);
+        // values in passes of 32 outputs (4 accumulators), each pass one walk over positions
+        let (mut j, n8) = (0, hd / 8 * 8);
+        while j + 32 <= n8 {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (i, e) in s.iter().enumerate() {
+                let w = _mm256_set1_ps(*e);
+                let row = v.as_ptr().add((lo + i) * stride + off + j);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * q)), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(j + 8 * q), *a);
+            }
+            j += 32;
+        }
+        while j < n8 {
+            let mut acc = _mm256_setzero_ps();
+            for (i, e) in s.iter().enumerate() {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*e), _mm256_loadu_ps(v.as_ptr().add((lo + i) * stride + off + j)), acc);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(j), acc);
+            j += 8;
+        }
+        while j < hd {
+            let mut acc = 0f32;
+            for (i, e) in s.iter().enumerate() {
+                acc += e * v[(lo + i) * stride + off + j];
+            }
+            out[j] = acc;
+            j += 1;
+        }
+    }
+
+    /// `y += Σ_j h_j bt[j·rows + o0..][..y.len()]`, all `j` in one pass per 8 outputs.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn low_rank(h: &[f32], bt: super::super::Half, rows: usize, o0: usize, y: &mut [f32]) {
+        let n = y.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            let mut acc = _mm256_loadu_ps(y.as_ptr().add(i));
+            for (j, hj) in h.iter().enumerate() {
+                let at = j * rows + o0 + i;
+                let b = match bt {
+                    super::super::Half::F32(v) => _mm256_loadu_ps(v.as_ptr().add(at)),
+                    super::super::Half::F16(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i)),
+                };
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*hj), b, acc);
+            }
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), acc);
+            i += 8;
+        }
+        while i < n {
+            for (j, hj) in h.iter().enumerate() {
+                y[i] += hj * bt.get(j * rows + o0 + i);
+            }
+            i += 1;
+        }
+    }
+
+    /// `a · x`, `a` as half-precision bits.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[u16], x: &[f32]) -> f32 {
+        let n = a.len().min(x.len());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut k = 0;
+        while k + 16 <= n {
+            let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(k) as *const __m128i));
+            let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(k + 8) as *const __m128i));
+            s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(x.as_ptr().add(k)), s0);
+            s1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(x.as_ptr().add(k + 8)), s1);
+            k += 16;
+        }
+        let mut s = hsum(_mm256_add_ps(s0, s1));
+        while k < n {
+            s += half::f16::from_bits(a[k]).to_f32() * x[k];
+            k += 1;
+        }
+        s
+    }
+
+    /// `y += a · x` over `y.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let av = _mm256_set1_ps(a);
+        let mut k = 0;
+        while k + 8 <= n {
+            let p = y.as_mut_ptr().add(k);
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(k)), _mm256_loadu_ps(p)));
+            k += 8;
+        }
+        while k < n {
+            y[k] += a * x[k];
+            k += 1;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub use portable_stubs::*;
+
+#[cfg(not(target_arch = "x86_64"))]
+mod portable_stubs {
+    use super::super::{BlockFmt, Q8};
+    pub unsafe fn dot_f32_x4(_: &[f32], _: &[&[f32]; 4], _: usize, _: &mut [f32; 4]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_q_x4(_: BlockFmt, _: &[u8], _: &[&[Q8]; 4], _: usize, _: &mut [f32; 4]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_f32(_: &[f32], _: &[f32]) -> f32 {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn axpy(_: f32, _: &[f32], _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn low_rank(_: &[f32], _: super::super::Half, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_f16(_: &[u16], _: &[f32]) -> f32 {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+}
