@@ -32,6 +32,20 @@ pub type HostCopies = (Vec<f32>, Vec<f32>);
 /// where half the memory traffic matters and the base's own rounding is far larger.
 pub type HostCopies16 = (Vec<u16>, Vec<u16>);
 
+/// Borrowed from `cell` (made there on first use), or made for this call without a cell.
+fn cached<T: Clone>(cell: Option<&std::sync::OnceLock<T>>, make: impl FnOnce() -> Result<T>) -> Result<Cow<'_, T>> {
+    Ok(match cell {
+        Some(cell) => match cell.get() {
+            Some(c) => Cow::Borrowed(c),
+            None => {
+                let _ = cell.set(make()?);
+                Cow::Borrowed(cell.get().expect("just set"))
+            }
+        },
+        None => Cow::Owned(make()?),
+    })
+}
+
 /// A pair's host copies, each made on first use.
 #[derive(Debug, Default)]
 pub struct HostCache {
@@ -55,16 +69,7 @@ impl LoraPair {
             let bt = self.scaled_bt()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             Ok((a, bt))
         };
-        Ok(match &self.host {
-            Some(cache) => match cache.f32.get() {
-                Some(c) => Cow::Borrowed(c),
-                None => {
-                    let _ = cache.f32.set(copy()?);
-                    Cow::Borrowed(cache.f32.get().expect("just set"))
-                }
-            },
-            None => Cow::Owned(copy()?),
-        })
+        cached(self.host.as_ref().map(|c| &c.f32), copy)
     }
 
     /// `host_copies` rounded to half precision.
@@ -74,16 +79,7 @@ impl LoraPair {
             let c = self.host_copies()?;
             Ok((half(&c.0), half(&c.1)))
         };
-        Ok(match &self.host {
-            Some(cache) => match cache.f16.get() {
-                Some(c) => Cow::Borrowed(c),
-                None => {
-                    let _ = cache.f16.set(copy()?);
-                    Cow::Borrowed(cache.f16.get().expect("just set"))
-                }
-            },
-            None => Cow::Owned(copy()?),
-        })
+        cached(self.host.as_ref().map(|c| &c.f16), copy)
     }
     /// `s * B A`, the dense update merged into `W` (the scale is applied to the small `B`).
     pub fn delta(&self, sign: f64) -> Result<Tensor> {

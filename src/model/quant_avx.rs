@@ -138,25 +138,7 @@ mod x86 {
     /// `a · b` in two 8-lane FMA accumulators, summed in a fixed order.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut k = 0;
-        while k + 16 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k + 8)), _mm256_loadu_ps(pb.add(k + 8)), s1);
-            k += 16;
-        }
-        if k + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(k)), _mm256_loadu_ps(pb.add(k)), s0);
-            k += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(s0, s1));
-        while k < n {
-            s += a[k] * b[k];
-            k += 1;
-        }
-        s
+        dot_inline(a.as_ptr(), b.as_ptr(), a.len().min(b.len()))
     }
 
     #[inline(always)]

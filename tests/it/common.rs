@@ -139,3 +139,18 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A copy of the PEFT adapter in `src` with every weight multiplied by `k`, written to `dst`:
+/// another adapter of the same shape.
+pub fn scaled_adapter(src: &Path, dst: &Path, k: f32) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    std::fs::copy(src.join("adapter_config.json"), dst.join("adapter_config.json")).unwrap();
+    let mut w = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    let (h, _) = loradex::peft::safetensors::read_header(&w, "x").unwrap();
+    for c in w[8 + h..].chunks_exact_mut(4) {
+        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * k;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(dst.join("adapter_model.safetensors"), &w).unwrap();
+    dst.to_path_buf()
+}

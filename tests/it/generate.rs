@@ -25,17 +25,7 @@ fn load_adapter(e: &Engine, dir: &Path) -> Arc<LoadedAdapter> {
 
 /// The fixture adapter with every weight multiplied by `k`: another adapter of the same shape.
 fn scaled_adapter(tmp: &Path, k: f32) -> PathBuf {
-    let d = tmp.join(format!("scaled{k}"));
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(llama().join("adapter/adapter_config.json"), d.join("adapter_config.json")).unwrap();
-    let mut w = std::fs::read(llama().join("adapter/adapter_model.safetensors")).unwrap();
-    let (h, _) = loradex::peft::safetensors::read_header(&w, "x").unwrap();
-    for c in w[8 + h..].chunks_exact_mut(4) {
-        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * k;
-        c.copy_from_slice(&x.to_le_bytes());
-    }
-    std::fs::write(d.join("adapter_model.safetensors"), &w).unwrap();
-    d
+    super::common::scaled_adapter(&llama().join("adapter"), &tmp.join(format!("scaled{k}")), k)
 }
 
 /// Per-position logits of one token row fed `chunk` tokens per step.
