@@ -65,9 +65,6 @@ pub struct Row<'a> {
 
 impl Decoder {
     pub fn new(cfg: Config, src: &mut dyn Source) -> Result<Decoder> {
-        if cfg.hidden_act.as_deref().is_some_and(|a| a != "silu") {
-            return Err(Error::Model(format!("hidden_act {:?} is not supported (silu)", cfg.hidden_act)));
-        }
         let (hidden, nh) = (cfg.hidden_size, cfg.num_attention_heads);
         let (n_kv, hd) = cfg.dims()?;
         let theta = cfg.theta()?;
@@ -199,7 +196,6 @@ impl Decoder {
         let eps = self.cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let rep = nh / nkv;
-        let window = None::<usize>;
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
             {
@@ -218,10 +214,9 @@ impl Decoder {
                     let (t, head) = (i / nh, i % nh);
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
-                    let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
                     let off = (head / rep) * hd;
                     let qh = &q[t * nh * hd + head * hd..][..hd];
-                    attend(qh, kc, vc, kvd, off, lo, p, scale, out);
+                    attend(qh, kc, vc, kvd, off, 0, p, scale, out);
                 };
                 // each (token, head) is independent; small steps stay on this thread
                 let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();

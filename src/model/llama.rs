@@ -62,8 +62,12 @@ impl Config {
             .or(self.rope_theta)
             .unwrap_or(10000.0))
     }
-    /// `(num_key_value_heads, head_dim)`, after checking that the head counts and sizes fit.
+    /// `(num_key_value_heads, head_dim)`, after checking the activation and that the head counts
+    /// and sizes fit.
     pub fn dims(&self) -> Result<(usize, usize)> {
+        if self.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            return Err(Error::Model(format!("hidden_act {:?} is not supported (silu)", self.hidden_act)));
+        }
         let (hidden, nh) = (self.hidden_size, self.num_attention_heads);
         if nh == 0 || hidden == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
             return Err(Error::Model("config: hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into()));
@@ -133,9 +137,6 @@ impl Cache {
 
 impl Llama {
     pub fn new(cfg: Config, w: &Weights, device: &Device) -> Result<Llama> {
-        if cfg.hidden_act.as_deref().is_some_and(|a| a != "silu") {
-            return Err(Error::Model(format!("hidden_act {:?} is not supported (silu)", cfg.hidden_act)));
-        }
         let (n_kv, head_dim) = cfg.dims()?;
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
@@ -257,35 +258,6 @@ impl Llama {
         let (b, s, d) = h.dims3()?;
         Ok(h.reshape((b * s, d))?.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?)
     }
-
-    /// Greedy (temperature 0) or sampled decoding of one prompt; returns prompt + new ids.
-    pub fn generate(&self, prompt: &[u32], max_new: usize, temperature: f64, seed: u64, ctx: &Ctx) -> Result<Vec<u32>> {
-        if prompt.is_empty() {
-            return Err(Error::InvalidArgument("empty prompt".into()));
-        }
-        let dev = self.embed.device();
-        let eos = self.cfg.eos_ids();
-        let mut cache = Cache::default();
-        let mut out = prompt.to_vec();
-        let mut rng = crate::util::Rng::new(seed);
-        let mut next_input = prompt.to_vec();
-        for _ in 0..max_new {
-            let pos0 = cache.len();
-            if pos0 + next_input.len() > self.cfg.max_position_embeddings {
-                break;
-            }
-            let ids = Tensor::from_vec(next_input.clone(), (1, next_input.len()), dev)?;
-            let logits = self.forward(&ids, None, pos0, Some(&mut cache), ctx)?;
-            let last = logits.get(0)?.get(next_input.len() - 1)?.to_vec1::<f32>()?;
-            let tok = if temperature <= 0.0 { argmax(&last) } else { sample(&last, temperature, &mut rng) };
-            out.push(tok);
-            if eos.contains(&tok) {
-                break;
-            }
-            next_input = vec![tok];
-        }
-        Ok(out)
-    }
 }
 
 pub fn argmax(v: &[f32]) -> u32 {
@@ -296,18 +268,4 @@ pub fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-fn sample(logits: &[f32], temperature: f64, rng: &mut crate::util::Rng) -> u32 {
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let p: Vec<f64> = logits.iter().map(|&l| (((l - m) as f64) / temperature).exp()).collect();
-    let total: f64 = p.iter().sum();
-    let mut u = rng.next_f32() as f64 * total;
-    for (i, x) in p.iter().enumerate() {
-        u -= x;
-        if u <= 0.0 {
-            return i as u32;
-        }
-    }
-    (p.len() - 1) as u32
 }

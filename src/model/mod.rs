@@ -89,6 +89,19 @@ impl decoder::Source for WeightsSource<'_> {
     }
 }
 
+/// A GGUF file's tokenizer and chat template, from its metadata.
+fn gguf_text(g: &gguf::Gguf) -> Result<(Tok, Option<chat::ChatTemplate>)> {
+    let (inner, pad) = g.tokenizer()?;
+    let chat = match g.chat_template() {
+        Some(t) => {
+            let special = |k| g.token_text(k).unwrap_or_default();
+            Some(chat::ChatTemplate::new(&t, &special("bos_token_id"), &special("eos_token_id"))?)
+        }
+        None => None,
+    };
+    Ok((Tok::new(inner, pad)?, chat))
+}
+
 /// What `Engine::generate` returns.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Generated {
@@ -235,16 +248,7 @@ impl Engine {
             let cfg: llama::Config = serde_json::from_value(base.config.clone()).map_err(|e| Error::json(path.display().to_string(), e))?;
             let max_len = cfg.max_position_embeddings;
             let dec = decoder::Decoder::new(cfg, &mut g.source(dtype)?)?;
-            let (inner, pad) = g.tokenizer()?;
-            let tok = Tok::new(inner, pad)?;
-            let chat = match g.chat_template() {
-                Some(t) => Some(chat::ChatTemplate::new(
-                    &t,
-                    &g.token_text("bos_token_id").unwrap_or_default(),
-                    &g.token_text("eos_token_id").unwrap_or_default(),
-                )?),
-                None => None,
-            };
+            let (tok, chat) = gguf_text(&g)?;
             return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
         }
         let w = Weights::load(&base, &device)?;
@@ -259,12 +263,8 @@ impl Engine {
         let g = gguf::Gguf::open(&path)?;
         let w = Weights { map: g.dequantized(&device)?.into_iter().collect() };
         let mut e = Engine::from_weights(base, w, device, false)?;
-        let (inner, pad) = g.tokenizer()?;
-        e.tok = Some(Tok::new(inner, pad)?);
-        e.chat = match g.chat_template() {
-            Some(t) => Some(chat::ChatTemplate::new(&t, &g.token_text("bos_token_id").unwrap_or_default(), &g.token_text("eos_token_id").unwrap_or_default())?),
-            None => None,
-        };
+        let (tok, chat) = gguf_text(&g)?;
+        (e.tok, e.chat) = (Some(tok), chat);
         Ok(e)
     }
 
@@ -382,42 +382,49 @@ impl Engine {
         let tok = self.tok()?;
         let cap = Sequence::positions_needed(prompt_ids.len(), params.max_tokens, self.max_len);
         let mut text = String::new();
-        let push = |ev: &Event, text: &mut String| match ev {
-            Event::Token { text: t, .. } | Event::Done { text: t, .. } => text.push_str(t),
-            Event::Pending => {}
+        // one forward of the new tokens, returning the last token's logits: the CPU decoder, or
+        // candle's model (accelerators, or after a merge)
+        // candle's model keeps its own cache; the sequence's then only bounds its positions
+        let cache = match &self.decoder {
+            Some(dec) => dec.cache(cap, None),
+            None => kv_cache::SeqCache::new(0, 0, cap, None),
         };
-        let finish = if let Some(dec) = &self.decoder {
-            let mut seq = Sequence::new(prompt_ids.clone(), params, dec.cache(cap, None), self.eos_ids(), self.max_len)?;
-            loop {
-                let input = seq.next_input(512).to_vec();
-                let logits = dec.step(&mut [decoder::Row { tokens: &input, cache: &mut seq.cache, adapter: adapter.as_deref() }])?;
-                let ev = seq.accept(tok, input.len(), &logits[0])?;
-                push(&ev, &mut text);
-                on_event(&ev);
-                if let Event::Done { finish, .. } = ev {
-                    break (finish, seq.generated);
-                }
+        let mut seq = Sequence::new(prompt_ids.clone(), params, cache, self.eos_ids(), self.max_len)?;
+        let mut candle_cache = llama::Cache::default();
+        let routing = match &adapter {
+            Some(a) => Routing::single(a.clone(), 1),
+            None => Routing::base(1),
+        };
+        let ctx = Ctx::infer(&routing);
+        let (chunk, mut step): (usize, Box<dyn FnMut(&[u32], &mut kv_cache::SeqCache) -> Result<Vec<f32>> + '_>) = match (&self.decoder, &self.net) {
+            (Some(dec), _) => {
+                let a = adapter.as_deref();
+                (512, Box::new(move |input, cache| Ok(dec.step(&mut [decoder::Row { tokens: input, cache, adapter: a }])?.remove(0))))
             }
-        } else {
-            let Net::Llama(m) = &self.net else { return Err(Error::Model("generation needs a Llama base".into())) };
-            let routing = match &adapter {
-                Some(a) => Routing::single(a.clone(), 1),
-                None => Routing::base(1),
-            };
-            let ctx = Ctx::infer(&routing);
-            let mut cache = llama::Cache::default();
-            let mut seq = Sequence::new(prompt_ids.clone(), params, kv_cache::SeqCache::new(0, 0, cap, None), self.eos_ids(), self.max_len)?;
-            loop {
-                let input = seq.next_input(usize::MAX).to_vec();
-                let ids = Tensor::from_vec(input.clone(), (1, input.len()), &self.device)?;
-                let logits = m.forward(&ids, None, cache.len(), Some(&mut cache), &ctx)?;
-                let last = logits.get(0)?.get(input.len() - 1)?.to_vec1::<f32>()?;
-                let ev = seq.accept(tok, input.len(), &last)?;
-                push(&ev, &mut text);
-                on_event(&ev);
-                if let Event::Done { finish, .. } = ev {
-                    break (finish, seq.generated);
-                }
+            (None, Net::Llama(m)) => {
+                let (ctx, dev) = (&ctx, &self.device);
+                let cache = &mut candle_cache;
+                (
+                    usize::MAX,
+                    Box::new(move |input, _| {
+                        let ids = Tensor::from_vec(input.to_vec(), (1, input.len()), dev)?;
+                        let logits = m.forward(&ids, None, cache.len(), Some(&mut *cache), ctx)?;
+                        Ok(logits.get(0)?.get(input.len() - 1)?.to_vec1::<f32>()?)
+                    }),
+                )
+            }
+            _ => return Err(Error::Model("generation needs a Llama base".into())),
+        };
+        let finish = loop {
+            let input = seq.next_input(chunk).to_vec();
+            let logits = step(&input, &mut seq.cache)?;
+            let ev = seq.accept(tok, input.len(), &logits)?;
+            if let Event::Token { text: t, .. } | Event::Done { text: t, .. } = &ev {
+                text.push_str(t);
+            }
+            on_event(&ev);
+            if let Event::Done { finish, .. } = ev {
+                break (finish, seq.generated);
             }
         };
         let (finish_reason, new_ids) = finish;
