@@ -54,6 +54,8 @@ struct Load {
     tok_per_s: f64,
     tokens: usize,
     ttft: Vec<f64>,
+    /// Sequences per decoder step, on average: how full the batch ran.
+    rows_per_step: f64,
 }
 
 /// `adapters.len()` concurrent streams through the scheduler (row i on `adapters[i]`).
@@ -103,8 +105,8 @@ fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: 
     }
     let wall = t0.elapsed().as_secs_f64();
     use std::sync::atomic::Ordering::Relaxed;
-    eprintln!("  [{} steps, {} rows, {} tokens fed]", metrics.llm_steps.load(Relaxed), metrics.llm_step_rows.load(Relaxed), metrics.llm_step_tokens.load(Relaxed));
-    Ok(Load { tok_per_s: total as f64 / wall, tokens: total, ttft })
+    let rows_per_step = metrics.llm_step_rows.load(Relaxed) as f64 / metrics.llm_steps.load(Relaxed).max(1) as f64;
+    Ok(Load { tok_per_s: total as f64 / wall, tokens: total, ttft, rows_per_step })
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -148,9 +150,10 @@ pub fn run(a: Args) -> Result<()> {
     for &n in &a.streams {
         let l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
         println!(
-            "{n:2} streams, base: {:7.1} tok/s aggregate ({} tokens) = {:.2}x one stream{}",
+            "{n:2} streams, base: {:7.1} tok/s aggregate ({} tokens, {:.1} rows a step) = {:.2}x one stream{}",
             l.tok_per_s,
             l.tokens,
+            l.rows_per_step,
             l.tok_per_s / base_tps,
             if n == 16 { " (goal >= 4x)" } else { "" }
         );

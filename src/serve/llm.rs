@@ -327,7 +327,6 @@ impl Scheduler {
             let closed: Vec<UnboundedSender<GenEvent>> = gone.iter().map(|&i| senders[i].clone()).collect();
             self.seqs.retain(|r| !closed.iter().any(|c| c.same_channel(&r.events)));
             self.metrics.llm_cancelled.fetch_add(closed.len() as u64, Ordering::Relaxed);
-            self.running.store(self.seqs.len(), Ordering::Release);
         }
     }
 }

@@ -129,6 +129,17 @@ pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 impl Shared {
+    /// `adapter` for a request that may name none (the base alone).
+    fn adapter_opt(&self, spec: Option<&str>) -> Result<(Option<Digest>, Option<Arc<LoadedAdapter>>)> {
+        Ok(match spec {
+            Some(r) => {
+                let (d, a) = self.adapter(r)?;
+                (Some(d), Some(a))
+            }
+            None => (None, None),
+        })
+    }
+
     /// Resolves a ref to its digest and the resident adapter, loading it on a miss.
     fn adapter(&self, spec: &str) -> Result<(Digest, Arc<LoadedAdapter>)> {
         let d = self.store.lock().expect("store lock").resolve(spec)?;
@@ -277,13 +288,7 @@ async fn classify(s: Arc<Shared>, body: Bytes) -> Result<Value, ApiError> {
     }
     let s2 = s.clone();
     let (digest, adapter, rows) = blocking(move || {
-        let (d, a) = match &spec {
-            Some(r) => {
-                let (d, a) = s2.adapter(r)?;
-                (Some(d), Some(a))
-            }
-            None => (None, None),
-        };
+        let (d, a) = s2.adapter_opt(spec.as_deref())?;
         let tok = s2.engine.tok()?;
         let rows = texts.iter().map(|t| tok.encode(t, s2.engine.max_len)).collect::<Result<Vec<_>>>()?;
         Ok((d, a, rows))

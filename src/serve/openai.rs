@@ -169,13 +169,7 @@ pub async fn generate(s: Arc<Shared>, kind: Kind, headers: HeaderMap, query: Opt
     let s2 = s.clone();
     let (adapter_spec, prompt_in) = (p.adapter.clone(), p.prompt);
     let (digest, adapter, prompt) = blocking(move || {
-        let (d, a) = match &adapter_spec {
-            Some(r) => {
-                let (d, a) = s2.adapter(r)?;
-                (Some(d), Some(a))
-            }
-            None => (None, None),
-        };
+        let (d, a) = s2.adapter_opt(adapter_spec.as_deref())?;
         let ids = match prompt_in {
             PromptIn::Ids(ids) => ids,
             PromptIn::Text(t) => s2.engine.prompt_ids(&Prompt::Text(t))?,
@@ -189,7 +183,6 @@ pub async fn generate(s: Arc<Shared>, kind: Kind, headers: HeaderMap, query: Opt
         return Err(bad(format!("prompt token id {t} is outside the vocabulary ({vocab})")));
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let n_prompt = prompt.len();
     llm.submit(GenRequest { prompt, params: p.params, adapter, events: tx }).map_err(refused)?;
     let id = format!("{}-{:x}", if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }, crate::util::unique_suffix());
     let meta = Meta { id, kind, model: p.model, created: crate::util::now_secs(), digest: digest.map(|d| d.to_string()) };
@@ -211,7 +204,6 @@ pub async fn generate(s: Arc<Shared>, kind: Kind, headers: HeaderMap, query: Opt
                     Kind::Completion => json!({"index": 0, "text": text, "finish_reason": finish.as_str(), "logprobs": null, "token_ids": ids}),
                     Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish.as_str(), "logprobs": null, "token_ids": ids}),
                 };
-                let _ = n_prompt;
                 return Ok(axum::Json(meta.body(vec![choice], Some(usage))).into_response());
             }
             Some(GenEvent::Error(m)) => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, m)),
