@@ -162,9 +162,7 @@ impl Gguf {
     pub fn source(&self, dtype: LoadDtype) -> Result<GgufSource<'_>> {
         let names = self.content.tensor_infos.keys().filter_map(|n| Some((Gguf::hf_name(n)?, n.clone()))).collect();
         let file = std::fs::File::open(&self.path).at(&self.path)?;
-        let heads = self.arch_req("attention.head_count")?;
-        let kv = self.arch_u("attention.head_count_kv")?.unwrap_or(heads);
-        Ok(GgufSource { g: self, file, names, dtype, heads, kv })
+        Ok(GgufSource { g: self, file, names, dtype })
     }
 
     fn strings(&self, key: &str) -> Result<Vec<String>> {
@@ -263,26 +261,10 @@ impl Gguf {
     /// Hugging Face order: the weights transformers would load from this file (for training).
     pub fn dequantized(&self, device: &Device) -> Result<Vec<(String, candle_core::Tensor)>> {
         let mut f = std::fs::File::open(&self.path).at(&self.path)?;
-        let heads = self.arch_req("attention.head_count")?;
-        let kv = self.arch_u("attention.head_count_kv")?.unwrap_or(heads);
         let mut out = vec![];
         for name in self.content.tensor_infos.keys() {
             let Some(hf) = Gguf::hf_name(name) else { continue };
-            let t = self.content.tensor(&mut f, name, &Device::Cpu).map_err(io(&self.path))?.dequantize(&Device::Cpu)?;
-            let h = if hf.ends_with("self_attn.q_proj.weight") {
-                Some(heads)
-            } else if hf.ends_with("self_attn.k_proj.weight") {
-                Some(kv)
-            } else {
-                None
-            };
-            let t = match h {
-                Some(h) => {
-                    let perm: Vec<u32> = unpermute_rows(t.dim(0)?, h)?.into_iter().map(|r| r as u32).collect();
-                    t.index_select(&candle_core::Tensor::new(perm, &Device::Cpu)?, 0)?
-                }
-                None => t,
-            };
+            let t = self.hf_tensor(&mut f, name, &hf)?.dequantize(&Device::Cpu)?;
             out.push((hf, t.to_device(device)?));
         }
         Ok(out)
@@ -310,13 +292,34 @@ pub fn unpermute_rows(rows: usize, heads: usize) -> Result<Vec<usize>> {
         .collect())
 }
 
+impl Gguf {
+    /// Tensor `gname` as stored, with `q`/`k` rows moved into Hugging Face order (`hf` is its
+    /// Hugging Face name). Rows are independent in every GGML type, so whole rows of bytes move.
+    fn hf_tensor(&self, file: &mut std::fs::File, gname: &str, hf: &str) -> Result<QTensor> {
+        let t = self.content.tensor(file, gname, &Device::Cpu).map_err(io(&self.path))?;
+        let heads = if hf.ends_with("self_attn.q_proj.weight") {
+            self.arch_req("attention.head_count")?
+        } else if hf.ends_with("self_attn.k_proj.weight") {
+            let h = self.arch_req("attention.head_count")?;
+            self.arch_u("attention.head_count_kv")?.unwrap_or(h)
+        } else {
+            return Ok(t);
+        };
+        let (dt, rows) = (t.dtype(), t.shape().dims()[0]);
+        let shape = t.shape().clone();
+        let data = t.data().map_err(io(&self.path))?;
+        let rb = data.len() / rows;
+        let perm: Vec<u8> = unpermute_rows(rows, heads)?.iter().flat_map(|&r| data[r * rb..][..rb].iter().copied()).collect();
+        let storage = QStorage::from_data(std::borrow::Cow::Owned(perm), &Device::Cpu, dt).map_err(io(&self.path))?;
+        QTensor::new(storage, shape).map_err(io(&self.path))
+    }
+}
+
 pub struct GgufSource<'a> {
     g: &'a Gguf,
     file: std::fs::File,
     names: HashMap<String, String>,
     dtype: LoadDtype,
-    heads: usize,
-    kv: usize,
 }
 
 impl GgufSource<'_> {
@@ -326,29 +329,13 @@ impl GgufSource<'_> {
         if info.shape.dims() != shape {
             return Err(Error::TensorMismatch { tensor: gname.clone(), detail: format!("shape {:?}, expected {shape:?}", info.shape.dims()) });
         }
-        self.g.content.tensor(&mut self.file, gname, &Device::Cpu).map_err(io(&self.g.path))
+        self.g.hf_tensor(&mut self.file, gname, name)
     }
 }
 
 impl Source for GgufSource<'_> {
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QWeight> {
-        let mut t = self.load(name, &[rows, cols])?;
-        let heads = if name.ends_with("self_attn.q_proj.weight") {
-            Some(self.heads)
-        } else if name.ends_with("self_attn.k_proj.weight") {
-            Some(self.kv)
-        } else {
-            None
-        };
-        if let Some(h) = heads {
-            // rows are independent in every GGML type: move whole rows of bytes
-            let dt = t.dtype();
-            let data = t.data().map_err(io(&self.g.path))?;
-            let rb = data.len() / rows;
-            let perm: Vec<u8> = unpermute_rows(rows, h)?.iter().flat_map(|&r| data[r * rb..][..rb].iter().copied()).collect();
-            let storage = QStorage::from_data(std::borrow::Cow::Owned(perm), &Device::Cpu, dt).map_err(io(&self.g.path))?;
-            t = QTensor::new(storage, (rows, cols)).map_err(io(&self.g.path))?;
-        }
+        let t = self.load(name, &[rows, cols])?;
         let is_embed = name == "model.embed_tokens.weight";
         let w = match (self.dtype, BlockFmt::of(t.dtype()), t.dtype()) {
             (LoadDtype::Native, Some(f), _) => QWeight::blocks(f, rows, cols, t.data().map_err(io(&self.g.path))?.into_owned())?,
