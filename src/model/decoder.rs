@@ -216,7 +216,7 @@ impl Decoder {
                     let p = tok_pos[t];
                     let off = (head / rep) * hd;
                     let qh = &q[t * nh * hd + head * hd..][..hd];
-                    attend(qh, kc, vc, kvd, off, 0, p, scale, out);
+                    attend(qh, kc, vc, kvd, off, p, scale, out);
                 };
                 // each (token, head) is independent; small steps stay on this thread
                 let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();

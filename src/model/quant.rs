@@ -431,25 +431,25 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Softmax attention of one query head `q` over cache positions `lo..=hi`: position `j`'s key
+/// Softmax attention of one query head `q` over cache positions `0..=hi`: position `j`'s key
 /// and value are `k[j·stride + off..][..q.len()]` and likewise in `v`; writes the weighted sum of
 /// values into `out`. One call per (token, head), with its loops inside one AVX2 function.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, lo: usize, hi: usize, scale: f32, out: &mut [f32]) {
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, hi: usize, scale: f32, out: &mut [f32]) {
     let hd = q.len();
     assert!(hi < k.len().div_ceil(stride.max(1)) && (hi * stride + off + hd) <= k.len().min(v.len()) && out.len() == hd, "attention slices");
-    let mut s = vec![0f32; hi + 1 - lo];
+    let mut s = vec![0f32; hi + 1];
     if has_avx2() {
         // SAFETY: AVX2 and FMA were detected; the assert above bounds every slice read.
-        unsafe { avx::attend(q, k, v, stride, off, lo, scale, &mut s, out) };
+        unsafe { avx::attend(q, k, v, stride, off, scale, &mut s, out) };
         return;
     }
-    for (e, j) in s.iter_mut().zip(lo..) {
+    for (j, e) in s.iter_mut().enumerate() {
         *e = dot_f32_portable(q, &k[j * stride + off..][..hd]) * scale;
     }
     softmax_in_place(&mut s);
     out.fill(0.0);
-    for (e, j) in s.iter().zip(lo..) {
+    for (j, e) in s.iter().enumerate() {
         for (o, x) in out.iter_mut().zip(&v[j * stride + off..][..hd]) {
             *o += e * x;
         }

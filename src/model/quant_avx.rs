@@ -165,10 +165,10 @@ mod x86 {
     /// `attend`'s AVX2 build; `s` holds one score per position.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, lo: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
         let hd = q.len();
         for (i, e) in s.iter_mut().enumerate() {
-            *e = dot_inline(q.as_ptr(), k.as_ptr().add((lo + i) * stride + off), hd) * scale;
+            *e = dot_inline(q.as_ptr(), k.as_ptr().add(i * stride + off), hd) * scale;
         }
         super::super::softmax_in_place(s);
         // values in passes of 32 outputs (4 accumulators), each pass one walk over positions
@@ -177,7 +177,7 @@ mod x86 {
             let mut acc = [_mm256_setzero_ps(); 4];
             for (i, e) in s.iter().enumerate() {
                 let w = _mm256_set1_ps(*e);
-                let row = v.as_ptr().add((lo + i) * stride + off + j);
+                let row = v.as_ptr().add(i * stride + off + j);
                 for (q, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * q)), *a);
                 }
@@ -190,7 +190,7 @@ mod x86 {
         while j < n8 {
             let mut acc = _mm256_setzero_ps();
             for (i, e) in s.iter().enumerate() {
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(*e), _mm256_loadu_ps(v.as_ptr().add((lo + i) * stride + off + j)), acc);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*e), _mm256_loadu_ps(v.as_ptr().add(i * stride + off + j)), acc);
             }
             _mm256_storeu_ps(out.as_mut_ptr().add(j), acc);
             j += 8;
@@ -198,7 +198,7 @@ mod x86 {
         while j < hd {
             let mut acc = 0f32;
             for (i, e) in s.iter().enumerate() {
-                acc += e * v[(lo + i) * stride + off + j];
+                acc += e * v[i * stride + off + j];
             }
             out[j] = acc;
             j += 1;
@@ -289,7 +289,7 @@ mod portable_stubs {
         unreachable!("AVX2 is only detected on x86-64")
     }
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
+    pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn low_rank(_: &[f32], _: super::super::Half, _: usize, _: usize, _: &mut [f32]) {
