@@ -81,7 +81,10 @@ impl BaseDir {
 
     pub fn open_dir(dir: &Path) -> Result<BaseDir> {
         let cfg_path = dir.join("config.json");
-        let config_bytes = std::fs::read(&cfg_path).map_err(|_| Error::Missing { path: dir.into(), what: "config.json".into() })?;
+        if !cfg_path.exists() {
+            return Err(Error::Missing { path: dir.into(), what: "config.json".into() });
+        }
+        let config_bytes = crate::util::read_bounded(&cfg_path, crate::util::MAX_CONFIG_BYTES)?;
         let config: Value = serde_json::from_slice(&config_bytes).map_err(|e| Error::json(cfg_path.display().to_string(), e))?;
         let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
         let arch = match model_type {
@@ -265,6 +268,13 @@ pub fn check_adapter(
             return Err(Error::TensorMismatch {
                 tensor: bkey.clone(),
                 detail: format!("shape {bshape:?}, expected [{out_f}, {r}] for base {wname} {wshape:?}"),
+            });
+        }
+        let peft_name = akey.strip_prefix(peft::KEY_PREFIX).and_then(|k| k.strip_suffix(".lora_A.weight")).unwrap_or(module);
+        if r != config.rank_for(peft_name) {
+            return Err(Error::TensorMismatch {
+                tensor: akey.clone(),
+                detail: format!("rank {r}, but the config gives {peft_name} rank {} (r / rank_pattern)", config.rank_for(peft_name)),
             });
         }
         summary.lora_modules.insert(module.clone(), r);

@@ -27,6 +27,39 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     res
 }
 
+/// Most bytes of an adapter weights file (a LoRA of a 70B base at r=64 is about 1.6 GB).
+pub const MAX_WEIGHTS_BYTES: u64 = 8 << 30;
+/// Most bytes of a JSON/TOML config, a tokenizer or a chat template file.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+/// Most bytes of a training data file.
+pub const MAX_DATA_BYTES: u64 = 2 << 30;
+
+/// Reads a regular file (symlinks followed) of at most `max` bytes. A device, FIFO or
+/// directory (`/dev/zero` behind a symlink) is refused before any read, and the read itself
+/// stops at `max + 1` bytes, so a file growing under us cannot exhaust memory either.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).at(path)?;
+    let meta = f.metadata().at(path)?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!("{}: not a regular file", path.display())));
+    }
+    if meta.len() > max {
+        return Err(Error::InvalidArgument(format!("{}: {} bytes, more than the {max} allowed", path.display(), meta.len())));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out).at(path)?;
+    if out.len() as u64 > max {
+        return Err(Error::InvalidArgument(format!("{}: grew past the {max} bytes allowed while read", path.display())));
+    }
+    Ok(out)
+}
+
+/// `read_bounded` as UTF-8 text.
+pub fn read_text_bounded(path: &Path, max: u64) -> Result<String> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| Error::InvalidArgument(format!("{}: not UTF-8 text", path.display())))
+}
+
 pub fn unique_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);

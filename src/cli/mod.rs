@@ -203,6 +203,9 @@ enum Cmd {
         /// GGUF bases: native (keep quantized blocks) or f32 (dequantize at load)
         #[arg(long, default_value = "native")]
         dtype: String,
+        /// Request log lines on stderr: text, or json (one object per line) for machines
+        #[arg(long, default_value = "text")]
+        log_format: String,
     },
     /// Benchmarks that print ratios against a baseline measured in the same run
     Bench {
@@ -454,8 +457,9 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 }
             }
         }
-        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda, max_running, kv_cache_bytes, max_waiting, prefill_tokens, dtype } => {
+        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda, max_running, kv_cache_bytes, max_waiting, prefill_tokens, dtype, log_format } => {
             let dtype = dtype.parse()?;
+            loradex::serve::http::init_logging(log_format.parse()?);
             let opts = loradex::serve::Options {
                 addr,
                 cache_bytes,

@@ -25,6 +25,27 @@ pub struct Config {
     #[serde(default)]
     pub pad_token_id: Option<u32>,
 }
+impl Config {
+    /// Refuses sizes the forward would divide by or index with (a hostile or broken config
+    /// must be an error, never a panic).
+    pub fn validate(&self) -> Result<()> {
+        let (h, nh) = (self.hidden_size, self.num_attention_heads);
+        if h == 0 || nh == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+            return Err(Error::Model("config: hidden_size, num_attention_heads, num_hidden_layers, intermediate_size and vocab_size must be positive".into()));
+        }
+        if !h.is_multiple_of(nh) {
+            return Err(Error::Model(format!("config: hidden_size {h} is not divisible by num_attention_heads {nh}")));
+        }
+        if self.max_position_embeddings < 2 || self.type_vocab_size == 0 {
+            return Err(Error::Model("config: max_position_embeddings must be at least 2 and type_vocab_size positive".into()));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(Error::Model(format!("config: layer_norm_eps {} must be positive", self.layer_norm_eps)));
+        }
+        Ok(())
+    }
+}
+
 fn gelu() -> String {
     "gelu".into()
 }

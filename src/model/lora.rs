@@ -209,7 +209,7 @@ impl LoadedAdapter {
             let t = Tensor::from_vec(data, info.shape.as_slice(), device)?;
             match peft::classify_key(key, &config.modules_to_save)? {
                 KeyKind::LoraA(m) => {
-                    a.insert(arch.canonical(&m), t);
+                    a.insert(arch.canonical(&m), (m, t));
                 }
                 KeyKind::LoraB(m) => {
                     b.insert(arch.canonical(&m), t);
@@ -220,13 +220,21 @@ impl LoadedAdapter {
             }
         }
         let mut modules = HashMap::new();
-        for (m, a_t) in a {
+        for (m, (peft_name, a_t)) in a {
             let b_t = b.remove(&m).ok_or_else(|| Error::TensorMismatch { tensor: m.clone(), detail: "lora_A without lora_B".into() })?;
             let r = a_t.dims()[0];
             if b_t.dims().get(1) != Some(&r) {
                 return Err(Error::TensorMismatch { tensor: m, detail: "lora_A and lora_B ranks differ".into() });
             }
-            let scale = config.scale_for(&m, r);
+            // PEFT builds each module at `rank_for` and refuses tensors of another rank.
+            if r != config.rank_for(&peft_name) {
+                return Err(Error::TensorMismatch {
+                    tensor: m,
+                    detail: format!("rank {r}, but the config gives this module rank {} (r / rank_pattern)", config.rank_for(&peft_name)),
+                });
+            }
+            // patterns match PEFT's module names, not loradex's canonical ones
+            let scale = config.scale_for(&peft_name, r);
             modules.insert(m, LoraPair { a: a_t, b: b_t, scale, host: Some(Default::default()) });
         }
         if let Some(m) = b.keys().next() {

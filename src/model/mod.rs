@@ -148,6 +148,9 @@ impl Tok {
     /// `encode`, optionally without the tokenizer's special tokens (a rendered chat template
     /// already holds them).
     pub fn encode_with(&self, text: &str, max_len: usize, add_special: bool) -> Result<(Vec<u32>, Vec<u32>)> {
+        if max_len == 0 {
+            return Err(Error::InvalidArgument("a maximum sequence length of 0 leaves no room for any token".into()));
+        }
         let e = self.inner.encode(text, add_special).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = e.get_ids().to_vec();
         let mut tt = e.get_type_ids().to_vec();
@@ -273,6 +276,7 @@ impl Engine {
         let (net, max_len, pad) = match base.arch {
             Arch::Bert => {
                 let cfg: bert::Config = serde_json::from_value(base.config.clone()).map_err(cfg_err)?;
+                cfg.validate()?;
                 let (m, p) = (cfg.max_position_embeddings, cfg.pad_token_id);
                 (Net::Bert(bert::Bert::new(cfg, &w)?), m, p)
             }
@@ -340,6 +344,19 @@ impl Engine {
             Some(a) if !a.labels.is_empty() => a.labels.clone(),
             _ => self.labels.clone(),
         }
+    }
+
+    /// Whether rows routed to `a` (or to no adapter) can be classified: a BERT base and a
+    /// head, the adapter's saved one or the base's own. Checked before a request joins a batch,
+    /// so a request that cannot run is refused alone (`InvalidArgument`) and fails no other.
+    pub fn check_classifier(&self, a: Option<&LoadedAdapter>) -> Result<()> {
+        let Net::Bert(m) = &self.net else { return Err(Error::InvalidArgument("this base is not a classifier (use /v1/completions)".into())) };
+        m.head_for(a).map(|_| ()).map_err(|_| {
+            Error::InvalidArgument(match a {
+                None => "this base has no classification head: name an adapter that saves one (modules_to_save)".into(),
+                Some(a) => format!("adapter {} saves no classification head (modules_to_save) and the base has none", a.id),
+            })
+        })
     }
 
     /// Classifies pre-tokenized rows (BERT).

@@ -6,7 +6,6 @@ pub mod safetensors;
 
 use crate::error::{Error, IoContext, Result};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -24,8 +23,94 @@ pub struct LoraConfig {
     pub modules_to_save: Vec<String>,
     pub task_type: Option<String>,
     pub lora_dropout: f64,
-    pub rank_pattern: BTreeMap<String, usize>,
-    pub alpha_pattern: BTreeMap<String, f64>,
+    pub rank_pattern: Patterns<usize>,
+    pub alpha_pattern: Patterns<f64>,
+}
+
+/// `rank_pattern` / `alpha_pattern` as PEFT reads them: keys are regular expressions tried
+/// in the file's order against a module path `m` as `(.*\.)?(KEY)$` from the start of `m`;
+/// a key equal to `m` wins outright, else the first key that matches.
+#[derive(Clone, Debug, Default)]
+pub struct Patterns<T> {
+    entries: Vec<(String, regex::Regex, T)>,
+}
+
+impl<T: Copy> Patterns<T> {
+    /// The value for `module` (a path like `model.layers.0.self_attn.q_proj`), if any key matches.
+    pub fn lookup(&self, module: &str) -> Option<T> {
+        if let Some((_, _, v)) = self.entries.iter().find(|(k, _, _)| k == module) {
+            return Some(*v);
+        }
+        self.entries.iter().find(|(_, re, _)| re.is_match(module)).map(|(_, _, v)| *v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The keys in the file's order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _, _)| k.as_str())
+    }
+}
+
+/// A JSON object's entries in document order (serde_json's `Map` sorts them; PEFT's first
+/// matching pattern depends on the order).
+struct Ordered(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<Ordered, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, x)) = m.next_entry::<String, Value>()? {
+                    v.push((k, x));
+                }
+                Ok(Ordered(v))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Ordered, E> {
+                Ok(Ordered(vec![]))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PatternFields {
+    #[serde(default)]
+    rank_pattern: Option<Ordered>,
+    #[serde(default)]
+    alpha_pattern: Option<Ordered>,
+}
+
+/// Most pattern keys, and bytes per key, a config may have (each compiles to a regex).
+const MAX_PATTERNS: usize = 4096;
+const MAX_PATTERN_LEN: usize = 1024;
+
+fn patterns<T>(field: &str, entries: Option<Ordered>, value: impl Fn(&Value) -> Option<T>, what: &str) -> Result<Patterns<T>> {
+    let entries = entries.map(|o| o.0).unwrap_or_default();
+    if entries.len() > MAX_PATTERNS {
+        return Err(Error::UnsupportedAdapter(format!("{field}: more than {MAX_PATTERNS} keys")));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (k, v) in entries {
+        let v = value(&v).ok_or_else(|| Error::UnsupportedAdapter(format!("{field}[{k:?}] must be {what}")))?;
+        if k.len() > MAX_PATTERN_LEN {
+            return Err(Error::UnsupportedAdapter(format!("{field}: a key longer than {MAX_PATTERN_LEN} bytes")));
+        }
+        let re = regex::RegexBuilder::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| Error::UnsupportedAdapter(format!("{field} key {k:?} is not a regular expression loradex can match: {e}")))?;
+        out.push((k, re, v));
+    }
+    Ok(Patterns { entries: out })
 }
 
 impl LoraConfig {
@@ -64,7 +149,26 @@ impl LoraConfig {
             .and_then(Value::as_u64)
             .filter(|&r| r > 0)
             .ok_or_else(|| Error::UnsupportedAdapter("r must be a positive integer".into()))? as usize;
-        let lora_alpha = o.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
+        let typed = |k: &str, what: &str| Error::UnsupportedAdapter(format!("{k} must be {what}"));
+        let lora_alpha = match o.get("lora_alpha") {
+            None | Some(Value::Null) => 8.0,
+            Some(v) => v.as_f64().filter(|a| a.is_finite()).ok_or_else(|| typed("lora_alpha", "a number"))?,
+        };
+        let flag = |k: &str| -> Result<bool> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(v) => v.as_bool().ok_or_else(|| typed(k, "true or false")),
+            }
+        };
+        let lora_dropout = match o.get("lora_dropout") {
+            None | Some(Value::Null) => 0.0,
+            Some(v) => v.as_f64().filter(|d| (0.0..=1.0).contains(d)).ok_or_else(|| typed("lora_dropout", "a number in [0, 1]"))?,
+        };
+        let task_type = match o.get("task_type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => return Err(typed("task_type", "a string or null")),
+        };
         let strings = |k: &str| -> Result<Vec<String>> {
             match o.get(k) {
                 None | Some(Value::Null) => Ok(vec![]),
@@ -78,43 +182,42 @@ impl LoraConfig {
         };
         let mut target_modules = strings("target_modules")?;
         target_modules.sort();
-        let pattern = |k: &str| -> BTreeMap<String, f64> {
-            o.get(k)
-                .and_then(Value::as_object)
-                .map(|m| m.iter().filter_map(|(k, v)| v.as_f64().map(|v| (k.clone(), v))).collect())
-                .unwrap_or_default()
-        };
+        for k in ["rank_pattern", "alpha_pattern"] {
+            if !matches!(o.get(k), None | Some(Value::Null) | Some(Value::Object(_))) {
+                return Err(typed(k, "an object"));
+            }
+        }
+        let fields: PatternFields = serde_json::from_slice(bytes).map_err(|e| Error::json(CONFIG_FILE, e))?;
+        let rank_pattern = patterns("rank_pattern", fields.rank_pattern, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "a positive integer")?;
+        let alpha_pattern = patterns("alpha_pattern", fields.alpha_pattern, |v| v.as_f64().filter(|a| a.is_finite()), "a number")?;
         Ok(LoraConfig {
             r,
             lora_alpha,
-            use_rslora: o.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            use_rslora: flag("use_rslora")?,
             target_modules,
             modules_to_save: strings("modules_to_save")?,
-            task_type: o.get("task_type").and_then(Value::as_str).map(str::to_string),
-            lora_dropout: o.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
-            rank_pattern: pattern("rank_pattern").into_iter().map(|(k, v)| (k, v as usize)).collect(),
-            alpha_pattern: pattern("alpha_pattern"),
+            task_type,
+            lora_dropout,
+            rank_pattern,
+            alpha_pattern,
         })
     }
 
+    /// The rank PEFT gives one module (`module` as PEFT names it, without `base_model.model.`).
+    pub fn rank_for(&self, module: &str) -> usize {
+        self.rank_pattern.lookup(module).unwrap_or(self.r)
+    }
+
     /// The LoRA scale for one module, honouring `alpha_pattern` and `use_rslora` like PEFT.
-    /// `rank` is the module's actual rank (from its tensors, which already honour `rank_pattern`).
+    /// `rank` is the module's actual rank (from its tensors, checked against `rank_for`).
     pub fn scale_for(&self, module: &str, rank: usize) -> f64 {
-        let alpha = pattern_lookup(&self.alpha_pattern, module).unwrap_or(self.lora_alpha);
+        let alpha = self.alpha_pattern.lookup(module).unwrap_or(self.lora_alpha);
         if self.use_rslora {
             alpha / (rank as f64).sqrt()
         } else {
             alpha / rank as f64
         }
     }
-}
-
-/// PEFT matches pattern keys against the end of the module path.
-fn pattern_lookup<T: Copy>(m: &BTreeMap<String, T>, module: &str) -> Option<T> {
-    m.iter()
-        .filter(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}")))
-        .max_by_key(|(k, _)| k.len())
-        .map(|(_, v)| *v)
 }
 
 /// What a saved tensor key means.
@@ -163,11 +266,11 @@ pub fn read_dir(dir: &Path) -> Result<AdapterFiles> {
         return Err(Error::Missing { path: dir.into(), what: "adapter directory".into() });
     }
     let cfg_path = dir.join(CONFIG_FILE);
-    if !cfg_path.is_file() {
+    if !cfg_path.exists() {
         return Err(Error::Missing { path: dir.into(), what: CONFIG_FILE.into() });
     }
     let w_path = dir.join(WEIGHTS_FILE);
-    if !w_path.is_file() {
+    if !w_path.exists() {
         let what = if dir.join("adapter_model.bin").is_file() {
             format!("{WEIGHTS_FILE} (only adapter_model.bin, a pickle, is present: re-save with safe_serialization=True)")
         } else {
@@ -175,8 +278,8 @@ pub fn read_dir(dir: &Path) -> Result<AdapterFiles> {
         };
         return Err(Error::Missing { path: dir.into(), what });
     }
-    let config_bytes = std::fs::read(&cfg_path).at(&cfg_path)?;
-    let weights_bytes = std::fs::read(&w_path).at(&w_path)?;
+    let config_bytes = crate::util::read_bounded(&cfg_path, crate::util::MAX_CONFIG_BYTES)?;
+    let weights_bytes = crate::util::read_bounded(&w_path, crate::util::MAX_WEIGHTS_BYTES)?;
     let config = LoraConfig::parse(&config_bytes)?;
     safetensors::SafeView::parse(&weights_bytes, &w_path.display().to_string())?;
     Ok(AdapterFiles { config_bytes, weights_bytes, config })

@@ -6,29 +6,33 @@
 //! is seen by new requests while requests in flight finish on the adapter they hold.
 
 mod cache;
+mod classify;
+pub mod http;
 pub mod llm;
 pub mod metrics;
 mod openai;
+pub mod request;
 
 use crate::base::BaseDir;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::model::lora::{LoadedAdapter, Routing};
-use crate::model::{pad_batch, Engine, Net, Prediction};
+use crate::model::lora::LoadedAdapter;
+use crate::model::Engine;
 use crate::store::Store;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use cache::Cache;
+pub use http::{LogFormat, RequestLog};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 const LEASE_SECS: i64 = 600;
 
@@ -74,19 +78,13 @@ impl Options {
     }
 }
 
-struct Job {
-    rows: Vec<(Vec<u32>, Vec<u32>)>,
-    adapter: Option<Arc<LoadedAdapter>>,
-    reply: oneshot::Sender<Result<Vec<Prediction>>>,
-}
-
 struct Shared {
     engine: Arc<Engine>,
     base_fp: Digest,
     base_id: String,
     store: Mutex<Store>,
     cache: Mutex<Cache>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<classify::Job>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<metrics::Metrics>,
     token: Option<String>,
@@ -106,9 +104,22 @@ impl IntoResponse for ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "wrong_base",
             StatusCode::SERVICE_UNAVAILABLE => "overloaded",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            s if s.is_client_error() => "invalid_request",
             _ => "internal",
         };
-        (self.0, axum::Json(json!({"error": {"message": self.1, "type": ty}}))).into_response()
+        let mut r = (self.0, axum::Json(json!({"error": {"message": self.1, "type": ty}}))).into_response();
+        if self.0.is_server_error() {
+            r.extensions_mut().insert(http::ErrorCause(self.1));
+        }
+        r
+    }
+}
+
+impl From<request::Invalid> for ApiError {
+    fn from(e: request::Invalid) -> Self {
+        bad(e.0)
     }
 }
 
@@ -197,117 +208,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The batcher: waits for a job, gathers whatever else is queued (up to `max_batch` rows),
-/// and runs them as one mixed-adapter forward.
-fn batcher(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, max_batch: usize, queued: Arc<AtomicUsize>, shared: std::sync::Weak<Shared>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let mut rows = jobs[0].rows.len();
-        while rows < max_batch {
-            match rx.try_recv() {
-                Ok(j) => {
-                    rows += j.rows.len();
-                    jobs.push(j);
-                }
-                Err(_) => break,
-            }
-        }
-        queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-        let mut adapters: Vec<Arc<LoadedAdapter>> = vec![];
-        let mut all_rows = vec![];
-        let mut routing_rows = vec![];
-        for j in &jobs {
-            let slot = j.adapter.as_ref().map(|a| match adapters.iter().position(|x| Arc::ptr_eq(x, a)) {
-                Some(i) => i,
-                None => {
-                    adapters.push(a.clone());
-                    adapters.len() - 1
-                }
-            });
-            for r in &j.rows {
-                all_rows.push(r.clone());
-                routing_rows.push(slot);
-            }
-        }
-        let result = (|| {
-            let pad = engine.tok()?.pad_id;
-            let batch = pad_batch(&all_rows, pad, &engine.device)?;
-            engine.classify_batch(&batch, &Routing { adapters, rows: routing_rows })
-        })();
-        if let Some(s) = shared.upgrade() {
-            s.metrics.forward_batches.fetch_add(1, Ordering::Relaxed);
-            s.metrics.forward_rows.fetch_add(all_rows.len() as u64, Ordering::Relaxed);
-        }
-        match result {
-            Ok(mut preds) => {
-                for j in jobs.into_iter().rev() {
-                    let mine = preds.split_off(preds.len() - j.rows.len());
-                    let _ = j.reply.send(Ok(mine));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for j in jobs {
-                    let _ = j.reply.send(Err(Error::Model(msg.clone())));
-                }
-            }
-        }
-    }
-}
-
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("worker failed: {e}")))?
-}
-
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
-    if !v.is_object() {
-        return Err(bad("the body must be a JSON object"));
-    }
-    Ok(v)
-}
-
-async fn classify(s: Arc<Shared>, body: Bytes) -> Result<Value, ApiError> {
-    let v = parse_body(&body)?;
-    let texts: Vec<String> = match v.get("texts") {
-        Some(Value::Array(a)) if !a.is_empty() => {
-            a.iter().map(|t| t.as_str().map(str::to_string).ok_or_else(|| bad("texts must be strings"))).collect::<Result<_, _>>()?
-        }
-        _ => return Err(bad("\"texts\" must be a non-empty array of strings")),
-    };
-    if texts.len() > 1024 {
-        return Err(bad("at most 1024 texts per request"));
-    }
-    let spec = match v.get("adapter") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(r)) => Some(r.clone()),
-        Some(_) => return Err(bad("\"adapter\" must be a string or null")),
-    };
-    if !matches!(s.engine.net, Net::Bert(_)) {
-        return Err(bad("this base is not a classifier (use /v1/completions)"));
-    }
-    let s2 = s.clone();
-    let (digest, adapter, rows) = blocking(move || {
-        let (d, a) = s2.adapter_opt(spec.as_deref())?;
-        let tok = s2.engine.tok()?;
-        let rows = texts.iter().map(|t| tok.encode(t, s2.engine.max_len)).collect::<Result<Vec<_>>>()?;
-        Ok((d, a, rows))
-    })
-    .await?;
-    let (tx, rx) = oneshot::channel();
-    let n = rows.len();
-    s.queued.fetch_add(1, Ordering::Relaxed);
-    if s.jobs.try_send(Job { rows, adapter, reply: tx }).is_err() {
-        s.queued.fetch_sub(1, Ordering::Relaxed);
-        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "queue full, retry later".into()));
-    }
-    let preds = rx.await.map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "batcher stopped".into()))??;
-    debug_assert_eq!(preds.len(), n);
-    Ok(json!({
-        "adapter": v.get("adapter").cloned().unwrap_or(Value::Null),
-        "digest": digest.map(|d| d.to_string()),
-        "results": preds.iter().map(|p| json!({"label": p.label, "index": p.index, "probabilities": p.probabilities, "logits": p.logits})).collect::<Vec<_>>(),
-    }))
 }
 
 async fn list_adapters(s: Arc<Shared>) -> Result<Value, ApiError> {
@@ -347,113 +249,92 @@ async fn adapter_action(s: Arc<Shared>, spec: String, action: String) -> Result<
     .await
 }
 
-fn respond(s: &Shared, endpoint: &str, t0: Instant, r: Result<Value, ApiError>) -> Response {
-    respond_with(s, endpoint, t0, r.map(|v| (StatusCode::OK, axum::Json(v)).into_response()))
+/// A JSON answer with the handler's log fields attached.
+fn answer(r: Result<Value, ApiError>, log: RequestLog) -> Response {
+    http::with_log(r.map(|v| (StatusCode::OK, axum::Json(v)).into_response()).unwrap_or_else(IntoResponse::into_response), log)
 }
 
-fn respond_with(s: &Shared, endpoint: &str, t0: Instant, r: Result<Response, ApiError>) -> Response {
-    let resp = r.unwrap_or_else(IntoResponse::into_response);
-    s.metrics.observe(endpoint, resp.status().as_u16(), t0.elapsed().as_secs_f64());
-    resp
+async fn generation(s: Arc<Shared>, h: HeaderMap, q: Option<String>, body: Result<Bytes, BytesRejection>, kind: openai::Kind) -> Response {
+    let mut log = RequestLog::default();
+    let r = match http::body(body) {
+        Ok(b) => openai::generate(s, kind, h, q, b, &mut log).await,
+        Err(e) => Err(e),
+    };
+    http::with_log(r.unwrap_or_else(IntoResponse::into_response), log)
 }
 
-macro_rules! guarded {
-    ($s:expr, $h:expr, $ep:expr, $t0:expr, $body:expr) => {{
-        if !$s.authorized(&$h) {
-            respond(&$s, $ep, $t0, Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())))
-        } else {
-            let r = $body.await;
-            respond(&$s, $ep, $t0, r)
-        }
-    }};
+fn metrics_text(s: &Shared) -> Response {
+    let (bytes, n) = {
+        let c = s.cache.lock().expect("cache lock");
+        (c.resident_bytes(), c.entries.len())
+    };
+    let llm = s.llm.as_ref().map(|l| metrics::LlmGauges {
+        running: l.running.load(Ordering::Relaxed),
+        waiting: l.waiting(),
+        kv_bytes_used: l.budget.used(),
+        kv_bytes_total: l.budget.total(),
+    });
+    let text = s.metrics.render(bytes, n, s.queued.load(Ordering::Relaxed), llm);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn generation(s: Arc<Shared>, h: HeaderMap, q: Option<String>, body: Bytes, kind: openai::Kind, ep: &str, t0: Instant) -> Response {
-    if !s.authorized(&h) {
-        return respond(&s, ep, t0, Err(ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into())));
-    }
-    let r = openai::generate(s.clone(), kind, h, q, body).await;
-    respond_with(&s, ep, t0, r)
-}
-
-/// The router over shared state (also used by tests through `start`).
+/// The router over shared state (also used by tests through `start`). Authentication,
+/// metrics and request logs are `http::layer`'s, around every route and fallback.
 fn router(s: Arc<Shared>) -> Router {
     Router::new()
         .route(
             "/health",
             get(|State(s): State<Arc<Shared>>| async move {
-                let t0 = Instant::now();
                 let v = json!({"status": "ok", "base": s.base_fp.to_string(), "model": s.base_id, "arch": s.engine.base.arch.name()});
-                respond(&s, "/health", t0, Ok(v))
+                answer(Ok(v), RequestLog::default())
             }),
         )
-        .route(
-            "/metrics",
-            get(|State(s): State<Arc<Shared>>, h: HeaderMap| async move {
-                if !s.authorized(&h) {
-                    return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
-                }
-                let (bytes, n) = {
-                    let c = s.cache.lock().expect("cache lock");
-                    (c.resident_bytes(), c.entries.len())
-                };
-                let llm = s.llm.as_ref().map(|l| metrics::LlmGauges {
-                    running: l.running.load(Ordering::Relaxed),
-                    waiting: l.waiting(),
-                    kv_bytes_used: l.budget.used(),
-                    kv_bytes_total: l.budget.total(),
-                });
-                let text = s.metrics.render(bytes, n, s.queued.load(Ordering::Relaxed), llm);
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-            }),
-        )
+        .route("/metrics", get(|State(s): State<Arc<Shared>>| async move { metrics_text(&s) }))
         .route(
             "/v1/classify",
-            post(|State(s): State<Arc<Shared>>, h: HeaderMap, body: Bytes| async move {
-                let t0 = Instant::now();
-                guarded!(s, h, "/v1/classify", t0, classify(s.clone(), body))
+            post(|State(s): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>| async move {
+                let mut log = RequestLog::default();
+                let r = match http::body(body) {
+                    Ok(b) => classify::classify(s, b, &mut log).await,
+                    Err(e) => Err(e),
+                };
+                answer(r, log)
             }),
         )
         .route(
             "/v1/completions",
-            post(|State(s): State<Arc<Shared>>, h: HeaderMap, RawQuery(q): RawQuery, body: Bytes| async move {
-                let t0 = Instant::now();
-                generation(s, h, q, body, openai::Kind::Completion, "/v1/completions", t0).await
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, RawQuery(q): RawQuery, body: Result<Bytes, BytesRejection>| async move {
+                generation(s, h, q, body, openai::Kind::Completion).await
             }),
         )
         .route(
             "/v1/chat/completions",
-            post(|State(s): State<Arc<Shared>>, h: HeaderMap, RawQuery(q): RawQuery, body: Bytes| async move {
-                let t0 = Instant::now();
-                generation(s, h, q, body, openai::Kind::Chat, "/v1/chat/completions", t0).await
+            post(|State(s): State<Arc<Shared>>, h: HeaderMap, RawQuery(q): RawQuery, body: Result<Bytes, BytesRejection>| async move {
+                generation(s, h, q, body, openai::Kind::Chat).await
             }),
         )
-        .route(
-            "/v1/models",
-            get(|State(s): State<Arc<Shared>>, h: HeaderMap| async move {
-                let t0 = Instant::now();
-                guarded!(s, h, "/v1/models", t0, openai::models(s.clone()))
-            }),
-        )
-        .route(
-            "/v1/adapters",
-            get(|State(s): State<Arc<Shared>>, h: HeaderMap| async move {
-                let t0 = Instant::now();
-                guarded!(s, h, "/v1/adapters", t0, list_adapters(s.clone()))
-            }),
-        )
+        .route("/v1/models", get(|State(s): State<Arc<Shared>>| async move { answer(openai::models(s).await, RequestLog::default()) }))
+        .route("/v1/adapters", get(|State(s): State<Arc<Shared>>| async move { answer(list_adapters(s).await, RequestLog::default()) }))
         .route(
             "/v1/adapters/{ref}/{action}",
-            post(|State(s): State<Arc<Shared>>, h: HeaderMap, UrlPath((r, action)): UrlPath<(String, String)>| async move {
-                let t0 = Instant::now();
-                guarded!(s, h, "/v1/adapters/action", t0, adapter_action(s.clone(), r, action))
+            post(|State(s): State<Arc<Shared>>, p: Result<UrlPath<(String, String)>, PathRejection>| async move {
+                match p {
+                    Ok(UrlPath((r, action))) => {
+                        let log = RequestLog { adapter: Some(r.clone()), rows: None };
+                        answer(adapter_action(s, r, action).await, log)
+                    }
+                    Err(e) => answer(Err(ApiError(e.status(), e.body_text())), RequestLog::default()),
+                }
             }),
         )
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()).into_response() })
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(DefaultBodyLimit::max(http::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(s.clone(), http::layer))
         .with_state(s)
 }
 
-fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<Job>)> {
+fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<classify::Job>)> {
     let store = Store::open(&opts.home)?;
     let base = BaseDir::open(&opts.base)?;
     let base_fp = store.base_fingerprint(&base)?;
@@ -499,7 +380,7 @@ pub fn run_blocking(opts: Options, on_bind: impl FnOnce(std::net::SocketAddr)) -
     let max_batch = opts.max_batch.max(1);
     std::thread::Builder::new()
         .name("loradex-batcher".into())
-        .spawn(move || batcher(engine, rx, max_batch, queued, weak))
+        .spawn(move || classify::batcher(engine, rx, max_batch, queued, weak))
         .map_err(|e| Error::io("batcher thread", e))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| Error::io("tokio runtime", e))?;
     let holder = shared.holder.clone();

@@ -1,13 +1,13 @@
 //! The OpenAI-compatible generation endpoints: `/v1/completions`, `/v1/chat/completions`
 //! (plain JSON or Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`) and
-//! `/v1/models`. Turns request bodies into validated `GenRequest`s (adapter from `model`
-//! `BASE:REF`, the `adapter` field, the `X-Loradex-Adapter` header or the `adapter` query
-//! parameter) and scheduler events into response bodies. Scheduling is `llm`'s.
+//! `/v1/models`. Turns requests parsed by `request` (adapter from `model` `BASE:REF`, the
+//! `adapter` field, the `X-Loradex-Adapter` header or the `adapter` query parameter) into
+//! `GenRequest`s, and scheduler events into response bodies. Scheduling is `llm`'s.
 
 use super::llm::{GenEvent, GenRequest, Refused};
-use super::{bad, blocking, parse_body, ApiError, Shared};
-use crate::model::chat::Message;
-use crate::model::generation::SamplingParams;
+pub use super::request::Kind;
+use super::request::{parse_generation, PromptIn};
+use super::{bad, blocking, ApiError, Shared};
 use crate::model::Prompt;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -20,129 +20,6 @@ use tokio::sync::mpsc;
 
 pub const ADAPTER_HEADER: &str = "x-loradex-adapter";
 
-/// Which endpoint a request came to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Completion,
-    Chat,
-}
-
-/// A parsed, validated generation request (before tokenization).
-pub struct Parsed {
-    pub model: String,
-    pub adapter: Option<String>,
-    pub prompt: PromptIn,
-    pub params: SamplingParams,
-    pub stream: bool,
-}
-
-pub enum PromptIn {
-    Text(String),
-    Ids(Vec<u32>),
-    Chat(Vec<Message>),
-}
-
-fn num<T>(v: &Value, key: &str, f: impl Fn(&Value) -> Option<T>, what: &str) -> Result<Option<T>, ApiError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(x) => f(x).map(Some).ok_or_else(|| bad(format!("\"{key}\" must be {what}"))),
-    }
-}
-
-/// The adapter named in the query string (`?adapter=REF`), percent-decoded.
-pub fn query_adapter(query: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(q) = query else { return Ok(None) };
-    for pair in q.split('&') {
-        if let Some(v) = pair.strip_prefix("adapter=") {
-            return percent_decode(v).map(Some).ok_or_else(|| bad("the adapter query parameter is not valid percent-encoded UTF-8"));
-        }
-    }
-    Ok(None)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Parses a body of either endpoint. `header` and `query` are the adapter named outside it.
-pub fn parse(kind: Kind, body: &Value, header: Option<String>, query: Option<String>) -> Result<Parsed, ApiError> {
-    let model = body.get("model").and_then(Value::as_str).ok_or_else(|| bad("\"model\" (BASE or BASE:REF) is required"))?.to_string();
-    let from_model = model.split_once(':').map(|(_, r)| r.to_string());
-    let field = match body.get("adapter") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(r)) if !r.is_empty() => Some(r.clone()),
-        Some(_) => return Err(bad("\"adapter\" must be a non-empty string or null")),
-    };
-    let mut adapter: Option<String> = None;
-    for (src, a) in [("model", from_model), ("adapter", field), ("X-Loradex-Adapter", header), ("the adapter query parameter", query)] {
-        if let Some(a) = a {
-            match &adapter {
-                Some(prev) if *prev != a => return Err(bad(format!("{src} names adapter {a:?}, but {prev:?} was named too"))),
-                _ => adapter = Some(a),
-            }
-        }
-    }
-    let prompt = match kind {
-        Kind::Completion => match body.get("prompt") {
-            Some(Value::String(p)) => PromptIn::Text(p.clone()),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => PromptIn::Text(a[0].as_str().unwrap_or_default().to_string()),
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.as_u64().is_some_and(|n| n <= u32::MAX as u64)) => {
-                PromptIn::Ids(a.iter().filter_map(|x| x.as_u64().map(|n| n as u32)).collect())
-            }
-            _ => return Err(bad("\"prompt\" must be a string (or a list of one string, or of token ids)")),
-        },
-        Kind::Chat => match body.get("messages") {
-            Some(Value::Array(m)) if !m.is_empty() => {
-                PromptIn::Chat(m.iter().map(Message::from_json).collect::<crate::Result<_>>().map_err(ApiError::from)?)
-            }
-            _ => return Err(bad("\"messages\" must be a non-empty array")),
-        },
-    };
-    if let Some(n) = num(body, "n", Value::as_u64, "an integer")? {
-        if n != 1 {
-            return Err(bad("only n = 1 is supported"));
-        }
-    }
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(|| bad("\"stop\" must be a string or a list of strings"))).collect::<Result<_, _>>()?,
-        Some(_) => return Err(bad("\"stop\" must be a string or a list of strings")),
-    };
-    let max_key = if kind == Kind::Chat && body.get("max_completion_tokens").is_some() { "max_completion_tokens" } else { "max_tokens" };
-    let params = SamplingParams {
-        max_tokens: num(body, max_key, |x| x.as_u64().filter(|&n| n <= 1 << 20), "a non-negative integer")?.unwrap_or(16) as usize,
-        temperature: num(body, "temperature", Value::as_f64, "a number")?.unwrap_or(0.0),
-        top_p: num(body, "top_p", Value::as_f64, "a number")?.unwrap_or(1.0),
-        top_k: num(body, "top_k", |x| x.as_u64().filter(|&k| k <= u32::MAX as u64), "a non-negative integer")?.unwrap_or(0) as usize,
-        seed: num(body, "seed", |x| x.as_u64().or_else(|| x.as_i64().map(|i| i as u64)), "an integer")?,
-        stop,
-    };
-    params.validate().map_err(ApiError::from)?;
-    let stream = num(body, "stream", Value::as_bool, "a boolean")?.unwrap_or(false);
-    Ok(Parsed { model, adapter, prompt, params, stream })
-}
-
 fn refused(r: Refused) -> ApiError {
     match r {
         Refused::TooLarge(m) => bad(m),
@@ -152,14 +29,15 @@ fn refused(r: Refused) -> ApiError {
 }
 
 /// Handles `/v1/completions` and `/v1/chat/completions`.
-pub async fn generate(s: Arc<Shared>, kind: Kind, headers: HeaderMap, query: Option<String>, body: Bytes) -> Result<Response, ApiError> {
-    let v = parse_body(&body)?;
+pub async fn generate(s: Arc<Shared>, kind: Kind, headers: HeaderMap, query: Option<String>, body: Bytes, log: &mut super::RequestLog) -> Result<Response, ApiError> {
     let header = match headers.get(ADAPTER_HEADER) {
-        Some(h) => Some(h.to_str().map_err(|_| bad("X-Loradex-Adapter must be ASCII"))?.to_string()).filter(|h| !h.is_empty()),
+        Some(h) => Some(h.to_str().map_err(|_| bad("X-Loradex-Adapter must be ASCII"))?),
         None => None,
     };
-    let p = parse(kind, &v, header, query_adapter(query.as_deref())?)?;
-    let base = p.model.split_once(':').map_or(p.model.as_str(), |(b, _)| b);
+    let p = parse_generation(kind, &body, header, query.as_deref())?;
+    log.adapter = p.adapter.clone();
+    log.rows = Some(1);
+    let base = p.base();
     if base != s.base_id && base != s.base_fp.to_string() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("model {base:?} is not served here (serving {:?})", s.base_id)));
     }

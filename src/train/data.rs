@@ -1,7 +1,7 @@
 //! Training data: CSV (RFC 4180 quoting, header row) and JSONL readers, label mapping and a
 //! seeded train/validation split.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::util::Rng;
 use std::path::Path;
 
@@ -72,7 +72,7 @@ pub fn parse_csv(text: &str) -> std::result::Result<Vec<Vec<String>>, (usize, St
 
 /// Reads examples from CSV (by header names) or JSONL (`text`/`label` or `prompt`/`completion`).
 pub fn read(path: &Path, text_field: &str, label_field: &str, need_label: bool) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).at(path)?;
+    let text = crate::util::read_text_bounded(path, crate::util::MAX_DATA_BYTES)?;
     let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
     let mut out = vec![];
     if is_jsonl {

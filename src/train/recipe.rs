@@ -1,6 +1,6 @@
 //! Training recipes (TOML, described by `schemas/recipe.schema.json`) and `--set` overrides.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -156,7 +156,7 @@ fn d_metric() -> Metric {
 impl Recipe {
     /// Reads a recipe, applying `key.path=value` overrides (values parsed as TOML, else strings).
     pub fn load(path: &Path, sets: &[String]) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).at(path)?;
+        let text = crate::util::read_text_bounded(path, crate::util::MAX_CONFIG_BYTES)?;
         let mut v: toml::Value = toml::from_str(&text).map_err(|e| Error::Recipe(format!("{}: {e}", path.display())))?;
         for kv in sets {
             set_path(&mut v, kv)?;
@@ -171,6 +171,10 @@ impl Recipe {
         let bad = |m: String| Err(Error::Recipe(m));
         if self.lora.r == 0 {
             return bad("lora.r must be > 0".into());
+        }
+        // room for the tokenizer's special tokens ([CLS] … [SEP]) and one token of text
+        if !(3..=1 << 16).contains(&self.data.max_seq_len) {
+            return bad(format!("data.max_seq_len must be from 3 to 65536, not {}", self.data.max_seq_len));
         }
         if !(0.0..1.0).contains(&self.lora.dropout) {
             return bad("lora.dropout must be in [0, 1)".into());

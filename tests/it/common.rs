@@ -112,6 +112,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>, token: Opt
 pub struct Server {
     pub child: std::process::Child,
     pub addr: String,
+    /// The server's stderr lines after the startup line (its request log).
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -128,8 +130,14 @@ impl Server {
         let line = lines.next().expect("server printed nothing").unwrap();
         let addr = line.rsplit("http://").next().unwrap().trim().to_string();
         assert!(addr.starts_with("127.0.0.1:"), "unexpected startup line {line}");
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, addr }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Server { child, addr, log }
     }
 }
 
