@@ -3,9 +3,11 @@
 //! every tensor, PEFT key classification, `base::check_adapter` against a small BERT and a
 //! small Llama base, and `LoadedAdapter::from_peft` on the CPU.
 //!
-//! An input starting with `{` is a bare JSON header: the target adds the length prefix and a
-//! zeroed data section as long as the header asks for (up to 1 MiB), so mutations of the
-//! header's offsets and shapes reach the checks after the container's framing.
+//! An input starting with `{` is a bare JSON header: the target lays the tensors out one after
+//! the other in name order (rewriting each `data_offsets` from its dtype and shape), adds the
+//! length prefix and a zeroed data section (up to 1 MiB), so mutations of names, dtypes and
+//! shapes reach the checks after the container's framing. Any other input is a whole file, for
+//! the framing and offset checks themselves.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -46,17 +48,39 @@ fn bases() -> &'static Bases {
     })
 }
 
-/// A header-only input framed as a safetensors file whose data section fits the header.
+/// A header-only input framed as a safetensors file, its tensors laid out back to back.
 fn framed(header: &[u8]) -> Option<Vec<u8>> {
-    let (tensors, _) = parse_header(header, "fuzz").ok()?;
+    let mut v: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let mut offset = 0u64;
+    for (name, t) in v.as_object_mut()? {
+        let (Some(size), Some(shape)) = (t.get("dtype").and_then(|d| d.as_str()).map(dtype_size), t.get("shape")) else { continue };
+        let Some(numel) = shape.as_array().and_then(|s| s.iter().try_fold(1u64, |a, d| a.checked_mul(d.as_u64()?))) else { continue };
+        let end = numel.checked_mul(size).and_then(|n| n.checked_add(offset)).filter(|&e| e <= 1 << 20)?;
+        if name != "__metadata__" {
+            t["data_offsets"] = serde_json::json!([offset, end]);
+            offset = end;
+        }
+    }
+    let header = serde_json::to_vec(&v).ok()?;
+    let (tensors, _) = parse_header(&header, "fuzz").ok()?;
     let data_len = tensors.values().map(|t| t.end).max().unwrap_or(0);
     if data_len > 1 << 20 {
         return None;
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header);
+    out.extend_from_slice(&header);
     out.resize(out.len() + data_len, 0);
     Some(out)
+}
+
+/// Bytes per element of a safetensors dtype name (unknown names as 1: the parser refuses them).
+fn dtype_size(d: &str) -> u64 {
+    match d {
+        "F64" | "I64" => 8,
+        "F32" | "I32" => 4,
+        "F16" | "BF16" => 2,
+        _ => 1,
+    }
 }
 
 fn run(bytes: &[u8]) {
