@@ -222,9 +222,10 @@ impl LoadedAdapter {
         let mut modules = HashMap::new();
         for (m, (peft_name, a_t)) in a {
             let b_t = b.remove(&m).ok_or_else(|| Error::TensorMismatch { tensor: m.clone(), detail: "lora_A without lora_B".into() })?;
-            let r = a_t.dims()[0];
-            if b_t.dims().get(1) != Some(&r) {
-                return Err(Error::TensorMismatch { tensor: m, detail: "lora_A and lora_B ranks differ".into() });
+            let r = a_t.dims().first().copied().unwrap_or(0);
+            if a_t.rank() != 2 || b_t.rank() != 2 || r == 0 || b_t.dims()[1] != r {
+                let detail = format!("lora_A {:?} and lora_B {:?} are not [r, in] and [out, r] with r > 0", a_t.dims(), b_t.dims());
+                return Err(Error::TensorMismatch { tensor: m, detail });
             }
             // PEFT builds each module at `rank_for` and refuses tensors of another rank.
             if r != config.rank_for(&peft_name) {

@@ -74,6 +74,12 @@ pub fn parse_csv(text: &str) -> std::result::Result<Vec<Vec<String>>, (usize, St
 pub fn read(path: &Path, text_field: &str, label_field: &str, need_label: bool) -> Result<Vec<Example>> {
     let text = crate::util::read_text_bounded(path, crate::util::MAX_DATA_BYTES)?;
     let is_jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
+    parse(&text, path, is_jsonl, text_field, label_field, need_label)
+}
+
+/// [`read`] without the file read: examples from `text`, JSONL when `is_jsonl`, else CSV.
+/// `path` only names the source in errors. Touches no files (the fuzzer feeds it directly).
+pub fn parse(text: &str, path: &Path, is_jsonl: bool, text_field: &str, label_field: &str, need_label: bool) -> Result<Vec<Example>> {
     let mut out = vec![];
     if is_jsonl {
         for (i, l) in text.lines().enumerate() {

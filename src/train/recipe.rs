@@ -157,7 +157,14 @@ impl Recipe {
     /// Reads a recipe, applying `key.path=value` overrides (values parsed as TOML, else strings).
     pub fn load(path: &Path, sets: &[String]) -> Result<Recipe> {
         let text = crate::util::read_text_bounded(path, crate::util::MAX_CONFIG_BYTES)?;
-        let mut v: toml::Value = toml::from_str(&text).map_err(|e| Error::Recipe(format!("{}: {e}", path.display())))?;
+        Recipe::parse(&text, path, sets)
+    }
+
+    /// [`Recipe::load`] without the file read: parses recipe TOML `text` as if read from
+    /// `path` (named in errors; its parent becomes the recipe's directory), then applies `sets`
+    /// and validates. Touches no files, so hostile text can be fed to it directly (the fuzzer).
+    pub fn parse(text: &str, path: &Path, sets: &[String]) -> Result<Recipe> {
+        let mut v: toml::Value = toml::from_str(text).map_err(|e| Error::Recipe(format!("{}: {e}", path.display())))?;
         for kv in sets {
             set_path(&mut v, kv)?;
         }

@@ -1,5 +1,6 @@
 mod common;
 mod fixtures;
+mod fuzz_regressions;
 mod generate;
 mod store;
 mod train;

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Fuzzes loradex's parsers of untrusted bytes with cargo-fuzz (libFuzzer), one target after
+# the other, SECONDS each (default 600), and prints the executions per target. Not run by CI.
+#
+#   scripts/fuzz.sh [SECONDS]            all targets
+#   scripts/fuzz.sh SECONDS TARGET...    only these
+#
+# Needs `cargo install cargo-fuzz --locked`. Built with the stable toolchain: cargo-fuzz's
+# default AddressSanitizer needs `-Zsanitizer=address` (nightly only), so the targets are built
+# with `--sanitizer none`, which passes no -Z flag. The fuzzed code is safe Rust, so what
+# libFuzzer catches here are panics (debug assertions and overflow checks are on), timeouts and
+# unbounded memory (-rss_limit_mb), not the memory errors an ASan build would add.
+#
+# Corpora are seeded from the fixtures (../shared/fixtures/peft{,2}) and the repo's adapters/
+# into fuzz/corpus/TARGET (git-ignored; seeds are copied, never committed). A crash leaves its
+# input in fuzz/artifacts/TARGET/; reproduce it with
+#   fuzz/target/x86_64-unknown-linux-gnu/release/TARGET fuzz/artifacts/TARGET/crash-...
+# and minimize it with `-minimize_crash=1 -runs=100000` on the same command line.
+# Environment: FUZZ_JOBS (cargo build jobs, default 2), FIXTURES (default ../shared/fixtures).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SECONDS_PER=${1:-600}
+shift || true
+ALL=(safetensors adapter_config ref_digest recipe dataset)
+if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
+FIXTURES=${FIXTURES:-$ROOT/../shared/fixtures}
+[ -d "$FIXTURES" ] || FIXTURES=/work/shared/fixtures
+BIN=$ROOT/fuzz/target/x86_64-unknown-linux-gnu/release
+
+command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz --locked" >&2; exit 2; }
+
+# One build of every target (they share the instrumented dependency build). 16 codegen units
+# instead of cargo-fuzz's default 1: candle and gemm at one unit take far longer to build on a
+# 2-core machine, for little speed in the parsers fuzzed here.
+(cd fuzz && CARGO_BUILD_JOBS=${FUZZ_JOBS:-2} cargo fuzz build --sanitizer none --codegen-units 16)
+
+seed() { # seed TARGET FILE [NAME]: copy FILE into TARGET's corpus
+    local dir=$ROOT/fuzz/corpus/$1
+    mkdir -p "$dir"
+    cp -f "$2" "$dir/seed-${3:-$(basename "$(dirname "$2")")-$(basename "$2")}"
+}
+
+seed_all() {
+    local tmp f n i
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' RETURN
+    i=0
+    # safetensors: adapter files as they are, and every fixture's bare JSON header (the target
+    # frames an input starting with `{` itself, so header mutations reach the offset checks)
+    while IFS= read -r f; do
+        i=$((i + 1))
+        if [ "$(stat -c %s "$f")" -le 65536 ]; then seed safetensors "$f" "file$i.safetensors"; fi
+        n=$(od -An -tu8 -N8 "$f" | tr -d ' ')
+        if [ "$n" -le 65536 ]; then
+            head -c "$((8 + n))" "$f" | tail -c +9 > "$tmp/h"
+            seed safetensors "$tmp/h" "header$i.json"
+        fi
+    done < <(find "$FIXTURES" -name '*.safetensors' | sort)
+    i=0
+    while IFS= read -r f; do
+        i=$((i + 1))
+        seed adapter_config "$f" "config$i.json"
+    done < <(find "$FIXTURES" -name adapter_config.json | sort)
+    # refs and digests: the recipes' names, the fixtures' digests, and a few edge spellings
+    {
+        sed -n 's/^name = "\(.*\)"$/\1/p' adapters/*/recipe.toml
+        find "$FIXTURES" -name adapter_config.json | head -3 | xargs sha256sum | sed 's/^\([0-9a-f]*\) .*/sha256:\1/'
+        printf '%s\n' en/sentiment ko/customer-service:v2 a.b_c-d/e:1.0 sha256 'a/../b:x' 'a:b:c' 'x:'
+    } > "$tmp/refs"
+    i=0
+    while IFS= read -r f; do
+        i=$((i + 1))
+        printf '%s' "$f" > "$tmp/r"
+        seed ref_digest "$tmp/r" "ref$i"
+    done < "$tmp/refs"
+    # recipes, alone and followed by a NUL and --set overrides
+    for f in adapters/*/recipe.toml; do
+        seed recipe "$f"
+        { cat "$f"; printf '\0train.epochs=2\nlora.target_modules=["query","key"]\ndata.labels.x=1\n'; } > "$tmp/s"
+        seed recipe "$tmp/s" "$(basename "$(dirname "$f")")-sets.toml"
+    done
+    # datasets: first byte = mode (bit 0 JSONL, bit 1 labels required, high bits split fraction)
+    for f in adapters/*/train.csv adapters/*/train.jsonl; do
+        case $f in *.jsonl) m='\101' ;; *) m='\102' ;; esac
+        { printf "$m"; cat "$f"; } > "$tmp/d"
+        seed dataset "$tmp/d" "$(basename "$(dirname "$f")")-$(basename "$f")"
+    done
+}
+seed_all
+
+total=0
+failed=()
+for t in "${TARGETS[@]}"; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    log=fuzz/artifacts/$t/last-run.log
+    echo "== $t: ${SECONDS_PER}s"
+    rc=0
+    "$BIN/$t" "fuzz/corpus/$t" -max_total_time="$SECONDS_PER" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" > "$log" 2>&1 || rc=$?
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    [ -n "$execs" ] || execs=$(sed -n 's/^#\([0-9]*\)[[:space:]]*DONE.*/\1/p' "$log" | tail -1)
+    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+    echo "$t: ${execs:-?} executions in ${secs:-?} s (rc $rc; log $log)"
+    if [ "$rc" -ne 0 ]; then
+        failed+=("$t")
+        grep -m5 -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" || true
+    fi
+    total=$((total + ${execs:-0}))
+done
+echo "total: $total executions"
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "crashed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+    exit 1
+fi
