@@ -6,3 +6,4 @@ mod train;
 mod schema;
 mod serve;
 mod serve_llm;
+mod leases;
