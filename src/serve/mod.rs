@@ -34,6 +34,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// How long a lease outlives its last renewal where the store cannot tell whether this
+/// process lives (no /proc, another pid namespace); where it can, the lease lasts while the
+/// server runs. Renewed (with the adapter's use time) at most once a minute while requests use it.
 const LEASE_SECS: i64 = 600;
 
 pub struct Options {
@@ -88,7 +91,7 @@ struct Shared {
     queued: Arc<AtomicUsize>,
     metrics: Arc<metrics::Metrics>,
     token: Option<String>,
-    holder: String,
+    holder: crate::store::Holder,
     llm: Option<Arc<llm::Llm>>,
 }
 
@@ -160,18 +163,20 @@ impl Shared {
         };
         if let Some((a, evicted)) = hit {
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            // throttled in the store: at most one write a minute per adapter
+            self.store.lock().expect("store lock").renew(&d, &self.holder, LEASE_SECS)?;
             self.evicted(evicted);
             return Ok((d, a));
         }
         self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
         let (m, cfg, w) = {
-            let s = self.store.lock().expect("store lock");
+            let mut s = self.store.lock().expect("store lock");
             let files = s.adapter_files(&d)?;
             if files.0.base_fingerprint != self.base_fp {
                 return Err(Error::WrongBase { expected: files.0.base_fingerprint.to_string(), got: self.base_fp.to_string() });
             }
+            // the lease also marks the adapter used now
             s.lease(&d, &self.holder, LEASE_SECS)?;
-            s.touch(&d)?;
             files
         };
         let a = self.engine.adapter(&d.to_string(), &cfg, &w, m.labels)?;
@@ -186,7 +191,7 @@ impl Shared {
             return;
         }
         self.metrics.cache_evictions.fetch_add(evicted.len() as u64, Ordering::Relaxed);
-        let s = self.store.lock().expect("store lock");
+        let mut s = self.store.lock().expect("store lock");
         for e in evicted {
             let _ = s.release(&e, &self.holder);
         }
@@ -365,7 +370,7 @@ fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<classify::Job>)>
         queued: Arc::new(AtomicUsize::new(0)),
         metrics,
         token: opts.token.clone().filter(|t| !t.is_empty()),
-        holder: format!("serve-{}-{:x}", std::process::id(), crate::util::unique_suffix()),
+        holder: crate::store::Holder::current(),
         llm,
     });
     Ok((shared, rx))
@@ -403,7 +408,7 @@ pub fn run_blocking(opts: Options, on_bind: impl FnOnce(std::net::SocketAddr)) -
             .map_err(|e| Error::io("http server", e))
     })?;
     // release our leases so prune may take the adapters again
-    let s = s2.store.lock().expect("store lock");
+    let mut s = s2.store.lock().expect("store lock");
     let resident: Vec<Digest> = s2.cache.lock().expect("cache lock").entries.keys().copied().collect();
     for d in resident {
         let _ = s.release(&d, &holder);

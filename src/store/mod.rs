@@ -5,74 +5,38 @@
 //! Concurrency: writers take SQLite's write lock (`BEGIN IMMEDIATE`); `gc` sweeps only while
 //! holding it and only blobs older than a grace period, and importers re-check their blobs
 //! under the same lock, so an import racing a prune never loses a blob.
+//!
+//! This file owns opening the store, blobs, adding, resolving, tagging and removing; the
+//! schema and its migrations are `schema`'s, listing `list`'s, leases `lease`'s, policy
+//! deletion `prune`'s, and blob sweeping and checking `gc`'s.
 
+mod gc;
+mod lease;
+mod list;
+mod prune;
 pub mod refs;
+mod schema;
 
 use crate::base::BaseDir;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{now_secs, rfc3339, unique_suffix};
+pub use gc::{GcReport, VerifyReport};
+pub use lease::{Holder, Liveness, RENEW_EVERY_SECS};
+pub use list::{ListQuery, ListRow};
+pub use prune::{PrunePolicy, PruneReport, PruneSummary};
 pub use refs::Ref;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// How long a writer waits for another's write lock before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Default grace period before an unreferenced blob may be swept.
 pub const DEFAULT_GRACE_SECS: i64 = 3600;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS adapters(
-  digest TEXT PRIMARY KEY,
-  manifest_digest TEXT NOT NULL,
-  config_digest TEXT NOT NULL,
-  weights_digest TEXT NOT NULL,
-  base_fingerprint TEXT NOT NULL,
-  base_arch TEXT NOT NULL,
-  task TEXT,
-  rank INTEGER NOT NULL,
-  alpha REAL NOT NULL,
-  use_rslora INTEGER NOT NULL,
-  target_modules TEXT NOT NULL,
-  modules_to_save TEXT NOT NULL,
-  labels TEXT NOT NULL,
-  metrics TEXT,
-  provenance TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  last_used_at INTEGER,
-  size INTEGER NOT NULL,
-  ref_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS adapters_dangling ON adapters(created_at) WHERE ref_count = 0;
-CREATE INDEX IF NOT EXISTS adapters_base ON adapters(base_fingerprint);
-CREATE INDEX IF NOT EXISTS adapters_created ON adapters(created_at);
--- refs carry copies of their adapter's immutable listing fields so that `ls` is one scan
-CREATE TABLE IF NOT EXISTS refs(
-  name TEXT NOT NULL,
-  tag TEXT NOT NULL,
-  digest TEXT NOT NULL,
-  updated_at INTEGER NOT NULL,
-  task TEXT,
-  rank INTEGER NOT NULL,
-  base_fingerprint TEXT NOT NULL,
-  size INTEGER NOT NULL,
-  created_at INTEGER NOT NULL,
-  PRIMARY KEY(name, tag)
-);
-CREATE INDEX IF NOT EXISTS refs_digest ON refs(digest);
--- covering index in listing order: `ls` streams it without a sort or a table lookup
-CREATE INDEX IF NOT EXISTS refs_list ON refs(created_at DESC, name, tag, digest, task, rank, base_fingerprint, size);
-CREATE TABLE IF NOT EXISTS bases(
-  fingerprint TEXT PRIMARY KEY,
-  arch TEXT NOT NULL,
-  config TEXT NOT NULL,
-  path TEXT,
-  registered_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS base_paths(path TEXT PRIMARY KEY, stamp TEXT NOT NULL, fingerprint TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS leases(digest TEXT NOT NULL, holder TEXT NOT NULL, expires_at INTEGER NOT NULL, PRIMARY KEY(digest, holder));
-"#;
 
 /// The content-addressed record of an adapter: what its digest is computed over.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -123,61 +87,11 @@ pub struct NewAdapter<'a> {
     pub provenance: serde_json::Value,
 }
 
-#[derive(Serialize, Debug, Clone, Default)]
-pub struct ListRow {
-    pub r#ref: String,
-    pub digest: String,
-    pub task: Option<String>,
-    pub rank: i64,
-    pub base: String,
-    pub size: i64,
-    pub created_at: i64,
-}
-
-#[derive(Default, Debug, Clone)]
-pub struct PrunePolicy {
-    pub keep_last: Option<usize>,
-    pub older_than: Option<i64>,
-    pub unused_for: Option<i64>,
-    pub grace: i64,
-}
-
-#[derive(Serialize, Debug, Default)]
-pub struct PruneReport {
-    pub dry_run: bool,
-    pub adapters: Vec<String>,
-    pub refs: Vec<String>,
-    pub gc: Option<GcReport>,
-}
-
-#[derive(Serialize, Debug, Default, Clone)]
-pub struct GcReport {
-    pub dry_run: bool,
-    pub referenced: usize,
-    pub removed: Vec<String>,
-    pub removed_bytes: u64,
-    pub kept_in_grace: usize,
-    pub temp_files_removed: usize,
-}
-
-#[derive(Serialize, Debug, Default)]
-pub struct VerifyReport {
-    pub checked: usize,
-    pub bytes: u64,
-    pub corrupt: Vec<String>,
-    pub missing: Vec<String>,
-    pub stray: Vec<String>,
-}
-
-impl VerifyReport {
-    pub fn ok(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty()
-    }
-}
-
 pub struct Store {
     home: PathBuf,
     conn: Connection,
+    /// When this handle last wrote each adapter's lease and use time (`lease::renew`).
+    renewed: HashMap<Digest, i64>,
 }
 
 /// `$LORADEX_HOME`, else `$XDG_DATA_HOME/loradex`, else `~/.local/share/loradex`.
@@ -201,15 +115,15 @@ impl Store {
         for d in [home.to_path_buf(), home.join("blobs/sha256"), home.join("tmp")] {
             std::fs::create_dir_all(&d).at(&d)?;
         }
-        let conn = Connection::open(home.join("index.db"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let mut conn = Connection::open(home.join("index.db"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // read pages straight from the mapped file: listing 100k refs was 10% pread copies
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Store { home: home.to_path_buf(), conn })
+        schema::migrate(&mut conn)?;
+        Ok(Store { home: home.to_path_buf(), conn, renewed: HashMap::new() })
     }
 
     pub fn home(&self) -> &Path {
@@ -404,79 +318,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every ref (and dangling adapter), newest first; optionally only those for one base.
-    pub fn list(&self, base: Option<&Digest>) -> Result<Vec<ListRow>> {
-        let mut out = Vec::new();
-        self.list_each(base, |r| {
-            out.push(r.clone());
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Streams `list`'s rows to `f` (newest first, then by name and tag; dangling adapters,
-    /// shown as `<none>`, first among equals) without materializing them: refs come in order
-    /// from a covering index, the few dangling adapters from a partial index, merged. `f`
-    /// gets one reused row, so 100k rows cost no per-row allocation.
-    pub fn list_each(&self, base: Option<&Digest>, mut f: impl FnMut(&ListRow) -> Result<()>) -> Result<()> {
-        let base = base.map(|b| b.to_string());
-        let mut dangling: Vec<ListRow> = {
-            let mut st = self.conn.prepare_cached(
-                "SELECT digest, task, rank, base_fingerprint, size, created_at FROM adapters
-                 WHERE ref_count = 0 AND (?1 IS NULL OR base_fingerprint = ?1) ORDER BY created_at ASC",
-            )?;
-            let rows = st.query_map([&base], |r| {
-                Ok(ListRow {
-                    r#ref: "<none>".into(),
-                    digest: r.get(0)?,
-                    task: r.get(1)?,
-                    rank: r.get(2)?,
-                    base: r.get(3)?,
-                    size: r.get(4)?,
-                    created_at: r.get(5)?,
-                })
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        // `dangling` is oldest-first so the newest pops off the end
-        let mut st = self.conn.prepare_cached(
-            "SELECT name, tag, digest, task, rank, base_fingerprint, size, created_at FROM refs INDEXED BY refs_list
-             WHERE ?1 IS NULL OR base_fingerprint = ?1 ORDER BY created_at DESC, name, tag",
-        )?;
-        let mut rows = st.query([&base])?;
-        let mut row = ListRow::default();
-        while let Some(r) = rows.next()? {
-            let created: i64 = r.get(7)?;
-            while dangling.last().is_some_and(|d| d.created_at >= created) {
-                f(&dangling.pop().expect("checked"))?;
-            }
-            row.r#ref.clear();
-            row.r#ref.push_str(text(r, 0)?);
-            row.r#ref.push(':');
-            row.r#ref.push_str(text(r, 1)?);
-            row.digest.clear();
-            row.digest.push_str(text(r, 2)?);
-            match r.get_ref(3)?.as_str_or_null().ok().flatten() {
-                Some(t) => {
-                    let task = row.task.get_or_insert_with(String::new);
-                    task.clear();
-                    task.push_str(t);
-                }
-                None => row.task = None,
-            }
-            row.rank = r.get(4)?;
-            row.base.clear();
-            row.base.push_str(text(r, 5)?);
-            row.size = r.get(6)?;
-            row.created_at = created;
-            f(&row)?;
-        }
-        while let Some(d) = dangling.pop() {
-            f(&d)?;
-        }
-        Ok(())
-    }
-
     pub fn tag(&mut self, src: &str, dst: &Ref) -> Result<Digest> {
         let d = self.resolve(src)?;
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -503,183 +344,6 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(d)
-    }
-
-    /// Marks an adapter in use by `holder` until `ttl` seconds from now; prune skips it.
-    pub fn lease(&self, d: &Digest, holder: &str, ttl: i64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO leases(digest, holder, expires_at) VALUES(?1, ?2, ?3)
-             ON CONFLICT(digest, holder) DO UPDATE SET expires_at = excluded.expires_at",
-            params![d.to_string(), holder, now_secs() + ttl],
-        )?;
-        Ok(())
-    }
-
-    pub fn release(&self, d: &Digest, holder: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM leases WHERE digest = ?1 AND holder = ?2", params![d.to_string(), holder])?;
-        Ok(())
-    }
-
-    /// Deletes adapters by policy, then (unless dry-run) sweeps their blobs with `gc`.
-    ///
-    /// Selection: adapters matching every age filter given (`older_than` on creation,
-    /// `unused_for` on last use); with no age filter, only adapters no ref points at. With
-    /// `keep_last N` the N newest adapters of each name are always kept, and without age
-    /// filters everything older than them is selected. Leased adapters are never selected.
-    pub fn prune(&mut self, p: &PrunePolicy, dry_run: bool) -> Result<PruneReport> {
-        let now = now_secs();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM leases WHERE expires_at < ?1", [now])?;
-        let age_filter = p.older_than.is_some() || p.unused_for.is_some();
-        // Selection in memory over sequential scans (see `list` for why).
-        let refs = refs_by_digest(&tx)?;
-        let leased: HashSet<String> = {
-            let mut st = tx.prepare("SELECT digest FROM leases")?;
-            let v = st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-            v
-        };
-        let mut adapters: Vec<(String, i64, i64)> = vec![];
-        {
-            let mut st = tx.prepare("SELECT digest, created_at, COALESCE(last_used_at, created_at) FROM adapters")?;
-            let mut rows = st.query([])?;
-            while let Some(r) = rows.next()? {
-                adapters.push((r.get(0)?, r.get(1)?, r.get(2)?));
-            }
-        }
-        let mut kept: HashSet<&str> = HashSet::new();
-        if let Some(k) = p.keep_last {
-            let created: std::collections::HashMap<&str, i64> = adapters.iter().map(|(d, c, _)| (d.as_str(), *c)).collect();
-            let mut by_name: std::collections::HashMap<&str, Vec<(i64, &str)>> = std::collections::HashMap::new();
-            for (d, names) in &refs {
-                let Some(&c) = created.get(d.as_str()) else { continue };
-                for n in names {
-                    let name = n.rsplit_once(':').map(|(n, _)| n).unwrap_or(n);
-                    by_name.entry(name).or_default().push((c, d.as_str()));
-                }
-            }
-            for v in by_name.values_mut() {
-                v.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-                v.dedup_by(|a, b| a.1 == b.1);
-                kept.extend(v.iter().take(k).map(|(_, d)| *d));
-            }
-        }
-        let mut selected: Vec<(i64, &str)> = adapters
-            .iter()
-            .filter(|(d, created, used)| {
-                !kept.contains(d.as_str())
-                    && !leased.contains(d)
-                    && p.older_than.is_none_or(|a| *created < now - a)
-                    && p.unused_for.is_none_or(|a| *used < now - a)
-                    && (age_filter || p.keep_last.is_some() || !refs.contains_key(d))
-            })
-            .map(|(d, c, _)| (*c, d.as_str()))
-            .collect();
-        selected.sort_unstable();
-        let victims: Vec<String> = selected.into_iter().map(|(_, d)| d.to_string()).collect();
-        let refs: Vec<String> = victims.iter().flat_map(|v| refs.get(v).cloned().unwrap_or_default()).collect();
-        if !dry_run {
-            let mut del_refs = tx.prepare_cached("DELETE FROM refs WHERE digest = ?1")?;
-            let mut del = tx.prepare_cached("DELETE FROM adapters WHERE digest = ?1")?;
-            for v in &victims {
-                del_refs.execute([v])?;
-                del.execute([v])?;
-            }
-        }
-        tx.commit()?;
-        let gc = if dry_run { None } else { Some(self.gc(p.grace, false)?) };
-        Ok(PruneReport { dry_run, adapters: victims, refs, gc })
-    }
-
-    /// Mark-and-sweep: deletes blobs no adapter references, if older than `grace` seconds,
-    /// and temp files of crashed writers older than `grace`. Runs under the write lock.
-    pub fn gc(&mut self, grace: i64, dry_run: bool) -> Result<GcReport> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut marked = HashSet::new();
-        {
-            let mut stmt = tx.prepare("SELECT manifest_digest, config_digest, weights_digest FROM adapters")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                for i in 0..3 {
-                    let s: String = r.get(i)?;
-                    marked.insert(Digest::parse(&s)?.hex());
-                }
-            }
-        }
-        let mut report = GcReport { dry_run, referenced: marked.len(), ..Default::default() };
-        let now = std::time::SystemTime::now();
-        let old_enough = |p: &Path| -> bool {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .map(|t| now.duration_since(t).map(|d| d.as_secs() as i64 >= grace).unwrap_or(false))
-                .unwrap_or(false)
-        };
-        let blob_dir = self.home.join("blobs/sha256");
-        for e in std::fs::read_dir(&blob_dir).at(&blob_dir)? {
-            let e = e.at(&blob_dir)?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if marked.contains(&name) {
-                continue;
-            }
-            let p = e.path();
-            if !old_enough(&p) {
-                report.kept_in_grace += 1;
-                continue;
-            }
-            report.removed_bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-            report.removed.push(format!("sha256:{name}"));
-            if !dry_run {
-                std::fs::remove_file(&p).at(&p)?;
-            }
-        }
-        let tmp_dir = self.home.join("tmp");
-        for e in std::fs::read_dir(&tmp_dir).at(&tmp_dir)? {
-            let p = e.at(&tmp_dir)?.path();
-            // a temp file is a writer's work in progress while that process lives
-            if old_enough(&p) && !writer_alive(&p) {
-                report.temp_files_removed += 1;
-                if !dry_run {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-        }
-        tx.commit()?;
-        report.removed.sort();
-        Ok(report)
-    }
-
-    /// Re-hashes every blob; reports corrupt blobs, blobs the index needs but lacks, and
-    /// files in the blob directory whose names are not digests.
-    pub fn verify(&self) -> Result<VerifyReport> {
-        let mut rep = VerifyReport::default();
-        let blob_dir = self.home.join("blobs/sha256");
-        let mut present = HashSet::new();
-        for e in std::fs::read_dir(&blob_dir).at(&blob_dir)? {
-            let p = e.at(&blob_dir)?.path();
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let Ok(want) = Digest::parse(&format!("sha256:{name}")) else {
-                rep.stray.push(p.display().to_string());
-                continue;
-            };
-            let (got, n) = crate::digest::hash_file(&p)?;
-            rep.checked += 1;
-            rep.bytes += n;
-            if got != want {
-                rep.corrupt.push(want.to_string());
-            } else {
-                present.insert(want);
-            }
-        }
-        let mut stmt = self.conn.prepare("SELECT manifest_digest, config_digest, weights_digest FROM adapters")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            for i in 0..3 {
-                let d = Digest::parse(&r.get::<_, String>(i)?)?;
-                if !present.contains(&d) && !rep.corrupt.contains(&d.to_string()) && !rep.missing.contains(&d.to_string()) {
-                    rep.missing.push(d.to_string());
-                }
-            }
-        }
-        Ok(rep)
     }
 
     /// SQLite's own consistency check (for tests and `verify`).
@@ -735,26 +399,11 @@ fn write_blob(home: &Path, bytes: &[u8]) -> Result<Digest> {
     res.map(|_| expected)
 }
 
-/// `digest -> ["name:tag", …]` (sorted), from one sequential scan of the refs table.
 /// A TEXT column borrowed from the row (no allocation).
 fn text<'r>(r: &'r rusqlite::Row, i: usize) -> Result<&'r str> {
     r.get_ref(i)?
         .as_str()
         .map_err(|e| Error::Sqlite(rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))))
-}
-
-fn refs_by_digest(conn: &Connection) -> Result<std::collections::HashMap<String, Vec<String>>> {
-    let mut m: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-    let mut st = conn.prepare_cached("SELECT digest, name, tag FROM refs")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let (d, n, t): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        m.entry(d).or_default().push(format!("{n}:{t}"));
-    }
-    for v in m.values_mut() {
-        v.sort_unstable();
-    }
-    Ok(m)
 }
 
 fn upsert_ref(tx: &rusqlite::Transaction, r: &Ref, d: &Digest, now: i64) -> Result<()> {
