@@ -49,6 +49,16 @@ enum Cmd {
         /// Only adapters for this base model directory
         #[arg(long)]
         base: Option<String>,
+        /// Only refs whose name (or NAME:TAG, if the glob has a ':') matches this glob
+        #[arg(long, value_name = "GLOB")]
+        name: Option<String>,
+        /// Start after this row (a NAME:TAG, or the digest of a <none> row): the last row of
+        /// the previous page, for scripts paging through a large store
+        #[arg(long, value_name = "REF")]
+        after: Option<String>,
+        /// At most N rows
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Show one adapter's manifest
     Show { r#ref: String },
@@ -279,13 +289,13 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 println!("{d} -> {}", out.display());
             }
         }
-        Cmd::Ls { base } => {
+        Cmd::Ls { base, name, after, limit } => {
             let s = open_store(&home)?;
             let fp = match base {
                 Some(b) => Some(s.base_fingerprint(&BaseDir::open(&b)?)?),
                 None => None,
             };
-            ls_print(&s, fp.as_ref(), js)?;
+            ls_print(&s, &store::ListQuery { base: fp, name, after, limit }, js)?;
         }
         Cmd::Show { r#ref } => {
             let s = open_store(&home)?;
@@ -505,7 +515,7 @@ fn progress(p: &loradex::train::Progress) {
 }
 
 /// Streams the listing to stdout (table, or a JSON array) as the store yields it.
-fn ls_print(s: &Store, base: Option<&loradex::digest::Digest>, js: bool) -> Result<()> {
+fn ls_print(s: &Store, q: &store::ListQuery, js: bool) -> Result<()> {
     use std::io::Write;
     let out = std::io::stdout();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, out.lock());
@@ -514,7 +524,7 @@ fn ls_print(s: &Store, base: Option<&loradex::digest::Digest>, js: bool) -> Resu
     if !js {
         let _ = writeln!(w, "{:<40} {:<14} {:<10} {:>4} {:>10}  {:<20}", "REF", "DIGEST", "TASK", "RANK", "SIZE", "CREATED");
     }
-    let res = s.list_each(base, |r| {
+    let res = s.list_query(q, |r| {
         line.clear();
         if js {
             // refs are validated to [A-Za-z0-9._/:-] (or "<none>"), digests are hex: only the

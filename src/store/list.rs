@@ -82,7 +82,7 @@ impl Store {
                 (dc, dd) = (Some(*created_at), Some(digest.clone()));
             }
             Some(Cursor::Ref { created_at, .. }) => {
-                dangling_sql.push_str(" AND created_at < ?2");
+                dangling_sql.push_str(" AND created_at < ?2 AND ?3 IS NULL");
                 dc = Some(*created_at);
             }
             None => dangling_sql.push_str(" AND ?2 IS NULL AND ?3 IS NULL"),

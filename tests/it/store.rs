@@ -317,3 +317,45 @@ fn ls_json_is_the_same_rows_as_the_library_listing() {
     assert_eq!(cli.as_array().unwrap().len(), 3);
     assert!(cli.as_array().unwrap().iter().any(|r| r["ref"] == "<none>"));
 }
+
+#[test]
+fn ls_pages_with_limit_after_and_name_globs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = bert().join("base");
+    for i in 0..5 {
+        let dir = tmp.path().join(format!("v{i}"));
+        variant(&bert().join("adapter"), &dir, i as u8 + 1);
+        let name = if i % 2 == 0 { format!("ko/cs-{i}:v1") } else { format!("en/sent-{i}:v1") };
+        import(&home, &dir, &name, &base);
+    }
+    let refs = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["--json", "ls"];
+        a.extend_from_slice(args);
+        json(&ok(&home, &a)).as_array().unwrap().iter().map(|r| r["ref"].as_str().unwrap().to_string()).collect()
+    };
+    let all = refs(&[]);
+    assert_eq!(all.len(), 5);
+    // pages of 2, each starting after the last row of the previous one, give the whole listing
+    let mut paged = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = vec!["--limit", "2"];
+        if let Some(a) = &after {
+            args.extend(["--after", a.as_str()]);
+        }
+        let page = refs(&args);
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    let ko = refs(&["--name", "ko/*"]);
+    assert_eq!(ko.len(), 3, "{ko:?}");
+    assert!(ko.iter().all(|r| r.starts_with("ko/")));
+    assert_eq!(refs(&["--name", "en/sent-?:v1"]).len(), 2);
+    assert!(refs(&["--name", "nothing*"]).is_empty());
+}
