@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_PER=${1:-600}
 shift || true
-ALL=(safetensors adapter_config ref_digest recipe dataset)
+ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 FIXTURES=${FIXTURES:-$ROOT/../shared/fixtures}
 [ -d "$FIXTURES" ] || FIXTURES=/work/shared/fixtures
@@ -86,6 +86,16 @@ seed_all() {
         case $f in *.jsonl) m='\101' ;; *) m='\102' ;; esac
         { printf "$m"; cat "$f"; } > "$tmp/d"
         seed dataset "$tmp/d" "$(basename "$(dirname "$f")")-$(basename "$f")"
+    done
+    # HTTP bodies: first byte = endpoint (0 classify, 1 completions, 2 chat) + header/query bits
+    i=0
+    for b in '{"adapter": "en/sentiment:v1", "texts": ["배송이 늦어요", "great"]}' '{"adapter": null, "texts": ["x"]}' \
+        '{"model": "base:en/sentiment:v1", "prompt": "hi", "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 1, "stop": ["\n"], "stream": true}' \
+        '{"model": "base", "prompt": [1, 2, 3], "adapter": "a"}' \
+        '{"model": "base", "messages": [{"role": "user", "content": "안녕"}, {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 4, "n": 1}'; do
+        for sel in '\000' '\001' '\002' '\021' '\042'; do
+            i=$((i + 1)); { printf "$sel"; printf '%s' "$b"; } > "$tmp/b"; seed http_bodies "$tmp/b" "body$i.json"
+        done
     done
 }
 seed_all

@@ -13,8 +13,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(c.r > 0, "parse accepted r = 0");
 
     let mut modules: Vec<String> = vec!["model.layers.0.self_attn.q_proj".into(), "bert.encoder.layer.1.attention.self.value".into()];
-    for k in c.rank_pattern.keys().chain(c.alpha_pattern.keys()).chain(&c.target_modules) {
-        modules.push(k.clone());
+    for k in c.rank_pattern.keys().chain(c.alpha_pattern.keys()).chain(c.target_modules.iter().map(String::as_str)) {
+        modules.push(k.to_string());
         modules.push(format!("model.layers.0.{k}"));
         modules.push(format!("x{k}"));
     }
@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         for rank in [1, c.r, 7] {
             let _ = c.scale_for(m, rank);
         }
+        assert!(c.rank_for(m) > 0, "rank_pattern gave rank 0");
         for suffix in [".lora_A.weight", ".lora_B.weight", ".weight", ".modules_to_save.default.weight"] {
             let _ = classify_key(&format!("{KEY_PREFIX}{m}{suffix}"), &c.modules_to_save);
         }
