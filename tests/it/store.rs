@@ -359,3 +359,122 @@ fn ls_pages_with_limit_after_and_name_globs() {
     assert_eq!(refs(&["--name", "en/sent-?:v1"]).len(), 2);
     assert!(refs(&["--name", "nothing*"]).is_empty());
 }
+
+/// Model-based: seeded random sequences of import / tag / rm / prune / gc / verify, checked
+/// after every step against an in-memory model of which refs and adapters must exist, while a
+/// second thread keeps listing and resolving through its own connection.
+#[test]
+fn random_store_operations_match_a_simple_model_with_a_concurrent_reader() {
+    use loradex::store::{PrunePolicy, Ref, Store};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = loradex::base::BaseDir::open_dir(&bert().join("base")).unwrap();
+    let variants: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let d = tmp.path().join(format!("v{i}"));
+            variant(&bert().join("adapter"), &d, i + 1);
+            d
+        })
+        .collect();
+    let names = ["a", "b", "team/c", "team/c:v2", "d:old"];
+    let mut s = Store::open(&home).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (home, stop) = (home.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let r = Store::open(&home).unwrap();
+            let mut reads = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                for row in r.list(None).expect("a concurrent list never fails") {
+                    assert!(row.digest.starts_with("sha256:") && row.digest.len() == 71, "{row:?}");
+                    if row.r#ref != "<none>" {
+                        // removed meanwhile is fine; anything else is not
+                        match r.resolve(&row.r#ref) {
+                            Ok(_) | Err(loradex::Error::NotFound(_)) => {}
+                            Err(e) => panic!("resolve {} during writes: {e}", row.r#ref),
+                        }
+                    }
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut rng = loradex::util::Rng::new(0x5eed);
+    let mut counts = [0usize; 6];
+    let mut refs: BTreeMap<String, String> = BTreeMap::new();
+    let mut adapters: BTreeSet<String> = BTreeSet::new();
+    let mut digest_of: BTreeMap<usize, String> = BTreeMap::new();
+    let full = |n: &str| Ref::parse(n).unwrap().to_string();
+    for step in 0..240 {
+        let op = rng.below(6);
+        counts[op] += 1;
+        let what = match op {
+            0 | 1 => {
+                let (v, n) = (rng.below(variants.len()), names[rng.below(names.len())]);
+                let d = loradex::adapters::import_dir(&mut s, &variants[v], &Ref::parse(n).unwrap(), &base, None).unwrap().to_string();
+                assert_eq!(digest_of.entry(v).or_insert_with(|| d.clone()), &d, "same content, same digest");
+                refs.insert(full(n), d.clone());
+                adapters.insert(d);
+                format!("import v{v} {n}")
+            }
+            2 => {
+                let (src, dst) = (names[rng.below(names.len())], names[rng.below(names.len())]);
+                match (s.tag(src, &Ref::parse(dst).unwrap()), refs.get(&full(src)).cloned()) {
+                    (Ok(d), Some(want)) => {
+                        assert_eq!(d.to_string(), want);
+                        refs.insert(full(dst), want);
+                    }
+                    (Err(loradex::Error::NotFound(_)), None) => {}
+                    (got, want) => panic!("tag {src} {dst}: {got:?}, model {want:?}"),
+                }
+                format!("tag {src} {dst}")
+            }
+            3 => {
+                let n = names[rng.below(names.len())];
+                match (s.rm(n), refs.remove(&full(n))) {
+                    (Ok(d), Some(want)) => {
+                        assert_eq!(d.to_string(), want);
+                        if !refs.values().any(|x| *x == want) {
+                            adapters.remove(&want);
+                        }
+                    }
+                    (Err(loradex::Error::NotFound(_)), None) => {}
+                    (got, want) => panic!("rm {n}: {got:?}, model {want:?}"),
+                }
+                format!("rm {n}")
+            }
+            4 => {
+                // no age filter: exactly the adapters no ref names go
+                let r = s.prune(&PrunePolicy::default(), false).unwrap();
+                let live: BTreeSet<String> = refs.values().cloned().collect();
+                let gone: BTreeSet<String> = adapters.difference(&live).cloned().collect();
+                assert_eq!(r.adapters.iter().cloned().collect::<BTreeSet<_>>(), gone, "step {step}: prune selected");
+                adapters = live;
+                "prune".into()
+            }
+            _ => {
+                s.gc(0, false).unwrap();
+                "gc".into()
+            }
+        };
+        // the store against the model, after every step
+        let rows = s.list(None).unwrap();
+        let listed: BTreeMap<String, String> = rows.iter().filter(|r| r.r#ref != "<none>").map(|r| (r.r#ref.clone(), r.digest.clone())).collect();
+        assert_eq!(listed, refs, "step {step} ({what}): refs");
+        let dangling: BTreeSet<String> = rows.iter().filter(|r| r.r#ref == "<none>").map(|r| r.digest.clone()).collect();
+        let live: BTreeSet<String> = refs.values().cloned().collect();
+        assert_eq!(dangling, adapters.difference(&live).cloned().collect::<BTreeSet<_>>(), "step {step} ({what}): dangling");
+        for (n, d) in &refs {
+            assert_eq!(s.resolve(n).unwrap().to_string(), *d);
+            s.adapter_files(&s.resolve(n).unwrap()).unwrap_or_else(|e| panic!("step {step} ({what}): {n} unreadable: {e}"));
+        }
+        let v = s.verify().unwrap();
+        assert!(v.ok(), "step {step} ({what}): {v:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0, "the reader ran");
+    assert!(counts.iter().all(|&c| c >= 20), "every operation was exercised: {counts:?}");
+}
