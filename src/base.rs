@@ -271,11 +271,9 @@ pub fn check_adapter(
             });
         }
         let peft_name = akey.strip_prefix(peft::KEY_PREFIX).and_then(|k| k.strip_suffix(".lora_A.weight")).unwrap_or(module);
-        if r != config.rank_for(peft_name) {
-            return Err(Error::TensorMismatch {
-                tensor: akey.clone(),
-                detail: format!("rank {r}, but the config gives {peft_name} rank {} (r / rank_pattern)", config.rank_for(peft_name)),
-            });
+        let want = config.rank_for(peft_name);
+        if r != want {
+            return Err(Error::TensorMismatch { tensor: akey.clone(), detail: format!("rank {r}, but the config gives {peft_name} rank {want} (r / rank_pattern)") });
         }
         summary.lora_modules.insert(module.clone(), r);
     }

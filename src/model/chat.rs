@@ -76,7 +76,7 @@ impl ChatTemplate {
     /// The template of a base directory, if it has one.
     pub fn from_dir(dir: &Path) -> Result<Option<ChatTemplate>> {
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = match std::fs::read(&cfg_path) {
+        let cfg: serde_json::Value = match crate::util::read_bounded(&cfg_path, crate::util::MAX_CONFIG_BYTES) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::json(cfg_path.display().to_string(), e))?,
             Err(_) => serde_json::Value::Null,
         };
@@ -92,7 +92,7 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .or(named.first())
                 .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(str::to_string)),
-            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+            _ => crate::util::read_text_bounded(&dir.join("chat_template.jinja"), crate::util::MAX_CONFIG_BYTES).ok(),
         };
         src.map(|s| ChatTemplate::new(&s, &special("bos_token"), &special("eos_token"))).transpose()
     }

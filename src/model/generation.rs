@@ -9,6 +9,10 @@ use super::Tok;
 use crate::error::{Error, Result};
 use crate::util::Rng;
 
+/// Most stop strings a request may give, and most bytes of each.
+pub const MAX_STOPS: usize = 16;
+pub const MAX_STOP_BYTES: usize = 256;
+
 /// What a request asks of generation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -37,8 +41,8 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::InvalidArgument("top_p must be in (0, 1]".into()));
         }
-        if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err(Error::InvalidArgument("stop: at most 16 non-empty strings of at most 256 bytes".into()));
+        if self.stop.len() > MAX_STOPS || self.stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+            return Err(Error::InvalidArgument(format!("stop: at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_BYTES} bytes")));
         }
         Ok(())
     }

@@ -228,11 +228,9 @@ impl LoadedAdapter {
                 return Err(Error::TensorMismatch { tensor: m, detail });
             }
             // PEFT builds each module at `rank_for` and refuses tensors of another rank.
-            if r != config.rank_for(&peft_name) {
-                return Err(Error::TensorMismatch {
-                    tensor: m,
-                    detail: format!("rank {r}, but the config gives this module rank {} (r / rank_pattern)", config.rank_for(&peft_name)),
-                });
+            let want = config.rank_for(&peft_name);
+            if r != want {
+                return Err(Error::TensorMismatch { tensor: m, detail: format!("rank {r}, but the config gives this module rank {want} (r / rank_pattern)") });
             }
             // patterns match PEFT's module names, not loradex's canonical ones
             let scale = config.scale_for(&peft_name, r);

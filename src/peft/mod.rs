@@ -187,7 +187,13 @@ impl LoraConfig {
                 return Err(typed(k, "an object"));
             }
         }
-        let fields: PatternFields = serde_json::from_slice(bytes).map_err(|e| Error::json(CONFIG_FILE, e))?;
+        // a second, order-keeping pass over the bytes, only where a pattern has keys
+        let has_keys = |k: &str| o.get(k).and_then(Value::as_object).is_some_and(|m| !m.is_empty());
+        let fields = if has_keys("rank_pattern") || has_keys("alpha_pattern") {
+            serde_json::from_slice(bytes).map_err(|e| Error::json(CONFIG_FILE, e))?
+        } else {
+            PatternFields { rank_pattern: None, alpha_pattern: None }
+        };
         let rank_pattern = patterns("rank_pattern", fields.rank_pattern, |v| v.as_u64().filter(|&r| r > 0).map(|r| r as usize), "a positive integer")?;
         let alpha_pattern = patterns("alpha_pattern", fields.alpha_pattern, |v| v.as_f64().filter(|a| a.is_finite()), "a number")?;
         Ok(LoraConfig {

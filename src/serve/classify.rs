@@ -73,6 +73,7 @@ pub fn batcher(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
         if jobs.is_empty() {
             continue;
         }
+        let rows: usize = jobs.iter().map(|j| j.rows.len()).sum();
         let refs: Vec<&Job> = jobs.iter().collect();
         let result = forward(&engine, &refs);
         let mut forwards = 1;

@@ -5,13 +5,12 @@
 //! scheduling) belongs to the handlers in `serve` and `openai`, not here.
 
 use crate::model::chat::Message;
+pub use crate::model::generation::MAX_STOPS;
 use crate::model::generation::SamplingParams;
 use serde_json::Value;
 
 /// Most texts one `/v1/classify` request may carry.
 pub const MAX_TEXTS: usize = 1024;
-/// Most stop strings one generation request may carry.
-pub const MAX_STOPS: usize = 16;
 
 /// Why a body was refused: the message of a 400 answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
