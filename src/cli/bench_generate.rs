@@ -115,6 +115,36 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s.get(((s.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
 }
 
+/// The integer kernels on each ISA this CPU runs, same run: single stream and 16 streams,
+/// against the AVX2 build. The outputs are bit-identical; only the time differs.
+fn kernel_isas(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, reps: usize) -> Result<()> {
+    use loradex::model::qx8::{self, Isa};
+    let best = qx8::isa();
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    if isas.len() < 2 {
+        println!("integer kernels: {} (the only build this CPU runs)", best.name());
+        return Ok(());
+    }
+    println!("integer kernels by ISA (bit-identical outputs), same run:");
+    let mut base = None;
+    for isa in isas {
+        qx8::set_isa(isa).map_err(Error::Model)?;
+        let (one, ids) = single(e, prompt, tokens, None, reps)?;
+        let sixteen = streams(e, tok, prompt, tokens, &vec![None; 16])?.tok_per_s;
+        let (b1, b16, bids) = base.get_or_insert((one, sixteen, ids.clone())).clone();
+        println!(
+            "  {:12} single {one:6.1} tok/s ({:.2}x avx2), 16 streams {sixteen:6.1} tok/s ({:.2}x avx2){}",
+            isa.name(),
+            one / b1,
+            sixteen / b16,
+            if ids == bids { "" } else { "  IDS DIFFER" }
+        );
+    }
+    qx8::set_isa(best).map_err(Error::Model)?;
+    println!("  in use: {}", best.name());
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     if !Path::new(&a.base).exists() {
         return Err(Error::InvalidArgument(format!("{}: not found (scripts/fetch-models.sh fetches SmolLM2)", a.base)));
@@ -146,6 +176,8 @@ pub fn run(a: Args) -> Result<()> {
     println!("  base:          {base_tps:7.1} tok/s");
     println!("  one adapter:   {ad_tps:7.1} tok/s = {:.2}x the base (goal >= 0.90: the adapter costs <= 10%)", ad_tps / base_tps);
     println!("  first 32 greedy ids: {:?}", &base_ids[..base_ids.len().min(32)]);
+
+    kernel_isas(&e, &tok, &prompt, a.tokens, a.reps)?;
 
     for &n in &a.streams {
         let l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;

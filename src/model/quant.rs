@@ -163,22 +163,30 @@ pub struct Q8 {
     pub qs: [i8; QK],
 }
 
-crate::util::simd_dispatch! {
-    /// Quantizes one row (`len % 32 == 0`) into blocks (round half to even, which compiles to one
-    /// instruction where `round` would be a libm call).
-    pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
-        for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, v) in b.qs.iter_mut().zip(xs) {
-                *q = (v * id).round_ties_even() as i8;
-                s += *q as i32;
-            }
-            b.d = d;
-            b.s = d * s as f32;
+/// Quantizes one row (`len % 32 == 0`) into blocks: AVX2 where the CPU has it, else the
+/// portable build; the two agree bit for bit.
+pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
+    if has_avx2() {
+        // SAFETY: AVX2 and FMA were detected; both slices are walked in whole blocks.
+        return unsafe { avx::quantize_row(x, out) };
+    }
+    quantize_row_portable(x, out)
+}
+
+/// `quantize_row` without SIMD (round half to even, which compiles to one instruction where
+/// `round` would be a libm call).
+pub fn quantize_row_portable(x: &[f32], out: &mut [Q8]) {
+    for (xs, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut s = 0i32;
+        for (q, v) in b.qs.iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8;
+            s += *q as i32;
         }
+        b.d = d;
+        b.s = d * s as f32;
     }
 }
 

@@ -252,6 +252,35 @@ mod x86 {
         s
     }
 
+    /// `quantize_row`'s AVX2 build, bit for bit: the block's max |x|, `d = max / 127`, each
+    /// `x / d` rounded half to even (the default rounding mode of `cvtps2dq`), `s = d · Σ q`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_row(x: &[f32], out: &mut [Q8]) {
+        let sign = _mm256_set1_ps(-0.0);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (xs, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+            let p = xs.as_ptr();
+            let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)));
+            let a = v.map(|x| _mm256_andnot_ps(sign, x));
+            let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let q = v.map(|x| _mm256_cvtps_epi32(_mm256_mul_ps(x, id)));
+            // packs work within 128-bit halves: dwords come out as q0a q1a q2a q3a q0b q1b q2b q3b
+            let p8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256(b.qs.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(p8, order));
+            let t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let t = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+            let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01));
+            b.d = d;
+            b.s = d * _mm_cvtsi128_si32(t) as f32;
+        }
+    }
+
     /// `y += a · x` over `y.len()` values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
@@ -296,6 +325,9 @@ mod portable_stubs {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn dot_f16(_: &[u16], _: &[f32]) -> f32 {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn quantize_row(_: &[f32], _: &mut [Q8]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
 }

@@ -98,26 +98,125 @@ pub fn dequantize_row(f: BlockFmt, data: &[u8], cols: usize, r: usize, out: &mut
     }
 }
 
-/// `out[t][r] = row (8g + r) · xs[t]` for the `g` tokens given (1..=4).
+/// The instruction sets the group kernels are built for, best last. Every one gives
+/// bit-identical outputs: the integer block dots are exact (no saturation in any of them), and
+/// the float steps are the same operations in the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// AVX2 + FMA + F16C: `maddubs` (u8·s8 pairs to i16) then `madd` to i32.
+    Avx2,
+    /// AVX2 + AVX-VNNI (Intel Alder Lake / Sapphire Rapids and later, AMD Zen 5): one `vpdpbusd`
+    /// per 32 bytes, u8·s8 quads straight into i32.
+    AvxVnni,
+    /// The same `vpdpbusd` on 256-bit registers through AVX-512 VNNI + VL (AMD Zen 4, Intel Ice
+    /// Lake server and later, which may lack AVX-VNNI).
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+    /// Whether this CPU runs it.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let base = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c");
+            base && match self {
+                Isa::Avx2 => true,
+                Isa::AvxVnni => std::is_x86_feature_detected!("avxvnni"),
+                Isa::Avx512Vnni => std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+    /// The best this CPU runs (callers already know it has AVX2).
+    pub fn best() -> Isa {
+        Isa::ALL.into_iter().rev().find(|i| i.supported()).unwrap_or(Isa::Avx2)
+    }
+}
+
+/// The ISA `group` uses: the best supported, unless `set_isa` chose another (benchmarks compare
+/// them in one run). 0 = not chosen yet.
+static ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The kernels' current ISA.
+pub fn isa() -> Isa {
+    use std::sync::atomic::Ordering::Relaxed;
+    match ISA.load(Relaxed) {
+        0 => {
+            let b = Isa::best();
+            ISA.store(b as u8 + 1, Relaxed);
+            b
+        }
+        v => Isa::ALL[(v - 1) as usize],
+    }
+}
+
+/// Makes `group` use `isa` from now on (process-wide); refused where the CPU lacks it.
+pub fn set_isa(isa: Isa) -> Result<(), String> {
+    if !isa.supported() {
+        return Err(format!("this CPU does not run the {} kernels", isa.name()));
+    }
+    ISA.store(isa as u8 + 1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// `out[t][r] = row (8g + r) · xs[t]` for the `g` tokens given (1..=4), with the current `isa`.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `data` holds group `group` of `nb` blocks; each `xs[t]`
 /// (t < g) points at `nb` blocks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn group(f: BlockFmt, data: &[u8], group: usize, nb: usize, xs: &[*const Q8; 4], g: usize, out: &mut [[f32; 8]; 4]) {
+    group_with(isa(), f, data, group, nb, xs, g, out)
+}
+
+/// `group` on a given ISA.
+///
+/// # Safety
+/// As `group`, and the CPU runs `isa` (`Isa::supported`).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn group_with(isa: Isa, f: BlockFmt, data: &[u8], group: usize, nb: usize, xs: &[*const Q8; 4], g: usize, out: &mut [[f32; 8]; 4]) {
     let base = data.as_ptr().add(group * nb * group_block_bytes(f));
-    match (f, g) {
-        (BlockFmt::Q8_0, 1) => kernel::q8::<1>(base, nb, xs, out),
-        (BlockFmt::Q8_0, 2) => kernel::q8::<2>(base, nb, xs, out),
-        (BlockFmt::Q8_0, 3) => kernel::q8::<3>(base, nb, xs, out),
-        (BlockFmt::Q8_0, _) => kernel::q8::<4>(base, nb, xs, out),
-        (_, 1) => kernel::q4::<1>(base, nb, xs, out),
-        (_, 2) => kernel::q4::<2>(base, nb, xs, out),
-        (_, 3) => kernel::q4::<3>(base, nb, xs, out),
-        (_, _) => kernel::q4::<4>(base, nb, xs, out),
+    match isa {
+        Isa::Avx2 => on_avx2(f, base, nb, xs, g, out),
+        Isa::AvxVnni => on_avx_vnni(f, base, nb, xs, g, out),
+        Isa::Avx512Vnni => on_avx512_vnni(f, base, nb, xs, g, out),
     }
 }
+
+/// One entry point per ISA, each compiled with its features, monomorphizing the kernels over the
+/// ISA's integer step.
+macro_rules! entry {
+    ($name:ident, $features:literal, $dot:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(f: BlockFmt, base: *const u8, nb: usize, xs: &[*const Q8; 4], g: usize, out: &mut [[f32; 8]; 4]) {
+            use kernel::*;
+            match (f, g) {
+                (BlockFmt::Q8_0, 1) => q8::<$dot, 1>(base, nb, xs, out),
+                (BlockFmt::Q8_0, 2) => q8::<$dot, 2>(base, nb, xs, out),
+                (BlockFmt::Q8_0, 3) => q8::<$dot, 3>(base, nb, xs, out),
+                (BlockFmt::Q8_0, _) => q8::<$dot, 4>(base, nb, xs, out),
+                (_, 1) => q4::<$dot, 1>(base, nb, xs, out),
+                (_, 2) => q4::<$dot, 2>(base, nb, xs, out),
+                (_, 3) => q4::<$dot, 3>(base, nb, xs, out),
+                (_, _) => q4::<$dot, 4>(base, nb, xs, out),
+            }
+        }
+    };
+}
+entry!(on_avx2, "avx2,fma,f16c", kernel::Maddubs);
+entry!(on_avx_vnni, "avx2,fma,f16c,avxvnni", kernel::VnniVex);
+entry!(on_avx512_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", kernel::VnniEvex);
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
@@ -129,13 +228,75 @@ mod kernel {
         _mm256_set1_epi32((x.qs.as_ptr() as *const i32).add(s).read_unaligned())
     }
 
-    /// Q4 groups (Q4_0 and Q4_1): per block, the integer dot of 8 rows in one int16 vector
-    /// (8 partial sums of at most 3810 each: no saturation), then `acc += d·dx·idot + m·s`.
+    /// The integer step: `acc` (8 × i32, one per row) plus the dot of each row's 4 unsigned
+    /// bytes in `u` with the 4 signed bytes in `s`. Callers keep every pair sum within i16
+    /// range, so the `maddubs` build never saturates and all builds agree exactly.
+    pub trait Dot {
+        /// Accumulates in the build's own partial form.
+        unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+        /// The partial form as 8 × i32.
+        unsafe fn finish(acc: __m256i) -> __m256i;
+        /// `add` into an 8 × i32 accumulator.
+        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    }
+
+    /// AVX2: i16 pair sums accumulated (no overflow: callers bound the sums), widened at the end.
+    pub struct Maddubs;
+    impl Dot for Maddubs {
+        #[inline(always)]
+        unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
+        }
+        #[inline(always)]
+        unsafe fn finish(acc: __m256i) -> __m256i {
+            _mm256_madd_epi16(acc, _mm256_set1_epi16(1))
+        }
+        #[inline(always)]
+        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            _mm256_add_epi32(acc, Self::finish(_mm256_maddubs_epi16(u, s)))
+        }
+    }
+
+    /// AVX-VNNI's `vpdpbusd` (VEX).
+    pub struct VnniVex;
+    impl Dot for VnniVex {
+        #[inline(always)]
+        unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            _mm256_dpbusd_avx_epi32(acc, u, s)
+        }
+        #[inline(always)]
+        unsafe fn finish(acc: __m256i) -> __m256i {
+            acc
+        }
+        #[inline(always)]
+        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            Self::add(acc, u, s)
+        }
+    }
+
+    /// AVX-512 VNNI's `vpdpbusd` on ymm registers (EVEX).
+    pub struct VnniEvex;
+    impl Dot for VnniEvex {
+        #[inline(always)]
+        unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, s)
+        }
+        #[inline(always)]
+        unsafe fn finish(acc: __m256i) -> __m256i {
+            acc
+        }
+        #[inline(always)]
+        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            Self::add(acc, u, s)
+        }
+    }
+
+    /// Q4 groups (Q4_0 and Q4_1): per block, the integer dot of 8 rows (8 pair sums of at most
+    /// 3810 each in the `maddubs` build: no saturation), then `acc += d·dx·idot + m·s`.
     #[inline(always)]
-    pub unsafe fn q4<const G: usize>(base: *const u8, nb: usize, xs: &[*const Q8; 4], out: &mut [[f32; 8]; 4]) {
+    pub unsafe fn q4<D: Dot, const G: usize>(base: *const u8, nb: usize, xs: &[*const Q8; 4], out: &mut [[f32; 8]; 4]) {
         let mut acc = [_mm256_setzero_ps(); G];
         let m4 = _mm256_set1_epi8(15);
-        let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
             let blk = base.add(b * 160);
             let mut sum = [_mm256_setzero_si256(); G];
@@ -145,15 +306,15 @@ mod kernel {
                 let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                 for t in 0..G {
                     let x = &*xs[t].add(b);
-                    sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(lo, bcast(x, s)));
-                    sum[t] = _mm256_add_epi16(sum[t], _mm256_maddubs_epi16(hi, bcast(x, s + 4)));
+                    sum[t] = D::add(sum[t], lo, bcast(x, s));
+                    sum[t] = D::add(sum[t], hi, bcast(x, s + 4));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
             let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
             for t in 0..G {
                 let x = &*xs[t].add(b);
-                let idot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[t], ones));
+                let idot = _mm256_cvtepi32_ps(D::finish(sum[t]));
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), idot, acc[t]);
                 acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc[t]);
             }
@@ -163,11 +324,11 @@ mod kernel {
         }
     }
 
-    /// Q8_0 groups: signed weights by the sign trick, int32 sums per block.
+    /// Q8_0 groups: signed weights by the sign trick, i32 sums per block (each step's pair sums
+    /// are at most 2·128·127, within i16).
     #[inline(always)]
-    pub unsafe fn q8<const G: usize>(base: *const u8, nb: usize, xs: &[*const Q8; 4], out: &mut [[f32; 8]; 4]) {
+    pub unsafe fn q8<D: Dot, const G: usize>(base: *const u8, nb: usize, xs: &[*const Q8; 4], out: &mut [[f32; 8]; 4]) {
         let mut acc = [_mm256_setzero_ps(); G];
-        let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
             let blk = base.add(b * 272);
             let mut sum = [_mm256_setzero_si256(); G];
@@ -176,8 +337,8 @@ mod kernel {
                 let aw = _mm256_sign_epi8(w, w);
                 for t in 0..G {
                     let x = &*xs[t].add(b);
-                    let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(bcast(x, s), w));
-                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p, ones));
+                    // each step into i32: eight i16 steps could overflow
+                    sum[t] = D::add32(sum[t], aw, _mm256_sign_epi8(bcast(x, s), w));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));

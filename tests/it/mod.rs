@@ -3,6 +3,7 @@ mod fixtures;
 mod fuzz_regressions;
 mod generate;
 mod hardening;
+mod kernels;
 mod leases;
 mod store;
 mod train;

@@ -1,0 +1,119 @@
+//! The integer block kernels: every ISA build this CPU runs gives bit-identical outputs to the
+//! AVX2 build for 1 to 4 rows, and all agree with a plain f32 dot of the dequantized values.
+
+use loradex::model::quant::{dequantize_row, quantize_row, BlockFmt, Q8, QK};
+use loradex::model::qx8::{self, Isa};
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) as u32
+    }
+    fn unit(&mut self) -> f32 {
+        self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0
+    }
+}
+
+/// `rows` rows of random GGML blocks with finite scales (and, for Q8_0, the extreme -128).
+fn random_blocks(f: BlockFmt, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
+    let mut v = vec![];
+    for _ in 0..rows * cols / QK {
+        v.extend_from_slice(&half::f16::from_f32(rng.unit() * 0.05).to_le_bytes());
+        let mut quants = f.bytes() - 2;
+        if f == BlockFmt::Q4_1 {
+            v.extend_from_slice(&half::f16::from_f32(rng.unit() * 0.1).to_le_bytes());
+            quants -= 2;
+        }
+        for i in 0..quants {
+            v.push(if f == BlockFmt::Q8_0 && i == 0 { 0x80 } else { rng.next() as u8 });
+        }
+    }
+    assert_eq!(v.len(), rows * cols / QK * f.bytes());
+    v
+}
+
+#[test]
+fn every_isa_gives_the_avx2_bits_and_the_dequantized_dot() {
+    if !Isa::Avx2.supported() {
+        eprintln!("no AVX2: the group kernels are not used on this CPU");
+        return;
+    }
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    eprintln!("ISAs checked: {isas:?}");
+    let (rows, cols) = (16, 8 * QK);
+    let nb = cols / QK;
+    let mut rng = Lcg(7);
+    for f in [BlockFmt::Q4_0, BlockFmt::Q4_1, BlockFmt::Q8_0] {
+        let raw = random_blocks(f, rows, cols, &mut rng);
+        let packed = qx8::repack(f, rows, cols, &raw);
+        // 4 activation rows, one of them with large values so the integer sums run near their bounds
+        let x: Vec<f32> = (0..4 * cols).map(|i| if i < cols { if i % 2 == 0 { 9.0 } else { -9.0 } } else { rng.unit() * 3.0 }).collect();
+        let mut q = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; 4 * nb];
+        for t in 0..4 {
+            quantize_row(&x[t * cols..][..cols], &mut q[t * nb..][..nb]);
+        }
+        for g in 1..=4 {
+            for grp in 0..rows / 8 {
+                let xs: [*const Q8; 4] = std::array::from_fn(|i| q[i.min(g - 1) * nb..].as_ptr());
+                let run = |isa: Isa| {
+                    let mut out = [[0f32; 8]; 4];
+                    // SAFETY: the ISA is supported; packed holds rows / 8 groups of nb blocks; each xs row has nb blocks.
+                    unsafe { qx8::group_with(isa, f, &packed, grp, nb, &xs, g, &mut out) };
+                    out
+                };
+                let want = run(Isa::Avx2);
+                for &isa in &isas {
+                    let got = run(isa);
+                    for t in 0..g {
+                        let (a, b): (Vec<u32>, Vec<u32>) = (got[t].iter().map(|v| v.to_bits()).collect(), want[t].iter().map(|v| v.to_bits()).collect());
+                        assert_eq!(a, b, "{f:?} {isa:?} g={g} group {grp} token {t}");
+                    }
+                }
+                // against f32: dequantized weight row · dequantized activation row
+                for t in 0..g {
+                    let xq: Vec<f32> = q[t * nb..][..nb].iter().flat_map(|b| b.qs.iter().map(move |v| *v as f32 * b.d)).collect();
+                    for r in 0..8 {
+                        let row = grp * 8 + r;
+                        let mut w = vec![0f32; cols];
+                        dequantize_row(f, &raw[row * nb * f.bytes()..][..nb * f.bytes()], &mut w);
+                        let exact: f64 = w.iter().zip(&xq).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let scale: f64 = w.iter().zip(&xq).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>() + 1e-6;
+                        let err = (want[t][r] as f64 - exact).abs();
+                        assert!(err <= 1e-3 * scale, "{f:?} g={g} row {row} token {t}: {} vs {exact} (scale {scale})", want[t][r]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_isa_this_cpu_lacks_is_refused() {
+    for isa in Isa::ALL {
+        assert_eq!(qx8::set_isa(isa).is_ok(), isa.supported(), "{isa:?}");
+    }
+    // leave the process on the best build for the other tests
+    qx8::set_isa(Isa::best()).ok();
+}
+
+#[test]
+fn the_simd_row_quantizer_gives_the_portable_bits() {
+    use loradex::model::quant::quantize_row_portable;
+    let mut rng = Lcg(11);
+    let cols = 16 * QK;
+    // ordinary values, exact halves (ties to even), an all-zero block, one huge block
+    let mut x: Vec<f32> = (0..cols).map(|_| rng.unit() * 4.0).collect();
+    for (i, v) in x[QK..2 * QK].iter_mut().enumerate() {
+        *v = (i as f32 - 16.0) + 0.5;
+    }
+    x[2 * QK..3 * QK].fill(0.0);
+    x[3 * QK..4 * QK].iter_mut().for_each(|v| *v *= 1e30);
+    let blank = Q8 { d: 0.0, s: 0.0, qs: [0; QK] };
+    let (mut a, mut b) = (vec![blank; cols / QK], vec![blank; cols / QK]);
+    quantize_row(&x, &mut a);
+    quantize_row_portable(&x, &mut b);
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        assert_eq!((p.d.to_bits(), p.s.to_bits(), p.qs), (q.d.to_bits(), q.s.to_bits(), q.qs), "block {i}");
+    }
+}
