@@ -1,8 +1,10 @@
 //! Glue between the PEFT format, base models and the store: importing a PEFT directory,
-//! exporting a stored adapter, and fetching an adapter named by a store ref or a directory
-//! path for inference (checking it belongs to the loaded base).
+//! exporting a stored adapter, combining stored adapters into a new one (`combine` does the
+//! algebra), and fetching an adapter named by a store ref or a directory path for inference
+//! (checking it belongs to the loaded base).
 
-use crate::base::{check_adapter, AdapterSummary, BaseDir};
+use crate::base::{check_adapter, AdapterSummary, Arch, BaseDir};
+use crate::combine::{self, CombineError};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::peft::{self, AdapterFiles};
@@ -60,6 +62,68 @@ pub fn export(store: &Store, spec: &str, out: &Path) -> Result<Digest> {
     let (_, cfg, w) = store.adapter_files(&d)?;
     peft::write_dir(out, &cfg, &w)?;
     Ok(d)
+}
+
+/// Combines stored adapters (refs or digests, each with its weight) as `spec` says and stores
+/// the result under `name`, with provenance naming the inputs' digests, weights and the
+/// parameters. The inputs must share a base, a task and labels.
+pub fn combine_stored(store: &mut Store, inputs: &[(String, f64)], spec: &combine::Spec, name: &Ref) -> Result<(Digest, combine::Combined)> {
+    let mut loaded = Vec::with_capacity(inputs.len());
+    for (spec_ref, weight) in inputs {
+        let d = store.resolve(spec_ref)?;
+        let (m, config, weights) = store.adapter_files(&d)?;
+        loaded.push((spec_ref.as_str(), *weight, d, m, config, weights));
+    }
+    let Some((first_ref, _, _, first, _, _)) = loaded.first() else { return Err(CombineError::NoInputs.into()) };
+    for (r, _, _, m, _, _) in &loaded[1..] {
+        let (a, b) = (first_ref.to_string(), r.to_string());
+        if m.base_fingerprint != first.base_fingerprint {
+            let (base_a, base_b) = (first.base_fingerprint.to_string(), m.base_fingerprint.to_string());
+            return Err(CombineError::BaseMismatch { a, b, base_a, base_b }.into());
+        }
+        if m.task != first.task {
+            let task = |t: &Option<String>| t.clone().unwrap_or_else(|| "none".into());
+            return Err(CombineError::TaskMismatch { a, b, task_a: task(&first.task), task_b: task(&m.task) }.into());
+        }
+        if m.labels != first.labels {
+            return Err(CombineError::LabelsMismatch { a, b, labels_a: first.labels.clone(), labels_b: m.labels.clone() }.into());
+        }
+    }
+    let arch = match first.base_arch.as_str() {
+        "bert" => Some(Arch::Bert),
+        "llama" => Some(Arch::Llama),
+        _ => None,
+    };
+    let ins: Vec<combine::Input> = loaded
+        .iter()
+        .map(|(r, w, _, _, c, ws)| combine::Input { name: r, config_bytes: c, weights_bytes: ws, weight: *w })
+        .collect();
+    let c = combine::combine(arch, &ins, spec)?;
+    let config = peft::LoraConfig::parse(&c.config_bytes)?;
+    let provenance = serde_json::json!({
+        "source": "combine",
+        "type": spec.method().name(),
+        "applied_type": c.method.name(),
+        "parameters": spec.params(),
+        "inputs": loaded.iter().map(|(r, w, d, _, _, _)| serde_json::json!({"ref": r, "digest": d, "weight": w})).collect::<Vec<_>>(),
+        "rank": c.rank,
+        "peft_agreement": c.method.peft_agreement(),
+        "loradex": env!("CARGO_PKG_VERSION"),
+    });
+    let d = store.add(
+        crate::store::NewAdapter {
+            config_bytes: &c.config_bytes,
+            weights_bytes: &c.weights_bytes,
+            config: &config,
+            base_fingerprint: first.base_fingerprint,
+            base_arch: &first.base_arch,
+            labels: first.labels.clone(),
+            metrics: None,
+            provenance,
+        },
+        name,
+    )?;
+    Ok((d, c))
 }
 
 /// An adapter ready to be built on a device.

@@ -1,10 +1,11 @@
 //! loradex: a LoRA/PEFT adapter manager. One frozen base model is loaded once and shared;
 //! adapters are read and written in PEFT's own format, stored content-addressed with a SQLite
-//! index, trained, merged, and served per request. The library never prints: the `loradex`
-//! binary (`src/main.rs`, `src/cli/`) turns arguments into calls of these modules.
+//! index, trained, combined, merged, and served per request. The library never prints: the
+//! `loradex` binary (`src/main.rs`, `src/cli/`) turns arguments into calls of these modules.
 
 pub mod adapters;
 pub mod base;
+pub mod combine;
 pub mod digest;
 pub mod error;
 pub mod model;

@@ -7,6 +7,7 @@ mod bench_generate;
 use clap::{Parser, Subcommand};
 use loradex::adapters;
 use loradex::base::BaseDir;
+use loradex::combine::{self, SignMethod};
 use loradex::error::{Error, Result};
 use loradex::model::lora::Routing;
 use loradex::model::Engine;
@@ -152,6 +153,33 @@ enum Cmd {
         base: String,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Combine stored adapters into a new stored adapter, as PEFT's add_weighted_adapter does
+    Combine {
+        /// linear, cat, svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd,
+        /// dare_ties_svd, magnitude_prune or magnitude_prune_svd
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_method)]
+        method: combine::Method,
+        /// An input adapter (store ref or digest) and its weight; repeat for each input
+        #[arg(long = "adapter", value_name = "REF=WEIGHT", required = true, value_parser = parse_weighted)]
+        adapters: Vec<(String, f64)>,
+        /// Fraction of values kept by ties*, dare_* and magnitude_prune*, in (0, 1]
+        #[arg(long, value_name = "D")]
+        density: Option<f64>,
+        /// Sign election of ties* and dare_ties*: total (default) or frequency
+        #[arg(long, value_name = "METHOD", value_parser = parse_sign)]
+        majority_sign_method: Option<SignMethod>,
+        /// Seed of dare_*'s random drop (default 0; loradex's generator, not PyTorch's)
+        #[arg(long, value_name = "S")]
+        seed: Option<u64>,
+        /// Rank of an SVD type's result (default: the largest input rank)
+        #[arg(long, value_name = "R")]
+        svd_rank: Option<usize>,
+        /// Clamp an SVD type's factors at this quantile of their values, in [0, 1]
+        #[arg(long, value_name = "Q")]
+        svd_clamp: Option<f64>,
+        #[arg(long, value_name = "NAME[:TAG]")]
+        name: String,
     },
     /// Train a LoRA adapter from a recipe (TOML) and store it
     Train {
@@ -434,6 +462,21 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 println!("merged {} into {}", r#ref, out.display());
             }
         }
+        Cmd::Combine { method, adapters, density, majority_sign_method, seed, svd_rank, svd_clamp, name } => {
+            // every argument checked before the store is opened
+            let spec = combine::Spec::new(method, combine::Params { density, majority_sign_method, seed, svd_rank, svd_clamp })?;
+            let name = Ref::parse(&name)?;
+            let mut s = open_store(&home)?;
+            let (d, c) = adapters::combine_stored(&mut s, &adapters, &spec, &name)?;
+            if c.method != spec.method() {
+                eprintln!("note: a single adapter is combined {} (as PEFT does)", c.method);
+            }
+            if js {
+                print_json(&s.manifest(&d)?);
+            } else {
+                println!("{d}");
+            }
+        }
         Cmd::Train { recipe, sets, name, base, epochs, seed, quiet, cuda } => {
             let mut r = loradex::train::Recipe::load(&recipe, &sets)?;
             if let Some(n) = name {
@@ -489,6 +532,27 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
         Cmd::Bench { which } => return bench::run(which, &home),
     }
     Ok(0)
+}
+
+fn parse_method(s: &str) -> std::result::Result<combine::Method, String> {
+    s.parse().map_err(|e: combine::CombineError| e.to_string())
+}
+
+fn parse_sign(s: &str) -> std::result::Result<SignMethod, String> {
+    s.parse().map_err(|e: combine::CombineError| e.to_string())
+}
+
+/// `REF=WEIGHT`: refs never contain `=`, so the last one splits.
+fn parse_weighted(s: &str) -> std::result::Result<(String, f64), String> {
+    let (r, w) = s.rsplit_once('=').ok_or_else(|| format!("{s:?}: expected REF=WEIGHT"))?;
+    if r.is_empty() {
+        return Err(format!("{s:?}: no adapter before '='"));
+    }
+    let w: f64 = w.trim().parse().map_err(|_| format!("{s:?}: weight {w:?} is not a number"))?;
+    if !w.is_finite() {
+        return Err(format!("{s:?}: weight must be finite"));
+    }
+    Ok((r.to_string(), w))
 }
 
 fn progress(p: &loradex::train::Progress) {

@@ -1,3 +1,4 @@
+mod combine;
 mod common;
 mod fixtures;
 mod fuzz_regressions;
