@@ -327,7 +327,28 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
     let (rows, cols) = (w.rows, w.cols);
     let nb = cols / QK;
     if let (Kind::X8(f, data), Some(q)) = (&w.kind, q8) {
-        for g in o0 / 8..o1 / 8 {
+        #[allow(unused_mut)]
+        let mut g0 = o0 / 8;
+        #[cfg(target_arch = "x86_64")]
+        if super::qx8::isa() == super::qx8::Isa::Avx512Vnni {
+            use super::qx8::PAIR_TOKENS as P;
+            while g0 + 2 <= o1 / 8 {
+                let mut t = 0;
+                while t < n {
+                    let k = (n - t).min(P);
+                    let xs: [*const Q8; P] = std::array::from_fn(|i| q[(t + i.min(k - 1)) * nb..].as_ptr());
+                    let mut out = [[0f32; 16]; P];
+                    // SAFETY: the ISA was detected; both groups lie inside data; each xs row holds nb blocks.
+                    unsafe { super::qx8::pair512(*f, data, g0, nb, &xs, k, &mut out) };
+                    for (i, o) in out.iter().enumerate().take(k) {
+                        y[(t + i) * rows + g0 * 8..][..16].copy_from_slice(o);
+                    }
+                    t += k;
+                }
+                g0 += 2;
+            }
+        }
+        for g in g0..o1 / 8 {
             let mut t = 0;
             while t < n {
                 let k = (n - t).min(4);

@@ -108,8 +108,9 @@ pub enum Isa {
     /// AVX2 + AVX-VNNI (Intel Alder Lake / Sapphire Rapids and later, AMD Zen 5): one `vpdpbusd`
     /// per 32 bytes, u8·s8 quads straight into i32.
     AvxVnni,
-    /// The same `vpdpbusd` on 256-bit registers through AVX-512 VNNI + VL (AMD Zen 4, Intel Ice
-    /// Lake server and later, which may lack AVX-VNNI).
+    /// AVX-512 VNNI (+ F, BW, VL; AMD Zen 4, Intel Ice Lake server and later, which may lack
+    /// AVX-VNNI): two groups (16 rows) and up to 8 tokens at once on 512-bit registers
+    /// (`pair512`), 256-bit `vpdpbusd` for a lone group.
     Avx512Vnni,
 }
 
@@ -130,7 +131,9 @@ impl Isa {
             base && match self {
                 Isa::Avx2 => true,
                 Isa::AvxVnni => std::is_x86_feature_detected!("avxvnni"),
-                Isa::Avx512Vnni => std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl"),
+                Isa::Avx512Vnni => {
+                    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512f")
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -190,6 +193,124 @@ pub unsafe fn group_with(isa: Isa, f: BlockFmt, data: &[u8], group: usize, nb: u
         Isa::Avx2 => on_avx2(f, base, nb, xs, g, out),
         Isa::AvxVnni => on_avx_vnni(f, base, nb, xs, g, out),
         Isa::Avx512Vnni => on_avx512_vnni(f, base, nb, xs, g, out),
+    }
+}
+
+/// Tokens `pair512` takes at once (its 32 registers hold 8 tokens' sums and accumulators).
+pub const PAIR_TOKENS: usize = 8;
+
+/// `out[t][r] = row (8·group + r) · xs[t]` for `r < 16`: groups `group` and `group + 1` at
+/// once on 512-bit registers, for the `g` tokens given (1..=8). The same integer sums and the
+/// same float steps per output as `group`, so the same bits.
+///
+/// # Safety
+/// The CPU runs `Isa::Avx512Vnni`; `data` holds groups `group` and `group + 1` of `nb` blocks
+/// each; each `xs[t]` (t < g) points at `nb` blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn pair512(f: BlockFmt, data: &[u8], group: usize, nb: usize, xs: &[*const Q8; PAIR_TOKENS], g: usize, out: &mut [[f32; 16]; PAIR_TOKENS]) {
+    let gb = group_block_bytes(f);
+    let b0 = data.as_ptr().add(group * nb * gb);
+    let b1 = b0.add(nb * gb);
+    macro_rules! go {
+        ($k:ident) => {
+            match g {
+                1 => wide::$k::<1>(b0, b1, nb, xs, out),
+                2 => wide::$k::<2>(b0, b1, nb, xs, out),
+                3 => wide::$k::<3>(b0, b1, nb, xs, out),
+                4 => wide::$k::<4>(b0, b1, nb, xs, out),
+                5 => wide::$k::<5>(b0, b1, nb, xs, out),
+                6 => wide::$k::<6>(b0, b1, nb, xs, out),
+                7 => wide::$k::<7>(b0, b1, nb, xs, out),
+                _ => wide::$k::<8>(b0, b1, nb, xs, out),
+            }
+        };
+    }
+    match f {
+        BlockFmt::Q8_0 => go!(q8),
+        _ => go!(q4),
+    }
+}
+
+/// `pair512`'s kernels: each 512-bit value is one 32-byte load of each of the two groups.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::{Q8, PAIR_TOKENS};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn two(a: *const u8, b: *const u8) -> __m512i {
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(a as *const __m256i)), _mm256_loadu_si256(b as *const __m256i), 1)
+    }
+    #[inline(always)]
+    unsafe fn scales(a: *const u8, b: *const u8) -> __m512 {
+        let h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(a as *const __m128i)), _mm_loadu_si128(b as *const __m128i), 1);
+        _mm512_cvtph_ps(h)
+    }
+    #[inline(always)]
+    unsafe fn bcast(x: &Q8, s: usize) -> __m512i {
+        _mm512_set1_epi32((x.qs.as_ptr() as *const i32).add(s).read_unaligned())
+    }
+    #[inline(always)]
+    unsafe fn store<const G: usize>(acc: &[__m512; G], out: &mut [[f32; 16]; PAIR_TOKENS]) {
+        for t in 0..G {
+            _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    #[inline(always)]
+    pub unsafe fn q4<const G: usize>(b0: *const u8, b1: *const u8, nb: usize, xs: &[*const Q8; PAIR_TOKENS], out: &mut [[f32; 16]; PAIR_TOKENS]) {
+        let mut acc = [_mm512_setzero_ps(); G];
+        let m4 = _mm512_set1_epi8(15);
+        for b in 0..nb {
+            let (p0, p1) = (b0.add(b * 160), b1.add(b * 160));
+            let mut sum = [_mm512_setzero_si512(); G];
+            for s in 0..4 {
+                let raw = two(p0.add(32 + s * 32), p1.add(32 + s * 32));
+                let lo = _mm512_and_si512(raw, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                for t in 0..G {
+                    let x = &*xs[t].add(b);
+                    sum[t] = _mm512_dpbusd_epi32(sum[t], lo, bcast(x, s));
+                    sum[t] = _mm512_dpbusd_epi32(sum[t], hi, bcast(x, s + 4));
+                }
+            }
+            let d = scales(p0, p1);
+            let m = scales(p0.add(16), p1.add(16));
+            for t in 0..G {
+                let x = &*xs[t].add(b);
+                let idot = _mm512_cvtepi32_ps(sum[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), idot, acc[t]);
+                acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc[t]);
+            }
+        }
+        store::<G>(&acc, out);
+    }
+
+    /// Signed weights: `|w|` times `x` negated where `w < 0` (where `w = 0`, `|w| = 0`).
+    #[inline(always)]
+    pub unsafe fn q8<const G: usize>(b0: *const u8, b1: *const u8, nb: usize, xs: &[*const Q8; PAIR_TOKENS], out: &mut [[f32; 16]; PAIR_TOKENS]) {
+        let mut acc = [_mm512_setzero_ps(); G];
+        let zero = _mm512_setzero_si512();
+        for b in 0..nb {
+            let (p0, p1) = (b0.add(b * 272), b1.add(b * 272));
+            let mut sum = [_mm512_setzero_si512(); G];
+            for s in 0..8 {
+                let w = two(p0.add(16 + s * 32), p1.add(16 + s * 32));
+                let aw = _mm512_abs_epi8(w);
+                let neg = _mm512_movepi8_mask(w);
+                for t in 0..G {
+                    let xv = bcast(&*xs[t].add(b), s);
+                    sum[t] = _mm512_dpbusd_epi32(sum[t], aw, _mm512_mask_sub_epi8(xv, neg, zero, xv));
+                }
+            }
+            let d = scales(p0, p1);
+            for t in 0..G {
+                let x = &*xs[t].add(b);
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), _mm512_cvtepi32_ps(sum[t]), acc[t]);
+            }
+        }
+        store::<G>(&acc, out);
     }
 }
 

@@ -117,3 +117,42 @@ fn the_simd_row_quantizer_gives_the_portable_bits() {
         assert_eq!((p.d.to_bits(), p.s.to_bits(), p.qs), (q.d.to_bits(), q.s.to_bits(), q.qs), "block {i}");
     }
 }
+
+#[test]
+fn the_512_bit_group_pairs_give_the_avx2_bits_for_1_to_8_tokens() {
+    if !Isa::Avx512Vnni.supported() {
+        eprintln!("no AVX-512 VNNI on this CPU: pair512 is not used here");
+        return;
+    }
+    use qx8::PAIR_TOKENS as P;
+    let (rows, cols) = (32, 6 * QK);
+    let nb = cols / QK;
+    let mut rng = Lcg(13);
+    for f in [BlockFmt::Q4_0, BlockFmt::Q4_1, BlockFmt::Q8_0] {
+        let packed = qx8::repack(f, rows, cols, &random_blocks(f, rows, cols, &mut rng));
+        let x: Vec<f32> = (0..P * cols).map(|i| if i < cols { if i % 3 == 0 { -7.0 } else { 7.0 } } else { rng.unit() * 2.0 }).collect();
+        let mut q = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; P * nb];
+        for t in 0..P {
+            quantize_row(&x[t * cols..][..cols], &mut q[t * nb..][..nb]);
+        }
+        for g in 1..=P {
+            for grp in [0, 2] {
+                let xs: [*const Q8; P] = std::array::from_fn(|i| q[i.min(g - 1) * nb..].as_ptr());
+                let mut wide = [[0f32; 16]; P];
+                // SAFETY: AVX-512 VNNI was detected; groups grp and grp + 1 exist; each xs row has nb blocks.
+                unsafe { qx8::pair512(f, &packed, grp, nb, &xs, g, &mut wide) };
+                for t in 0..g {
+                    for half in 0..2 {
+                        let xs4: [*const Q8; 4] = [xs[t]; 4];
+                        let mut narrow = [[0f32; 8]; 4];
+                        // SAFETY: as above, one group and one token.
+                        unsafe { qx8::group_with(Isa::Avx2, f, &packed, grp + half, nb, &xs4, 1, &mut narrow) };
+                        let a: Vec<u32> = wide[t][half * 8..][..8].iter().map(|v| v.to_bits()).collect();
+                        let b: Vec<u32> = narrow[0].iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(a, b, "{f:?} g={g} group {} token {t}", grp + half);
+                    }
+                }
+            }
+        }
+    }
+}
