@@ -279,7 +279,7 @@ impl Decoder {
             }
             for c in copies.iter().flatten() {
                 let (a, bt) = c.parts();
-                if a.len() % cols != 0 || bt.len() != a.len() / cols * w.rows {
+                if a.len() % cols != 0 || !bt.fits(a.len() / cols, w.rows) {
                     return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
                 }
             }
@@ -291,7 +291,7 @@ impl Decoder {
                 (0..a.len() / cols)
                     .map(|j| match a {
                         Half::F32(v) => dot_half(Half::F32(&v[j * cols..][..cols]), x),
-                        Half::F16(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
+                        Half::F16(v) | Half::F16x8(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
                     })
                     .collect()
             };
@@ -321,7 +321,7 @@ impl Copies<'_> {
     fn parts(&self) -> (Half<'_>, Half<'_>) {
         match self {
             Copies::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
-            Copies::F16(c) => (Half::F16(&c.0), Half::F16(&c.1)),
+            Copies::F16(c) => (Half::F16(&c.0), Half::F16x8(&c.1)),
         }
     }
 }

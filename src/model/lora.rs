@@ -29,7 +29,8 @@ pub struct LoraPair {
 /// A pair's `(A, (s·B)ᵀ)`, row-major `[r, in]` and `[r, out]`, in host memory.
 pub type HostCopies = (Vec<f32>, Vec<f32>);
 /// The same as IEEE half-precision bits: what the CPU decoder reads beside a quantized base,
-/// where half the memory traffic matters and the base's own rounding is far larger.
+/// where half the memory traffic matters and the base's own rounding is far larger. `(s·B)ᵀ` is
+/// blocked by 8 outputs (`quant::block8`), so a range of outputs is one contiguous read.
 pub type HostCopies16 = (Vec<u16>, Vec<u16>);
 
 /// Borrowed from `cell` (made there on first use), or made for this call without a cell.
@@ -77,7 +78,9 @@ impl LoraPair {
         let half = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect::<Vec<u16>>();
         let copy = || -> Result<HostCopies16> {
             let c = self.host_copies()?;
-            Ok((half(&c.0), half(&c.1)))
+            let r = self.a.dim(0)?;
+            let out = c.1.len() / r.max(1);
+            Ok((half(&c.0), super::quant::block8(&c.1, r, out)))
         };
         cached(self.host.as_ref().map(|c| &c.f16), copy)
     }

@@ -220,29 +220,56 @@ pub struct LowRank<'a> {
     pub bt: Half<'a>,
 }
 
-/// A vector in f32, or as half-precision bits.
+/// A vector in f32, or as half-precision bits; or an `[r, rows]` matrix as half-precision bits
+/// blocked by 8 columns (`F16x8`, made by `block8`): each run of 8 outputs holds its `r` rows
+/// of 8 values contiguously, so a range of outputs is one contiguous read.
 #[derive(Clone, Copy)]
 pub enum Half<'a> {
     F32(&'a [f32]),
     F16(&'a [u16]),
+    F16x8(&'a [u16]),
 }
 
 impl Half<'_> {
     pub fn len(&self) -> usize {
         match self {
             Half::F32(v) => v.len(),
-            Half::F16(v) => v.len(),
+            Half::F16(v) | Half::F16x8(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn get(&self, i: usize) -> f32 {
+    /// Whether it holds an `[r, rows]` matrix.
+    pub fn fits(&self, r: usize, rows: usize) -> bool {
         match self {
-            Half::F32(v) => v[i],
-            Half::F16(v) => half::f16::from_bits(v[i]).to_f32(),
+            Half::F16x8(v) => v.len() == r * rows.div_ceil(8) * 8,
+            _ => self.len() == r * rows,
         }
     }
+    /// Element `(j, o)` of an `[r, rows]` matrix.
+    fn at(&self, j: usize, o: usize, r: usize, rows: usize) -> f32 {
+        match self {
+            Half::F32(v) => v[j * rows + o],
+            Half::F16(v) => half::f16::from_bits(v[j * rows + o]).to_f32(),
+            Half::F16x8(v) => half::f16::from_bits(v[block8_index(j, o, r)]).to_f32(),
+        }
+    }
+}
+
+fn block8_index(j: usize, o: usize, r: usize) -> usize {
+    (o / 8) * r * 8 + j * 8 + o % 8
+}
+
+/// An `[r, rows]` row-major f32 matrix as `Half::F16x8` bits (the last block zero-padded).
+pub fn block8(m: &[f32], r: usize, rows: usize) -> Vec<u16> {
+    let mut out = vec![0u16; r * rows.div_ceil(8) * 8];
+    for j in 0..r {
+        for o in 0..rows {
+            out[block8_index(j, o, r)] = half::f16::from_f32(m[j * rows + o]).to_bits();
+        }
+    }
+    out
 }
 
 /// `a · x` for `a` in f32 or half precision.
@@ -254,6 +281,7 @@ pub fn dot_half(a: Half, x: &[f32]) -> f32 {
             unsafe { avx::dot_f16(a, x) }
         }
         Half::F16(a) => a.iter().zip(x).map(|(w, v)| half::f16::from_bits(*w).to_f32() * v).sum(),
+        Half::F16x8(_) => unreachable!("a blocked matrix is not a vector"),
     }
 }
 
@@ -409,12 +437,14 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
     }
 }
 
-/// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term.
+/// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term (`o0` a multiple of
+/// 8, as every caller's ranges are).
 fn add_low_rank(lora: &[Option<LowRank>], y: &mut [f32], rows: usize, o0: usize, o1: usize) {
     for (t, l) in lora.iter().enumerate() {
         let Some(l) = l else { continue };
         let yt = &mut y[t * rows + o0..t * rows + o1];
-        assert!(l.bt.len() >= l.h.len() * rows, "a low-rank term of the wrong shape");
+        let r = l.h.len();
+        assert!(l.bt.fits(r, rows) && o0.is_multiple_of(8), "a low-rank term of the wrong shape");
         if has_avx2() {
             // SAFETY: AVX2, FMA and F16C were detected; the assert bounds every read.
             unsafe { avx::low_rank(l.h, l.bt, rows, o0, yt) };
@@ -422,7 +452,7 @@ fn add_low_rank(lora: &[Option<LowRank>], y: &mut [f32], rows: usize, o0: usize,
         }
         for (j, hj) in l.h.iter().enumerate() {
             for (i, yv) in yt.iter_mut().enumerate() {
-                *yv += hj * l.bt.get(j * rows + o0 + i);
+                *yv += hj * l.bt.at(j, o0 + i, r, rows);
             }
         }
     }

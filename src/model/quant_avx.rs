@@ -171,20 +171,15 @@ mod x86 {
             *e = dot_inline(q.as_ptr(), k.as_ptr().add(i * stride + off), hd) * scale;
         }
         super::super::softmax_in_place(s);
-        // values in passes of 32 outputs (4 accumulators), each pass one walk over positions
+        // values in passes of 64 outputs (8 independent accumulators: FMA throughput, not its
+        // latency), then 32; each output sums positions in order
         let (mut j, n8) = (0, hd / 8 * 8);
+        while j + 64 <= n8 {
+            values::<8>(s, v, stride, off + j, out.as_mut_ptr().add(j));
+            j += 64;
+        }
         while j + 32 <= n8 {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (i, e) in s.iter().enumerate() {
-                let w = _mm256_set1_ps(*e);
-                let row = v.as_ptr().add(i * stride + off + j);
-                for (q, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * q)), *a);
-                }
-            }
-            for (q, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(j + 8 * q), *a);
-            }
+            values::<4>(s, v, stride, off + j, out.as_mut_ptr().add(j));
             j += 32;
         }
         while j < n8 {
@@ -205,18 +200,37 @@ mod x86 {
         }
     }
 
-    /// `y += Σ_j h_j bt[j·rows + o0..][..y.len()]`, all `j` in one pass per 8 outputs.
+    /// `out[0..8A] = Σ_i s_i v[i·stride + off..][..8A]`.
+    #[inline(always)]
+    unsafe fn values<const A: usize>(s: &[f32], v: &[f32], stride: usize, off: usize, out: *mut f32) {
+        let mut acc = [_mm256_setzero_ps(); A];
+        for (i, e) in s.iter().enumerate() {
+            let w = _mm256_set1_ps(*e);
+            let row = v.as_ptr().add(i * stride + off);
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(row.add(8 * q)), *a);
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * q), *a);
+        }
+    }
+
+    /// `y += Σ_j h_j bt[j, o0..][..y.len()]`, all `j` in one pass per 8 outputs (`o0` a
+    /// multiple of 8; in the blocked layout those 8 outputs' `r` rows are one contiguous run).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn low_rank(h: &[f32], bt: super::super::Half, rows: usize, o0: usize, y: &mut [f32]) {
-        let n = y.len();
+        use super::super::Half;
+        let (n, r) = (y.len(), h.len());
         let mut i = 0;
         while i + 8 <= n {
             let mut acc = _mm256_loadu_ps(y.as_ptr().add(i));
+            let blk = (o0 + i) / 8 * r * 8;
             for (j, hj) in h.iter().enumerate() {
-                let at = j * rows + o0 + i;
                 let b = match bt {
-                    super::super::Half::F32(v) => _mm256_loadu_ps(v.as_ptr().add(at)),
-                    super::super::Half::F16(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at) as *const __m128i)),
+                    Half::F32(v) => _mm256_loadu_ps(v.as_ptr().add(j * rows + o0 + i)),
+                    Half::F16(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(j * rows + o0 + i) as *const __m128i)),
+                    Half::F16x8(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(blk + j * 8) as *const __m128i)),
                 };
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(*hj), b, acc);
             }
@@ -225,7 +239,7 @@ mod x86 {
         }
         while i < n {
             for (j, hj) in h.iter().enumerate() {
-                y[i] += hj * bt.get(j * rows + o0 + i);
+                y[i] += hj * bt.at(j, o0 + i, r, rows);
             }
             i += 1;
         }

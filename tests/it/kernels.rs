@@ -156,3 +156,26 @@ fn the_512_bit_group_pairs_give_the_avx2_bits_for_1_to_8_tokens() {
         }
     }
 }
+
+#[test]
+fn attention_matches_a_plain_softmax_over_every_length() {
+    use loradex::model::quant::attend;
+    let mut rng = Lcg(17);
+    let (hd, stride, off) = (64, 192, 64);
+    for len in [1usize, 5, 8, 9, 47, 64] {
+        let q: Vec<f32> = (0..hd).map(|_| rng.unit()).collect();
+        let k: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
+        let v: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
+        let scale = 0.125f32;
+        let mut out = vec![0f32; hd];
+        attend(&q, &k, &v, stride, off, len - 1, scale, &mut out);
+        let s: Vec<f64> = (0..len).map(|p| (0..hd).map(|d| q[d] as f64 * k[p * stride + off + d] as f64).sum::<f64>() * scale as f64).collect();
+        let m = s.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hd {
+            let want: f64 = (0..len).map(|p| e[p] / z * v[p * stride + off + d] as f64).sum();
+            assert!((out[d] as f64 - want).abs() < 1e-5, "len {len} dim {d}: {} vs {want}", out[d]);
+        }
+    }
+}
