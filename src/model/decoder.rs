@@ -10,7 +10,7 @@
 use super::kv_cache::{bytes_per_token, SeqCache};
 use super::llama::Config;
 use super::lora::LoadedAdapter;
-use super::quant::{attend, dot_half, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
+use super::quant::{attend, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -263,7 +263,7 @@ impl Decoder {
     /// all in one parallel region: `outs` pairs a slot with its output.
     fn linears(&self, l: &Layer, act: &Act, adapters: &[Option<&LoadedAdapter>], outs: &mut [(usize, &mut [f32])]) -> Result<()> {
         let cols = act.cols;
-        let mut terms: Vec<(Vec<Option<Copies>>, Vec<Vec<f32>>)> = Vec::with_capacity(outs.len());
+        let mut terms: Vec<Vec<Option<Copies>>> = Vec::with_capacity(outs.len());
         for (slot, _) in outs.iter() {
             let (name, w) = (&l.names[*slot], &l.lin[*slot]);
             let mut copies = Vec::with_capacity(act.n);
@@ -283,29 +283,24 @@ impl Decoder {
                     return Err(Error::Model(format!("{name}: an adapter pair does not fit the layer")));
                 }
             }
-            // h = A x per token (s is folded into the up-projection's copy)
-            let down = |(t, c): (usize, &Option<Copies>)| -> Vec<f32> {
-                let Some(c) = c else { return vec![] };
-                let x = &act.x[t * cols..][..cols];
-                let (a, _) = c.parts();
-                (0..a.len() / cols)
-                    .map(|j| match a {
-                        Half::F32(v) => dot_half(Half::F32(&v[j * cols..][..cols]), x),
-                        Half::F16(v) | Half::F16x8(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
+            terms.push(copies);
+        }
+        // h = A x per token is made inside the parallel region (s is folded into (s·B)ᵀ)
+        let views: Vec<Vec<Option<LowRank>>> = terms
+            .iter()
+            .map(|copies| {
+                copies
+                    .iter()
+                    .map(|c| {
+                        c.as_ref().map(|c| {
+                            let (a, bt) = c.parts();
+                            LowRank::new(a, bt)
+                        })
                     })
                     .collect()
-            };
-            // a few rows' down-projections are cheaper than a trip through the pool
-            let hs: Vec<Vec<f32>> = if act.n > 8 && copies.iter().any(Option::is_some) {
-                copies.par_iter().enumerate().map(down).collect()
-            } else {
-                copies.iter().enumerate().map(down).collect()
-            };
-            terms.push((copies, hs));
-        }
-        let views: Vec<Vec<Option<LowRank>>> =
-            terms.iter().map(|(copies, hs)| copies.iter().zip(hs).map(|(c, h)| c.as_ref().map(|c| LowRank { h, bt: c.parts().1 })).collect()).collect();
-        let mut jobs: Vec<Job> = outs.iter_mut().zip(&views).map(|((slot, y), lora)| Job { w: &l.lin[*slot], lora, y: &mut **y }).collect();
+            })
+            .collect();
+        let mut jobs: Vec<Job> = outs.iter_mut().zip(&views).map(|((slot, y), lora)| Job { w: &l.lin[*slot], lora, y }).collect();
         matmul_many(act, &mut jobs)
     }
 }

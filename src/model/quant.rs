@@ -213,11 +213,37 @@ impl<'a> Act<'a> {
     }
 }
 
-/// One row's low-rank term for a matrix call: `h = A x` (`r` values) and `bt = (s·B)ᵀ`,
-/// `[r, rows]` row-major, so `y += Σ_j h_j bt_j`.
+/// One row's low-rank term for a matrix call: `a = A`, `[r, cols]` row-major, and
+/// `bt = (s·B)ᵀ`, `[r, rows]`, so `y += Σ_j h_j bt_j` with `h = A x`. `h` is made inside the
+/// matrix call's parallel region by the first task that needs it (no serial step between
+/// regions, where the other threads would fall asleep), or given.
 pub struct LowRank<'a> {
-    pub h: &'a [f32],
+    pub a: Half<'a>,
     pub bt: Half<'a>,
+    pub h: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl<'a> LowRank<'a> {
+    pub fn new(a: Half<'a>, bt: Half<'a>) -> LowRank<'a> {
+        LowRank { a, bt, h: Default::default() }
+    }
+    /// `A x` for this row's `x` (`cols` values). A task that finds it not yet made makes it
+    /// itself rather than wait for another (a few hundred multiply-adds against a futex sleep);
+    /// every maker computes the same bits, so which one is kept does not matter.
+    fn h(&self, x: &[f32]) -> &[f32] {
+        if let Some(h) = self.h.get() {
+            return h;
+        }
+        let cols = x.len();
+        let h = (0..self.a.len() / cols.max(1))
+            .map(|j| match self.a {
+                Half::F32(v) => dot_f32(&v[j * cols..][..cols], x),
+                Half::F16(v) | Half::F16x8(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
+            })
+            .collect();
+        let _ = self.h.set(h);
+        self.h.get().expect("just set")
+    }
 }
 
 /// A vector in f32, or as half-precision bits; or an `[r, rows]` matrix as half-precision bits
@@ -323,7 +349,7 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
                 let r = m.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
                 j.y[t * rows..][..rows].copy_from_slice(&r);
             }
-            add_low_rank(j.lora, j.y, rows, 0, rows);
+            add_low_rank(j.lora, act.x, cols, j.y, rows, 0, rows);
         }
     }
     let q8 = jobs.iter().any(|j| matches!(j.w.kind, Kind::Blocks(..) | Kind::X8(..))).then(|| act.q8());
@@ -345,7 +371,7 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
         // the loop and is borrowed by nothing else meanwhile.
         let y = unsafe { std::slice::from_raw_parts_mut(ptrs[ji].0, n * j.w.rows) };
         chunk(j.w, x, n, q8, y, o0, o1);
-        add_low_rank(j.lora, y, j.w.rows, o0, o1);
+        add_low_rank(j.lora, x, j.w.cols, y, j.w.rows, o0, o1);
     });
     Ok(())
 }
@@ -437,25 +463,52 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
     }
 }
 
-/// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term (`o0` a multiple of
-/// 8, as every caller's ranges are).
-fn add_low_rank(lora: &[Option<LowRank>], y: &mut [f32], rows: usize, o0: usize, o1: usize) {
-    for (t, l) in lora.iter().enumerate() {
-        let Some(l) = l else { continue };
+/// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term, `h = A x[t]` (`o0`
+/// a multiple of 8, as every caller's ranges are).
+fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32], rows: usize, o0: usize, o1: usize) {
+    // tasks of one matrix start at different rows, so those running at once make different
+    // rows' `h` instead of the same ones twice; each row's sums are the same in any order
+    let n = lora.len();
+    let start = if n == 0 { 0 } else { o0 * n / rows.max(1) };
+    let order: Vec<usize> = (start..n).chain(0..start).filter(|&t| lora[t].is_some()).collect();
+    for (k, &t) in order.iter().enumerate() {
+        let Some(l) = &lora[t] else { continue };
+        // each row's factors are a separate short run (a different adapter per row, in a
+        // mixed batch): fetch the next row's run while this one is added
+        if let Some(Some(next)) = order.get(k + 1).map(|&u| &lora[u]) {
+            prefetch_run(next.bt, next.a.len() / cols.max(1), o0, o1);
+        }
+        let h = l.h(&x[t * cols..][..cols]);
         let yt = &mut y[t * rows + o0..t * rows + o1];
-        let r = l.h.len();
+        let r = h.len();
         assert!(l.bt.fits(r, rows) && o0.is_multiple_of(8), "a low-rank term of the wrong shape");
         if has_avx2() {
             // SAFETY: AVX2, FMA and F16C were detected; the assert bounds every read.
-            unsafe { avx::low_rank(l.h, l.bt, rows, o0, yt) };
+            unsafe { avx::low_rank(h, l.bt, rows, o0, yt) };
             continue;
         }
-        for (j, hj) in l.h.iter().enumerate() {
+        for (j, hj) in h.iter().enumerate() {
             for (i, yv) in yt.iter_mut().enumerate() {
                 *yv += hj * l.bt.at(j, o0 + i, r, rows);
             }
         }
     }
+}
+
+/// Asks the CPU to start loading the blocked up-projection run for outputs `o0..o1`.
+fn prefetch_run(bt: Half, r: usize, o0: usize, o1: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Half::F16x8(v) = bt {
+        let (a, b) = (o0 / 8 * r * 8, (o1.div_ceil(8) * r * 8).min(v.len()));
+        let mut i = a;
+        while i < b {
+            // SAFETY: a prefetch is a hint; the address lies inside v.
+            unsafe { std::arch::x86_64::_mm_prefetch(v.as_ptr().add(i) as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+            i += 32;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bt, r, o0, o1);
 }
 
 fn has_avx2() -> bool {

@@ -73,14 +73,14 @@ fn every_isa_gives_the_avx2_bits_and_the_dequantized_dot() {
                 // against f32: dequantized weight row · dequantized activation row
                 for t in 0..g {
                     let xq: Vec<f32> = q[t * nb..][..nb].iter().flat_map(|b| b.qs.iter().map(move |v| *v as f32 * b.d)).collect();
-                    for r in 0..8 {
+                    for (r, got) in want[t].iter().enumerate() {
                         let row = grp * 8 + r;
                         let mut w = vec![0f32; cols];
                         dequantize_row(f, &raw[row * nb * f.bytes()..][..nb * f.bytes()], &mut w);
                         let exact: f64 = w.iter().zip(&xq).map(|(a, b)| *a as f64 * *b as f64).sum();
                         let scale: f64 = w.iter().zip(&xq).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum::<f64>() + 1e-6;
-                        let err = (want[t][r] as f64 - exact).abs();
-                        assert!(err <= 1e-3 * scale, "{f:?} g={g} row {row} token {t}: {} vs {exact} (scale {scale})", want[t][r]);
+                        let err = (*got as f64 - exact).abs();
+                        assert!(err <= 1e-3 * scale, "{f:?} g={g} row {row} token {t}: {got} vs {exact} (scale {scale})");
                     }
                 }
             }
