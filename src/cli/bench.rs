@@ -16,8 +16,9 @@ use std::time::Instant;
 pub enum Which {
     /// `ls` and `prune --dry-run` over N stored adapters
     Store {
-        #[arg(long, default_value_t = 100_000)]
-        n: usize,
+        /// Store sizes to measure, smallest first: `--n 10000,100000,1000000` draws the curve
+        #[arg(long, value_delimiter = ',', default_value = "100000")]
+        n: Vec<usize>,
         /// Build the benchmark store here and keep it (default: a temp dir, removed)
         #[arg(long)]
         keep: Option<PathBuf>,
@@ -99,14 +100,14 @@ pub enum Which {
     },
 }
 
-fn tmpdir(tag: &str) -> Result<PathBuf> {
+pub(super) fn tmpdir(tag: &str) -> Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("loradex-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     Ok(d)
 }
 
-fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
+pub(super) fn time<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<f64> {
     f()?; // warm-up
     let t = Instant::now();
     for _ in 0..reps {
@@ -165,7 +166,11 @@ fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64,
 
 pub fn run(which: Which, _home: &Path) -> Result<i32> {
     match which {
-        Which::Store { n, keep } => bench_store(n, keep)?,
+        Which::Store { n, keep } => {
+            for size in n {
+                super::bench_store::run(size, keep.as_deref())?
+            }
+        }
         Which::Model { base, batch, seq, reps, cuda } => bench_model(&base, batch, seq, reps, cuda)?,
         Which::Train { base, batch, seq, steps, peft, peft_script, no_autograd, cuda } => {
             bench_train(&base, (batch, seq, steps), !no_autograd && !cuda, peft.as_deref(), &peft_script, cuda)?
@@ -177,93 +182,6 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-fn bench_store(n: usize, keep: Option<PathBuf>) -> Result<()> {
-    let tmp = match &keep {
-        Some(k) => {
-            let _ = std::fs::remove_dir_all(k);
-            k.clone()
-        }
-        None => tmpdir("store")?,
-    };
-    let mut s = Store::open(&tmp)?;
-    let t = Instant::now();
-    {
-        let conn = s.connection();
-        let tx = conn.transaction()?;
-        {
-            let mut ins = tx.prepare(
-                "INSERT INTO adapters(digest, manifest_digest, config_digest, weights_digest, base_fingerprint, base_arch, task, rank, alpha,
-                   use_rslora, target_modules, modules_to_save, labels, provenance, created_at, last_used_at, size, ref_count)
-                 VALUES(?1, ?1, ?2, ?3, ?4, 'bert', 'SEQ_CLS', 8, 16, 0, '[\"query\",\"value\"]', '[\"classifier\"]', '[]', '{}', ?5, ?6, 1200000, 1)",
-            )?;
-            let mut r = tx.prepare(
-                "INSERT INTO refs(name, tag, digest, updated_at, task, rank, base_fingerprint, size, created_at)
-                 VALUES(?1, ?2, ?3, ?4, 'SEQ_CLS', 8, ?5, 1200000, ?4)",
-            )?;
-            let base = loradex::digest::Digest::of(b"base").to_string();
-            let now = loradex::util::now_secs();
-            for i in 0..n {
-                let d = loradex::digest::Digest::of(format!("a{i}").as_bytes()).to_string();
-                let c = loradex::digest::Digest::of(format!("c{i}").as_bytes()).to_string();
-                let w = loradex::digest::Digest::of(format!("w{i}").as_bytes()).to_string();
-                let created = now - (n - i) as i64 * 60;
-                ins.execute(rusqlite::params![d, c, w, base, created, created + 30])?;
-                r.execute(rusqlite::params![format!("team{}/domain{}", i % 100, i / 100 % 50), format!("v{}", i / 5000), d, created, base])?;
-            }
-        }
-        tx.commit()?;
-    }
-    println!("bench store: {n} adapters indexed in {:.2} s", t.elapsed().as_secs_f64());
-    // baseline: a bare scan of the same rows
-    let scan = time(3, || {
-        let c = s.connection();
-        let mut st = c.prepare("SELECT digest, size FROM adapters")?;
-        let n: usize = st.query_map([], |r| r.get::<_, String>(0))?.count();
-        Ok(n)
-    })?;
-    let ls = time(3, || {
-        let rows = s.list(None)?;
-        let mut out = std::io::sink();
-        use std::io::Write;
-        for r in &rows {
-            writeln!(out, "{} {} {:?} {} {}", r.r#ref, r.digest, r.task, r.rank, r.size).map_err(|e| Error::io("sink", e))?;
-        }
-        Ok(rows.len())
-    })?;
-    let ls_json = time(3, || Ok(serde_json::to_vec(&s.list(None)?).map_err(|e| Error::json("ls", e))?.len()))?;
-    let prune_keep = time(3, || s.prune(&loradex::store::PrunePolicy { keep_last: Some(3), ..Default::default() }, true).map(|r| r.adapters.len()))?;
-    let prune_age = time(3, || {
-        s.prune(&loradex::store::PrunePolicy { older_than: Some(86400), unused_for: Some(3600), ..Default::default() }, true).map(|r| r.adapters.len())
-    })?;
-    println!("  baseline: bare index scan      {:>8.1} ms", scan * 1e3);
-    println!("  ls (table)                     {:>8.1} ms  ({:.1}x scan; goal < 100 ms)", ls * 1e3, ls / scan);
-    println!("  ls --json                      {:>8.1} ms  ({:.1}x scan; goal < 100 ms)", ls_json * 1e3, ls_json / scan);
-    println!("  prune --dry-run --keep-last 3  {:>8.1} ms  ({:.1}x scan; goal < 1000 ms)", prune_keep * 1e3, prune_keep / scan);
-    println!("  prune --dry-run --older-than 1d --unused-for 1h {:>6.1} ms  ({:.1}x scan; goal < 1000 ms)", prune_age * 1e3, prune_age / scan);
-    // the whole CLI process, as an operator runs it (stdout to /dev/null)
-    let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", e))?;
-    for args in [&["ls"][..], &["--json", "ls"], &["prune", "--keep-last", "3", "--dry-run"]] {
-        let t = time(3, || {
-            let st = std::process::Command::new(&exe)
-                .arg("--home")
-                .arg(&tmp)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map_err(|e| Error::io("loradex", e))?;
-            if !st.success() {
-                return Err(Error::Model(format!("loradex {args:?} failed")));
-            }
-            Ok(())
-        })?;
-        println!("  process: loradex {:<34} {:>8.1} ms", args.join(" "), t * 1e3);
-    }
-    if keep.is_none() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Ok(())
 }
 
 fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cuda: bool) -> Result<()> {

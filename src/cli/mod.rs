@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_generate;
+mod bench_store;
 
 use clap::{Parser, Subcommand};
 use loradex::adapters;
@@ -361,19 +362,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 grace: parse_duration(&grace)?,
             };
             let mut s = open_store(&home)?;
-            let rep = s.prune(&policy, dry_run)?;
-            if js {
-                print_json(&rep);
-            } else {
-                let verb = if dry_run { "would remove" } else { "removed" };
-                for a in &rep.adapters {
-                    println!("{verb} {a}");
-                }
-                println!("{verb} {} adapter(s), {} ref(s)", rep.adapters.len(), rep.refs.len());
-                if let Some(g) = &rep.gc {
-                    println!("swept {} blob(s), {} bytes", g.removed.len(), g.removed_bytes);
-                }
-            }
+            prune_print(&mut s, &policy, dry_run, js)?;
         }
         Cmd::Gc { grace, dry_run } => {
             let mut s = open_store(&home)?;
@@ -579,6 +568,59 @@ fn progress(p: &loradex::train::Progress) {
 }
 
 /// Streams the listing to stdout (table, or a JSON array) as the store yields it.
+/// Prints what a prune selects as it is selected (memory does not grow with the store): one
+/// line per adapter and a summary, or the JSON of `store::PruneReport`, written piecewise.
+fn prune_print(s: &mut Store, policy: &PrunePolicy, dry_run: bool, js: bool) -> Result<()> {
+    use std::io::Write;
+    let out = std::io::stdout();
+    let w = std::cell::RefCell::new(std::io::BufWriter::with_capacity(1 << 20, out.lock()));
+    let io = |e: std::io::Error| Error::io("stdout", e);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let mut first = true;
+    if js {
+        write!(w.borrow_mut(), "{{\"dry_run\":{dry_run},\"adapters\":[").map_err(io)?;
+    }
+    let mut on_adapter = |d: &str| -> Result<()> {
+        let mut w = w.borrow_mut();
+        if js {
+            // digests are validated hex: no escaping needed
+            write!(w, "{}\"{d}\"", if first { "" } else { "," }).map_err(io)?;
+        } else {
+            writeln!(w, "{verb} {d}").map_err(io)?;
+        }
+        first = false;
+        Ok(())
+    };
+    let mut first_ref = true;
+    let mut on_ref = |r: &str| -> Result<()> {
+        let mut w = w.borrow_mut();
+        if first_ref {
+            w.write_all(b"],\"refs\":[").map_err(io)?;
+        } else {
+            w.write_all(b",").map_err(io)?;
+        }
+        first_ref = false;
+        serde_json::to_writer(&mut *w, r).map_err(|e| Error::json("prune", e))?;
+        Ok(())
+    };
+    let sum = if js { s.prune_each(policy, dry_run, loradex::util::now_secs(), &mut on_adapter, Some(&mut on_ref))? } else { s.prune_each(policy, dry_run, loradex::util::now_secs(), &mut on_adapter, None)? };
+    let mut w = w.into_inner();
+    if js {
+        if first_ref {
+            w.write_all(b"],\"refs\":[").map_err(io)?;
+        }
+        w.write_all(b"],\"gc\":").map_err(io)?;
+        serde_json::to_writer(&mut w, &sum.gc).map_err(|e| Error::json("prune", e))?;
+        w.write_all(b"}\n").map_err(io)?;
+    } else {
+        writeln!(w, "{verb} {} adapter(s), {} ref(s)", sum.adapters, sum.refs).map_err(io)?;
+        if let Some(g) = &sum.gc {
+            writeln!(w, "swept {} blob(s), {} bytes", g.removed.len(), g.removed_bytes).map_err(io)?;
+        }
+    }
+    w.flush().map_err(io)
+}
+
 fn ls_print(s: &Store, q: &store::ListQuery, js: bool) -> Result<()> {
     use std::io::Write;
     let out = std::io::stdout();
