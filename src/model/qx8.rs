@@ -149,12 +149,15 @@ impl Isa {
 /// them in one run). 0 = not chosen yet.
 static ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// The kernels' current ISA.
+/// The kernels' current ISA: on first use, `LORADEX_ISA` (`avx2`, `avx-vnni`, `avx512-vnni`)
+/// where it names one this CPU runs (an operator's override, e.g. where 512-bit code lowers the
+/// clock), else the best supported.
 pub fn isa() -> Isa {
     use std::sync::atomic::Ordering::Relaxed;
     match ISA.load(Relaxed) {
         0 => {
-            let b = Isa::best();
+            let wanted = std::env::var("LORADEX_ISA").ok().and_then(|v| Isa::ALL.into_iter().find(|i| i.name() == v.trim()));
+            let b = wanted.filter(|i| i.supported()).unwrap_or_else(Isa::best);
             ISA.store(b as u8 + 1, Relaxed);
             b
         }
