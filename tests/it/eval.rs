@@ -77,3 +77,125 @@ fn metrics_match_hand_computed_numbers() {
     let m_old: Metrics = serde_json::from_value(old).unwrap();
     assert!(m_old.per_class.is_empty());
 }
+
+fn write_csv(path: &std::path::Path, rows: &[(String, &str)]) {
+    let mut csv = String::from("text,label\n");
+    for (t, l) in rows {
+        csv.push_str(&format!("\"{t}\",{l}\n"));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+fn recipe(dir: &std::path::Path, base: &std::path::Path) -> std::path::PathBuf {
+    write_csv(&dir.join("train.csv"), &loradex::synth::sentiment_data(160, 9));
+    let r = format!(
+        "name = \"ev/sentiment:v1\"\nbase = \"{}\"\ntask = \"seq-cls\"\n[data]\ntrain = \"train.csv\"\nvalidation_split = 0.25\nlabels = [\"neg\", \"pos\"]\nmax_seq_len = 32\n[lora]\nr = 4\nalpha = 8\ndropout = 0.0\ntarget_modules = [\"query\", \"value\"]\nmodules_to_save = [\"classifier\"]\n[train]\nepochs = 6\nbatch_size = 16\nlearning_rate = 0.01\nwarmup_steps = 4\nseed = 5\nmetric = \"accuracy\"\n",
+        base.display()
+    );
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, r).unwrap();
+    p
+}
+
+/// The confusion matrix `predict` gives for `adapter` on `rows`, computed here from its output.
+fn predict_confusion(home: &std::path::Path, base: &std::path::Path, adapter: &str, rows: &[(String, &str)]) -> Vec<Vec<u64>> {
+    let mut args = vec!["--json", "predict", "--base", base.to_str().unwrap(), "--adapter", adapter];
+    for (t, _) in rows {
+        args.extend(["--text", t.as_str()]);
+    }
+    let out = json(&ok(home, &args));
+    let res = out["results"].as_array().unwrap();
+    assert_eq!(res.len(), rows.len());
+    let idx = |l: &str| ["neg", "pos"].iter().position(|x| *x == l).unwrap_or_else(|| panic!("label {l}"));
+    let mut c = vec![vec![0u64; 2]; 2];
+    for (r, (_, truth)) in res.iter().zip(rows) {
+        c[idx(truth)][idx(r["label"].as_str().unwrap())] += 1;
+    }
+    c
+}
+
+#[test]
+fn eval_compares_adapters_records_and_refuses_unknown_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("bert");
+    loradex::synth::bert(&base, &loradex::synth::Shape::tiny(), &["neg", "pos"], 5).unwrap();
+    let home = tmp.path().join("home");
+    let r = recipe(tmp.path(), &base);
+    ok(&home, &["train", r.to_str().unwrap(), "--quiet"]);
+    // a second version: another seed, fewer epochs
+    ok(&home, &["train", r.to_str().unwrap(), "--quiet", "--name", "ev/sentiment:v2", "--seed", "12", "--epochs", "1"]);
+    let rows = loradex::synth::sentiment_data(30, 77);
+    let test = tmp.path().join("test.csv");
+    write_csv(&test, &rows);
+    let (a, b) = ("ev/sentiment:v1", "ev/sentiment:v2");
+    let out = json(&ok(&home, &["--json", "eval", a, b, "--base-head", "--data", test.to_str().unwrap(), "--base", base.to_str().unwrap(), "--batch-size", "7"]));
+    assert_eq!(out["examples"], 30);
+    let res = out["results"].as_array().unwrap();
+    assert_eq!(res.iter().map(|c| c["ref"].as_str().unwrap()).collect::<Vec<_>>(), [a, b, "base"]);
+    for (col, name) in res.iter().zip([a, b, "base"]) {
+        for k in ["accuracy", "macro_f1", "macro_precision", "macro_recall", "micro_f1", "micro_precision", "micro_recall"] {
+            let v = col[k].as_f64().unwrap_or_else(|| panic!("{name}: no {k} in {col}"));
+            assert!((0.0..=1.0).contains(&v), "{name}: {k} = {v}");
+        }
+        let pc = col["per_class"].as_array().unwrap();
+        assert_eq!(pc.iter().map(|r| r["label"].as_str().unwrap()).collect::<Vec<_>>(), ["neg", "pos"]);
+        assert_eq!(pc.iter().map(|r| r["support"].as_u64().unwrap()).sum::<u64>(), 30);
+        let conf: Vec<Vec<u64>> = serde_json::from_value(col["confusion"].clone()).unwrap();
+        // accuracy is the fraction of rows where `predict` agrees with the label
+        let want = if name == "base" { predict_confusion(&home, &base, "base", &rows) } else { predict_confusion(&home, &base, name, &rows) };
+        assert_eq!(conf, want, "{name}: eval's confusion differs from predict's");
+        let agree = (want[0][0] + want[1][1]) as f64 / 30.0;
+        assert_eq!(col["accuracy"].as_f64().unwrap(), agree, "{name}");
+        // one label per example: micro F1 is accuracy
+        assert!((col["micro_f1"].as_f64().unwrap() - agree).abs() < 1e-12, "{name}");
+        assert_eq!(col["base_head"], name == "base");
+    }
+    assert!(res[0]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(res[2]["digest"].is_null());
+    assert!(res[0]["accuracy"].as_f64().unwrap() >= 0.7, "the trained adapter should beat chance: {}", res[0]);
+
+    // the human table: one column per ref
+    let human = ok(&home, &["eval", a, b, "--data", test.to_str().unwrap(), "--base", base.to_str().unwrap()]);
+    let header = human.lines().nth(1).unwrap();
+    assert!(header.contains(a) && header.contains(b), "{human}");
+    assert!(human.contains("macro F1") && human.contains("true\\pred"), "{human}");
+
+    // --record (base taken from the store), then show; the digest does not change
+    let before = json(&ok(&home, &["--json", "show", a]));
+    assert_eq!(before["evaluations"], serde_json::json!([]));
+    let rec = json(&ok(&home, &["--json", "eval", a, "--data", test.to_str().unwrap(), "--record"]));
+    let acc = rec["results"][0]["accuracy"].as_f64().unwrap();
+    assert_eq!(acc, res[0]["accuracy"].as_f64().unwrap());
+    let after = json(&ok(&home, &["--json", "show", a]));
+    assert_eq!(after["digest"], before["digest"], "recording changed the digest");
+    let evs = after["evaluations"].as_array().unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["metrics"]["accuracy"].as_f64().unwrap(), acc);
+    assert_eq!(evs[0]["data_digest"], rec["data_digest"]);
+    // again on the same data: replaced, not added
+    ok(&home, &["eval", a, "--data", test.to_str().unwrap(), "--record"]);
+    assert_eq!(json(&ok(&home, &["--json", "show", a]))["evaluations"].as_array().unwrap().len(), 1);
+    let shown = ok(&home, &["show", a]);
+    assert!(shown.contains("eval:") && shown.contains(&format!("accuracy {acc:.4}")), "{shown}");
+    assert_eq!(json(&ok(&home, &["--json", "show", b]))["evaluations"], serde_json::json!([]));
+
+    // a label the adapter does not know: an error naming it, before any result
+    let mut bad = rows.clone();
+    bad[3].1 = "meh";
+    let bad_csv = tmp.path().join("bad.csv");
+    write_csv(&bad_csv, &bad);
+    let e = fails(&home, &["eval", a, "--data", bad_csv.to_str().unwrap(), "--record"]);
+    assert!(e.contains("\"meh\"") && e.contains("example 4") && e.contains(a), "{e}");
+    assert_eq!(json(&ok(&home, &["--json", "show", a]))["evaluations"].as_array().unwrap().len(), 1);
+
+    // argument errors before any work; a base without a head of its own
+    assert!(fails(&home, &["eval", a, "--data", tmp.path().join("t.txt").to_str().unwrap()]).contains(".csv or .jsonl"));
+    assert!(fails(&home, &["eval", a, a, "--data", test.to_str().unwrap()]).contains("given twice"));
+    let dir = tmp.path().join("exported");
+    ok(&home, &["export", a, dir.to_str().unwrap()]);
+    assert!(fails(&home, &["eval", dir.to_str().unwrap(), "--data", test.to_str().unwrap(), "--base", base.to_str().unwrap(), "--record"]).contains("import it first"));
+    let plain = tmp.path().join("plain");
+    loradex::synth::bert(&plain, &loradex::synth::Shape::tiny(), &[], 5).unwrap();
+    let e = fails(&home, &["eval", "--base-head", "--data", test.to_str().unwrap(), "--base", plain.to_str().unwrap()]);
+    assert!(e.contains("no classification head"), "{e}");
+}
