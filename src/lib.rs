@@ -8,6 +8,7 @@ pub mod base;
 pub mod combine;
 pub mod digest;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod peft;
 pub mod serve;

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_generate;
 mod bench_store;
+mod eval;
 
 use clap::{Parser, Subcommand};
 use loradex::adapters;
@@ -207,6 +208,9 @@ enum Cmd {
         #[arg(long)]
         cuda: bool,
     },
+    /// Score classification adapters side by side on labelled data (accuracy, precision,
+    /// recall, F1, confusion)
+    Eval(eval::EvalArgs),
     /// Serve classification and completions over HTTP with per-request adapters
     Serve {
         #[arg(long)]
@@ -518,6 +522,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
             };
             loradex::serve::run_blocking(opts, |addr| eprintln!("loradex serving on http://{addr}"))?;
         }
+        Cmd::Eval(args) => eval::run(args.request()?, || open_store(&home), js)?,
         Cmd::Bench { which } => return bench::run(which, &home),
     }
     Ok(0)
@@ -747,6 +752,11 @@ fn show_print(m: &store::Manifest) {
         println!("metrics:         {}", serde_json::to_string(metrics).unwrap_or_default());
     }
     println!("provenance:      {}", serde_json::to_string(&m.provenance).unwrap_or_default());
+    for e in &m.evaluations {
+        let get = |k: &str| e.metrics.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let n = e.metrics.get("examples").and_then(|v| v.as_u64()).unwrap_or(0);
+        println!("eval:            {} ({n} examples, {}) accuracy {:.4} macro-F1 {:.4} ({})", e.data, e.data_digest.short(), get("accuracy"), get("macro_f1"), e.recorded_at);
+    }
 }
 
 fn predict(home: &std::path::Path, base: &str, specs: &[String], merged: bool, texts: &[String], cuda: bool, js: bool) -> Result<()> {

@@ -8,8 +8,9 @@
 //!
 //! This file owns opening the store, blobs, adding, resolving, tagging and removing; the
 //! schema and its migrations are `schema`'s, listing `list`'s, leases `lease`'s, policy
-//! deletion `prune`'s, and blob sweeping and checking `gc`'s.
+//! deletion `prune`'s, blob sweeping and checking `gc`'s, and recorded evaluations `evals`'.
 
+mod evals;
 mod gc;
 mod lease;
 mod list;
@@ -21,6 +22,7 @@ use crate::base::BaseDir;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{now_secs, rfc3339, unique_suffix};
+pub use evals::Evaluation;
 pub use gc::{GcReport, VerifyReport};
 pub use lease::{Holder, Liveness, RENEW_EVERY_SECS};
 pub use list::{ListQuery, ListRow};
@@ -73,6 +75,10 @@ pub struct Manifest {
     pub size: u64,
     pub created_at: String,
     pub last_used_at: Option<String>,
+    /// `loradex eval --record` results, one per data set (kept beside the index row, outside
+    /// the digest).
+    #[serde(default)]
+    pub evaluations: Vec<Evaluation>,
 }
 
 /// A new adapter to add (from `import` or `train`).
@@ -178,6 +184,16 @@ impl Store {
             params![fp.to_string(), base.arch.name(), String::from_utf8_lossy(&base.config_bytes), path, now_secs()],
         )?;
         Ok(fp)
+    }
+
+    /// The directories a base with fingerprint `fp` was opened from (as this store saw them;
+    /// they may have moved or changed since).
+    pub fn base_paths(&self, fp: &Digest) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path FROM base_paths WHERE fingerprint = ?1 UNION SELECT path FROM bases WHERE fingerprint = ?1 AND path IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([fp.to_string()], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     /// Adds an adapter and points `name` at it. Returns its digest.
@@ -302,6 +318,7 @@ impl Store {
             size: size as u64,
             created_at: rfc3339(created),
             last_used_at: used.map(rfc3339),
+            evaluations: self.evaluations(d)?,
         })
     }
 

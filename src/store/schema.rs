@@ -8,7 +8,7 @@ use crate::error::Result;
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The schema this version writes; stores below it are migrated at open.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS adapters(
@@ -76,6 +76,23 @@ DROP INDEX IF EXISTS adapters_created;
 DROP INDEX IF EXISTS refs_digest;
 "#;
 
+/// Version 3: `loradex eval --record` results. A side table, not a column of `adapters` and
+/// not in the manifest blob: an evaluation is a fact about an adapter *and a data set*, made
+/// after the adapter exists, so it must not change the adapter's digest, and one adapter has
+/// one row per data set (keyed by the data's digest; recording again replaces it). The
+/// foreign key drops an adapter's rows with it, in every version that deletes adapters
+/// (the store opens with `foreign_keys = ON`).
+const V3_EVALUATIONS: &str = r#"
+CREATE TABLE IF NOT EXISTS evaluations(
+  digest TEXT NOT NULL REFERENCES adapters(digest) ON DELETE CASCADE,
+  data_digest TEXT NOT NULL,
+  data_path TEXT NOT NULL,
+  recorded_at INTEGER NOT NULL,
+  metrics TEXT NOT NULL,
+  PRIMARY KEY(digest, data_digest)
+);
+"#;
+
 /// Brings the index at `conn` up to `VERSION` (a no-op read when it is there already).
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     if user_version(conn)? >= VERSION {
@@ -92,6 +109,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
             }
         }
         tx.execute_batch(V2_INDEXES)?;
+        tx.execute_batch(V3_EVALUATIONS)?;
         tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
     }
     tx.commit()?;

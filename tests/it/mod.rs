@@ -11,3 +11,4 @@ mod train;
 mod schema;
 mod serve;
 mod serve_llm;
+mod eval;

@@ -180,6 +180,11 @@ fn show_json_matches_the_manifest_schema() {
     std::fs::write(&r, format!("name = \"t\"\nbase = \"{}\"\ntask = \"seq-cls\"\n[data]\ntrain = \"d.csv\"\nvalidation_split = 0.5\n[train]\nepochs = 1\n", base.display())).unwrap();
     ok(&home, &["train", r.to_str().unwrap(), "--quiet"]);
     c.assert_valid("", &json(&ok(&home, &["--json", "show", "t"])));
+    // and one with a recorded evaluation
+    ok(&home, &["eval", "t", "--data", data.to_str().unwrap(), "--record"]);
+    let m = json(&ok(&home, &["--json", "show", "t"]));
+    assert_eq!(m["evaluations"].as_array().unwrap().len(), 1);
+    c.assert_valid("", &m);
 }
 
 #[test]
