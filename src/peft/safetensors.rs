@@ -191,6 +191,11 @@ pub fn parse_header(header: &[u8], path: &str) -> Result<Header> {
         if end < start {
             return Err(bad(path, format!("{name}: data_offsets end {end} < start {start}")));
         }
+        // every partial product must fit, in any order: tensor libraries compute strides from
+        // the last dimension, so [4, 0, 2^40, 2^40] (zero elements) still overflows there
+        if shape.iter().filter(|&&d| d != 0).try_fold(1usize, |a, &d| a.checked_mul(d)).is_none() {
+            return Err(bad(path, format!("{name}: shape {shape:?} overflows")));
+        }
         let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let nbytes = numel.and_then(|n| n.checked_mul(dtype.size()));
         if nbytes != Some(end - start) {

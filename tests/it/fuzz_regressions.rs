@@ -60,3 +60,15 @@ fn config_floats_parse_correctly_rounded_and_round_trip() {
         assert_eq!(LoraConfig::parse(&written).unwrap().lora_alpha, want, "lora_alpha {text} written and read back");
     }
 }
+
+/// safetensors target (10.4M runs in): a zero-element tensor whose other dimensions multiply
+/// past usize from the last one, `[4, 0, 40240, 42002, 42029800060]`, parsed (its product
+/// from the front is 0) and then overflowed in candle's stride computation on load.
+#[test]
+fn a_zero_element_shape_that_overflows_from_the_back_is_refused() {
+    let header = br#"{"ld:tt_id":{"dtype":"F32","shape":[4,0,40240,42002,42029800060],"data_offsets":[0,0]}}"#;
+    let file = framed(header, 0);
+    let err = loradex::peft::safetensors::SafeView::parse(&file, "fuzz").err().expect("refused at parse");
+    assert!(err.to_string().contains("overflows"), "{err}");
+    assert!(load(&file).is_err());
+}
