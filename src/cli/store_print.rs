@@ -41,7 +41,9 @@ pub(super) fn prune_print(s: &mut Store, policy: &PrunePolicy, dry_run: bool, js
         serde_json::to_writer(&mut *w, r).map_err(|e| Error::json("prune", e))?;
         Ok(())
     };
-    let sum = if js { s.prune_each(policy, dry_run, loradex::util::now_secs(), &mut on_adapter, Some(&mut on_ref))? } else { s.prune_each(policy, dry_run, loradex::util::now_secs(), &mut on_adapter, None)? };
+    // the refs are listed only in JSON (the text form counts them)
+    let refs = js.then_some(&mut on_ref as &mut dyn FnMut(&str) -> Result<()>);
+    let sum = s.prune_each(policy, dry_run, loradex::util::now_secs(), &mut on_adapter, refs)?;
     let mut w = w.into_inner();
     if js {
         if first_ref {

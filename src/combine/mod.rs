@@ -476,19 +476,9 @@ fn svd_module(module: &str, present: &[(&Factors, f64, &str)], method: Method, s
     }
     let not_converged = |_| CombineError::Svd(module.to_string());
     let dec = if method == Method::Svd {
+        // Σ wᵢsᵢBᵢAᵢ as one factored product: the inputs stacked, as `cat` stacks them
         let total: usize = present.iter().map(|(f, _, _)| f.a.rows).sum();
-        let (mut p, mut q) = (Mat::zeros(d_out, total), Mat::zeros(total, d_in));
-        let mut row = 0;
-        for (f, w, _) in present {
-            let k = w * f.scale;
-            for i in 0..f.a.rows {
-                for o in 0..d_out {
-                    p.set(o, row + i, f.b.at(o, i) * k);
-                }
-                q.data[(row + i) * d_in..(row + i + 1) * d_in].copy_from_slice(&f.a.data[i * d_in..(i + 1) * d_in]);
-            }
-            row += f.a.rows;
-        }
+        let (q, p) = cat(present, total, d_in, d_out);
         svd::svd_of_product(&p, &q).map_err(not_converged)?
     } else {
         let deltas: Vec<Vec<f64>> = present.iter().map(|(f, _, _)| f.b.matmul(&f.a).data.iter().map(|x| x * f.scale).collect()).collect();

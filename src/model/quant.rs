@@ -470,12 +470,11 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
     // rows' `h` instead of the same ones twice; each row's sums are the same in any order
     let n = lora.len();
     let start = if n == 0 { 0 } else { o0 * n / rows.max(1) };
-    let order: Vec<usize> = (start..n).chain(0..start).filter(|&t| lora[t].is_some()).collect();
-    for (k, &t) in order.iter().enumerate() {
-        let Some(l) = &lora[t] else { continue };
+    let mut order = (start..n).chain(0..start).filter_map(|t| Some((t, lora[t].as_ref()?))).peekable();
+    while let Some((t, l)) = order.next() {
         // each row's factors are a separate short run (a different adapter per row, in a
         // mixed batch): fetch the next row's run while this one is added
-        if let Some(Some(next)) = order.get(k + 1).map(|&u| &lora[u]) {
+        if let Some((_, next)) = order.peek() {
             prefetch_run(next.bt, next.a.len() / cols.max(1), o0, o1);
         }
         let h = l.h(&x[t * cols..][..cols]);

@@ -358,10 +358,16 @@ mod kernel {
     pub trait Dot {
         /// Accumulates in the build's own partial form.
         unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
-        /// The partial form as 8 × i32.
-        unsafe fn finish(acc: __m256i) -> __m256i;
-        /// `add` into an 8 × i32 accumulator.
-        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+        /// The partial form as 8 × i32 (by default it already is).
+        #[inline(always)]
+        unsafe fn finish(acc: __m256i) -> __m256i {
+            acc
+        }
+        /// `add` into an 8 × i32 accumulator (by default `add` is that).
+        #[inline(always)]
+        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            Self::add(acc, u, s)
+        }
     }
 
     /// AVX2: i16 pair sums accumulated (no overflow: callers bound the sums), widened at the end.
@@ -388,14 +394,6 @@ mod kernel {
         unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             _mm256_dpbusd_avx_epi32(acc, u, s)
         }
-        #[inline(always)]
-        unsafe fn finish(acc: __m256i) -> __m256i {
-            acc
-        }
-        #[inline(always)]
-        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-            Self::add(acc, u, s)
-        }
     }
 
     /// AVX-512 VNNI's `vpdpbusd` on ymm registers (EVEX).
@@ -404,14 +402,6 @@ mod kernel {
         #[inline(always)]
         unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             _mm256_dpbusd_epi32(acc, u, s)
-        }
-        #[inline(always)]
-        unsafe fn finish(acc: __m256i) -> __m256i {
-            acc
-        }
-        #[inline(always)]
-        unsafe fn add32(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-            Self::add(acc, u, s)
         }
     }
 
