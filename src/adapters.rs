@@ -89,11 +89,7 @@ pub fn combine_stored(store: &mut Store, inputs: &[(String, f64)], spec: &combin
             return Err(CombineError::LabelsMismatch { a, b, labels_a: first.labels.clone(), labels_b: m.labels.clone() }.into());
         }
     }
-    let arch = match first.base_arch.as_str() {
-        "bert" => Some(Arch::Bert),
-        "llama" => Some(Arch::Llama),
-        _ => None,
-    };
+    let arch = Arch::by_name(&first.base_arch);
     let ins: Vec<combine::Input> = loaded
         .iter()
         .map(|(r, w, _, _, c, ws)| combine::Input { name: r, config_bytes: c, weights_bytes: ws, weight: *w })

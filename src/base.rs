@@ -10,45 +10,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Bert,
-    Llama,
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Bert => "bert",
-            Arch::Llama => "llama",
-        }
-    }
-    /// The prefix the task model (BertForSequenceClassification, LlamaForCausalLM) puts on
-    /// backbone modules; PEFT keys and loradex's module names use it.
-    pub fn backbone_prefix(self) -> &'static str {
-        match self {
-            Arch::Bert => "bert.",
-            Arch::Llama => "model.",
-        }
-    }
-    fn backbone_roots(self) -> &'static [&'static str] {
-        match self {
-            Arch::Bert => &["embeddings.", "encoder.", "pooler."],
-            Arch::Llama => &["embed_tokens.", "layers.", "norm."],
-        }
-    }
-    /// Canonical (task-model) module path for a path as PEFT saved it against either the bare
-    /// backbone (`encoder.layer.0...`) or the task model (`bert.encoder.layer.0...`).
-    pub fn canonical(self, module: &str) -> String {
-        let probe = format!("{module}.");
-        if self.backbone_roots().iter().any(|r| probe.starts_with(r)) {
-            format!("{}{module}", self.backbone_prefix())
-        } else {
-            module.to_string()
-        }
-    }
-}
+pub use crate::model::family::Arch;
 
 /// A resolved base model directory.
 #[derive(Clone, Debug)]
@@ -86,12 +48,7 @@ impl BaseDir {
         }
         let config_bytes = crate::util::read_bounded(&cfg_path, crate::util::MAX_CONFIG_BYTES)?;
         let config: Value = serde_json::from_slice(&config_bytes).map_err(|e| Error::json(cfg_path.display().to_string(), e))?;
-        let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let arch = match model_type {
-            "bert" => Arch::Bert,
-            "llama" | "mistral" => Arch::Llama,
-            other => return Err(Error::Model(format!("{}: unsupported model_type {other:?} (bert or llama family)", dir.display()))),
-        };
+        let arch = Arch::detect(&config).map_err(|e| Error::Model(format!("{}: {e}", dir.display())))?;
         let mut weight_files: Vec<PathBuf> = std::fs::read_dir(dir)
             .at(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -112,7 +69,8 @@ impl BaseDir {
         let config = g.hf_config()?;
         let config_bytes = serde_json::to_vec_pretty(&config).expect("config serializes");
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        Ok(BaseDir { dir, arch: Arch::Llama, config, config_bytes, weight_files: vec![path.clone()], gguf: Some(path) })
+        let arch = Arch::detect(&config)?;
+        Ok(BaseDir { dir, arch, config, config_bytes, weight_files: vec![path.clone()], gguf: Some(path) })
     }
 
     /// A short name for the base: the directory's or the GGUF file's, without `.gguf`.
@@ -177,9 +135,6 @@ impl BaseDir {
     }
 }
 
-/// Names of the heads `modules_to_save` may add to a base that has none (or another label count).
-pub const HEAD_MODULES: &[&str] = &["classifier", "score"];
-
 /// What an adapter file contains, once checked against a base.
 #[derive(Clone, Debug, Default)]
 pub struct AdapterSummary {
@@ -220,9 +175,11 @@ pub fn check_adapter(
             KeyKind::Saved(m, param) => {
                 let module = arch.canonical(&m);
                 let base_name = format!("{module}.{param}");
-                if !HEAD_MODULES.contains(&module.as_str()) {
+                if !arch.is_head_module(&module) {
                     return Err(Error::UnsupportedAdapter(format!(
-                        "{key}: modules_to_save other than a classification head ({HEAD_MODULES:?}) is not supported"
+                        "{key}: modules_to_save other than the {} classification head ({:?}) is not supported",
+                        arch.name(),
+                        arch.family().head_modules
                     )));
                 }
                 // a head may have another label count than the base's, or be absent from the base

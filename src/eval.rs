@@ -172,7 +172,7 @@ pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
     let base = pick_base(store, req)?;
     let fp = store.base_fingerprint(&base)?;
     let engine = Engine::load(base, Device::Cpu)?;
-    let Net::Bert(bert) = &engine.net else {
+    let Net::Encoder(bert) = &engine.net else {
         return Err(Error::InvalidArgument(format!("eval scores classifiers: the base is a {} model, not an encoder", engine.base.arch.name())));
     };
     let mut cols = Vec::with_capacity(req.refs.len() + 1);

@@ -94,9 +94,9 @@ fn run(bytes: &[u8]) {
         }
         let _ = classify_key(name, &b.config.modules_to_save);
     }
-    let _ = check_adapter(Arch::Bert, &b.bert, Some(32), &b.config, bytes);
-    let _ = check_adapter(Arch::Llama, &b.llama, Some(32), &b.config, bytes);
-    let _ = LoadedAdapter::from_peft("fuzz", Arch::Bert, &b.config, bytes, vec![], &candle_core::Device::Cpu);
+    let _ = check_adapter(Arch::by_name("bert").unwrap(), &b.bert, Some(32), &b.config, bytes);
+    let _ = check_adapter(Arch::by_name("llama").unwrap(), &b.llama, Some(32), &b.config, bytes);
+    let _ = LoadedAdapter::from_peft("fuzz", Arch::by_name("bert").unwrap(), &b.config, bytes, vec![], &candle_core::Device::Cpu);
 }
 
 fuzz_target!(|data: &[u8]| {

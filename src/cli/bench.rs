@@ -218,7 +218,7 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
     let mixed = Routing { adapters: adapters.clone(), rows: (0..batch).map(|i| Some(i % n_ad)).collect() };
     // the fourth variant: the base through candle's forward instead of the hand-written CPU one
     let variants = [(Routing::base(batch), true), (single, true), (mixed, true), (Routing::base(batch), false)];
-    let Net::Bert(m) = &e.net else { unreachable!("bench model loads a BERT base") };
+    let Net::Encoder(m) = &e.net else { unreachable!("bench model loads a BERT base") };
     let mut secs = vec![vec![]; variants.len()];
     for round in 0..=reps {
         for (i, (r, kernels)) in variants.iter().enumerate() {
@@ -313,7 +313,7 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
 
 fn bench_embed(base: &str) -> Result<()> {
     let e = Engine::load(BaseDir::open(base)?, candle_core::Device::Cpu)?;
-    let Net::Bert(m) = &e.net else { return Err(Error::Model("bench embed needs a BERT base".into())) };
+    let Net::Encoder(m) = &e.net else { return Err(Error::Model("bench embed needs a BERT base".into())) };
     let s: Vec<String> = [
         "A man is eating food.",
         "A man is eating a piece of bread.",
@@ -383,7 +383,7 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
     let refs: Vec<&loradex::train::Example> = texts.iter().collect();
     let (bt, targets, _) = tr.encode(&refs, seq)?;
     let fwd = time(steps, || {
-        let Net::Bert(m) = &tr.engine.net else { unreachable!() };
+        let Net::Encoder(m) = &tr.engine.net else { unreachable!() };
         let r = Routing::base(batch);
         m.pooled(&bt.ids, &bt.type_ids, &bt.mask, &loradex::model::lora::Ctx::infer(&r))
     })?;

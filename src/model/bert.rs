@@ -1,7 +1,10 @@
-//! BERT encoder for sequence classification (`BertForSequenceClassification` layout), with
-//! every linear layer behind the `LoraLinear` seam and a per-row classification head (an
-//! adapter's `modules_to_save` head replaces the base head for its rows). Owns only the
-//! architecture math; classification on the CPU runs `bert_cpu`'s hand-written forward.
+//! The one BERT-family encoder (BERT, RoBERTa, XLM-R, DistilBERT: post-LayerNorm layers,
+//! learned positions) for sequence classification, with every linear layer behind the
+//! `LoraLinear` seam and a per-row classification head (an adapter's `modules_to_save` head
+//! replaces the base head for its rows). A family (`model::family`) hands it an `EncoderSpec`:
+//! the sizes, where each tensor is named, the position offset and the head's module tree.
+//! Owns only the architecture math; on the CPU the engine runs `bert_cpu`, the hand-written
+//! forward and backward of this same model.
 
 use super::lora::{embed, layer_norm, softmax, Ctx, LoadedAdapter, LoraLinear};
 use super::Weights;
@@ -42,9 +45,76 @@ impl Config {
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return Err(Error::Model(format!("config: layer_norm_eps {} must be positive", self.layer_norm_eps)));
         }
+        if !ACTIVATIONS.contains(&self.hidden_act.as_str()) {
+            return Err(Error::Model(format!("hidden_act {:?} is not supported ({ACTIVATIONS:?})", self.hidden_act)));
+        }
         Ok(())
     }
 }
+
+/// How a family lays an encoder out: sizes, tensor names, positions and head.
+#[derive(Clone, Debug)]
+pub struct EncoderSpec {
+    pub cfg: Config,
+    pub names: EncoderNames,
+    /// The first position id of a sequence (RoBERTa: `pad_token_id + 1`; BERT: 0).
+    pub position_offset: usize,
+}
+
+/// Where an encoder's tensors sit (full module names; a layer's are under `{layer}.{i}.`).
+#[derive(Clone, Debug)]
+pub struct EncoderNames {
+    pub word: &'static str,
+    pub position: &'static str,
+    /// `None`: the family has no token types (DistilBERT).
+    pub token_type: Option<&'static str>,
+    pub emb_norm: &'static str,
+    pub layer: &'static str,
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attn_out: &'static str,
+    pub attn_norm: &'static str,
+    pub inter: &'static str,
+    pub output: &'static str,
+    pub out_norm: &'static str,
+    /// The backbone's pooler (BERT), if the family has one.
+    pub pooler: Option<&'static str>,
+    pub head: HeadNames,
+}
+
+/// A classification head's module tree: an optional inner layer with its activation, then the
+/// output layer (the first of `out` present is used; BERT heads may be `classifier` or `score`).
+#[derive(Clone, Debug)]
+pub struct HeadNames {
+    pub pre: Option<(&'static str, HeadAct)>,
+    pub out: &'static [&'static str],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadAct {
+    Tanh,
+    Relu,
+}
+
+impl HeadAct {
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            HeadAct::Tanh => x.tanh(),
+            HeadAct::Relu => x.max(0.0),
+        }
+    }
+    /// The derivative at output `y` and input `z`.
+    pub fn grad(self, y: f32, z: f32) -> f32 {
+        match self {
+            HeadAct::Tanh => 1.0 - y * y,
+            HeadAct::Relu => (z > 0.0) as u8 as f32,
+        }
+    }
+}
+
+/// The activations the encoder implements (every path: candle's and `bert_cpu`'s).
+pub const ACTIVATIONS: &[&str] = &["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"];
 
 fn gelu() -> String {
     "gelu".into()
@@ -74,9 +144,11 @@ pub(crate) struct Layer {
     pub(crate) out_norm: Norm,
 }
 
-/// A classification head: `[labels, hidden]` weight and `[labels]` bias.
+/// A classification head: an optional inner layer `([hidden, hidden], [hidden], act)`, then a
+/// `[labels, hidden]` weight and `[labels]` bias.
 #[derive(Clone, Debug)]
 pub struct Head {
+    pub pre: Option<(Tensor, Tensor, HeadAct)>,
     pub weight: Tensor,
     pub bias: Tensor,
 }
@@ -84,6 +156,8 @@ pub struct Head {
 #[derive(Clone, Debug)]
 pub struct Bert {
     pub cfg: Config,
+    pub names: EncoderNames,
+    pub position_offset: usize,
     pub(crate) word: Tensor,
     pub(crate) position: Tensor,
     pub(crate) token_type: Tensor,
@@ -94,41 +168,92 @@ pub struct Bert {
     pub classifier: Option<Head>,
 }
 
+/// A `[rows, cols]` matrix, shape-checked (a misshapen base is an error naming the tensor).
+pub(crate) fn matrix(w: &Weights, name: &str, rows: Option<usize>, cols: usize) -> Result<Tensor> {
+    let t = w.get(name)?;
+    match t.dims() {
+        [r, c] if *c == cols && rows.is_none_or(|n| n == *r) => Ok(t),
+        d => Err(Error::TensorMismatch { tensor: name.into(), detail: format!("shape {d:?}, expected [{}, {cols}]", rows.map_or("n".into(), |r| r.to_string())) }),
+    }
+}
+
+/// A vector of `len`, shape-checked.
+pub(crate) fn vector(w: &Weights, name: &str, len: usize) -> Result<Tensor> {
+    let t = w.get(name)?;
+    if t.dims() != [len] {
+        return Err(Error::TensorMismatch { tensor: name.into(), detail: format!("shape {:?}, expected [{len}]", t.dims()) });
+    }
+    Ok(t)
+}
+
 impl Bert {
-    pub fn new(cfg: Config, w: &Weights) -> Result<Bert> {
-        let norm = |p: &str| -> Result<Norm> { Ok(Norm { w: w.get(&format!("{p}.weight"))?, b: w.get(&format!("{p}.bias"))? }) };
+    pub fn new(spec: EncoderSpec, w: &Weights) -> Result<Bert> {
+        let EncoderSpec { cfg, names, position_offset } = spec;
+        cfg.validate()?;
+        let (h, ffn) = (cfg.hidden_size, cfg.intermediate_size);
+        let norm = |p: &str| -> Result<Norm> { Ok(Norm { w: vector(w, &format!("{p}.weight"), h)?, b: vector(w, &format!("{p}.bias"), h)? }) };
+        let lin = |p: String, out: usize, inp: usize| -> Result<LoraLinear> {
+            let weight = matrix(w, &format!("{p}.weight"), Some(out), inp)?;
+            let bias = vector(w, &format!("{p}.bias"), out)?;
+            Ok(LoraLinear::new(p, weight, Some(bias)))
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
-            let p = format!("bert.encoder.layer.{i}");
+            let p = |m: &str| format!("{}.{i}.{m}", names.layer);
             layers.push(Layer {
-                query: w.linear(&format!("{p}.attention.self.query"), true)?,
-                key: w.linear(&format!("{p}.attention.self.key"), true)?,
-                value: w.linear(&format!("{p}.attention.self.value"), true)?,
-                attn_out: w.linear(&format!("{p}.attention.output.dense"), true)?,
-                attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: w.linear(&format!("{p}.intermediate.dense"), true)?,
-                output: w.linear(&format!("{p}.output.dense"), true)?,
-                out_norm: norm(&format!("{p}.output.LayerNorm"))?,
+                query: lin(p(names.query), h, h)?,
+                key: lin(p(names.key), h, h)?,
+                value: lin(p(names.value), h, h)?,
+                attn_out: lin(p(names.attn_out), h, h)?,
+                attn_norm: norm(&p(names.attn_norm))?,
+                intermediate: lin(p(names.inter), ffn, h)?,
+                output: lin(p(names.output), h, ffn)?,
+                out_norm: norm(&p(names.out_norm))?,
             });
         }
-        let pooler = if w.has("bert.pooler.dense.weight") { Some(w.linear("bert.pooler.dense", true)?) } else { None };
-        let classifier = match (w.get_opt("classifier.weight"), w.get_opt("classifier.bias")) {
-            (Some(weight), Some(bias)) => Some(Head { weight, bias }),
+        let pooler = match names.pooler {
+            Some(p) if w.has(&format!("{p}.weight")) => Some(lin(p.to_string(), h, h)?),
             _ => None,
         };
-        if !matches!(cfg.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
-            return Err(Error::Model(format!("hidden_act {:?} is not supported", cfg.hidden_act)));
+        let word = matrix(w, &format!("{}.weight", names.word), Some(cfg.vocab_size), h)?;
+        let position = matrix(w, &format!("{}.weight", names.position), None, h)?;
+        if position.dims()[0] < position_offset + 1 {
+            return Err(Error::TensorMismatch { tensor: format!("{}.weight", names.position), detail: format!("fewer rows than the position offset {position_offset} needs") });
         }
-        Ok(Bert {
-            word: w.get("bert.embeddings.word_embeddings.weight")?,
-            position: w.get("bert.embeddings.position_embeddings.weight")?,
-            token_type: w.get("bert.embeddings.token_type_embeddings.weight")?,
-            emb_norm: norm("bert.embeddings.LayerNorm")?,
-            layers,
-            pooler,
-            classifier,
-            cfg,
-        })
+        let token_type = match names.token_type {
+            Some(t) => matrix(w, &format!("{t}.weight"), None, h)?,
+            // no token types: one zero row, which every (zero) type id reads
+            None => Tensor::zeros((1, h), DType::F32, word.device())?,
+        };
+        let emb_norm = norm(names.emb_norm)?;
+        let mut bert = Bert { word, position, token_type, emb_norm, layers, pooler, classifier: None, cfg, names, position_offset };
+        bert.classifier = bert.base_head(w)?;
+        Ok(bert)
+    }
+
+    /// The base's own head, if it has one whole.
+    fn base_head(&self, w: &Weights) -> Result<Option<Head>> {
+        let h = self.cfg.hidden_size;
+        let Some(out) = self.names.head.out.iter().find(|o| w.has(&format!("{o}.weight"))) else { return Ok(None) };
+        let weight = matrix(w, &format!("{out}.weight"), None, h)?;
+        let bias = vector(w, &format!("{out}.bias"), weight.dims()[0])?;
+        let pre = match self.names.head.pre {
+            Some((p, act)) => {
+                if !w.has(&format!("{p}.weight")) {
+                    return Ok(None);
+                }
+                Some((matrix(w, &format!("{p}.weight"), Some(h), h)?, vector(w, &format!("{p}.bias"), h)?, act))
+            }
+            None => None,
+        };
+        Ok(Some(Head { pre, weight, bias }))
+    }
+
+    /// The module names of the head's parameters, `(module, is_pre)`: what a trained head saves.
+    pub fn head_modules(&self) -> Vec<(&'static str, bool)> {
+        let mut v: Vec<(&'static str, bool)> = self.names.head.pre.iter().map(|(p, _)| (*p, true)).collect();
+        v.push((self.names.head.out[0], false));
+        v
     }
 
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
@@ -155,8 +280,11 @@ impl Bert {
         let h = self.cfg.hidden_size;
         let nh = self.cfg.num_attention_heads;
         let dh = h / nh;
+        if self.position_offset + s > self.position.dims()[0] {
+            return Err(Error::Model(format!("sequence of {s} tokens exceeds {} positions", self.position.dims()[0] - self.position_offset)));
+        }
         let emb = embed(&self.word, ids)?;
-        let pos = self.position.narrow(0, 0, s)?.unsqueeze(0)?;
+        let pos = self.position.narrow(0, self.position_offset, s)?.unsqueeze(0)?;
         let tt = embed(&self.token_type, type_ids)?;
         let mut x = emb.broadcast_add(&pos)?.add(&tt)?;
         x = layer_norm(&x, &self.emb_norm.w, &self.emb_norm.b, self.cfg.layer_norm_eps, ctx.train)?;
@@ -186,27 +314,32 @@ impl Bert {
         let cls = x.narrow(1, 0, 1)?; // [b, 1, h]
         Ok(match &self.pooler {
             Some(p) => p.forward(&cls, ctx)?.tanh()?.squeeze(1)?,
-            None => cls.squeeze(1)?,
+            None => cls.squeeze(1)?.contiguous()?,
         })
     }
 
-    /// The head rows using `adapter` get: the adapter's saved classifier, else the base one.
+    /// The head rows using `adapter` get: each part from the adapter's saved modules where it
+    /// saves it, else the base's own.
     pub fn head_for<'a>(&'a self, adapter: Option<&'a LoadedAdapter>) -> Result<Head> {
-        if let Some(a) = adapter {
-            for m in crate::base::HEAD_MODULES {
-                if let (Some(w), Some(b)) = (a.saved.get(&format!("{m}.weight")), a.saved.get(&format!("{m}.bias"))) {
-                    return Ok(Head { weight: w.clone(), bias: b.clone() });
-                }
-            }
-        }
-        self.classifier
-            .clone()
-            .ok_or_else(|| Error::Model("the base has no classifier and the adapter saves none (modules_to_save)".into()))
+        let saved = |m: &str| adapter.and_then(|a| Some((a.saved.get(&format!("{m}.weight"))?.clone(), a.saved.get(&format!("{m}.bias"))?.clone())));
+        let base = self.classifier.as_ref();
+        let out = self.names.head.out.iter().find_map(|m| saved(m)).or_else(|| base.map(|h| (h.weight.clone(), h.bias.clone())));
+        let Some((weight, bias)) = out else {
+            return Err(Error::Model("the base has no classifier and the adapter saves none (modules_to_save)".into()));
+        };
+        let pre = match self.names.head.pre {
+            Some((m, act)) => match saved(m).or_else(|| base.and_then(|h| h.pre.as_ref().map(|(w, b, _)| (w.clone(), b.clone())))) {
+                Some((w, b)) => Some((w, b, act)),
+                None => return Err(Error::Model(format!("the head's {m} is neither in the base nor saved by the adapter"))),
+            },
+            None => None,
+        };
+        Ok(Head { pre, weight, bias })
     }
 
     /// Logits per row; rows may use different heads (and so have different label counts).
     pub fn classify(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Vec<Vec<f32>>> {
-        if !ctx.train && ctx.cpu_kernels && super::bert_cpu::supported(self, ids.device()) {
+        if !ctx.train && ctx.cpu_kernels && ids.device().is_cpu() {
             return super::bert_cpu::classify(self, ids, type_ids, mask, ctx.routing);
         }
         let pooled = self.pooled(ids, type_ids, mask, ctx)?;
@@ -225,7 +358,17 @@ impl Bert {
 }
 
 pub fn apply_head(pooled: &Tensor, head: &Head) -> Result<Tensor> {
-    Ok(pooled.matmul(&head.weight.t()?)?.broadcast_add(&head.bias)?)
+    let x = match &head.pre {
+        Some((w, b, act)) => {
+            let z = pooled.matmul(&w.t()?)?.broadcast_add(b)?;
+            match act {
+                HeadAct::Tanh => z.tanh()?,
+                HeadAct::Relu => z.relu()?,
+            }
+        }
+        None => pooled.clone(),
+    };
+    Ok(x.matmul(&head.weight.t()?)?.broadcast_add(&head.bias)?)
 }
 
 /// Mean of token states over the mask (sentence embeddings, as sentence-transformers pools).

@@ -11,7 +11,7 @@
 //! optimizer or the store.
 
 use crate::error::{Error, Result};
-use crate::model::bert::{Bert, Head, Layer};
+use crate::model::bert::{Bert, Head, HeadAct, Layer};
 use crate::model::lora::{dropout_mask, mixed_lora_host, LoraLinear, LoraPair, Routing};
 use crate::util::Rng;
 use candle_core::{Layout, Storage, Tensor};
@@ -28,11 +28,15 @@ pub struct Grads {
     pub backward_s: f64,
     pub lora: HashMap<String, (Vec<f32>, Vec<f32>)>,
     pub head: Option<(Vec<f32>, Vec<f32>)>,
+    /// `(dW, db)` of the head's inner layer (RoBERTa's `classifier.dense`, DistilBERT's
+    /// `pre_classifier`) when it is trained.
+    pub head_pre: Option<(Vec<f32>, Vec<f32>)>,
 }
 
-/// Whether this path can run `bert` (CPU tensors, an activation it implements).
-pub fn supported(bert: &Bert, device: &candle_core::Device) -> bool {
-    device.is_cpu() && matches!(bert.cfg.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu")
+/// Whether this path can run `bert`: CPU tensors (every activation a config may name is
+/// implemented here; `bert::Config::validate` refuses the rest).
+pub fn supported(_bert: &Bert, device: &candle_core::Device) -> bool {
+    device.is_cpu()
 }
 
 // ---------------------------------------------------------------- matrix products
@@ -682,6 +686,7 @@ struct Model<'a> {
     hd: usize,
     nh: usize,
     eps: f32,
+    pos0: usize,
     emb: [&'a [f32]; 5],
     layers: Vec<LayerW<'a>>,
     pooler: Option<Lin<'a>>,
@@ -719,10 +724,11 @@ impl<'a> Model<'a> {
             None => None,
         };
         check_shapes(hd, &layers, pooler.as_ref(), emb)?;
-        if emb[1].len() < s * hd {
-            return Err(Error::Model(format!("the position table has fewer than {s} rows")));
+        let pos0 = bert.position_offset;
+        if emb[1].len() < (pos0 + s) * hd {
+            return Err(Error::Model(format!("the position table has fewer than {} rows", pos0 + s)));
         }
-        Ok(Model { act, hd, nh, eps: cfg.layer_norm_eps as f32, emb, layers, pooler })
+        Ok(Model { act, hd, nh, eps: cfg.layer_norm_eps as f32, pos0, emb, layers, pooler })
     }
 
     fn attn(&self, li: usize, b: usize, s: usize) -> Attn {
@@ -746,7 +752,7 @@ impl<'a> Model<'a> {
             let (id, ty) = (ids[t] as usize, tids[t] as usize);
             let w = word.get(id * hd..(id + 1) * hd).ok_or_else(|| Error::Model(format!("token id {id} out of vocabulary")))?;
             let ty = tt.get(ty * hd..(ty + 1) * hd).ok_or_else(|| Error::Model(format!("token type {ty} out of range")))?;
-            let ps = &pos[(t % s) * hd..][..hd];
+            let ps = &pos[(self.pos0 + t % s) * hd..][..hd];
             for (((o, w), p), y) in row.iter_mut().zip(w).zip(ps).zip(ty) {
                 *o = w + p + y;
             }
@@ -793,32 +799,68 @@ pub fn classify(bert: &Bert, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, rou
     let hd = model.hd;
     let mut out = vec![Vec::new(); b];
     for (choice, rows) in routing.groups() {
-        let head = bert.head_for(choice.map(|i| routing.adapters[i].as_ref()))?;
-        let (n, h) = head.weight.dims2()?;
-        if h != hd {
-            return Err(Error::Model(format!("the classification head takes {h} inputs, the model gives {hd}")));
-        }
-        let w = head.weight.flatten_all()?.to_vec1::<f32>()?;
-        let bias = head.bias.flatten_all()?.to_vec1::<f32>()?;
-        if bias.len() != n {
-            return Err(Error::Model("the classification head's bias does not match its weight".into()));
-        }
+        let head = HostHead::new(&bert.head_for(choice.map(|i| routing.adapters[i].as_ref()))?, hd)?;
         for r in rows {
-            let p = &pooled[r * hd..][..hd];
-            out[r] = (0..n).map(|j| bias[j] + w[j * hd..][..hd].iter().zip(p).map(|(a, b)| a * b).sum::<f32>()).collect();
+            out[r] = head.forward(&pooled[r * hd..][..hd]).1;
         }
     }
     Ok(out)
 }
 
-/// Mean cross-entropy of `targets` and its gradients for the adapter's `pairs` (and the head
-/// when `head_trainable`), with LoRA dropout `p` drawn from `rng` in the autograd path's order.
+/// A classification head in host memory, shape-checked against hidden size `hd`.
+struct HostHead {
+    pre: Option<(Vec<f32>, Vec<f32>, HeadAct)>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    n: usize,
+    hd: usize,
+}
+
+impl HostHead {
+    fn new(head: &Head, hd: usize) -> Result<HostHead> {
+        let (n, h) = head.weight.dims2()?;
+        if h != hd {
+            return Err(Error::Model(format!("the classification head takes {h} inputs, the model gives {hd}")));
+        }
+        let w = head.weight.flatten_all()?.to_vec1::<f32>()?;
+        let b = head.bias.flatten_all()?.to_vec1::<f32>()?;
+        if b.len() != n {
+            return Err(Error::Model("the classification head's bias does not match its weight".into()));
+        }
+        let pre = match &head.pre {
+            Some((pw, pb, act)) => {
+                let (pw, pb) = (pw.flatten_all()?.to_vec1::<f32>()?, pb.flatten_all()?.to_vec1::<f32>()?);
+                if pw.len() != hd * hd || pb.len() != hd {
+                    return Err(Error::Model(format!("the head's inner layer does not match hidden size {hd}")));
+                }
+                Some((pw, pb, *act))
+            }
+            None => None,
+        };
+        Ok(HostHead { pre, w, b, n, hd })
+    }
+
+    /// One row: `(the output layer's input, logits)`.
+    fn forward(&self, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let hd = self.hd;
+        let dot = |w: &[f32], x: &[f32]| w.iter().zip(x).map(|(a, b)| a * b).sum::<f32>();
+        let a = match &self.pre {
+            Some((pw, pb, act)) => (0..hd).map(|j| act.apply(pb[j] + dot(&pw[j * hd..][..hd], x))).collect(),
+            None => x.to_vec(),
+        };
+        let logits = (0..self.n).map(|j| self.b[j] + dot(&self.w[j * hd..][..hd], &a)).collect();
+        (a, logits)
+    }
+}
+
+/// Mean cross-entropy of `targets` and its gradients for the adapter's `pairs` (and the head's
+/// inner and output layers where `head_trainable = (inner, output)` says), with LoRA dropout `p` drawn from `rng` in the autograd path's order.
 #[allow(clippy::too_many_arguments)]
 pub fn loss_and_grads(
     bert: &Bert,
     pairs: &HashMap<String, LoraPair>,
     head: &Head,
-    head_trainable: bool,
+    head_trainable: (bool, bool),
     batch: &crate::model::Batch,
     targets: &[u32],
     p: f32,
@@ -847,11 +889,29 @@ pub fn loss_and_grads(
     let (pooled, _, pool_save, saves) = model.encode((&batch.ids, &batch.type_ids, &batch.mask), &mut mode)?;
     let (layers, pooler, act) = (&model.layers, &model.pooler, model.act);
     let attn = |li: usize| model.attn(li, b, s);
+    // the head's inner layer (z = pooled Wpᵀ + bp, a = act(z)), then its output layer over a
+    let pre = match &head.pre {
+        Some((pw, pb, pact)) => {
+            let (pw, pb) = (pw.flatten_all()?.to_vec1::<f32>()?, pb.flatten_all()?.to_vec1::<f32>()?);
+            if pw.len() != hd * hd || pb.len() != hd {
+                return Err(Error::Model(format!("the head's inner layer does not match hidden size {hd}")));
+            }
+            let mut z = vec![0f32; b * hd];
+            for row in z.chunks_mut(hd) {
+                row.copy_from_slice(&pb);
+            }
+            lin(&pooled, &pw, b, hd, hd, &mut z, true);
+            let a: Vec<f32> = z.iter().map(|v| pact.apply(*v)).collect();
+            Some((pw, z, a, *pact))
+        }
+        None => None,
+    };
+    let head_in: &[f32] = pre.as_ref().map_or(&pooled, |(_, _, a, _)| a);
     let mut logits = vec![0f32; b * n_labels];
     for row in logits.chunks_mut(n_labels) {
         row.copy_from_slice(hb);
     }
-    lin(&pooled, hw, b, hd, n_labels, &mut logits, true);
+    lin(head_in, hw, b, hd, n_labels, &mut logits, true);
 
     // cross-entropy and dlogits = (softmax - onehot) / b
     let mut loss = 0f64;
@@ -875,23 +935,40 @@ pub fn loss_and_grads(
     let forward_s = t_fwd.elapsed().as_secs_f64();
     let t_back = std::time::Instant::now();
     let mut grads = HashMap::new();
-    let head_grads = head_trainable.then(|| {
-        let mut dw = vec![0f32; n_labels * hd];
-        mm(n_labels, hd, b, &mut dw, (trans(&dlog, n_labels), &dlog), (rows(&pooled, hd), &pooled), 1.0, false);
-        let mut db = vec![0f32; n_labels];
-        for row in dlog.chunks(n_labels) {
+    // dW = dyᵀ x and db = Σ dy of a linear layer with input x [b, k] and output gradient dy [b, n]
+    let wgrad = |dy: &[f32], x: &[f32], n: usize, k: usize| {
+        let mut dw = vec![0f32; n * k];
+        mm(n, k, b, &mut dw, (trans(dy, n), dy), (rows(x, k), x), 1.0, false);
+        let mut db = vec![0f32; n];
+        for row in dy.chunks(n) {
             db.iter_mut().zip(row).for_each(|(a, v)| *a += v);
         }
         (dw, db)
-    });
+    };
+    let head_grads = head_trainable.1.then(|| wgrad(&dlog, head_in, n_labels, hd));
     // the lowest layer whose LoRA modules need a gradient: nothing below it is differentiated
     let lowest = layers.iter().position(|l| l.has_lora());
     let pool_lora = pooler.as_ref().is_some_and(|p| p.lora.is_some());
-    if lowest.is_none() && !pool_lora {
-        return Ok(Grads { loss, forward_s, backward_s: t_back.elapsed().as_secs_f64(), lora: grads, head: head_grads });
+    let pre_trained = head_trainable.0 && pre.is_some();
+    let done = |grads, head_pre| Grads { loss, forward_s, backward_s: t_back.elapsed().as_secs_f64(), lora: grads, head: head_grads.clone(), head_pre };
+    if lowest.is_none() && !pool_lora && !pre_trained {
+        return Ok(done(grads, None));
     }
     let mut dpool = vec![0f32; b * hd];
     mm(b, hd, n_labels, &mut dpool, (rows(&dlog, n_labels), &dlog), (rows(hw, hd), hw), 1.0, false);
+    let mut head_pre = None;
+    if let Some((pw, z, a, pact)) = &pre {
+        // through the inner layer: dz = da · act'(z), dWp = dzᵀ pooled, dpooled = dz Wp
+        let dz: Vec<f32> = dpool.iter().zip(a).zip(z).map(|((d, y), z)| d * pact.grad(*y, *z)).collect();
+        if head_trainable.0 {
+            head_pre = Some(wgrad(&dz, &pooled, hd, hd));
+        }
+        dpool.iter_mut().for_each(|v| *v = 0.0);
+        mm(b, hd, hd, &mut dpool, (rows(&dz, hd), &dz), (rows(pw, hd), pw), 1.0, false);
+    }
+    if lowest.is_none() && !pool_lora {
+        return Ok(done(grads, head_pre));
+    }
     let dcls = match &pooler {
         Some(pl) => {
             dpool.iter_mut().zip(&pooled).for_each(|(d, y)| *d *= 1.0 - y * y);
@@ -901,7 +978,7 @@ pub fn loss_and_grads(
         }
         None => dpool,
     };
-    let Some(lowest) = lowest else { return Ok(Grads { loss, forward_s, backward_s: t_back.elapsed().as_secs_f64(), lora: grads, head: head_grads }) };
+    let Some(lowest) = lowest else { return Ok(done(grads, head_pre)) };
     // the last layer's output is its [CLS] rows: dcls is its gradient
     let mut dx = dcls;
     for li in (lowest..layers.len()).rev() {
@@ -910,7 +987,7 @@ pub fn loss_and_grads(
             None => break,
         }
     }
-    Ok(Grads { loss, forward_s, backward_s: t_back.elapsed().as_secs_f64(), lora: grads, head: head_grads })
+    Ok(done(grads, head_pre))
 }
 
 /// Every frozen tensor and LoRA pair has the shape the arithmetic assumes (a malformed base is

@@ -1,4 +1,6 @@
-//! The CPU decoder: a Llama-family causal LM forward written for serving. One `step` runs every
+//! The CPU decoder: a Llama-family causal LM forward written for serving (every decoder family
+//! of `model::family`, through the `DecoderSpec` options: biases, fused projections, sliding
+//! window, Gemma's norms, scaling and GeGLU). One `step` runs every
 //! row of a continuous batch (a prompt being prefilled, or one new token) through one forward:
 //! the frozen weights (f32 or quantized, `quant`) are read once per step for all rows, each row
 //! adds its own adapter's low-rank term, and attends over its own `SeqCache` at its own
@@ -8,15 +10,13 @@
 //! `Source` (safetensors or GGUF), and scheduling belongs to the server.
 
 use super::kv_cache::{bytes_per_token, SeqCache};
-use super::llama::Config;
+use super::llama::{Config, DecoderOpts, DecoderSpec};
 use super::lora::LoadedAdapter;
 use super::quant::{attend, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-/// The seven projections of a layer, by their PEFT module names.
-pub const SLOTS: [&str; 7] =
-    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+pub use super::llama::SLOTS;
 
 /// Where a decoder's tensors come from, by canonical (HF) name; shapes are checked here.
 pub trait Source {
@@ -27,15 +27,18 @@ pub trait Source {
     fn has(&self, name: &str) -> bool;
 }
 
+/// A layer's projections in `DecoderSpec::slots` order, with their PEFT names and biases.
 struct Layer {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    lin: [QWeight; 7],
-    names: [String; 7],
+    lin: Vec<QWeight>,
+    bias: Vec<Option<Vec<f32>>>,
+    names: Vec<String>,
 }
 
 pub struct Decoder {
     pub cfg: Config,
+    pub opts: DecoderOpts,
     pub n_heads: usize,
     pub n_kv: usize,
     pub head_dim: usize,
@@ -64,34 +67,45 @@ pub struct Row<'a> {
 }
 
 impl Decoder {
-    pub fn new(cfg: Config, src: &mut dyn Source) -> Result<Decoder> {
+    pub fn new(spec: DecoderSpec, src: &mut dyn Source) -> Result<Decoder> {
+        let cfg = spec.cfg.clone();
         let (hidden, nh) = (cfg.hidden_size, cfg.num_attention_heads);
         let (n_kv, hd) = cfg.dims()?;
         let theta = cfg.theta()?;
         let (inter, vocab) = (cfg.intermediate_size, cfg.vocab_size);
+        let shapes = super::llama::layer_shapes(&spec, n_kv, hd);
+        let plus = spec.opts.norm_plus_one;
+        let norm = |src: &mut dyn Source, name: &str| -> Result<Vec<f32>> {
+            let mut v = src.vector(name, hidden)?;
+            if plus {
+                v.iter_mut().for_each(|x| *x += 1.0);
+            }
+            Ok(v)
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let names: [String; 7] = std::array::from_fn(|s| format!("{p}.{}", SLOTS[s]));
-            let shapes = [(nh * hd, hidden), (n_kv * hd, hidden), (n_kv * hd, hidden), (hidden, nh * hd), (inter, hidden), (inter, hidden), (hidden, inter)];
-            let mut lin = Vec::with_capacity(7);
-            for (n, (r, c)) in names.iter().zip(shapes) {
-                lin.push(src.matrix(&format!("{n}.weight"), r, c)?);
+            let names: Vec<String> = spec.slots().iter().map(|s| format!("{p}.{s}")).collect();
+            let (mut lin, mut bias) = (Vec::with_capacity(names.len()), Vec::with_capacity(names.len()));
+            for (n, (r, c)) in names.iter().zip(&shapes) {
+                lin.push(src.matrix(&format!("{n}.weight"), *r, *c)?);
+                let b = format!("{n}.bias");
+                bias.push(if src.has(&b) { Some(src.vector(&b, *r)?) } else { None });
             }
-            let lin: [QWeight; 7] = lin.try_into().map_err(|_| Error::Model("seven projections".into()))?;
-            layers.push(Layer {
-                attn_norm: src.vector(&format!("{p}.input_layernorm.weight"), hidden)?,
-                ffn_norm: src.vector(&format!("{p}.post_attention_layernorm.weight"), hidden)?,
-                lin,
-                names,
-            });
+            let attn_norm = norm(src, &format!("{p}.input_layernorm.weight"))?;
+            let ffn_norm = norm(src, &format!("{p}.post_attention_layernorm.weight"))?;
+            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names });
         }
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
-        let norm = src.vector("model.norm.weight", hidden)?;
+        let norm = norm(src, "model.norm.weight")?;
         let inv_freq = (0..hd / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
         let eos = cfg.eos_ids();
-        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, inv_freq, embed, lm_head, norm, layers, cfg })
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts })
+    }
+
+    fn spec(&self) -> DecoderSpec {
+        DecoderSpec { cfg: self.cfg.clone(), opts: self.opts }
     }
 
     pub fn max_positions(&self) -> usize {
@@ -178,6 +192,10 @@ impl Decoder {
         for (t, &id) in ids.iter().enumerate() {
             self.embed.row(id as usize, &mut x[t * h..][..h])?;
         }
+        if self.opts.embed_scale {
+            let k = (h as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= k);
+        }
         // rotary tables for each token's position
         let half = hd / 2;
         let mut cos = vec![0f32; n * half];
@@ -193,6 +211,11 @@ impl Decoder {
         let (mut xn, mut q, mut k, mut v) = (vec![0f32; n * h], vec![0f32; n * nh * hd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
         let (mut attn, mut tmp) = (vec![0f32; n * nh * hd], vec![0f32; n * h]);
         let (mut g, mut u) = (vec![0f32; n * self.inter], vec![0f32; n * self.inter]);
+        let fused = self.opts.fused;
+        // a fused layer's [q; k; v] and [gate; up] outputs, split after the product
+        let (mut qkv, mut gu) = if fused { (vec![0f32; n * (nh * hd + 2 * kvd)], vec![0f32; n * 2 * self.inter]) } else { (vec![], vec![]) };
+        let spec = self.spec();
+        let act_fn = self.opts.act;
         let eps = self.cfg.rms_norm_eps as f32;
         let scale = 1.0 / (hd as f32).sqrt();
         let rep = nh / nkv;
@@ -200,8 +223,24 @@ impl Decoder {
             rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
-                self.linears(l, &act, &adapters, &mut [(0, &mut q), (1, &mut k), (2, &mut v)])?;
+                if fused {
+                    self.linears(l, &act, &adapters, &mut [(0, &mut qkv)])?;
+                    add_bias(&mut qkv, l.bias[0].as_deref());
+                    let w = nh * hd + 2 * kvd;
+                    for t in 0..n {
+                        let r = &qkv[t * w..][..w];
+                        q[t * nh * hd..][..nh * hd].copy_from_slice(&r[..nh * hd]);
+                        k[t * kvd..][..kvd].copy_from_slice(&r[nh * hd..][..kvd]);
+                        v[t * kvd..][..kvd].copy_from_slice(&r[nh * hd + kvd..]);
+                    }
+                } else {
+                    self.linears(l, &act, &adapters, &mut [(0, &mut q), (1, &mut k), (2, &mut v)])?;
+                    add_bias(&mut q, l.bias[0].as_deref());
+                    add_bias(&mut k, l.bias[1].as_deref());
+                    add_bias(&mut v, l.bias[2].as_deref());
+                }
             }
+            let (o_slot, mlp0) = if fused { (1, 2) } else { (3, 4) };
             rope(&mut q, nh, hd, &cos, &sin);
             rope(&mut k, nkv, hd, &cos, &sin);
             for t in 0..n {
@@ -209,14 +248,16 @@ impl Decoder {
             }
             {
                 let caches: Vec<(&[f32], &[f32])> = rows.iter().map(|r| (r.cache.k[li].as_slice(), r.cache.v[li].as_slice())).collect();
-                let (q, tok_row, tok_pos) = (&q, &tok_row, &tok_pos);
+                let (q, tok_row, tok_pos, spec) = (&q, &tok_row, &tok_pos, &spec);
                 let one = |(i, out): (usize, &mut [f32])| {
                     let (t, head) = (i / nh, i % nh);
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
+                    // a sliding window starts the keys later: attend over the cache from `lo`
+                    let lo = spec.window_start(p);
                     let off = (head / rep) * hd;
                     let qh = &q[t * nh * hd + head * hd..][..hd];
-                    attend(qh, kc, vc, kvd, off, p, scale, out);
+                    attend(qh, &kc[lo * kvd..], &vc[lo * kvd..], kvd, off, p - lo, scale, out);
                 };
                 // each (token, head) is independent; small steps stay on this thread
                 let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();
@@ -228,18 +269,36 @@ impl Decoder {
             }
             {
                 let act = Act::new(&attn, n, nh * hd);
-                self.linears(l, &act, &adapters, &mut [(3, &mut tmp)])?;
+                self.linears(l, &act, &adapters, &mut [(o_slot, &mut tmp)])?;
+                add_bias(&mut tmp, l.bias[o_slot].as_deref());
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
-                self.linears(l, &act, &adapters, &mut [(4, &mut g), (5, &mut u)])?;
+                let it = self.inter;
+                if fused {
+                    self.linears(l, &act, &adapters, &mut [(mlp0, &mut gu)])?;
+                    add_bias(&mut gu, l.bias[mlp0].as_deref());
+                    for t in 0..n {
+                        g[t * it..][..it].copy_from_slice(&gu[t * 2 * it..][..it]);
+                        u[t * it..][..it].copy_from_slice(&gu[t * 2 * it + it..][..it]);
+                    }
+                } else {
+                    self.linears(l, &act, &adapters, &mut [(mlp0, &mut g), (mlp0 + 1, &mut u)])?;
+                    add_bias(&mut g, l.bias[mlp0].as_deref());
+                    add_bias(&mut u, l.bias[mlp0 + 1].as_deref());
+                }
             }
-            g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b);
+            match act_fn {
+                super::llama::MlpAct::Silu => g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b),
+                other => g.iter_mut().zip(&u).for_each(|(a, b)| *a = other.apply(*a) * b),
+            }
+            let down = l.lin.len() - 1;
             {
                 let act = Act::new(&g, n, self.inter);
-                self.linears(l, &act, &adapters, &mut [(6, &mut tmp)])?;
+                self.linears(l, &act, &adapters, &mut [(down, &mut tmp)])?;
+                add_bias(&mut tmp, l.bias[down].as_deref());
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
@@ -318,6 +377,13 @@ impl Copies<'_> {
             Copies::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
             Copies::F16(c) => (Half::F16(&c.0), Half::F16x8(&c.1)),
         }
+    }
+}
+
+/// Adds a bias to each of its width's rows of `y`.
+fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        y.chunks_mut(b.len()).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += b));
     }
 }
 

@@ -1,6 +1,10 @@
-//! Llama-family decoder (`LlamaForCausalLM` layout): RMSNorm, RoPE (default type), grouped-
-//! query attention, SwiGLU MLP, tied or untied embeddings, a KV cache for generation. Every
-//! projection sits behind the `LoraLinear` seam. Owns only the architecture math.
+//! The one Llama-family decoder in candle (training, merging, accelerators): RMSNorm, RoPE
+//! (default type), grouped-query attention, gated MLP, tied or untied embeddings, a KV cache.
+//! A family (`model::family`) hands it a `DecoderSpec`: Llama's config plus the options that
+//! distinguish Mistral (sliding window), Qwen2 (q/k/v biases, read from the weights), Gemma
+//! (`(1 + w)` norms, scaled embeddings, GeGLU) and Phi-3 (fused `qkv_proj`/`gate_up_proj`).
+//! Every projection sits behind the `LoraLinear` seam; a LoRA on a fused projection applies to
+//! its fused output, as PEFT's does. Owns only the architecture math.
 
 use super::lora::{embed, rms_norm, softmax, Ctx, LoraLinear};
 use super::Weights;
@@ -45,6 +49,83 @@ fn max_pos() -> usize {
     2048
 }
 
+/// The gated MLP's activation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MlpAct {
+    #[default]
+    Silu,
+    /// `gelu_pytorch_tanh` (Gemma's GeGLU).
+    GeluTanh,
+}
+
+impl MlpAct {
+    /// From a config's activation name.
+    pub fn parse(name: Option<&str>) -> Result<MlpAct> {
+        match name.unwrap_or("silu") {
+            "silu" | "swish" => Ok(MlpAct::Silu),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(MlpAct::GeluTanh),
+            a => Err(Error::Model(format!("hidden_act {a:?} is not supported (silu, gelu_pytorch_tanh)"))),
+        }
+    }
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            MlpAct::Silu => x / (1.0 + (-x).exp()),
+            MlpAct::GeluTanh => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
+        }
+    }
+}
+
+/// What distinguishes one decoder family from Llama.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecoderOpts {
+    /// RMSNorm scales by `1 + w` (Gemma).
+    pub norm_plus_one: bool,
+    /// Embeddings are multiplied by √hidden (Gemma).
+    pub embed_scale: bool,
+    pub act: MlpAct,
+    /// Each query sees at most this many keys, itself included (Mistral).
+    pub sliding_window: Option<usize>,
+    /// `qkv_proj` and `gate_up_proj` instead of separate projections (Phi-3).
+    pub fused: bool,
+}
+
+/// A decoder as a family describes it.
+#[derive(Clone, Debug)]
+pub struct DecoderSpec {
+    pub cfg: Config,
+    pub opts: DecoderOpts,
+}
+
+impl DecoderSpec {
+    /// A plain Llama (also what a llama GGUF file describes).
+    pub fn llama(cfg: Config) -> Result<DecoderSpec> {
+        let act = MlpAct::parse(cfg.hidden_act.as_deref())?;
+        if act != MlpAct::Silu {
+            return Err(Error::Model(format!("hidden_act {:?} is not Llama's (silu)", cfg.hidden_act)));
+        }
+        cfg.dims()?;
+        Ok(DecoderSpec { cfg, opts: DecoderOpts::default() })
+    }
+    /// `(layer prefix, slot)` names of a layer's projections, in the order the decoders hold them.
+    pub fn slots(&self) -> &'static [&'static str] {
+        if self.opts.fused {
+            &FUSED_SLOTS
+        } else {
+            &SLOTS
+        }
+    }
+    /// Whether a query at `q` may see the key at `k` (`k <= q`).
+    pub fn window_start(&self, q: usize) -> usize {
+        self.opts.sliding_window.map_or(0, |w| (q + 1).saturating_sub(w))
+    }
+}
+
+/// The seven projections of a layer, by their PEFT module names.
+pub const SLOTS: [&str; 7] =
+    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+/// A fused layer's four (Phi-3): `[q; k; v]`, o, `[gate; up]`, down.
+pub const FUSED_SLOTS: [&str; 4] = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
+
 impl Config {
     pub(crate) fn theta(&self) -> Result<f64> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
@@ -65,9 +146,6 @@ impl Config {
     /// `(num_key_value_heads, head_dim)`, after checking the activation and that the head counts
     /// and sizes fit.
     pub fn dims(&self) -> Result<(usize, usize)> {
-        if self.hidden_act.as_deref().is_some_and(|a| a != "silu") {
-            return Err(Error::Model(format!("hidden_act {:?} is not supported (silu)", self.hidden_act)));
-        }
         let (hidden, nh) = (self.hidden_size, self.num_attention_heads);
         if nh == 0 || hidden == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
             return Err(Error::Model("config: hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into()));
@@ -94,22 +172,18 @@ impl Config {
     }
 }
 
+/// A layer's projections, in the order of `DecoderSpec::slots`.
 #[derive(Clone, Debug)]
 struct Layer {
     input_norm: Tensor,
-    q: LoraLinear,
-    k: LoraLinear,
-    v: LoraLinear,
-    o: LoraLinear,
     post_norm: Tensor,
-    gate: LoraLinear,
-    up: LoraLinear,
-    down: LoraLinear,
+    lin: Vec<LoraLinear>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Llama {
     pub cfg: Config,
+    pub opts: DecoderOpts,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -136,27 +210,35 @@ impl Cache {
 }
 
 impl Llama {
-    pub fn new(cfg: Config, w: &Weights, device: &Device) -> Result<Llama> {
-        let (n_kv, head_dim) = cfg.dims()?;
+    pub fn new(spec: DecoderSpec, w: &Weights, device: &Device) -> Result<Llama> {
+        let (n_kv, head_dim) = spec.cfg.dims()?;
+        let cfg = &spec.cfg;
+        let (h, nh, inter) = (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size);
+        let shapes = layer_shapes(&spec, n_kv, head_dim);
+        let norm = |name: &str| -> Result<Tensor> {
+            let t = super::bert::vector(w, name, h)?;
+            Ok(if spec.opts.norm_plus_one { (t + 1.0)? } else { t })
+        };
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                input_norm: w.get(&format!("{p}.input_layernorm.weight"))?,
-                q: w.linear(&format!("{p}.self_attn.q_proj"), false)?,
-                k: w.linear(&format!("{p}.self_attn.k_proj"), false)?,
-                v: w.linear(&format!("{p}.self_attn.v_proj"), false)?,
-                o: w.linear(&format!("{p}.self_attn.o_proj"), false)?,
-                post_norm: w.get(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate: w.linear(&format!("{p}.mlp.gate_proj"), false)?,
-                up: w.linear(&format!("{p}.mlp.up_proj"), false)?,
-                down: w.linear(&format!("{p}.mlp.down_proj"), false)?,
-            });
+            let mut lin = Vec::with_capacity(shapes.len());
+            for (slot, (rows, cols)) in spec.slots().iter().zip(&shapes) {
+                let name = format!("{p}.{slot}");
+                let weight = super::bert::matrix(w, &format!("{name}.weight"), Some(*rows), *cols)?;
+                let bias = match w.has(&format!("{name}.bias")) {
+                    true => Some(super::bert::vector(w, &format!("{name}.bias"), *rows)?),
+                    false => None,
+                };
+                lin.push(LoraLinear::new(name, weight, bias));
+            }
+            layers.push(Layer { input_norm: norm(&format!("{p}.input_layernorm.weight"))?, post_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?, lin });
         }
-        let embed = w.get("model.embed_tokens.weight")?;
-        let lm_head = match w.get_opt("lm_head.weight") {
-            Some(h) if !cfg.tie_word_embeddings => h,
-            _ => embed.clone(),
+        let _ = (nh, inter);
+        let embed = super::bert::matrix(w, "model.embed_tokens.weight", Some(cfg.vocab_size), h)?;
+        let lm_head = match w.has("lm_head.weight") && !cfg.tie_word_embeddings {
+            true => super::bert::matrix(w, "lm_head.weight", Some(cfg.vocab_size), h)?,
+            false => embed.clone(),
         };
         let theta = cfg.theta()?;
         let half = head_dim / 2;
@@ -165,11 +247,16 @@ impl Llama {
         let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
         let freqs = t.broadcast_mul(&inv)?;
         let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
-        Ok(Llama { cos: freqs.cos()?, sin: freqs.sin()?, embed, layers, norm: w.get("model.norm.weight")?, lm_head, n_kv, head_dim, cfg })
+        let norm_w = norm("model.norm.weight")?;
+        Ok(Llama { cos: freqs.cos()?, sin: freqs.sin()?, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })
+    }
+
+    pub fn spec(&self) -> DecoderSpec {
+        DecoderSpec { cfg: self.cfg.clone(), opts: self.opts }
     }
 
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
-        self.layers.iter_mut().flat_map(|l| [&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down])
+        self.layers.iter_mut().flat_map(|l| l.lin.iter_mut())
     }
 
     pub fn lm_head(&self) -> &Tensor {
@@ -199,8 +286,13 @@ impl Llama {
         let hd = self.head_dim;
         let rep = nh / self.n_kv;
         // additive mask [b, 1, s, total]: causal, and padding keys masked out
-        let causal: Vec<f32> =
-            (0..s).flat_map(|i| (0..total).map(move |j| if j <= pos0 + i { 0.0 } else { -1e9 })).collect();
+        let spec = self.spec();
+        let causal: Vec<f32> = (0..s)
+            .flat_map(|i| {
+                let lo = spec.window_start(pos0 + i);
+                (0..total).map(move |j| if j <= pos0 + i && j >= lo { 0.0 } else { -1e9 })
+            })
+            .collect();
         let mut bias = Tensor::from_vec(causal, (1, 1, s, total), dev)?;
         if let Some(m) = mask {
             let pad = ((m.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, total))?;
@@ -212,12 +304,22 @@ impl Llama {
             }
         }
         let mut x = embed(&self.embed, ids)?;
+        if self.opts.embed_scale {
+            x = (x * (self.cfg.hidden_size as f64).sqrt() as f32 as f64)?;
+        }
         let scale = 1.0 / (hd as f64).sqrt();
+        let kvd = self.n_kv * hd;
         for (li, l) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &l.input_norm, self.cfg.rms_norm_eps, ctx.train)?;
-            let q = l.q.forward(&h, ctx)?.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = l.k.forward(&h, ctx)?.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = l.v.forward(&h, ctx)?.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
+            let (q, k, v, o, mlp) = if self.opts.fused {
+                let qkv = l.lin[0].forward(&h, ctx)?;
+                (qkv.narrow(2, 0, nh * hd)?, qkv.narrow(2, nh * hd, kvd)?, qkv.narrow(2, nh * hd + kvd, kvd)?, &l.lin[1], &l.lin[2..])
+            } else {
+                (l.lin[0].forward(&h, ctx)?, l.lin[1].forward(&h, ctx)?, l.lin[2].forward(&h, ctx)?, &l.lin[3], &l.lin[4..])
+            };
+            let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
+            let v = v.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
             let q = self.rope(&q, pos0)?;
             let mut k = self.rope(&k, pos0)?;
             let mut v = v;
@@ -243,11 +345,20 @@ impl Llama {
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
             let probs = softmax(&scores, ctx.train)?;
             let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-            x = (x + l.o.forward(&attn, ctx)?)?;
+            x = (x + o.forward(&attn, ctx)?)?;
             let h = rms_norm(&x, &l.post_norm, self.cfg.rms_norm_eps, ctx.train)?;
-            let g = l.gate.forward(&h, ctx)?.silu()?;
-            let u = l.up.forward(&h, ctx)?;
-            x = (x + l.down.forward(&(g * u)?, ctx)?)?;
+            let (g, u, down) = if self.opts.fused {
+                let gu = mlp[0].forward(&h, ctx)?;
+                let i = gu.dim(2)? / 2;
+                (gu.narrow(2, 0, i)?, gu.narrow(2, i, i)?, &mlp[1])
+            } else {
+                (mlp[0].forward(&h, ctx)?, mlp[1].forward(&h, ctx)?, &mlp[2])
+            };
+            let g = match self.opts.act {
+                MlpAct::Silu => g.silu()?,
+                MlpAct::GeluTanh => g.gelu()?,
+            };
+            x = (x + down.forward(&(g * u)?, ctx)?)?;
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, ctx.train)
     }
@@ -257,6 +368,16 @@ impl Llama {
         let h = self.hidden(ids, mask, pos0, cache, ctx)?;
         let (b, s, d) = h.dims3()?;
         Ok(h.reshape((b * s, d))?.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?)
+    }
+}
+
+/// `[rows, cols]` of each projection of a layer, in `spec.slots()` order.
+pub(crate) fn layer_shapes(spec: &DecoderSpec, n_kv: usize, hd: usize) -> Vec<(usize, usize)> {
+    let (h, nh, inter) = (spec.cfg.hidden_size, spec.cfg.num_attention_heads, spec.cfg.intermediate_size);
+    if spec.opts.fused {
+        vec![((nh + 2 * n_kv) * hd, h), (h, nh * hd), (2 * inter, h), (h, inter)]
+    } else {
+        vec![(nh * hd, h), (n_kv * hd, h), (n_kv * hd, h), (h, nh * hd), (inter, h), (inter, h), (h, inter)]
     }
 }
 

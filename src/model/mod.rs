@@ -7,6 +7,7 @@ pub mod bert;
 pub mod bert_cpu;
 pub mod chat;
 pub mod decoder;
+pub mod family;
 pub mod generation;
 pub mod gguf;
 pub mod kv_cache;
@@ -15,7 +16,7 @@ pub mod lora;
 pub mod quant;
 pub mod qx8;
 
-use crate::base::{Arch, BaseDir};
+use crate::base::BaseDir;
 use crate::error::{Error, IoContext, Result};
 use crate::peft::safetensors::write_f32;
 use candle_core::{DType, Device, Tensor};
@@ -57,10 +58,13 @@ impl Weights {
     }
 }
 
+/// The two implementations every family's base runs on.
 #[derive(Clone, Debug)]
 pub enum Net {
-    Bert(bert::Bert),
-    Llama(llama::Llama),
+    /// A BERT-family encoder (sequence classification).
+    Encoder(bert::Bert),
+    /// A Llama-family decoder in candle (training, merging, accelerators).
+    CausalLm(llama::Llama),
     /// A GGUF base: generation only, through `Engine::decoder` (no candle model to train or
     /// merge into).
     Gguf,
@@ -250,7 +254,7 @@ impl Engine {
             let g = gguf::Gguf::open(&path)?;
             let cfg: llama::Config = serde_json::from_value(base.config.clone()).map_err(|e| Error::json(path.display().to_string(), e))?;
             let max_len = cfg.max_position_embeddings;
-            let dec = decoder::Decoder::new(cfg, &mut g.source(dtype)?)?;
+            let dec = decoder::Decoder::new(llama::DecoderSpec::llama(cfg)?, &mut g.source(dtype)?)?;
             let (tok, chat) = gguf_text(&g)?;
             return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
         }
@@ -272,41 +276,39 @@ impl Engine {
     }
 
     fn from_weights(base: BaseDir, w: Weights, device: Device, with_decoder: bool) -> Result<Engine> {
-        let cfg_err = |e: serde_json::Error| Error::json(format!("{}/config.json", base.dir.display()), e);
-        let (net, max_len, pad) = match base.arch {
-            Arch::Bert => {
-                let cfg: bert::Config = serde_json::from_value(base.config.clone()).map_err(cfg_err)?;
-                cfg.validate()?;
-                let (m, p) = (cfg.max_position_embeddings, cfg.pad_token_id);
-                (Net::Bert(bert::Bert::new(cfg, &w)?), m, p)
+        let (net, max_len, pad) = match base.arch.family().build {
+            family::Build::Encoder(spec) => {
+                let spec = spec(&base.config)?;
+                let (m, p) = (spec.cfg.max_position_embeddings - spec.position_offset, spec.cfg.pad_token_id);
+                (Net::Encoder(bert::Bert::new(spec, &w)?), m, p)
             }
-            Arch::Llama => {
-                let cfg: llama::Config = serde_json::from_value(base.config.clone()).map_err(cfg_err)?;
-                let m = cfg.max_position_embeddings;
-                (Net::Llama(llama::Llama::new(cfg, &w, &device)?), m, None)
+            family::Build::Decoder(spec) => {
+                let spec = spec(&base.config)?;
+                let (m, p) = (spec.cfg.max_position_embeddings, None);
+                (Net::CausalLm(llama::Llama::new(spec, &w, &device)?), m, p)
             }
         };
         let decoder = match &net {
-            Net::Llama(l) if device.is_cpu() && with_decoder => Some(Arc::new(decoder::Decoder::new(l.cfg.clone(), &mut WeightsSource(&w))?)),
+            Net::CausalLm(l) if device.is_cpu() && with_decoder => Some(Arc::new(decoder::Decoder::new(l.spec(), &mut WeightsSource(&w))?)),
             _ => None,
         };
         let tp = base.tokenizer_path();
         let tok = if tp.is_file() && base.gguf.is_none() { Some(Tok::load(&tp, pad)?) } else { None };
         let labels = base.labels();
-        let chat = if base.arch == Arch::Llama && base.gguf.is_none() { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
+        let chat = if !base.arch.is_encoder() && base.gguf.is_none() { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
         Ok(Engine { base, net, tok, device, labels, max_len, decoder, chat })
     }
 
     /// Whether this base generates text.
     pub fn is_causal_lm(&self) -> bool {
-        matches!(self.net, Net::Llama(_) | Net::Gguf)
+        matches!(self.net, Net::CausalLm(_) | Net::Gguf)
     }
 
     /// End-of-sequence ids of a causal LM.
     pub fn eos_ids(&self) -> Vec<u32> {
         match (&self.decoder, &self.net) {
             (Some(d), _) => d.eos.clone(),
-            (None, Net::Llama(l)) => l.cfg.eos_ids(),
+            (None, Net::CausalLm(l)) => l.cfg.eos_ids(),
             _ => vec![],
         }
     }
@@ -350,7 +352,7 @@ impl Engine {
     /// head, the adapter's saved one or the base's own. Checked before a request joins a batch,
     /// so a request that cannot run is refused alone (`InvalidArgument`) and fails no other.
     pub fn check_classifier(&self, a: Option<&LoadedAdapter>) -> Result<()> {
-        let Net::Bert(m) = &self.net else { return Err(Error::InvalidArgument("this base is not a classifier (use /v1/completions)".into())) };
+        let Net::Encoder(m) = &self.net else { return Err(Error::InvalidArgument("this base is not a classifier (use /v1/completions)".into())) };
         m.head_for(a).map(|_| ()).map_err(|_| {
             Error::InvalidArgument(match a {
                 None => "this base has no classification head: name an adapter that saves one (modules_to_save)".into(),
@@ -361,7 +363,7 @@ impl Engine {
 
     /// Classifies pre-tokenized rows (BERT).
     pub fn classify_batch(&self, batch: &Batch, routing: &Routing) -> Result<Vec<Prediction>> {
-        let Net::Bert(m) = &self.net else { return Err(Error::Model("classification needs a BERT base".into())) };
+        let Net::Encoder(m) = &self.net else { return Err(Error::Model("classification needs a BERT base".into())) };
         let ctx = Ctx::infer(routing);
         let logits = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
         Ok(logits
@@ -418,7 +420,7 @@ impl Engine {
                 let a = adapter.as_deref();
                 (512, Box::new(move |input, cache| Ok(dec.step(&mut [decoder::Row { tokens: input, cache, adapter: a }])?.remove(0))))
             }
-            (None, Net::Llama(m)) => {
+            (None, Net::CausalLm(m)) => {
                 let (ctx, dev) = (&ctx, &self.device);
                 let cache = &mut candle_cache;
                 (
@@ -450,8 +452,8 @@ impl Engine {
 
     pub fn linears_mut(&mut self) -> Box<dyn Iterator<Item = &mut LoraLinear> + '_> {
         match &mut self.net {
-            Net::Bert(b) => Box::new(b.linears_mut()),
-            Net::Llama(l) => Box::new(l.linears_mut()),
+            Net::Encoder(b) => Box::new(b.linears_mut()),
+            Net::CausalLm(l) => Box::new(l.linears_mut()),
             Net::Gguf => Box::new(std::iter::empty()),
         }
     }
@@ -483,9 +485,10 @@ impl Engine {
         if done != a.modules.len() {
             return Err(Error::Model(format!("adapter {} targets {} modules, {done} found in the base", a.id, a.modules.len())));
         }
+        let base_arch = self.base.arch;
         if sign > 0.0 {
-            if let Net::Bert(b) = &mut self.net {
-                if a.saved.contains_key("classifier.weight") || a.saved.contains_key("score.weight") {
+            if let Net::Encoder(b) = &mut self.net {
+                if a.saved.keys().any(|k| k.rsplit_once('.').is_some_and(|(m, _)| base_arch.is_head_module(m))) {
                     b.classifier = Some(b.head_for(Some(a))?);
                     if !a.labels.is_empty() {
                         self.labels = a.labels.clone();
@@ -503,17 +506,29 @@ impl Engine {
             out.insert(name.to_string(), t.clone());
         };
         match &self.net {
-            Net::Bert(b) => {
+            Net::Encoder(b) => {
                 let mut b = b.clone();
                 for l in b.linears_mut() {
                     put(&format!("{}.weight", l.name), &l.weight);
                 }
                 if let Some(h) = &b.classifier {
-                    put("classifier.weight", &h.weight);
-                    put("classifier.bias", &h.bias);
+                    let modules = b.head_modules();
+                    for (m, is_pre) in modules {
+                        match (is_pre, &h.pre) {
+                            (true, Some((w, bias, _))) => {
+                                put(&format!("{m}.weight"), w);
+                                put(&format!("{m}.bias"), bias);
+                            }
+                            (true, None) => {}
+                            (false, _) => {
+                                put(&format!("{m}.weight"), &h.weight);
+                                put(&format!("{m}.bias"), &h.bias);
+                            }
+                        }
+                    }
                 }
             }
-            Net::Llama(m) => {
+            Net::CausalLm(m) => {
                 let mut m = m.clone();
                 for l in m.linears_mut() {
                     put(&format!("{}.weight", l.name), &l.weight);
@@ -538,26 +553,27 @@ impl Engine {
         crate::util::atomic_write(&out.join("model.safetensors"), &write_f32(&tensors))?;
         let mut cfg = self.base.config.clone();
         if let Some(o) = cfg.as_object_mut() {
-            match self.base.arch {
-                Arch::Bert if tensors.contains_key("classifier.weight") => {
-                    o.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
-                    let labels = if self.labels.is_empty() {
-                        let n = tensors["classifier.weight"].0[0];
-                        (0..n).map(|i| format!("LABEL_{i}")).collect()
-                    } else {
-                        self.labels.clone()
-                    };
-                    let id2: serde_json::Map<String, serde_json::Value> =
-                        labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
-                    let l2i: serde_json::Map<String, serde_json::Value> =
-                        labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
-                    o.insert("id2label".into(), id2.into());
-                    o.insert("label2id".into(), l2i.into());
-                }
-                Arch::Llama => {
-                    o.insert("architectures".into(), serde_json::json!(["LlamaForCausalLM"]));
-                }
-                _ => {}
+            let fam = self.base.arch.family();
+            let head = match &self.net {
+                Net::Encoder(b) => b.names.head.out.iter().find(|o| tensors.contains_key(&format!("{o}.weight"))).map(|o| format!("{o}.weight")),
+                _ => None,
+            };
+            if let Some(head) = head {
+                o.insert("architectures".into(), serde_json::json!([fam.task_architecture]));
+                let labels = if self.labels.is_empty() {
+                    let n = tensors[&head].0[0];
+                    (0..n).map(|i| format!("LABEL_{i}")).collect()
+                } else {
+                    self.labels.clone()
+                };
+                let id2: serde_json::Map<String, serde_json::Value> =
+                    labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+                let l2i: serde_json::Map<String, serde_json::Value> =
+                    labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+                o.insert("id2label".into(), id2.into());
+                o.insert("label2id".into(), l2i.into());
+            } else if !fam.is_encoder() {
+                o.insert("architectures".into(), serde_json::json!([fam.task_architecture]));
             }
         }
         let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serializes");

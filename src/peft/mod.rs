@@ -250,10 +250,16 @@ pub fn classify_key(key: &str, modules_to_save: &[String]) -> Result<KeyKind> {
         return Err(Error::UnsupportedAdapter(format!("{key}: embedding LoRA / DoRA tensors are not supported")));
     }
     if let Some((module, param)) = rest.rsplit_once('.') {
-        let module = module.strip_suffix(".modules_to_save.default").unwrap_or(module);
-        let top = module.rsplit('.').next().unwrap_or(module);
-        if modules_to_save.iter().any(|m| m == module || m == top) {
-            return Ok(KeyKind::Saved(module.into(), param.into()));
+        let module = module.replace(".modules_to_save.default", "");
+        // PEFT's rule: a saved module is named whole or by a dotted suffix, and the key lies
+        // in it or in one of its submodules (`classifier` holds `classifier.dense.weight`)
+        let parts: Vec<&str> = module.split('.').collect();
+        let inside = (1..=parts.len()).any(|n| {
+            let ancestor = parts[..n].join(".");
+            modules_to_save.iter().any(|m| ancestor == *m || ancestor.ends_with(&format!(".{m}")))
+        });
+        if inside {
+            return Ok(KeyKind::Saved(module, param.into()));
         }
     }
     Err(Error::TensorMismatch { tensor: key.into(), detail: "neither a LoRA tensor nor a modules_to_save tensor".into() })

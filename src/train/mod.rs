@@ -120,7 +120,7 @@ impl Trainer {
     /// `labels` is the classifier's label list (seq-cls) or empty (causal LM).
     pub fn new(mut engine: Engine, task: Task, spec: LoraSpec, labels: Vec<String>) -> Result<Trainer> {
         match (&engine.net, task) {
-            (Net::Bert(_), Task::SeqCls) | (Net::Llama(_), Task::CausalLm) => {}
+            (Net::Encoder(_), Task::SeqCls) | (Net::CausalLm(_), Task::CausalLm) => {}
             (Net::Gguf, _) => return Err(Error::Recipe("training needs a safetensors base (a GGUF base is quantized); dequantize it to a directory first".into())),
             _ => return Err(Error::Recipe(format!("task {task:?} does not fit a {} base", engine.base.arch.name()))),
         }
@@ -151,29 +151,48 @@ impl Trainer {
             vars.push((format!("{}{m}.lora_B.weight", peft::KEY_PREFIX), b));
         }
         let mut saved = std::collections::HashMap::new();
-        if let Net::Bert(bert) = &engine.net {
+        if let Net::Encoder(bert) = &engine.net {
             let n = labels.len();
             let hidden = bert.cfg.hidden_size;
-            if spec.modules_to_save.iter().any(|m| m == "classifier") {
-                let (w, b) = match &bert.classifier {
-                    Some(h) if h.weight.dims()[0] == n => (h.weight.to_device(&dev)?.copy()?, h.bias.to_device(&dev)?.copy()?),
-                    _ => {
-                        let w: Vec<f32> = (0..n * hidden).map(|_| rng.normal(0.02)).collect();
-                        (Tensor::from_vec(w, (n, hidden), &dev)?, Tensor::zeros(n, DType::F32, &dev)?)
+            let base_head = bert.classifier.as_ref();
+            // PEFT's rule: a head module is trained when modules_to_save names it or a module it
+            // lies in, whole or by a dotted suffix
+            let trained = |m: &str| {
+                spec.modules_to_save.iter().any(|t| {
+                    let inside = |x: &str| x == t || x.ends_with(&format!(".{t}"));
+                    let parts: Vec<&str> = m.split('.').collect();
+                    (1..=parts.len()).any(|k| inside(&parts[..k].join(".")))
+                })
+            };
+            for (m, is_pre) in bert.head_modules() {
+                let rows = if is_pre { hidden } else { n };
+                let from_base = base_head.and_then(|h| match is_pre {
+                    true => h.pre.as_ref().map(|(w, b, _)| (w.clone(), b.clone())),
+                    false => Some((h.weight.clone(), h.bias.clone())),
+                });
+                let from_base = from_base.filter(|(w, _)| w.dims()[0] == rows);
+                if !trained(m) {
+                    if from_base.is_none() {
+                        return Err(Error::Recipe(format!(
+                            "the base has no {m} with {rows} outputs: add \"{}\" to lora.modules_to_save",
+                            m.split('.').next().unwrap_or(m)
+                        )));
+                    }
+                    continue;
+                }
+                let (w, b) = match from_base {
+                    Some((w, b)) => (w.to_device(&dev)?.copy()?, b.to_device(&dev)?.copy()?),
+                    None => {
+                        // transformers' init of a head the checkpoint lacks: N(0, 0.02), zero bias
+                        let w: Vec<f32> = (0..rows * hidden).map(|_| rng.normal(0.02)).collect();
+                        (Tensor::from_vec(w, (rows, hidden), &dev)?, Tensor::zeros(rows, DType::F32, &dev)?)
                     }
                 };
                 let (w, b) = (Var::from_tensor(&w)?, Var::from_tensor(&b)?);
-                saved.insert("classifier.weight".to_string(), w.as_tensor().clone());
-                saved.insert("classifier.bias".to_string(), b.as_tensor().clone());
-                vars.push((format!("{}classifier.bias", peft::KEY_PREFIX), b));
-                vars.push((format!("{}classifier.weight", peft::KEY_PREFIX), w));
-            } else {
-                match &bert.classifier {
-                    Some(h) if h.weight.dims()[0] == n => {}
-                    _ => return Err(Error::Recipe(format!(
-                        "the base has no classifier with {n} labels: add \"classifier\" to lora.modules_to_save"
-                    ))),
-                }
+                saved.insert(format!("{m}.weight"), w.as_tensor().clone());
+                saved.insert(format!("{m}.bias"), b.as_tensor().clone());
+                vars.push((format!("{}{m}.bias", peft::KEY_PREFIX), b));
+                vars.push((format!("{}{m}.weight", peft::KEY_PREFIX), w));
             }
         }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -206,17 +225,17 @@ impl Trainer {
         let ctx = self.ctx(&routing, train);
         let logits = match &self.engine.net {
             // evaluation: the inference forward (bert_cpu's on the CPU)
-            Net::Bert(b) if !train => {
+            Net::Encoder(b) if !train => {
                 let rows = b.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
                 let n_labels = rows.first().map_or(0, |r| r.len());
                 Tensor::from_vec(rows.concat(), (rows.len(), n_labels), &self.engine.device)?
             }
-            Net::Bert(b) => {
+            Net::Encoder(b) => {
                 let pooled = b.pooled(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
                 let head: Head = b.head_for(Some(adapter))?;
                 apply_head(&pooled, &head)?
             }
-            Net::Llama(l) => {
+            Net::CausalLm(l) => {
                 let h = l.hidden(&batch.ids, Some(&batch.mask), 0, None, &ctx)?;
                 let (b, s, d) = h.dims3()?;
                 h.reshape((b * s, d))?.matmul(&l.lm_head().t()?)?
@@ -238,11 +257,13 @@ impl Trainer {
     /// The batch loss and the gradient of every trainable tensor, with seconds spent in the
     /// forward and the backward.
     fn loss_and_grads(&self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>) -> Result<(f64, GradStore, f64, f64)> {
-        if let (GradPath::Auto, None, Net::Bert(bert)) = (self.grad_path, weights, &self.engine.net) {
+        if let (GradPath::Auto, None, Net::Encoder(bert)) = (self.grad_path, weights, &self.engine.net) {
             if bert_cpu::supported(bert, &self.engine.device) {
                 let a = &self.train_adapter;
                 let head = bert.head_for(Some(a))?;
-                let trainable = a.saved.contains_key("classifier.weight");
+                let modules = bert.head_modules();
+                let has = |pre: bool| modules.iter().any(|(m, p)| *p == pre && a.saved.contains_key(&format!("{m}.weight")));
+                let trainable = (has(true), has(false));
                 let t = targets.to_vec1::<u32>()?;
                 let g = bert_cpu::loss_and_grads(bert, &a.modules, &head, trainable, batch, &t, self.spec.dropout, &mut self.step_rng())?;
                 let mut store = GradStore::default();
@@ -255,6 +276,10 @@ impl Trainer {
                 if let Some((dw, db)) = g.head {
                     store.insert(&head.weight, Tensor::from_vec(dw, head.weight.shape(), dev)?);
                     store.insert(&head.bias, Tensor::from_vec(db, head.bias.shape(), dev)?);
+                }
+                if let (Some((dw, db)), Some((w, b, _))) = (g.head_pre, &head.pre) {
+                    store.insert(w, Tensor::from_vec(dw, w.shape(), dev)?);
+                    store.insert(b, Tensor::from_vec(db, b.shape(), dev)?);
                 }
                 return Ok((g.loss, store, g.forward_s, g.backward_s));
             }
@@ -361,7 +386,7 @@ impl Trainer {
             }
             Task::CausalLm => {
                 let eos = match &self.engine.net {
-                    Net::Llama(l) => l.cfg.eos_ids().first().copied(),
+                    Net::CausalLm(l) => l.cfg.eos_ids().first().copied(),
                     _ => None,
                 };
                 let mut rows = vec![];

@@ -53,7 +53,7 @@ fn run_combine(inputs: &[(&Files, f64)], spec: &Spec) -> loradex::Result<combine
         .iter()
         .map(|(f, w)| combine::Input { name: &f.name, config_bytes: &f.config, weights_bytes: &f.weights, weight: *w })
         .collect();
-    combine::combine(Some(Arch::Llama), &ins, spec)
+    combine::combine(Some(Arch::by_name("llama").unwrap()), &ins, spec)
 }
 
 fn spec(method: Method, density: Option<f64>) -> Spec {
@@ -101,7 +101,7 @@ fn engine() -> Engine {
 /// The largest difference between the fixture llama's logits with `routing` and `exp[want]`,
 /// over positions where the attention mask is 1.
 fn logits_diff(e: &Engine, routing: &Routing, exp: &HashMap<String, Tensor>, want: &str) -> f32 {
-    let Net::Llama(m) = &e.net else { panic!("not a llama engine") };
+    let Net::CausalLm(m) = &e.net else { panic!("not a llama engine") };
     let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_device(&e.device).unwrap();
     let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap().to_device(&e.device).unwrap();
     let got = m.forward(&ids, Some(&mask), 0, None, &Ctx::infer(routing)).unwrap();
@@ -454,7 +454,7 @@ fn incompatible_inputs_are_refused_with_peft_s_reasons() {
     assert_eq!(cfg["target_modules"], "(q_proj|v_proj)|(q_proj|v_proj)");
     // whole saved modules (a classification head) and DoRA are refused, not dropped
     let bert = files(&bert().join("adapter"), "bert-head");
-    let e = combine::combine(Some(Arch::Bert), &[combine::Input { name: "bert-head", config_bytes: &bert.config, weights_bytes: &bert.weights, weight: 1.0 }], &spec(Method::Linear, None)).unwrap_err();
+    let e = combine::combine(Some(Arch::by_name("bert").unwrap()), &[combine::Input { name: "bert-head", config_bytes: &bert.config, weights_bytes: &bert.weights, weight: 1.0 }], &spec(Method::Linear, None)).unwrap_err();
     assert!(matches!(e, Error::Combine(CombineError::Unsupported { .. })) && e.to_string().contains("modules_to_save"), "{e}");
     // a module of another shape (another base)
     let mut t = tensors(&d0.weights);

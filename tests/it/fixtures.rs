@@ -76,7 +76,7 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
     let mixed = logits(e.classify_batch(&batch, &routing).unwrap());
     assert_close(&mixed, &exp["mixed_logits"], tol, "mixed_logits");
     // the gathered batched-matmul path (accelerators; training-mode forwards) agrees too
-    let Net::Bert(m) = &e.net else { panic!() };
+    let Net::Encoder(m) = &e.net else { panic!() };
     let mut ctx = Ctx::infer(&routing);
     ctx.train = true;
     let gathered = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
@@ -138,7 +138,7 @@ fn llama_logits_and_greedy_ids_match_peft() {
 
 /// Llama logits on the fixture's inputs equal `exp[want]` where the attention mask is 1.
 fn assert_llama_logits(e: &Engine, routing: &Routing, exp: &std::collections::HashMap<String, Tensor>, want: &str, tol: f32) {
-    let Net::Llama(m) = &e.net else { panic!("not a llama engine") };
+    let Net::CausalLm(m) = &e.net else { panic!("not a llama engine") };
     let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap().to_device(&e.device).unwrap();
     let mask = exp["attention_mask"].to_dtype(candle_core::DType::F32).unwrap().to_device(&e.device).unwrap();
     let got = m.forward(&ids, Some(&mask), 0, None, &Ctx::infer(routing)).unwrap();
@@ -196,6 +196,6 @@ fn llama_merge_directory_reloads_with_merged_logits() {
     import(&home, &case.join("adapter"), "gen", &case.join("base"));
     ok(&home, &["merge", "gen", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let e = Engine::load(BaseDir::open_dir(&out).unwrap(), device()).unwrap();
-    assert!(matches!(e.net, Net::Llama(_)), "merged llama did not reload as llama");
+    assert!(matches!(e.net, Net::CausalLm(_)), "merged llama did not reload as llama");
     assert_llama_logits(&e, &Routing::base(5), &exp, "merged_logits", tol);
 }

@@ -19,7 +19,7 @@ fn framed(header: &[u8], data_len: usize) -> Vec<u8> {
 
 fn load(weights: &[u8]) -> loradex::Result<LoadedAdapter> {
     let config = LoraConfig::parse(CONFIG).unwrap();
-    LoadedAdapter::from_peft("fuzz", Arch::Bert, &config, weights, vec![], &Device::Cpu)
+    LoadedAdapter::from_peft("fuzz", Arch::by_name("bert").unwrap(), &config, weights, vec![], &Device::Cpu)
 }
 
 /// safetensors target: a lora_A/lora_B pair of 0-d tensors is a valid container, and

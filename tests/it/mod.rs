@@ -12,3 +12,4 @@ mod schema;
 mod serve;
 mod serve_llm;
 mod eval;
+mod families;

@@ -1,0 +1,44 @@
+//! Qwen2 (`Qwen2ForCausalLM`): Llama's layout with biases on q/k/v (loaded wherever the
+//! weights hold a `.bias`). A sliding window applies only with `use_sliding_window`, from
+//! layer `max_window_layers` on; loradex refuses that mix rather than ignore it.
+
+use super::{parse, Build, Family};
+use crate::error::{Error, Result};
+use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, MlpAct};
+use serde_json::Value;
+
+pub static FAMILY: Family = Family {
+    name: "qwen2",
+    model_types: &["qwen2"],
+    backbone_prefix: "model.",
+    backbone_roots: super::llama::ROOTS,
+    head_modules: &["classifier", "score"],
+    task_architecture: "Qwen2ForCausalLM",
+    build: Build::Decoder(spec),
+};
+
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+}
+
+fn spec(v: &Value) -> Result<DecoderSpec> {
+    let c: Config = parse("qwen2", v)?;
+    let mut opts = DecoderOpts { act: MlpAct::parse(c.common.hidden_act.as_deref())?, ..Default::default() };
+    if c.use_sliding_window && c.sliding_window.is_some() {
+        // transformers windows layers from max_window_layers on: all of them only when it is 0
+        if c.max_window_layers.unwrap_or(0) != 0 {
+            return Err(Error::Model("qwen2 config: a sliding window on only some layers (max_window_layers) is not supported".into()));
+        }
+        opts.sliding_window = c.sliding_window.filter(|w| *w > 0);
+    }
+    c.common.dims()?;
+    Ok(DecoderSpec { cfg: c.common, opts })
+}
