@@ -225,7 +225,7 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
             let mut ctx = loradex::model::lora::Ctx::infer(r);
             ctx.cpu_kernels = *kernels;
             let t = Instant::now();
-            m.classify(&bt.ids, &bt.type_ids, &bt.mask, &ctx)?;
+            loradex::model::encoder::classify(m, &bt.ids, &bt.type_ids, &bt.mask, &ctx)?;
             if round > 0 {
                 secs[i].push(t.elapsed().as_secs_f64());
             }

@@ -3,8 +3,8 @@
 //! `LoraLinear` seam and a per-row classification head (an adapter's `modules_to_save` head
 //! replaces the base head for its rows). A family (`model::family`) hands it an `EncoderSpec`:
 //! the sizes, where each tensor is named, the position offset and the head's module tree.
-//! Owns only the architecture math; on the CPU the engine runs `bert_cpu`, the hand-written
-//! forward and backward of this same model.
+//! Owns only the architecture math in candle; on the CPU the engine (`model::encoder`) runs
+//! `bert_cpu`, the hand-written forward and backward of this same model.
 
 use super::lora::{embed, layer_norm, softmax, Ctx, LoadedAdapter, LoraLinear};
 use super::Weights;
@@ -337,11 +337,10 @@ impl Bert {
         Ok(Head { pre, weight, bias })
     }
 
-    /// Logits per row; rows may use different heads (and so have different label counts).
+    /// Logits per row through candle's forward (accelerators, and the autograd reference);
+    /// rows may use different heads (and so have different label counts). The engine picks
+    /// the backend: `model::encoder::classify`.
     pub fn classify(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Vec<Vec<f32>>> {
-        if !ctx.train && ctx.cpu_kernels && ids.device().is_cpu() {
-            return super::bert_cpu::classify(self, ids, type_ids, mask, ctx.routing);
-        }
         let pooled = self.pooled(ids, type_ids, mask, ctx)?;
         let n = pooled.dim(0)?;
         let mut out = vec![Vec::new(); n];

@@ -7,6 +7,7 @@ pub mod bert;
 pub mod bert_cpu;
 pub mod chat;
 pub mod decoder;
+pub mod encoder;
 pub mod family;
 pub mod generation;
 pub mod gguf;
@@ -365,7 +366,7 @@ impl Engine {
     pub fn classify_batch(&self, batch: &Batch, routing: &Routing) -> Result<Vec<Prediction>> {
         let Net::Encoder(m) = &self.net else { return Err(Error::Model("classification needs a BERT base".into())) };
         let ctx = Ctx::infer(routing);
-        let logits = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
+        let logits = encoder::classify(m, &batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
         Ok(logits
             .into_iter()
             .zip(&routing.rows)

@@ -226,7 +226,7 @@ impl Trainer {
         let logits = match &self.engine.net {
             // evaluation: the inference forward (bert_cpu's on the CPU)
             Net::Encoder(b) if !train => {
-                let rows = b.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
+                let rows = crate::model::encoder::classify(b, &batch.ids, &batch.type_ids, &batch.mask, &ctx)?;
                 let n_labels = rows.first().map_or(0, |r| r.len());
                 Tensor::from_vec(rows.concat(), (rows.len(), n_labels), &self.engine.device)?
             }

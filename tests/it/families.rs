@@ -54,7 +54,7 @@ fn encoder_case(name: &str, family: &str) {
         for (routing, want) in [(Routing::base(n), "base_logits"), (Routing::single(a.clone(), n), "lora_logits")] {
             let mut ctx = Ctx::infer(&routing);
             ctx.cpu_kernels = cpu;
-            let got = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
+            let got = loradex::model::encoder::classify(m, &batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
             assert_close(&got, &exp[want], tol, &format!("{name} {want} (cpu path {cpu})"));
         }
         // one forward, rows alternating between the adapter and the base
@@ -62,7 +62,7 @@ fn encoder_case(name: &str, family: &str) {
         let routing = Routing { adapters: vec![a.clone()], rows: rows.clone() };
         let mut ctx = Ctx::infer(&routing);
         ctx.cpu_kernels = cpu;
-        let got = m.classify(&batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
+        let got = loradex::model::encoder::classify(m, &batch.ids, &batch.type_ids, &batch.mask, &ctx).unwrap();
         for (i, r) in rows.iter().enumerate() {
             let want = if r.is_some() { "lora_logits" } else { "base_logits" };
             assert_close(&got[i..=i], &rows_of(&exp[want], &[i]), tol, &format!("{name} mixed row {i} (cpu path {cpu})"));
@@ -170,4 +170,207 @@ fn gemma_matches_peft() {
 #[test]
 fn phi3_matches_peft() {
     decoder_case("phi3-causal", "phi3");
+}
+
+fn lora_spec(targets: &[&str], save: &[&str]) -> loradex::train::LoraSpec {
+    loradex::train::LoraSpec {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        use_rslora: false,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        modules_to_save: save.iter().map(|s| s.to_string()).collect(),
+        learning_rate: 1e-2,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        seed: 5,
+    }
+}
+
+fn labelled(case: &Path) -> Vec<loradex::train::Example> {
+    let labels = ["정상", "욕설", "성희롱"];
+    texts(case).into_iter().enumerate().map(|(i, t)| loradex::train::Example { text: t, completion: None, label: Some(labels[i % 3].into()) }).collect()
+}
+
+/// On RoBERTa (two-layer head under `classifier`) and DistilBERT (`pre_classifier` +
+/// `classifier`), the hand-differentiated CPU step gives autograd's loss and gradients for
+/// every LoRA tensor and every head parameter, which all get a gradient.
+#[test]
+fn encoder_families_cpu_step_matches_autograd() {
+    use loradex::train::{GradPath, Task, Trainer};
+    for (name, targets, save, head) in [
+        ("roberta-seqcls", &["query", "key", "value", "dense"][..], &["classifier"][..], &["classifier.dense.weight", "classifier.out_proj.weight"][..]),
+        ("distilbert-seqcls", &["q_lin", "v_lin", "lin1"][..], &["pre_classifier", "classifier"][..], &["pre_classifier.weight", "classifier.weight"][..]),
+    ] {
+        let case = case(name);
+        let e = Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), candle_core::Device::Cpu).unwrap();
+        let labels = vec!["정상".to_string(), "욕설".into(), "성희롱".into()];
+        let mut tr = Trainer::new(e, Task::SeqCls, lora_spec(targets, save), labels).unwrap();
+        for h in head {
+            assert!(tr.var_names().iter().any(|n| n.ends_with(h)), "{name}: {h} is not trained: {:?}", tr.var_names());
+        }
+        let ex = labelled(&case);
+        let refs: Vec<_> = ex.iter().collect();
+        let (b, t, w) = tr.encode(&refs, 32).unwrap();
+        for _ in 0..2 {
+            tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
+        }
+        tr.grad_path = GradPath::Auto;
+        let (l1, g1) = tr.gradients(&b, &t, w.as_ref()).unwrap();
+        tr.grad_path = GradPath::Autograd;
+        let (l2, g2) = tr.gradients(&b, &t, w.as_ref()).unwrap();
+        assert!((l1 - l2).abs() < 1e-5 * l2.abs().max(1.0), "{name}: loss {l1} vs {l2}");
+        for ((n1, a), (n2, b)) in g1.into_iter().zip(g2) {
+            assert_eq!(n1, n2);
+            let (a, b) = (a.unwrap_or_else(|| panic!("{name}: no gradient for {n1}")), b.unwrap_or_else(|| panic!("{name}: autograd gave {n1} none")));
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{name}: {n1} has a zero gradient");
+            let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-4 * scale + 1e-6, "{name}: {n1} differs by {diff} (largest element {scale})");
+        }
+    }
+}
+
+/// Qwen2 (biased q/k/v) and Phi-3 (fused projections) train: every LoRA tensor gets a gradient.
+#[test]
+fn decoder_families_train_every_lora_tensor() {
+    use loradex::train::{Example, Task, Trainer};
+    for (name, targets) in [("qwen2-causal", &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"][..]), ("phi3-causal", &["qkv_proj", "gate_up_proj", "down_proj"][..])] {
+        let case = case(name);
+        let e = Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), candle_core::Device::Cpu).unwrap();
+        let mut tr = Trainer::new(e, Task::CausalLm, lora_spec(targets, &[]), vec![]).unwrap();
+        assert_eq!(tr.var_names().len(), 2 * targets.len() * 2, "{name}: {:?}", tr.var_names());
+        let ex = vec![
+            Example { text: "where is my refund".into(), completion: Some(" the agent was very kind".into()), label: None },
+            Example { text: "배송이 늦어서 불편합니다".into(), completion: None, label: None },
+        ];
+        let refs: Vec<_> = ex.iter().collect();
+        let (b, t, w) = tr.encode(&refs, 32).unwrap();
+        tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
+        let (_, grads) = tr.gradients(&b, &t, w.as_ref()).unwrap();
+        for (n, g) in grads {
+            let g = g.unwrap_or_else(|| panic!("{name}: {n} received no gradient"));
+            let norm = g.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!(norm.is_finite() && norm > 0.0, "{name}: {n}: gradient norm {norm}");
+        }
+    }
+}
+
+/// Copies a case's base into `dst`, letting `edit` change its config and tensors.
+fn edited_base(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_json::Value, &mut HashMap<String, Tensor>)) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for f in std::fs::read_dir(src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dst.join("config.json")).unwrap()).unwrap();
+    let mut ts = candle_core::safetensors::load(dst.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    edit(&mut cfg, &mut ts);
+    std::fs::write(dst.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    candle_core::safetensors::save(&ts, dst.join("model.safetensors")).unwrap();
+    dst.to_path_buf()
+}
+
+fn load_err(dir: &Path) -> String {
+    match Engine::load(BaseDir::open_dir(dir).unwrap(), candle_core::Device::Cpu) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A malformed base is an error that names the tensor or the config field, never a panic.
+#[test]
+fn malformed_bases_are_errors_naming_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["qwen2-causal", "phi3-causal", "roberta-seqcls", "distilbert-seqcls"] {
+        let src = case(name).join("base");
+        let dec = name.ends_with("causal");
+        let victim = if dec { "model.layers.1.post_attention_layernorm.weight" } else if name.starts_with("roberta") { "roberta.encoder.layer.1.output.dense.bias" } else { "distilbert.transformer.layer.1.ffn.lin2.weight" };
+        let d = edited_base(&src, &tmp.path().join(format!("{name}-missing")), |_, ts| {
+            ts.remove(victim).unwrap();
+        });
+        let e = load_err(&d);
+        assert!(e.contains(victim), "{name}: missing tensor: {e}");
+        let misshapen = if dec { "model.layers.0.mlp.down_proj.weight" } else if name.starts_with("roberta") { "roberta.encoder.layer.0.attention.self.key.weight" } else { "distilbert.transformer.layer.0.attention.k_lin.weight" };
+        let d = edited_base(&src, &tmp.path().join(format!("{name}-shape")), |_, ts| {
+            let t = &ts[misshapen];
+            let (r, c) = t.dims2().unwrap();
+            let cut = t.narrow(1, 0, c - 1).unwrap().contiguous().unwrap();
+            assert_eq!(cut.dims2().unwrap(), (r, c - 1));
+            ts.insert(misshapen.into(), cut);
+        });
+        let e = load_err(&d);
+        assert!(e.contains(misshapen) && e.contains("shape"), "{name}: wrong shape: {e}");
+        let heads = if name.starts_with("distil") { "n_heads" } else { "num_attention_heads" };
+        let d = edited_base(&src, &tmp.path().join(format!("{name}-zero")), |c, _| c[heads] = 0.into());
+        let e = load_err(&d);
+        assert!(e.contains("positive") || e.contains("heads"), "{name}: zero heads: {e}");
+        let d = edited_base(&src, &tmp.path().join(format!("{name}-indivisible")), |c, _| {
+            c[heads] = 5.into();
+            if dec {
+                c["num_key_value_heads"] = 5.into();
+                c.as_object_mut().unwrap().remove("head_dim");
+            }
+        });
+        let e = load_err(&d);
+        assert!(e.contains("divisible"), "{name}: hidden not divisible by heads: {e}");
+    }
+}
+
+/// Mistral's sliding window: candle's model and the CPU decoder agree with each other, and a
+/// window shorter than the prompt changes the logits (it is not ignored).
+#[test]
+fn mistral_sliding_window_is_honoured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = case("mistral-causal");
+    let exp = expected(&src);
+    let d = edited_base(&src.join("base"), &tmp.path().join("w"), |c, _| c["sliding_window"] = 3.into());
+    let e = Engine::load(BaseDir::open_dir(&d).unwrap(), candle_core::Device::Cpu).unwrap();
+    let Net::CausalLm(m) = &e.net else { panic!() };
+    let ids = ids_rows(&exp["input_ids"]);
+    let mask = ids_rows(&exp["attention_mask"]);
+    let dec = e.decoder.as_ref().unwrap();
+    let mut changed = false;
+    for (r, (row, mk)) in ids.iter().zip(&mask).enumerate() {
+        let n = mk.iter().filter(|&&x| x == 1).count();
+        let toks = &row[..n];
+        let t = Tensor::from_vec(toks.to_vec(), (1, n), &candle_core::Device::Cpu).unwrap();
+        let want = m.forward(&t, None, 0, None, &Ctx::infer(&Routing::base(1))).unwrap().get(0).unwrap().get(n - 1).unwrap().to_vec1::<f32>().unwrap();
+        // the CPU decoder one token at a time: the window slides over its cache
+        let mut cache = dec.cache(n, None);
+        let mut last = vec![];
+        for tok in toks {
+            last = dec.step(&mut [Row { tokens: std::slice::from_ref(tok), cache: &mut cache, adapter: None }]).unwrap().remove(0);
+        }
+        assert!(max_abs_diff(&last, &want) < 1e-4, "row {r}: decoder and candle differ");
+        let full = exp["base_logits"].get(r).unwrap().get(n - 1).unwrap().to_vec1::<f32>().unwrap();
+        changed |= n > 3 && max_abs_diff(&last, &full) > 1e-3;
+    }
+    assert!(changed, "a 3-key window left every logit as full attention gives it");
+}
+
+/// `merge` writes a directory of the family's own task class that reloads as a base giving
+/// PEFT's merged logits (an encoder with its saved two-layer head, and a fused decoder).
+#[test]
+fn merged_family_directories_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, class) in [("roberta-seqcls", "RobertaForSequenceClassification"), ("distilbert-seqcls", "DistilBertForSequenceClassification"), ("phi3-causal", "Phi3ForCausalLM")] {
+        let case = case(name);
+        let (tol, exp) = (atol(&case), expected(&case));
+        let home = tmp.path().join(format!("{name}-home"));
+        let out = tmp.path().join(format!("{name}-merged"));
+        import(&home, &case.join("adapter"), "a", &case.join("base"));
+        ok(&home, &["merge", "a", "--base", case.join("base").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architectures"][0], class, "{name}");
+        let e = Engine::load(BaseDir::open_dir(&out).unwrap(), candle_core::Device::Cpu).unwrap();
+        match &e.net {
+            Net::Encoder(_) => {
+                let batch = e.tok().unwrap().batch(&texts(&case), 64, &e.device).unwrap();
+                let got = logits(e.classify_batch(&batch, &Routing::base(batch.lens.len())).unwrap());
+                assert_close(&got, &exp["merged_logits"], tol, &format!("{name} merged directory"));
+            }
+            _ => decoder_logits(&e, &vec![None; 5], &exp, &["merged_logits"; 5], tol, name),
+        }
+    }
 }
