@@ -157,6 +157,7 @@ pub fn check_adapter(
     let view = peft::safetensors::SafeView::parse(weights, peft::WEIGHTS_FILE)?;
     let mut a_shapes: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
     let mut b_shapes: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    let mut magnitudes: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
     let mut summary = AdapterSummary::default();
     if view.tensors.is_empty() {
         return Err(Error::TensorMismatch { tensor: peft::WEIGHTS_FILE.into(), detail: "the adapter has no tensors".into() });
@@ -171,6 +172,12 @@ pub fn check_adapter(
             }
             KeyKind::LoraB(m) => {
                 b_shapes.insert(arch.canonical(&m), (key.clone(), info.shape.clone()));
+            }
+            KeyKind::Magnitude(m) => {
+                if !config.use_dora {
+                    return Err(Error::TensorMismatch { tensor: key.clone(), detail: "a DoRA magnitude in an adapter whose config has no use_dora".into() });
+                }
+                magnitudes.insert(arch.canonical(&m), (key.clone(), info.shape.clone()));
             }
             KeyKind::Saved(m, param) => {
                 let module = arch.canonical(&m);
@@ -232,7 +239,17 @@ pub fn check_adapter(
         if r != want {
             return Err(Error::TensorMismatch { tensor: akey.clone(), detail: format!("rank {r}, but the config gives {peft_name} rank {want} (r / rank_pattern)") });
         }
+        match (magnitudes.remove(module), config.use_dora) {
+            (Some((mkey, mshape)), _) if mshape.as_slice() != [*out_f] => {
+                return Err(Error::TensorMismatch { tensor: mkey, detail: format!("shape {mshape:?}, expected [{out_f}] for base {wname} {wshape:?}") });
+            }
+            (None, true) => return Err(Error::TensorMismatch { tensor: akey.clone(), detail: "use_dora is set but the module has no lora_magnitude_vector".into() }),
+            _ => {}
+        }
         summary.lora_modules.insert(module.clone(), r);
+    }
+    if let Some((_, (mkey, _))) = magnitudes.into_iter().next() {
+        return Err(Error::TensorMismatch { tensor: mkey, detail: "a DoRA magnitude without its lora_A/lora_B".into() });
     }
     if let Some((m, (bkey, _))) = b_shapes.iter().find(|(m, _)| !a_shapes.contains_key(*m)) {
         return Err(Error::TensorMismatch { tensor: bkey.clone(), detail: format!("lora_B of {m} without its lora_A") });

@@ -170,6 +170,7 @@ pub fn decoder_adapter(dec: &crate::model::decoder::Decoder, r: usize, seed: u64
                 a: Tensor::from_vec(a, (r, d_in), &Device::Cpu)?,
                 b: Tensor::from_vec(b, (d_out, r), &Device::Cpu)?,
                 scale: 2.0,
+                magnitude: None,
                 host: Some(Default::default()),
             };
             modules.insert(format!("model.layers.{l}.{slot}"), pair);

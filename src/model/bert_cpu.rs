@@ -148,6 +148,8 @@ struct Lin<'a> {
     lora: Option<Lo>,
     /// Each sequence's own pair (an inference batch mixing adapters).
     mixed: Option<Vec<Option<&'a LoraPair>>>,
+    /// Each sequence's DoRA scale `g` (inference), where any row's adapter is DoRA.
+    dora: Option<Vec<Option<Vec<f32>>>>,
 }
 
 struct Lo {
@@ -183,6 +185,7 @@ impl Lin<'_> {
         if let Some(per_seq) = &self.mixed {
             let d = mixed_lora_host(x, per_seq, m / per_seq.len().max(1), self.inp, self.out)?;
             add_into(&mut y, &d);
+            self.dora_rows(&mut y, m);
             return Ok((y, None));
         }
         let Some(lo) = &self.lora else { return Ok((y, None)) };
@@ -196,9 +199,23 @@ impl Lin<'_> {
         let mut h = vec![0f32; m * lo.r];
         lin(&xd, &lo.a, m, self.inp, lo.r, &mut h, false);
         mm(m, self.out, lo.r, &mut y, (rows(&h, lo.r), &h), (trans(&lo.b, lo.r), &lo.b), lo.s, true);
+        self.dora_rows(&mut y, m);
         // inference keeps nothing for a backward
         let save = mode.train.then(|| LoSave { xd: xd.into_owned(), mask, h });
         Ok((y, save))
+    }
+
+    /// DoRA rows: `y = g ⊙ (y - b) + b` for each of the `m` rows whose sequence has a scale.
+    fn dora_rows(&self, y: &mut [f32], m: usize) {
+        let Some(per_seq) = &self.dora else { return };
+        let per = m / per_seq.len().max(1);
+        for (r, row) in y.chunks_mut(self.out).enumerate() {
+            if let Some(g) = per_seq.get(r / per.max(1)).and_then(Option::as_ref) {
+                for ((v, g), b) in row.iter_mut().zip(g).zip(self.b) {
+                    *v = g * (*v - b) + b;
+                }
+            }
+        }
     }
 
     /// Backward for `dy [m, out]`: the LoRA gradients (into `grads`) and, when `dx` is given,
@@ -628,20 +645,31 @@ impl<'a> Slices<'a> {
         let lo = |pr: &LoraPair| -> Result<Lo> {
             Ok(Lo { name: l.name.clone(), a: pr.a.flatten_all()?.to_vec1()?, b: pr.b.flatten_all()?.to_vec1()?, r: pr.rank(), s: pr.scale as f32 })
         };
-        let (lora, mixed) = match &self.src {
-            Source::Train(pairs) => (pairs.get(&l.name).map(lo).transpose()?, None),
+        let (lora, mixed, dora) = match &self.src {
+            Source::Train(pairs) => {
+                if pairs.get(&l.name).is_some_and(|p| p.magnitude.is_some()) {
+                    return Err(Error::Model(format!("{}: DoRA trains through autograd, not the hand-written step", l.name)));
+                }
+                (pairs.get(&l.name).map(lo).transpose()?, None, None)
+            }
             Source::Route(routing) => {
                 let per_seq = routing.row_pairs(&l.name);
+                let dora: Vec<Option<Vec<f32>>> =
+                    per_seq.iter().map(|p| Ok(p.map(|p| p.dora_scale_host(&l.weight)).transpose()?.flatten().map(|g| g.into_owned()))).collect::<Result<_>>()?;
+                let dora = dora.iter().any(Option::is_some).then_some(dora);
+                if dora.as_ref().is_some_and(|d| d.iter().flatten().any(|g| g.len() != out)) {
+                    return Err(Error::Model(format!("{}: a DoRA magnitude does not match the layer's {out} outputs", l.name)));
+                }
                 if per_seq.iter().all(Option::is_none) {
-                    (None, None)
+                    (None, None, None)
                 } else if routing.uniform().is_some() {
-                    (per_seq[0].map(lo).transpose()?, None)
+                    (per_seq[0].map(lo).transpose()?, None, dora)
                 } else {
-                    (None, Some(per_seq))
+                    (None, Some(per_seq), dora)
                 }
             }
         };
-        Ok(Lin { w, b, inp, out, lora, mixed })
+        Ok(Lin { w, b, inp, out, lora, mixed, dora })
     }
 }
 

@@ -360,7 +360,19 @@ impl Decoder {
             })
             .collect();
         let mut jobs: Vec<Job> = outs.iter_mut().zip(&views).map(|((slot, y), lora)| Job { w: &l.lin[*slot], lora, y }).collect();
-        matmul_many(act, &mut jobs)
+        matmul_many(act, &mut jobs)?;
+        drop(jobs);
+        // DoRA tokens scale their output rows by their adapter's g (biases are added after)
+        for (slot, y) in outs.iter_mut() {
+            let (name, w) = (&l.names[*slot], &l.lin[*slot]);
+            for (t, a) in adapters.iter().enumerate() {
+                let Some(p) = a.and_then(|a| a.modules.get(name)) else { continue };
+                if let Some(g) = p.dora_scale_rows(w.rows, w.cols, &|r, out| w.row(r, out))? {
+                    y[t * w.rows..][..w.rows].iter_mut().zip(g.iter()).for_each(|(v, g)| *v *= g);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

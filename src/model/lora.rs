@@ -21,6 +21,9 @@ pub struct LoraPair {
     pub a: Tensor,
     pub b: Tensor,
     pub scale: f64,
+    /// DoRA's magnitude `m` (`[out]`), for adapters saved with `use_dora`: the layer's output
+    /// becomes `g ⊙ (W x + s B A x) + bias` with `g = m / ‖W + s B A‖` per output row.
+    pub magnitude: Option<Tensor>,
     /// Host copies `(A, (s·B)ᵀ)` for the CPU mixed-batch kernel, made on first use; `None` for
     /// pairs whose tensors change in place (training), which are copied every time.
     pub host: Option<Arc<HostCache>>,
@@ -52,6 +55,11 @@ fn cached<T: Clone>(cell: Option<&std::sync::OnceLock<T>>, make: impl FnOnce() -
 pub struct HostCache {
     f32: std::sync::OnceLock<HostCopies>,
     f16: std::sync::OnceLock<HostCopies16>,
+    /// DoRA's `g` against the base weight, as a device tensor and in host memory, and against
+    /// the CPU decoder's (possibly quantized) weight.
+    dora: std::sync::OnceLock<Tensor>,
+    dora_host: std::sync::OnceLock<Vec<f32>>,
+    dora_q: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl LoraPair {
@@ -84,6 +92,55 @@ impl LoraPair {
         };
         cached(self.host.as_ref().map(|c| &c.f16), copy)
     }
+    /// DoRA's per-output scale `g = m / ‖W + s B A‖` (row norms of the updated weight, detached
+    /// as PEFT detaches them) against base weight `w`; `None` for a plain LoRA pair. Made once
+    /// per pair where its tensors are fixed (the first base it meets is its base).
+    pub fn dora_scale(&self, w: &Tensor) -> Result<Option<Tensor>> {
+        let Some(m) = &self.magnitude else { return Ok(None) };
+        let make = || -> Result<Tensor> {
+            let full = (w + self.delta(1.0)?.detach())?;
+            let norm = full.sqr()?.sum(1)?.sqrt()?.detach();
+            Ok(m.broadcast_div(&norm)?)
+        };
+        Ok(Some(cached(self.host.as_ref().map(|c| &c.dora), make)?.into_owned()))
+    }
+
+    /// `dora_scale` in host memory.
+    pub fn dora_scale_host(&self, w: &Tensor) -> Result<Option<Cow<'_, Vec<f32>>>> {
+        if self.magnitude.is_none() {
+            return Ok(None);
+        }
+        let make = || -> Result<Vec<f32>> { Ok(self.dora_scale(w)?.expect("a DoRA pair").to_vec1::<f32>()?) };
+        Ok(Some(cached(self.host.as_ref().map(|c| &c.dora_host), make)?))
+    }
+
+    /// `dora_scale` against the CPU decoder's weight (`rows` outputs, each read by `row`).
+    pub fn dora_scale_rows(&self, rows: usize, cols: usize, row: &dyn Fn(usize, &mut [f32]) -> Result<()>) -> Result<Option<Cow<'_, Vec<f32>>>> {
+        let Some(m) = &self.magnitude else { return Ok(None) };
+        let make = || -> Result<Vec<f32>> {
+            let m = m.to_vec1::<f32>()?;
+            let c = self.host_copies()?;
+            let (a, bt) = (&c.0, &c.1);
+            let r = self.rank();
+            if m.len() != rows || a.len() != r * cols || bt.len() != r * rows {
+                return Err(Error::Model("a DoRA pair does not fit the layer".into()));
+            }
+            let mut w = vec![0f32; cols];
+            let mut g = Vec::with_capacity(rows);
+            for (j, mj) in m.iter().enumerate() {
+                row(j, &mut w)?;
+                for k in 0..r {
+                    let s = bt[k * rows + j];
+                    w.iter_mut().zip(&a[k * cols..][..cols]).for_each(|(w, a)| *w += s * a);
+                }
+                let norm = w.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32;
+                g.push(mj / norm);
+            }
+            Ok(g)
+        };
+        Ok(Some(cached(self.host.as_ref().map(|c| &c.dora_q), make)?))
+    }
+
     /// `s * B A`, the dense update merged into `W` (the scale is applied to the small `B`).
     pub fn delta(&self, sign: f64) -> Result<Tensor> {
         Ok((&self.b * (self.scale * sign))?.matmul(&self.a)?)
@@ -205,6 +262,7 @@ impl LoadedAdapter {
         let mut a = HashMap::new();
         let mut b = HashMap::new();
         let mut saved = HashMap::new();
+        let mut mags = HashMap::new();
         let mut bytes = 0usize;
         for (key, info) in &view.tensors {
             let data = view.to_f32(key, peft::WEIGHTS_FILE)?;
@@ -219,6 +277,9 @@ impl LoadedAdapter {
                 }
                 KeyKind::Saved(m, p) => {
                     saved.insert(format!("{}.{p}", arch.canonical(&m)), t);
+                }
+                KeyKind::Magnitude(m) => {
+                    mags.insert(arch.canonical(&m), t);
                 }
             }
         }
@@ -237,7 +298,18 @@ impl LoadedAdapter {
             }
             // patterns match PEFT's module names, not loradex's canonical ones
             let scale = config.scale_for(&peft_name, r);
-            modules.insert(m, LoraPair { a: a_t, b: b_t, scale, host: Some(Default::default()) });
+            let magnitude = mags.remove(&m);
+            match &magnitude {
+                Some(g) if g.dims() != [b_t.dims()[0]] => {
+                    return Err(Error::TensorMismatch { tensor: m, detail: format!("lora_magnitude_vector {:?}, expected [{}]", g.dims(), b_t.dims()[0]) });
+                }
+                None if config.use_dora => return Err(Error::TensorMismatch { tensor: m, detail: "use_dora without a lora_magnitude_vector".into() }),
+                _ => {}
+            }
+            modules.insert(m, LoraPair { a: a_t, b: b_t, scale, magnitude, host: Some(Default::default()) });
+        }
+        if let Some(m) = mags.keys().next() {
+            return Err(Error::TensorMismatch { tensor: m.clone(), detail: "a DoRA magnitude without its lora_A/lora_B".into() });
         }
         if let Some(m) = b.keys().next() {
             return Err(Error::TensorMismatch { tensor: m.clone(), detail: "lora_B without lora_A".into() });
@@ -344,31 +416,53 @@ impl LoraLinear {
         let x2 = x.reshape((b * s, d_in))?;
         let y = self.base(&x2, ctx)?;
         let out = y.dim(1)?;
-        let routing = ctx.routing;
-        let rows = routing.row_pairs(&self.name);
+        let rows = ctx.routing.row_pairs(&self.name);
         if rows.iter().all(Option::is_none) {
             return Ok(y.reshape((b, s, out))?);
         }
-        let x_in = if ctx.train && ctx.dropout > 0.0 { dropout(&x2, ctx)? } else { x2 };
+        let dropped = ctx.train && ctx.dropout > 0.0;
+        let x_in = if dropped { dropout(&x2, ctx)? } else { x2 };
+        let d = self.delta_rows(&x_in, &rows, ctx, (b, s, d_in, out))?;
+        let y = y.reshape((b, s, out))?;
+        // DoRA rows rescale their output rows; LoRA and base rows keep g = 1
+        let scales: Vec<Option<Tensor>> = rows.iter().map(|p| Ok(p.map(|p| p.dora_scale(&self.weight)).transpose()?.flatten())).collect::<Result<_>>()?;
+        if scales.iter().all(Option::is_none) {
+            return Ok((y + d)?);
+        }
+        let ones = Tensor::ones(out, DType::F32, x.device())?;
+        let g = Tensor::stack(&scales.into_iter().map(|g| g.unwrap_or_else(|| ones.clone())).collect::<Vec<_>>(), 0)?.unsqueeze(1)?;
+        if dropped {
+            // PEFT under dropout: y + (g - 1) ⊙ W·dropout(x) + g ⊙ Δ
+            let wx = x_in.matmul(&self.weight.t()?)?.reshape((b, s, out))?;
+            return Ok(((y + wx.broadcast_mul(&(&g - 1.0)?)?)? + d.broadcast_mul(&g)?)?);
+        }
+        // g ⊙ (W x + Δ) + bias
+        let z = (y + d)?;
+        Ok(match &self.bias {
+            Some(bias) => z.broadcast_sub(bias)?.broadcast_mul(&g)?.broadcast_add(bias)?,
+            None => z.broadcast_mul(&g)?,
+        })
+    }
+
+    /// Each row's low-rank term `s B A x` (`[b, s, out]`; zero for rows without this module).
+    fn delta_rows(&self, x_in: &Tensor, rows: &[Option<&LoraPair>], ctx: &Ctx, (b, s, d_in, out): (usize, usize, usize, usize)) -> Result<Tensor> {
+        let routing = ctx.routing;
         if routing.uniform().is_some() {
             // one adapter for the whole batch: two skinny matmuls
             let p = rows[0].expect("a uniform batch with this module");
             let h = (x_in.matmul(&p.a.t()?)? * p.scale)?;
-            let d = h.matmul(&p.b.t()?)?;
-            return Ok((y + d)?.reshape((b, s, out))?);
+            return Ok(h.matmul(&p.b.t()?)?.reshape((b, s, out))?);
         }
-        if x.device().is_cpu() && !ctx.train {
-            let d = mixed_lora_cpu(&x_in, &rows, s, out)?;
-            return Ok((y + d)?.reshape((b, s, out))?);
+        if x_in.device().is_cpu() && !ctx.train {
+            return Ok(mixed_lora_cpu(x_in, rows, s, out)?.reshape((b, s, out))?);
         }
         // mixed batch on an accelerator: each row's (Aᵀ, (s·B)ᵀ) from the forward's bank, one
         // batched matmul pair for all rows
-        let dev = x.device();
+        let dev = x_in.device();
         if let Some(bank) = ctx.bank(dev)? {
             if let Some((a_rows, b_rows)) = bank.rows(&self.name)? {
                 let h = x_in.reshape((b, s, d_in))?.matmul(&a_rows)?;
-                let d = h.matmul(&b_rows)?;
-                return Ok((y.reshape((b, s, out))? + d)?);
+                return Ok(h.matmul(&b_rows)?);
             }
         }
         // adapters of different ranks: gather per module, padded to the largest rank; rows
@@ -393,13 +487,21 @@ impl LoraLinear {
         let a_rows = Tensor::cat(&a_slots, 0)?.index_select(&idx, 0)?; // [b, in, r]
         let b_rows = Tensor::cat(&b_slots, 0)?.index_select(&idx, 0)?; // [b, r, out]
         let h = x_in.reshape((b, s, d_in))?.matmul(&a_rows)?;
-        let d = h.matmul(&b_rows)?;
-        Ok((y.reshape((b, s, out))? + d)?)
+        Ok(h.matmul(&b_rows)?)
     }
 
     /// Adds (or with `sign = -1` removes) a pair's dense update to the frozen weight.
+    /// A DoRA pair merges as PEFT merges it: `W' = g ⊙ (W + s B A)` row-wise, and unmerges with
+    /// the `g` made against the original weight.
     pub fn merge(&mut self, p: &LoraPair, sign: f64) -> Result<()> {
-        self.weight = (&self.weight + p.delta(sign)?)?;
+        if p.magnitude.is_some() && sign < 0.0 && p.host.is_none() {
+            return Err(Error::Model(format!("{}: a DoRA pair that is still training cannot be unmerged", self.name)));
+        }
+        match p.dora_scale(&self.weight)? {
+            None => self.weight = (&self.weight + p.delta(sign)?)?,
+            Some(g) if sign > 0.0 => self.weight = (&self.weight + p.delta(1.0)?)?.broadcast_mul(&g.unsqueeze(1)?)?,
+            Some(g) => self.weight = (self.weight.broadcast_div(&g.unsqueeze(1)?)? - p.delta(1.0)?)?,
+        }
         Ok(())
     }
 }

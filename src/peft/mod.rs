@@ -25,6 +25,8 @@ pub struct LoraConfig {
     pub lora_dropout: f64,
     pub rank_pattern: Patterns<usize>,
     pub alpha_pattern: Patterns<f64>,
+    /// DoRA: each LoRA module also has a `lora_magnitude_vector`.
+    pub use_dora: bool,
 }
 
 /// `rank_pattern` / `alpha_pattern` as PEFT reads them: keys are regular expressions tried
@@ -125,7 +127,6 @@ impl LoraConfig {
         }
         let truthy = |k: &str| o.get(k).map(|v| !(v.is_null() || v == &Value::Bool(false))).unwrap_or(false);
         for (k, what) in [
-            ("use_dora", "DoRA (use_dora)"),
             ("fan_in_fan_out", "fan_in_fan_out (Conv1D layers)"),
             ("lora_bias", "lora_bias"),
             ("use_qalora", "QALoRA"),
@@ -206,6 +207,7 @@ impl LoraConfig {
             lora_dropout,
             rank_pattern,
             alpha_pattern,
+            use_dora: flag("use_dora")?,
         })
     }
 
@@ -233,6 +235,8 @@ pub enum KeyKind {
     LoraB(String),
     /// A fully trained module copy (`modules_to_save`): module path and parameter name.
     Saved(String, String),
+    /// A DoRA magnitude vector (`[out]`) of a LoRA module.
+    Magnitude(String),
 }
 
 /// Classifies a tensor key of an adapter file.
@@ -246,8 +250,13 @@ pub fn classify_key(key: &str, modules_to_save: &[String]) -> Result<KeyKind> {
             return Ok(if a { KeyKind::LoraA(m.into()) } else { KeyKind::LoraB(m.into()) });
         }
     }
-    if rest.contains("lora_embedding_") || rest.contains("lora_magnitude") {
-        return Err(Error::UnsupportedAdapter(format!("{key}: embedding LoRA / DoRA tensors are not supported")));
+    for suffix in [".lora_magnitude_vector", ".lora_magnitude_vector.weight"] {
+        if let Some(m) = rest.strip_suffix(suffix) {
+            return Ok(KeyKind::Magnitude(m.into()));
+        }
+    }
+    if rest.contains("lora_embedding_") {
+        return Err(Error::UnsupportedAdapter(format!("{key}: embedding LoRA tensors are not supported")));
     }
     if let Some((module, param)) = rest.rsplit_once('.') {
         let module = module.replace(".modules_to_save.default", "");

@@ -146,7 +146,7 @@ impl Trainer {
             let a: Vec<f32> = (0..spec.r * in_f).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect();
             let a = Var::from_vec(a, (spec.r, *in_f), &dev)?;
             let b = Var::zeros((*out_f, spec.r), DType::F32, &dev)?;
-            pairs.insert(m.clone(), LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale, host: None });
+            pairs.insert(m.clone(), LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale, magnitude: None, host: None });
             vars.push((format!("{}{m}.lora_A.weight", peft::KEY_PREFIX), a));
             vars.push((format!("{}{m}.lora_B.weight", peft::KEY_PREFIX), b));
         }
@@ -477,7 +477,7 @@ impl Trainer {
 fn detached(a: &LoadedAdapter) -> LoadedAdapter {
     LoadedAdapter {
         id: a.id.clone(),
-        modules: a.modules.iter().map(|(k, p)| (k.clone(), LoraPair { a: p.a.detach(), b: p.b.detach(), scale: p.scale, host: None })).collect(),
+        modules: a.modules.iter().map(|(k, p)| (k.clone(), LoraPair { a: p.a.detach(), b: p.b.detach(), scale: p.scale, magnitude: None, host: None })).collect(),
         saved: a.saved.iter().map(|(k, t)| (k.clone(), t.detach())).collect(),
         labels: a.labels.clone(),
         bytes: a.bytes,

@@ -374,3 +374,15 @@ fn merged_family_directories_reload() {
         }
     }
 }
+
+/// DoRA (`use_dora`): PEFT's weight-norm rescaling on both encoder paths and both decoder
+/// paths, beside base rows in one batch, merged, and in greedy generation.
+#[test]
+fn dora_encoder_matches_peft() {
+    encoder_case("bert-seqcls-dora", "bert");
+}
+
+#[test]
+fn dora_decoder_matches_peft() {
+    decoder_case("llama-dora", "llama");
+}
