@@ -74,6 +74,8 @@ pub struct LoraSpec {
     pub alpha: f64,
     pub dropout: f32,
     pub use_rslora: bool,
+    /// DoRA: a trained magnitude per output row beside each LoRA pair.
+    pub use_dora: bool,
     pub target_modules: Vec<String>,
     pub modules_to_save: Vec<String>,
     pub learning_rate: f64,
@@ -131,6 +133,13 @@ impl Trainer {
             .filter(|l| matches_target(&l.name, &spec.target_modules))
             .map(|l| (l.name.clone(), l.weight.dims()[0], l.weight.dims()[1]))
             .collect();
+        // DoRA's initial magnitude: ‖W‖ per output row (B = 0, so ‖W + s B A‖ = ‖W‖), as PEFT's
+        let mut norms = std::collections::HashMap::new();
+        if spec.use_dora {
+            for l in engine.linears_mut().filter(|l| matches_target(&l.name, &spec.target_modules)) {
+                norms.insert(l.name.clone(), l.weight.sqr()?.sum(1)?.sqrt()?.to_device(&dev)?);
+            }
+        }
         modules.sort();
         for t in &spec.target_modules {
             if !modules.iter().any(|(m, _, _)| matches_target(m, std::slice::from_ref(t))) {
@@ -146,7 +155,16 @@ impl Trainer {
             let a: Vec<f32> = (0..spec.r * in_f).map(|_| (rng.next_f32() * 2.0 - 1.0) * bound).collect();
             let a = Var::from_vec(a, (spec.r, *in_f), &dev)?;
             let b = Var::zeros((*out_f, spec.r), DType::F32, &dev)?;
-            pairs.insert(m.clone(), LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale, magnitude: None, host: None });
+            let magnitude = match norms.remove(m) {
+                Some(n) => {
+                    let v = Var::from_tensor(&n)?;
+                    let t = v.as_tensor().clone();
+                    vars.push((format!("{}{m}.lora_magnitude_vector", peft::KEY_PREFIX), v));
+                    Some(t)
+                }
+                None => None,
+            };
+            pairs.insert(m.clone(), LoraPair { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale, magnitude, host: None });
             vars.push((format!("{}{m}.lora_A.weight", peft::KEY_PREFIX), a));
             vars.push((format!("{}{m}.lora_B.weight", peft::KEY_PREFIX), b));
         }
@@ -258,7 +276,8 @@ impl Trainer {
     /// forward and the backward.
     fn loss_and_grads(&self, batch: &Batch, targets: &Tensor, weights: Option<&Tensor>) -> Result<(f64, GradStore, f64, f64)> {
         if let (GradPath::Auto, None, Net::Encoder(bert)) = (self.grad_path, weights, &self.engine.net) {
-            if bert_cpu::supported(bert, &self.engine.device) {
+            // DoRA's magnitudes train through autograd
+            if bert_cpu::supported(bert, &self.engine.device) && !self.spec.use_dora {
                 let a = &self.train_adapter;
                 let head = bert.head_for(Some(a))?;
                 let modules = bert.head_modules();
@@ -358,6 +377,7 @@ impl Trainer {
             alpha: self.spec.alpha,
             dropout: self.spec.dropout as f64,
             use_rslora: self.spec.use_rslora,
+            use_dora: self.spec.use_dora,
             target_modules: &self.spec.target_modules,
             modules_to_save: &self.spec.modules_to_save,
             task_type: match self.task {
@@ -533,6 +553,7 @@ pub fn train_and_store(r: &Recipe, store: &mut Store, device: &Device, progress:
         alpha: r.lora.alpha,
         dropout: r.lora.dropout as f32,
         use_rslora: r.lora.use_rslora,
+        use_dora: r.lora.use_dora,
         target_modules: r.target_modules(),
         modules_to_save: r.modules_to_save(),
         learning_rate: r.train.learning_rate,

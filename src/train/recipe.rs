@@ -45,6 +45,9 @@ pub struct Lora {
     pub target_modules: Vec<String>,
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA (PEFT's `use_dora`): a trained magnitude per output row of each target.
+    #[serde(default)]
+    pub use_dora: bool,
     /// Modules trained fully and saved with the adapter (e.g. ["classifier"]).
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
@@ -52,7 +55,7 @@ pub struct Lora {
 
 impl Default for Lora {
     fn default() -> Self {
-        Lora { r: d_r(), alpha: d_alpha(), dropout: 0.0, target_modules: vec![], use_rslora: false, modules_to_save: None }
+        Lora { r: d_r(), alpha: d_alpha(), dropout: 0.0, target_modules: vec![], use_rslora: false, use_dora: false, modules_to_save: None }
     }
 }
 

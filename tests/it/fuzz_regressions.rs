@@ -52,6 +52,7 @@ fn config_floats_parse_correctly_rounded_and_round_trip() {
             alpha: c.lora_alpha,
             dropout: c.lora_dropout,
             use_rslora: c.use_rslora,
+            use_dora: c.use_dora,
             target_modules: &c.target_modules,
             modules_to_save: &c.modules_to_save,
             task_type: "",

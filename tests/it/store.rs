@@ -113,7 +113,8 @@ fn hostile_and_mismatched_inputs_are_refused_and_change_nothing() {
     assert_refused(&home, &mk("ptype", &w, Some(&cfg)), "t6", &base, "unknown peft_type");
     // DoRA is refused rather than silently mis-applied
     let cfg = std::fs::read_to_string(good.join("adapter_config.json")).unwrap().replace("\"use_dora\": false", "\"use_dora\": true");
-    assert_refused(&home, &mk("dora", &w, Some(&cfg)), "t7", &base, "DoRA");
+    // DoRA is supported, but a use_dora config whose file lacks the magnitudes is refused
+    assert_refused(&home, &mk("dora", &w, Some(&cfg)), "t7", &base, "no lora_magnitude_vector");
     // path-like and malformed names
     for bad in ["../x", "a/../b", "/abs", "a\\b", "", "x:", "sha256:abc"] {
         let e = fails(&home, &["import", good.to_str().unwrap(), "--name", bad, "--base", base.to_str().unwrap()]);

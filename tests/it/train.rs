@@ -14,6 +14,7 @@ fn spec(targets: &[&str], save: &[&str]) -> LoraSpec {
         alpha: 8.0,
         dropout: 0.1,
         use_rslora: false,
+        use_dora: false,
         target_modules: targets.iter().map(|s| s.to_string()).collect(),
         modules_to_save: save.iter().map(|s| s.to_string()).collect(),
         learning_rate: 1e-2,
