@@ -173,6 +173,32 @@ pub fn check_adapter(
             KeyKind::LoraB(m) => {
                 b_shapes.insert(arch.canonical(&m), (key.clone(), info.shape.clone()));
             }
+            KeyKind::EmbedA(m) | KeyKind::EmbedB(m) => {
+                let module = arch.canonical(&m);
+                let wname = format!("{module}.weight");
+                let Some([vocab, hid]) = shapes.get(&wname).map(Vec::as_slice) else {
+                    return Err(Error::TensorMismatch { tensor: key.clone(), detail: format!("the base has no embedding {wname}") });
+                };
+                if arch.is_encoder() {
+                    return Err(Error::UnsupportedAdapter(format!("{key}: embedding LoRA is supported on decoders only")));
+                }
+                let is_a = key.ends_with("_A");
+                let r = if is_a { info.shape.first() } else { info.shape.get(1) }.copied().unwrap_or(0);
+                let want = if is_a { [r, *vocab] } else { [*hid, r] };
+                if r == 0 || info.shape.as_slice() != want {
+                    return Err(Error::TensorMismatch { tensor: key.clone(), detail: format!("shape {:?}, expected {want:?} for base {wname} [{vocab}, {hid}]", info.shape) });
+                }
+                if r != config.rank_for(&m) {
+                    return Err(Error::TensorMismatch { tensor: key.clone(), detail: format!("rank {r}, but the config gives {m} rank {}", config.rank_for(&m)) });
+                }
+                summary.lora_modules.insert(module, r);
+            }
+            KeyKind::BaseLayer(m, param) => {
+                let name = format!("{}.{param}", arch.canonical(&m));
+                if shapes.get(&name) != Some(&info.shape) {
+                    return Err(Error::TensorMismatch { tensor: key.clone(), detail: format!("a base-layer copy of shape {:?} that does not match the base's {name}", info.shape) });
+                }
+            }
             KeyKind::Magnitude(m) => {
                 if !config.use_dora {
                     return Err(Error::TensorMismatch { tensor: key.clone(), detail: "a DoRA magnitude in an adapter whose config has no use_dora".into() });

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use rayon::prelude::*;
 
 pub use super::llama::SLOTS;
+/// The embedding's module name (an embedding LoRA attaches to it).
+pub const EMBED: &str = "model.embed_tokens";
 
 /// Where a decoder's tensors come from, by canonical (HF) name; shapes are checked here.
 pub trait Source {
@@ -191,6 +193,11 @@ impl Decoder {
         let mut x = vec![0f32; n * h];
         for (t, &id) in ids.iter().enumerate() {
             self.embed.row(id as usize, &mut x[t * h..][..h])?;
+        }
+        // embedding LoRA (inside the embedding, so before any scaling)
+        let emb_pairs: Vec<Option<&super::lora::LoraPair>> = tok_row.iter().map(|&r| rows[r].adapter.and_then(|a| a.modules.get(EMBED))).collect();
+        if emb_pairs.iter().any(Option::is_some) {
+            super::lora::embedding_delta_host(&mut x, &ids, &emb_pairs)?;
         }
         if self.opts.embed_scale {
             let k = (h as f32).sqrt();

@@ -255,6 +255,20 @@ impl Llama {
         DecoderSpec { cfg: self.cfg.clone(), opts: self.opts }
     }
 
+    /// Merges an embedding LoRA into the embedding (`E += (s B A)ᵀ`; a tied head follows it).
+    pub fn merge_embedding(&mut self, p: &super::lora::LoraPair, sign: f64) -> Result<()> {
+        let tied = self.lm_head.id() == self.embed.id();
+        self.embed = (&self.embed + p.delta(sign)?.t()?)?;
+        if tied {
+            self.lm_head = self.embed.clone();
+        }
+        Ok(())
+    }
+
+    pub fn embedding(&self) -> &Tensor {
+        &self.embed
+    }
+
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut LoraLinear> {
         self.layers.iter_mut().flat_map(|l| l.lin.iter_mut())
     }
@@ -304,6 +318,19 @@ impl Llama {
             }
         }
         let mut x = embed(&self.embed, ids)?;
+        // embedding LoRA per row: s B A[:, id] (inside the embedding, before any scaling)
+        let emb = ctx.routing.row_pairs("model.embed_tokens");
+        if emb.iter().any(Option::is_some) {
+            let zero = Tensor::zeros((s, self.cfg.hidden_size), DType::F32, dev)?;
+            let mut d = Vec::with_capacity(b);
+            for (r, p) in emb.iter().enumerate() {
+                d.push(match p {
+                    Some(p) => (p.a.t()?.contiguous()?.index_select(&ids.get(r)?, 0)?.matmul(&p.b.t()?)? * p.scale)?,
+                    None => zero.clone(),
+                });
+            }
+            x = (x + Tensor::stack(&d, 0)?)?;
+        }
         if self.opts.embed_scale {
             x = (x * (self.cfg.hidden_size as f64).sqrt() as f32 as f64)?;
         }

@@ -36,6 +36,38 @@ pub type HostCopies = (Vec<f32>, Vec<f32>);
 /// blocked by 8 outputs (`quant::block8`), so a range of outputs is one contiguous read.
 pub type HostCopies16 = (Vec<u16>, Vec<u16>);
 
+/// The canonical module an embedding LoRA attaches to, if `name` is one (`*.embed_tokens`,
+/// `*.word_embeddings`).
+pub fn is_embedding(name: &str) -> bool {
+    name.ends_with("embed_tokens") || name.ends_with("word_embeddings")
+}
+
+/// `x[t] += s B A[:, ids[t]]` for each token row of `x` (`[n, hidden]`) whose pair is given:
+/// an embedding LoRA's lookup (`A`'s column per token, up-projected).
+pub fn embedding_delta_host(x: &mut [f32], ids: &[u32], pairs: &[Option<&LoraPair>]) -> Result<()> {
+    let n = ids.len();
+    if n == 0 {
+        return Ok(());
+    }
+    let hid = x.len() / n;
+    for (t, (&id, p)) in ids.iter().zip(pairs).enumerate() {
+        let Some(p) = p else { continue };
+        let c = p.host_copies()?;
+        let (a, bt) = (&c.0, &c.1);
+        let r = p.rank();
+        let vocab = a.len() / r.max(1);
+        if id as usize >= vocab || bt.len() != r * hid {
+            return Err(Error::Model("an embedding LoRA pair does not fit the embedding".into()));
+        }
+        let row = &mut x[t * hid..][..hid];
+        for k in 0..r {
+            let h = a[k * vocab + id as usize];
+            row.iter_mut().zip(&bt[k * hid..][..hid]).for_each(|(y, b)| *y += h * b);
+        }
+    }
+    Ok(())
+}
+
 /// Borrowed from `cell` (made there on first use), or made for this call without a cell.
 fn cached<T: Clone>(cell: Option<&std::sync::OnceLock<T>>, make: impl FnOnce() -> Result<T>) -> Result<Cow<'_, T>> {
     Ok(match cell {
@@ -280,6 +312,17 @@ impl LoadedAdapter {
                 }
                 KeyKind::Magnitude(m) => {
                     mags.insert(arch.canonical(&m), t);
+                }
+                // an embedding pair is kept in the linear layout: A [r, vocab], B [hidden, r]
+                KeyKind::EmbedA(m) => {
+                    a.insert(arch.canonical(&m), (m, t));
+                }
+                KeyKind::EmbedB(m) => {
+                    b.insert(arch.canonical(&m), t);
+                }
+                // a copy of a base weight: `Engine::adapter` checks it equals the base's
+                KeyKind::BaseLayer(m, p) => {
+                    saved.insert(format!("{}.{p}", arch.canonical(&m)), t);
                 }
             }
         }

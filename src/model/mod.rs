@@ -338,7 +338,31 @@ impl Engine {
     /// Builds an adapter's tensors on this engine's device.
     pub fn adapter(&self, id: &str, config_bytes: &[u8], weights: &[u8], labels: Vec<String>) -> Result<Arc<LoadedAdapter>> {
         let cfg = crate::peft::LoraConfig::parse(config_bytes)?;
-        Ok(Arc::new(LoadedAdapter::from_peft(id, self.base.arch, &cfg, weights, labels, &self.device)?))
+        let mut a = LoadedAdapter::from_peft(id, self.base.arch, &cfg, weights, labels, &self.device)?;
+        // copies of base weights PEFT saves beside a LoRA module (`embed_tokens.base_layer`) must
+        // be this base's own: loradex does not swap a base weight per adapter
+        let arch = self.base.arch;
+        let copies: Vec<String> = a.saved.keys().filter(|k| k.rsplit_once('.').is_some_and(|(m, _)| !arch.is_head_module(m))).cloned().collect();
+        for k in copies {
+            let t = a.saved.remove(&k).expect("listed");
+            if let Some(base) = self.base_tensor(&k)? {
+                let same = base.dims() == t.dims() && (base - &t)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? == 0.0;
+                if !same {
+                    return Err(Error::UnsupportedAdapter(format!(
+                        "adapter {id} saves its own {k} (a resized or retrained vocabulary?): loradex serves adapters over the unchanged base weights"
+                    )));
+                }
+            }
+        }
+        Ok(Arc::new(a))
+    }
+
+    /// A base tensor the engine holds in candle form (`None` where only quantized copies exist).
+    fn base_tensor(&self, name: &str) -> Result<Option<Tensor>> {
+        Ok(match &self.net {
+            Net::CausalLm(l) if name == "model.embed_tokens.weight" => Some(l.embedding().to_device(&Device::Cpu)?),
+            _ => None,
+        })
     }
 
     /// Labels of the head a row uses.
@@ -467,9 +491,14 @@ impl Engine {
         }
         // the decoder's copies would go stale: generation after a merge runs candle's model
         self.decoder = None;
+        let mut embedded = 0;
+        if let (Net::CausalLm(l), Some(p)) = (&mut self.net, a.modules.get(decoder::EMBED)) {
+            l.merge_embedding(p, sign)?;
+            embedded = 1;
+        }
         let mut todo: Vec<(&mut LoraLinear, &lora::LoraPair)> =
             self.linears_mut().filter_map(|l| a.modules.get(&l.name).map(|p| (l, p))).collect();
-        let done = todo.len();
+        let done = todo.len() + embedded;
         // modules are independent: merge them on all cores (the adds are memory-bound)
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(done.max(1));
         let per = done.div_ceil(threads.max(1)).max(1);
@@ -530,6 +559,7 @@ impl Engine {
                 }
             }
             Net::CausalLm(m) => {
+                put("model.embed_tokens.weight", m.embedding());
                 let mut m = m.clone();
                 for l in m.linears_mut() {
                     put(&format!("{}.weight", l.name), &l.weight);

@@ -237,6 +237,11 @@ pub enum KeyKind {
     Saved(String, String),
     /// A DoRA magnitude vector (`[out]`) of a LoRA module.
     Magnitude(String),
+    /// An embedding LoRA's `lora_embedding_A` (`[r, vocab]`) / `lora_embedding_B` (`[hidden, r]`).
+    EmbedA(String),
+    EmbedB(String),
+    /// A copy of a LoRA module's base layer PEFT saves beside it (`embed_tokens.base_layer`).
+    BaseLayer(String, String),
 }
 
 /// Classifies a tensor key of an adapter file.
@@ -255,8 +260,16 @@ pub fn classify_key(key: &str, modules_to_save: &[String]) -> Result<KeyKind> {
             return Ok(KeyKind::Magnitude(m.into()));
         }
     }
+    for (suffix, a) in [(".lora_embedding_A", true), (".lora_embedding_B", false)] {
+        if let Some(m) = rest.strip_suffix(suffix) {
+            return Ok(if a { KeyKind::EmbedA(m.into()) } else { KeyKind::EmbedB(m.into()) });
+        }
+    }
+    if let Some((m, param)) = rest.rsplit_once(".base_layer.") {
+        return Ok(KeyKind::BaseLayer(m.into(), param.into()));
+    }
     if rest.contains("lora_embedding_") {
-        return Err(Error::UnsupportedAdapter(format!("{key}: embedding LoRA tensors are not supported")));
+        return Err(Error::UnsupportedAdapter(format!("{key}: not an embedding LoRA tensor PEFT writes")));
     }
     if let Some((module, param)) = rest.rsplit_once('.') {
         let module = module.replace(".modules_to_save.default", "");

@@ -442,3 +442,14 @@ fn dora_trains_and_round_trips() {
         assert!(max_abs_diff(x, y) < 1e-4, "merged {x:?} vs unmerged {y:?}");
     }
 }
+
+/// LoRA on `embed_tokens` (with the base-layer copy PEFT saves beside it) and regex
+/// `rank_pattern` / `alpha_pattern`: PEFT's logits and greedy ids on both decoders, mixed with
+/// base rows, merged; the adapter imports into the store.
+#[test]
+fn embedding_lora_and_patterns_match_peft() {
+    decoder_case("llama-embed-patterns", "llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let c = case("llama-embed-patterns");
+    import(&tmp.path().join("home"), &c.join("adapter"), "emb", &c.join("base"));
+}
