@@ -261,6 +261,12 @@ pub fn check_adapter(
             });
         }
         let peft_name = akey.strip_prefix(peft::KEY_PREFIX).and_then(|k| k.strip_suffix(".lora_A.weight")).unwrap_or(module);
+        if !config.in_layers(peft_name) {
+            return Err(Error::TensorMismatch {
+                tensor: akey.clone(),
+                detail: format!("outside layers_to_transform {:?} (layers_pattern {:?})", config.layers_to_transform.as_deref().unwrap_or(&[]), config.layers_pattern),
+            });
+        }
         let want = config.rank_for(peft_name);
         if r != want {
             return Err(Error::TensorMismatch { tensor: akey.clone(), detail: format!("rank {r}, but the config gives {peft_name} rank {want} (r / rank_pattern)") });

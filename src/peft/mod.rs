@@ -27,6 +27,24 @@ pub struct LoraConfig {
     pub alpha_pattern: Patterns<f64>,
     /// DoRA: each LoRA module also has a `lora_magnitude_vector`.
     pub use_dora: bool,
+    /// `layers_to_transform`: only modules in these layer indices carry LoRA.
+    pub layers_to_transform: Option<Vec<usize>>,
+    /// `layers_pattern`: the name(s) of the layer list the indices count in (`layers`, `h`).
+    pub layers_pattern: Vec<String>,
+}
+
+/// The layer index of a module path as PEFT reads it: the number after `{pattern}.` (any of
+/// `patterns`), or with no pattern the first `.N.` after at least two leading components.
+pub fn layer_index(module: &str, patterns: &[String]) -> Option<usize> {
+    let parts: Vec<&str> = module.split('.').collect();
+    // PEFT's regex needs a following "." (the index is not the last component)
+    let idx = |i: usize| if i + 1 < parts.len() { parts[i].parse::<usize>().ok() } else { None };
+    if patterns.is_empty() {
+        // r".*\.[^.]*\.(\d+)\." : the last such index with at least two components before it
+        (2..parts.len()).rev().find_map(idx)
+    } else {
+        (2..parts.len()).rev().find_map(|i| patterns.iter().any(|p| parts[i - 1] == p).then(|| idx(i)).flatten())
+    }
 }
 
 /// `rank_pattern` / `alpha_pattern` as PEFT reads them: keys are regular expressions tried
@@ -130,7 +148,6 @@ impl LoraConfig {
             ("fan_in_fan_out", "fan_in_fan_out (Conv1D layers)"),
             ("lora_bias", "lora_bias"),
             ("use_qalora", "QALoRA"),
-            ("layers_to_transform", "layers_to_transform"),
             ("layer_replication", "layer_replication"),
             ("trainable_token_indices", "trainable_token_indices"),
             ("alora_invocation_tokens", "aLoRA"),
@@ -208,7 +225,24 @@ impl LoraConfig {
             rank_pattern,
             alpha_pattern,
             use_dora: flag("use_dora")?,
+            layers_to_transform: match o.get("layers_to_transform") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => Some(vec![n.as_u64().ok_or_else(|| typed("layers_to_transform", "a layer index or a list of them"))? as usize]),
+                Some(Value::Array(a)) => Some(
+                    a.iter().map(|v| v.as_u64().map(|n| n as usize).ok_or_else(|| typed("layers_to_transform", "a layer index or a list of them"))).collect::<Result<_>>()?,
+                ),
+                Some(_) => return Err(typed("layers_to_transform", "a layer index or a list of them")),
+            },
+            layers_pattern: strings("layers_pattern")?,
         })
+    }
+
+    /// Whether PEFT would put LoRA on `module` given `layers_to_transform` (always without it).
+    pub fn in_layers(&self, module: &str) -> bool {
+        match &self.layers_to_transform {
+            None => true,
+            Some(layers) => layer_index(module, &self.layers_pattern).is_some_and(|i| layers.contains(&i)),
+        }
     }
 
     /// The rank PEFT gives one module (`module` as PEFT names it, without `base_model.model.`).
@@ -333,6 +367,7 @@ pub struct NewConfig<'a> {
     pub dropout: f64,
     pub use_rslora: bool,
     pub use_dora: bool,
+    pub layers_to_transform: Option<&'a [usize]>,
     pub target_modules: &'a [String],
     pub modules_to_save: &'a [String],
     pub task_type: &'a str,
@@ -362,7 +397,7 @@ pub fn new_config_json(c: &NewConfig) -> Vec<u8> {
         ("kasa_config", null.clone()),
         ("layer_replication", null.clone()),
         ("layers_pattern", null.clone()),
-        ("layers_to_transform", null.clone()),
+        ("layers_to_transform", c.layers_to_transform.map(|l| Value::from(l.to_vec())).unwrap_or(Value::Null)),
         ("loftq_config", Value::Object(Map::new())),
         ("lora_alpha", num(c.alpha)),
         ("lora_bias", false.into()),

@@ -76,6 +76,8 @@ pub struct LoraSpec {
     pub use_rslora: bool,
     /// DoRA: a trained magnitude per output row beside each LoRA pair.
     pub use_dora: bool,
+    /// PEFT's `layers_to_transform`: LoRA only in these layers (all when `None`).
+    pub layers_to_transform: Option<Vec<usize>>,
     pub target_modules: Vec<String>,
     pub modules_to_save: Vec<String>,
     pub learning_rate: f64,
@@ -131,6 +133,7 @@ impl Trainer {
         let mut modules: Vec<(String, usize, usize)> = engine
             .linears_mut()
             .filter(|l| matches_target(&l.name, &spec.target_modules))
+            .filter(|l| spec.layers_to_transform.as_ref().is_none_or(|ls| peft::layer_index(&l.name, &[]).is_some_and(|i| ls.contains(&i))))
             .map(|l| (l.name.clone(), l.weight.dims()[0], l.weight.dims()[1]))
             .collect();
         // DoRA's initial magnitude: ‖W‖ per output row (B = 0, so ‖W + s B A‖ = ‖W‖), as PEFT's
@@ -378,6 +381,7 @@ impl Trainer {
             dropout: self.spec.dropout as f64,
             use_rslora: self.spec.use_rslora,
             use_dora: self.spec.use_dora,
+            layers_to_transform: self.spec.layers_to_transform.as_deref(),
             target_modules: &self.spec.target_modules,
             modules_to_save: &self.spec.modules_to_save,
             task_type: match self.task {
@@ -554,6 +558,7 @@ pub fn train_and_store(r: &Recipe, store: &mut Store, device: &Device, progress:
         dropout: r.lora.dropout as f32,
         use_rslora: r.lora.use_rslora,
         use_dora: r.lora.use_dora,
+        layers_to_transform: r.lora.layers_to_transform.clone(),
         target_modules: r.target_modules(),
         modules_to_save: r.modules_to_save(),
         learning_rate: r.train.learning_rate,

@@ -48,6 +48,9 @@ pub struct Lora {
     /// DoRA (PEFT's `use_dora`): a trained magnitude per output row of each target.
     #[serde(default)]
     pub use_dora: bool,
+    /// PEFT's `layers_to_transform`: LoRA only in these layer indices.
+    #[serde(default)]
+    pub layers_to_transform: Option<Vec<usize>>,
     /// Modules trained fully and saved with the adapter (e.g. ["classifier"]).
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
@@ -55,7 +58,7 @@ pub struct Lora {
 
 impl Default for Lora {
     fn default() -> Self {
-        Lora { r: d_r(), alpha: d_alpha(), dropout: 0.0, target_modules: vec![], use_rslora: false, use_dora: false, modules_to_save: None }
+        Lora { r: d_r(), alpha: d_alpha(), dropout: 0.0, target_modules: vec![], use_rslora: false, use_dora: false, layers_to_transform: None, modules_to_save: None }
     }
 }
 

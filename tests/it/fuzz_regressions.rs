@@ -53,6 +53,7 @@ fn config_floats_parse_correctly_rounded_and_round_trip() {
             dropout: c.lora_dropout,
             use_rslora: c.use_rslora,
             use_dora: c.use_dora,
+            layers_to_transform: c.layers_to_transform.as_deref(),
             target_modules: &c.target_modules,
             modules_to_save: &c.modules_to_save,
             task_type: "",

@@ -13,3 +13,4 @@ mod serve;
 mod serve_llm;
 mod eval;
 mod families;
+mod peft_breadth;

@@ -15,6 +15,7 @@ fn spec(targets: &[&str], save: &[&str]) -> LoraSpec {
         dropout: 0.1,
         use_rslora: false,
         use_dora: false,
+        layers_to_transform: None,
         target_modules: targets.iter().map(|s| s.to_string()).collect(),
         modules_to_save: save.iter().map(|s| s.to_string()).collect(),
         learning_rate: 1e-2,
