@@ -287,6 +287,42 @@ impl Bank {
 }
 
 impl LoadedAdapter {
+    /// A per-request weighted mix `Σ wᵢ sᵢ Bᵢ Aᵢ x`, as one low-rank pair per module: the
+    /// inputs' `A`s stacked and their scaled, weighted `B`s side by side (PEFT's `cat`
+    /// combination exactly, built from the factors: no dense update is made). Its rows then run
+    /// in any mixed batch like any adapter's. The head and labels are the first input's; all
+    /// inputs must share the labels. DoRA adapters cannot be mixed (their rescaling is not
+    /// linear in the update).
+    pub fn mix(id: &str, inputs: &[(&LoadedAdapter, f64)]) -> Result<LoadedAdapter> {
+        let Some((first, _)) = inputs.first() else { return Err(Error::InvalidArgument("an empty adapter mix".into())) };
+        for (a, _) in inputs {
+            if a.labels != first.labels {
+                return Err(Error::InvalidArgument(format!("adapters {} and {} have different labels and cannot be mixed", first.id, a.id)));
+            }
+            if a.modules.values().any(|p| p.magnitude.is_some()) {
+                return Err(Error::InvalidArgument(format!("adapter {} is DoRA: DoRA adapters cannot be mixed per request", a.id)));
+            }
+        }
+        let mut names: Vec<&String> = inputs.iter().flat_map(|(a, _)| a.modules.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut modules = HashMap::new();
+        let mut bytes = 0;
+        for m in names {
+            let (mut a_parts, mut b_parts) = (vec![], vec![]);
+            for (ad, w) in inputs {
+                if let Some(p) = ad.modules.get(m) {
+                    a_parts.push(p.a.clone());
+                    b_parts.push((&p.b * (p.scale * w))?);
+                }
+            }
+            let (a, b) = (Tensor::cat(&a_parts, 0)?, Tensor::cat(&b_parts, 1)?);
+            bytes += (a.elem_count() + b.elem_count()) * 4;
+            modules.insert(m.clone(), LoraPair { a, b, scale: 1.0, magnitude: None, host: Some(Default::default()) });
+        }
+        Ok(LoadedAdapter { id: id.into(), modules, saved: first.saved.clone(), labels: first.labels.clone(), bytes, flat: Default::default() })
+    }
+
     /// Builds device tensors from an adapter's safetensors bytes (already checked against the
     /// base at import; checked again here for shapes it relies on).
     pub fn from_peft(id: &str, arch: Arch, config: &LoraConfig, weights: &[u8], labels: Vec<String>, device: &Device) -> Result<Self> {

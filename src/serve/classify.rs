@@ -107,9 +107,9 @@ pub async fn classify(s: Arc<Shared>, body: axum::body::Bytes, log: &mut Request
     log.rows = Some(req.texts.len());
     log.adapter = req.adapter.clone();
     let s2 = s.clone();
-    let spec = req.adapter.clone();
+    let (spec, mix) = (req.adapter.clone(), req.mix.clone());
     let (digest, adapter, rows) = blocking(move || {
-        let (d, a) = s2.adapter_opt(spec.as_deref())?;
+        let (d, a) = s2.adapter_choice(spec.as_deref(), mix.as_deref())?;
         s2.engine.check_classifier(a.as_deref())?;
         let tok = s2.engine.tok()?;
         let rows = req.texts.iter().map(|t| tok.encode(t, s2.engine.max_len)).collect::<Result<Vec<_>>>()?;

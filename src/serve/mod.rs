@@ -154,6 +154,24 @@ impl Shared {
         })
     }
 
+    /// A request's adapter: one ref, a weighted mix, or none.
+    fn adapter_choice(&self, spec: Option<&str>, mix: Option<&[(String, f64)]>) -> Result<(Option<Digest>, Option<Arc<LoadedAdapter>>)> {
+        let Some(mix) = mix else { return self.adapter_opt(spec) };
+        let parts: Vec<(Digest, Arc<LoadedAdapter>, f64)> = mix.iter().map(|(r, w)| self.adapter(r).map(|(d, a)| (d, a, *w))).collect::<Result<_>>()?;
+        // a mix is its inputs' digests and weights; its low-rank concatenation is made once
+        // and kept in the adapter cache like any adapter
+        let key: String = parts.iter().map(|(d, _, w)| format!("{d}={w:e}\n")).collect();
+        let d = Digest::of(format!("loradex-mix-v1\n{key}").as_bytes());
+        if let Some(a) = self.cache.lock().expect("cache lock").get(&d) {
+            return Ok((Some(d), Some(a)));
+        }
+        let inputs: Vec<(&LoadedAdapter, f64)> = parts.iter().map(|(_, a, w)| (a.as_ref(), *w)).collect();
+        let a = Arc::new(LoadedAdapter::mix(&d.to_string(), &inputs)?);
+        let evicted = self.cache.lock().expect("cache lock").insert(d, a.clone());
+        self.evicted(evicted);
+        Ok((Some(d), Some(a)))
+    }
+
     /// Resolves a ref to its digest and the resident adapter, loading it on a miss.
     fn adapter(&self, spec: &str) -> Result<(Digest, Arc<LoadedAdapter>)> {
         let d = self.store.lock().expect("store lock").resolve(spec)?;

@@ -45,9 +45,9 @@ pub async fn generate(s: Arc<Shared>, kind: Kind, headers: HeaderMap, query: Opt
         return Err(bad("this base is not a causal LM (use /v1/classify)"));
     };
     let s2 = s.clone();
-    let (adapter_spec, prompt_in) = (p.adapter.clone(), p.prompt);
+    let (adapter_spec, mix, prompt_in) = (p.adapter.clone(), p.mix.clone(), p.prompt);
     let (digest, adapter, prompt) = blocking(move || {
-        let (d, a) = s2.adapter_opt(adapter_spec.as_deref())?;
+        let (d, a) = s2.adapter_choice(adapter_spec.as_deref(), mix.as_deref())?;
         let ids = match prompt_in {
             PromptIn::Ids(ids) => ids,
             PromptIn::Text(t) => s2.engine.prompt_ids(&Prompt::Text(t))?,

@@ -44,12 +44,42 @@ fn adapter_field(m: &serde_json::Map<String, Value>) -> Result<Option<String>, I
     }
 }
 
+/// The most adapters one per-request mix may weigh.
+pub const MAX_MIX: usize = 8;
+
+/// A per-request mix, `"adapters": [{"ref": "a", "weight": 0.7}, ...]`: each ref and its weight.
+pub type Mix = Vec<(String, f64)>;
+
+/// The optional `adapters` mix; it may not appear beside a single adapter.
+fn mix_field(m: &serde_json::Map<String, Value>) -> Result<Option<Mix>, Invalid> {
+    let shape = || invalid(format!("\"adapters\" must be a list of 1 to {MAX_MIX} objects {{\"ref\": REF, \"weight\": NUMBER}}"));
+    match m.get("adapters") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) if !a.is_empty() && a.len() <= MAX_MIX => a
+            .iter()
+            .map(|e| {
+                let o = e.as_object().ok_or_else(shape)?;
+                if o.keys().any(|k| k != "ref" && k != "weight") {
+                    return Err(shape());
+                }
+                let r = o.get("ref").and_then(Value::as_str).filter(|r| !r.is_empty()).ok_or_else(shape)?;
+                let w = o.get("weight").and_then(Value::as_f64).filter(|w| w.is_finite()).ok_or_else(shape)?;
+                Ok((r.to_string(), w))
+            })
+            .collect::<Result<Mix, _>>()
+            .map(Some),
+        Some(_) => Err(shape()),
+    }
+}
+
 /// `POST /v1/classify`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassifyRequest {
     pub texts: Vec<String>,
     /// The ref as given (`NAME[:TAG]` or `sha256:…`), or none for the base's own head.
     pub adapter: Option<String>,
+    /// A weighted mix of adapters instead of one.
+    pub mix: Option<Mix>,
 }
 
 pub fn parse_classify(body: &[u8]) -> Result<ClassifyRequest, Invalid> {
@@ -63,7 +93,11 @@ pub fn parse_classify(body: &[u8]) -> Result<ClassifyRequest, Invalid> {
         }
         _ => return Err(invalid("\"texts\" must be a non-empty array of strings")),
     };
-    Ok(ClassifyRequest { texts, adapter: adapter_field(&m)? })
+    let (adapter, mix) = (adapter_field(&m)?, mix_field(&m)?);
+    if adapter.is_some() && mix.is_some() {
+        return Err(invalid("name either \"adapter\" or an \"adapters\" mix, not both"));
+    }
+    Ok(ClassifyRequest { texts, adapter, mix })
 }
 
 /// Which generation endpoint a request came to.
@@ -80,6 +114,8 @@ pub struct GenerationRequest {
     pub model: String,
     /// The one adapter named by `model`, the `adapter` field, the header or the query.
     pub adapter: Option<String>,
+    /// A weighted mix of adapters instead of one (the `adapters` field).
+    pub mix: Option<Mix>,
     pub prompt: PromptIn,
     pub params: SamplingParams,
     pub stream: bool,
@@ -178,6 +214,10 @@ pub fn parse_generation(kind: Kind, body: &[u8], header: Option<&str>, query: Op
             }
         }
     }
+    let mix = mix_field(&m)?;
+    if adapter.is_some() && mix.is_some() {
+        return Err(invalid("an \"adapters\" mix cannot be combined with a single adapter (model BASE:REF, adapter, header or query)"));
+    }
     let prompt = match kind {
         Kind::Completion => match m.get("prompt") {
             Some(Value::String(p)) => PromptIn::Text(p.clone()),
@@ -217,5 +257,5 @@ pub fn parse_generation(kind: Kind, body: &[u8], header: Option<&str>, query: Op
     };
     params.validate().map_err(|e| invalid(e.to_string()))?;
     let stream = opt(&m, "stream", Value::as_bool, "a boolean")?.unwrap_or(false);
-    Ok(GenerationRequest { model, adapter, prompt, params, stream })
+    Ok(GenerationRequest { model, adapter, mix, prompt, params, stream })
 }

@@ -70,3 +70,51 @@ fn layers_to_transform_is_checked_at_import_and_used_in_training() {
     assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
     LoraConfig::parse(&tr.config_bytes(None)).unwrap();
 }
+
+/// A per-request mix `Σ wᵢ Bᵢ(Aᵢ x)` equals PEFT's `cat` combination of the same adapters
+/// (`combined_cat_logits`), runs beside single-adapter and base rows in one decoder step, and
+/// gives each row what it gives alone.
+#[test]
+fn per_request_mix_equals_cat_combination() {
+    use loradex::model::decoder::Row;
+    use loradex::model::lora::LoadedAdapter;
+    let case = fixtures().join("../peft2/llama-combine");
+    let (tol, exp) = (atol(&case), expected(&case));
+    let e = loradex::model::Engine::load(loradex::base::BaseDir::open_dir(&case.join("base")).unwrap(), candle_core::Device::Cpu).unwrap();
+    let load = |d: std::path::PathBuf| {
+        let f = loradex::peft::read_dir(&d).unwrap();
+        e.adapter(&d.display().to_string(), &f.config_bytes, &f.weights_bytes, vec![]).unwrap()
+    };
+    let (a0, a1, a2) = (load(case.join("adapters")), load(case.join("adapters/a1")), load(case.join("adapters/a2")));
+    let mix = LoadedAdapter::mix("mix", &[(&a0, 1.0), (&a1, 0.5), (&a2, 0.25)]).unwrap();
+    let cat = load(case.join("combined/c_cat"));
+    let dec = e.decoder.as_ref().unwrap();
+    let ids = ids_rows(&exp["input_ids"]);
+    let mask = ids_rows(&exp["attention_mask"]);
+    let toks: Vec<Vec<u32>> = ids.iter().zip(&mask).map(|(i, m)| i[..m.iter().filter(|&&x| x == 1).count()].to_vec()).collect();
+    let run = |choice: &[Option<&LoadedAdapter>]| -> Vec<Vec<f32>> {
+        let mut caches: Vec<_> = toks.iter().map(|t| dec.cache(t.len(), None)).collect();
+        let mut rows: Vec<Row> = toks.iter().zip(caches.iter_mut()).zip(choice).map(|((t, c), a)| Row { tokens: t, cache: c, adapter: *a }).collect();
+        dec.step(&mut rows).unwrap()
+    };
+    let n = toks.len();
+    let all_mix = run(&vec![Some(&mix); n]);
+    for (r, g) in all_mix.iter().enumerate() {
+        let want = exp["combined_cat_logits"].get(r).unwrap().get(toks[r].len() - 1).unwrap().to_vec1::<f32>().unwrap();
+        assert!(max_abs_diff(g, &want) <= tol, "mix row {r} vs PEFT's cat: {}", max_abs_diff(g, &want));
+    }
+    let all_cat = run(&vec![Some(cat.as_ref()); n]);
+    let alone_a1 = run(&vec![Some(a1.as_ref()); n]);
+    let alone_base = run(&vec![None; n]);
+    // one step mixing a mix, the stored cat, a single adapter and the base
+    let choice: Vec<Option<&LoadedAdapter>> = (0..n).map(|i| [Some(&mix), Some(cat.as_ref()), Some(a1.as_ref()), None][i % 4]).collect();
+    let mixed = run(&choice);
+    for (r, g) in mixed.iter().enumerate() {
+        let alone = [&all_mix, &all_cat, &alone_a1, &alone_base][r % 4];
+        assert_eq!(g, &alone[r], "row {r}: a mixed batch changed its logits");
+        assert!(max_abs_diff(&all_mix[r], &all_cat[r]) < 1e-5, "row {r}: mix vs stored cat");
+    }
+    // labels must agree, and DoRA adapters are refused
+    let labelled = LoadedAdapter { labels: vec!["x".into()], ..LoadedAdapter::mix("l", &[(&a1, 1.0)]).unwrap() };
+    assert!(LoadedAdapter::mix("bad", &[(&a0, 1.0), (&labelled, 1.0)]).is_err());
+}

@@ -252,3 +252,38 @@ fn a_cancelled_stream_frees_its_slot_and_a_full_queue_answers_503() {
     assert_eq!(st, 400, "{b}");
     assert!(b.contains("KV cache"), "{b}");
 }
+
+/// `"adapters": [{"ref", "weight"}, ...]` on the completion endpoint gives the greedy ids of
+/// the stored `cat` combination of the same adapters; a mix beside a single adapter, or of
+/// an unknown ref, is a clear error, not a 500.
+#[test]
+fn a_per_request_mix_generates_what_its_cat_combination_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = fixtures().join("../peft2/llama-combine");
+    let base = case.join("base");
+    let home = tmp.path().join("home");
+    import(&home, &case.join("adapters"), "d0", &base);
+    import(&home, &case.join("adapters/a1"), "d1", &base);
+    import(&home, &case.join("adapters/a2"), "d2", &base);
+    import(&home, &case.join("combined/c_cat"), "cat", &base);
+    let srv = Server::start(&home, &base, &[]);
+    let gen = |extra: &str| {
+        let body = format!("{{\"model\": \"base\", \"prompt\": [1, 5, 9, 33, 70], \"max_tokens\": 8{extra}}}");
+        post(&srv.addr, "/v1/completions", &body, &[])
+    };
+    let (st, cat) = gen(", \"adapter\": \"cat\"");
+    assert_eq!(st, 200, "{cat}");
+    let (st, mix) = gen(", \"adapters\": [{\"ref\": \"d0\", \"weight\": 1.0}, {\"ref\": \"d1\", \"weight\": 0.5}, {\"ref\": \"d2\", \"weight\": 0.25}]");
+    assert_eq!(st, 200, "{mix}");
+    let text = |b: &str| json(b)["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(text(&mix), text(&cat));
+    let (st, base_only) = gen("");
+    assert_eq!(st, 200);
+    assert_ne!(text(&base_only), text(&mix), "the mix should change the output");
+    let (st, e) = gen(", \"adapter\": \"cat\", \"adapters\": [{\"ref\": \"d0\", \"weight\": 1.0}]");
+    assert_eq!(st, 400, "{e}");
+    let (st, e) = gen(", \"adapters\": [{\"ref\": \"nope\", \"weight\": 1.0}]");
+    assert_eq!(st, 404, "{e}");
+    let (st, e) = gen(", \"adapters\": []");
+    assert_eq!(st, 400, "{e}");
+}
