@@ -201,6 +201,10 @@ fn committed_recipes_match_the_recipe_schema_and_load() {
         c.assert_valid("", &serde_json::to_value(t).unwrap());
         let r = loradex::train::Recipe::load(&p, &[]).unwrap();
         let train = r.path(&r.data.train);
+        if !train.exists() && r.data.train.starts_with("../../data") {
+            // real datasets are fetched by scripts/fetch-data.sh (git-ignored), not committed
+            continue;
+        }
         let ex = loradex::train::data::read(&train, &r.data.text_field, &r.data.label_field, r.task == loradex::train::Task::SeqCls).unwrap();
         if r.task == loradex::train::Task::SeqCls {
             let labels = loradex::train::data::label_set(&ex, r.data.labels.as_ref()).unwrap();
