@@ -25,6 +25,20 @@ fn adapter(e: &Engine, dir: &Path) -> Arc<LoadedAdapter> {
     e.adapter(&dir.display().to_string(), &f.config_bytes, &f.weights_bytes, vec![]).unwrap()
 }
 
+/// A copy of an adapter with its LoRA factors (not its saved copies of base weights) times `k`.
+fn lora_scaled(src: &Path, dst: &Path, k: f64) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    std::fs::copy(src.join("adapter_config.json"), dst.join("adapter_config.json")).unwrap();
+    let mut ts = candle_core::safetensors::load(src.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for (key, t) in ts.iter_mut() {
+        if key.contains(".lora_") && !key.contains("magnitude") {
+            *t = (&*t * k).unwrap();
+        }
+    }
+    candle_core::safetensors::save(&ts, dst.join("adapter_model.safetensors")).unwrap();
+    dst.to_path_buf()
+}
+
 fn texts(case: &Path) -> Vec<String> {
     case_json(case)["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
 }
@@ -68,6 +82,21 @@ fn encoder_case(name: &str, family: &str) {
             assert_close(&got[i..=i], &rows_of(&exp[want], &[i]), tol, &format!("{name} mixed row {i} (cpu path {cpu})"));
         }
     }
+    // two adapters of the family and the base in one batch: each row as it is alone
+    let tmp = tempfile::tempdir().unwrap();
+    let other = adapter(&e, &lora_scaled(&case.join("adapter"), &tmp.path().join("other"), 0.5));
+    let solo = |a: Option<&Arc<LoadedAdapter>>| match a {
+        Some(a) => logits(e.classify_batch(&batch, &Routing::single(a.clone(), n)).unwrap()),
+        None => logits(e.classify_batch(&batch, &Routing::base(n)).unwrap()),
+    };
+    let (sa, so, sb) = (solo(Some(&a)), solo(Some(&other)), solo(None));
+    let rows: Vec<Option<usize>> = (0..n).map(|i| [Some(0), Some(1), None][i % 3]).collect();
+    let got = logits(e.classify_batch(&batch, &Routing { adapters: vec![a.clone(), other.clone()], rows }).unwrap());
+    for (i, g) in got.iter().enumerate() {
+        let want = [&sa, &so, &sb][i % 3];
+        assert!(max_abs_diff(g, &want[i]) <= 1e-5, "{name}: two-adapter mixed row {i}");
+    }
+    assert!(max_abs_diff(&sa[0], &so[0]) > 1e-4, "{name}: the scaled adapter should differ");
     e.merge(&a, 1.0).unwrap();
     let merged = logits(e.classify_batch(&batch, &Routing::base(n)).unwrap());
     assert_close(&merged, &exp["merged_logits"], tol, &format!("{name} merged_logits"));
@@ -138,6 +167,24 @@ fn decoder_case(name: &str, family: &str) {
     let mixed: Vec<Option<&LoadedAdapter>> = (0..b).map(|i| (i % 2 == 0).then_some(a.as_ref())).collect();
     let wants: Vec<&str> = mixed.iter().map(|m| if m.is_some() { "lora_logits" } else { "base_logits" }).collect();
     decoder_logits(&e, &mixed, &exp, &wants, tol, name);
+    // two adapters of the family and the base in one step: each row as it is alone
+    let tmp = tempfile::tempdir().unwrap();
+    let other = adapter(&e, &lora_scaled(&case.join("adapter"), &tmp.path().join("other"), 0.5));
+    let dec = e.decoder.as_ref().unwrap();
+    let ids = ids_rows(&exp["input_ids"]);
+    let mask = ids_rows(&exp["attention_mask"]);
+    let toks: Vec<Vec<u32>> = ids.iter().zip(&mask).map(|(i, m)| i[..m.iter().filter(|&&x| x == 1).count()].to_vec()).collect();
+    let run = |choice: &[Option<&LoadedAdapter>]| {
+        let mut caches: Vec<_> = toks.iter().map(|t| dec.cache(t.len(), None)).collect();
+        let mut rows: Vec<Row> = toks.iter().zip(caches.iter_mut()).zip(choice).map(|((t, c), a)| Row { tokens: t, cache: c, adapter: *a }).collect();
+        dec.step(&mut rows).unwrap()
+    };
+    let three: Vec<Option<&LoadedAdapter>> = (0..b).map(|i| [Some(a.as_ref()), Some(other.as_ref()), None][i % 3]).collect();
+    let got = run(&three);
+    for (i, g) in got.iter().enumerate() {
+        let alone = run(&vec![three[i]; b]);
+        assert_eq!(g, &alone[i], "{name}: two-adapter mixed row {i} differs from its solo run");
+    }
     // greedy ids with the adapter, on the CPU decoder and on candle's model
     let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
     let want = ids_rows(&exp["greedy_ids"])[0].clone();
