@@ -53,6 +53,8 @@ pub enum Error {
     InvalidArgument(String),
     #[error("hub: {0}")]
     Hub(String),
+    #[error("registry: {0}")]
+    Registry(String),
     #[error("cannot combine: {0}")]
     Combine(#[from] crate::combine::CombineError),
 }

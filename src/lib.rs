@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod peft;
+pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod synth;

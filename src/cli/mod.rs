@@ -5,6 +5,7 @@ mod bench;
 mod bench_generate;
 mod bench_store;
 mod eval;
+mod registry;
 mod store_print;
 use store_print::{ls_print, prune_print, show_print};
 
@@ -49,6 +50,24 @@ enum Cmd {
     },
     /// Write a stored adapter as a PEFT-loadable directory
     Export { r#ref: String, out: PathBuf },
+    /// Upload a stored adapter to an OCI registry as an artifact; prints the manifest digest
+    Push {
+        r#ref: String,
+        /// REGISTRY/REPO[:TAG]
+        target: String,
+        #[command(flatten)]
+        remote: registry::RemoteArgs,
+    },
+    /// Download an adapter artifact from an OCI registry, verify every blob, and store it
+    Pull {
+        /// REGISTRY/REPO[:TAG|@sha256:...]
+        source: String,
+        /// Store it under NAME[:TAG] (default: REPO:TAG)
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: registry::RemoteArgs,
+    },
     /// List stored adapters
     Ls {
         /// Only adapters for this base model directory
@@ -324,6 +343,8 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 println!("{d} -> {}", out.display());
             }
         }
+        Cmd::Push { r#ref, target, remote } => registry::push(&open_store(&home)?, &r#ref, &target, &remote.remote()?, js)?,
+        Cmd::Pull { source, name, remote } => registry::pull(&mut open_store(&home)?, &source, name.as_deref(), &remote.remote()?, js)?,
         Cmd::Ls { base, name, after, limit } => {
             let s = open_store(&home)?;
             let fp = match base {

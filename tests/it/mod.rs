@@ -14,3 +14,4 @@ mod serve_llm;
 mod eval;
 mod families;
 mod peft_breadth;
+mod registry;

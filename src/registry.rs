@@ -1,0 +1,293 @@
+//! OCI registries as the store's remote: `push` uploads a stored adapter as a plain OCI 1.1
+//! artifact, `pull` downloads one, verifies every blob against its digest, and stores it.
+//! The wire format is what general tools read: an image manifest with `artifactType`
+//! `application/vnd.loradex.adapter.v1+json`, loradex's own metadata as the config blob, and
+//! one layer per PEFT file annotated with `org.opencontainers.image.title` (so `oras pull`
+//! writes a PEFT directory). HTTP, token and basic auth, and TLS are the ORAS project's
+//! `oci-client`; this module owns the format, the credentials lookup and the size caps, and
+//! goes through `Store` for everything local (it never writes into the store's files itself).
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::peft::{self, LoraConfig};
+use crate::store::{NewAdapter, Ref, Store};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// The manifest's `artifactType` and the config blob's media type.
+pub const ARTIFACT_TYPE: &str = "application/vnd.loradex.adapter.v1+json";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG_LAYER_TYPE: &str = "application/vnd.loradex.peft.config.v1+json";
+const WEIGHTS_LAYER_TYPE: &str = "application/vnd.loradex.peft.safetensors.v1";
+const TITLE: &str = "org.opencontainers.image.title";
+/// The largest manifest or metadata blob read from a registry.
+const MAX_SMALL_BLOB: usize = 1 << 20;
+
+/// How to reach a registry.
+#[derive(Clone, Debug, Default)]
+pub struct Remote {
+    /// Plain HTTP (loopback or test registries).
+    pub plain_http: bool,
+    /// `(username, password)`; without it, `~/.docker/config.json`'s `auths`, else anonymous.
+    pub credentials: Option<(String, String)>,
+    /// Extra root certificate (PEM) to trust, for a registry with its own CA.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// loradex's metadata, the artifact's config blob: what the store needs beside the PEFT files.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ArtifactConfig {
+    pub media_type: String,
+    pub base_fingerprint: Digest,
+    pub base_arch: String,
+    pub task: Option<String>,
+    pub labels: Vec<String>,
+    pub metrics: Option<Value>,
+    pub provenance: Value,
+}
+
+/// What `push` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pushed {
+    pub reference: String,
+    pub manifest_digest: String,
+    /// Blobs sent, and blobs the registry already had (not sent again).
+    pub uploaded: usize,
+    pub skipped: usize,
+}
+
+/// What `pull` stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pulled {
+    pub reference: String,
+    pub manifest_digest: String,
+    pub digest: Digest,
+    pub name: String,
+}
+
+fn reg_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Registry(format!("{what}: {e}"))
+}
+
+/// A registry reference `REGISTRY/REPO[:TAG|@sha256:...]`, parsed before any work.
+pub fn parse_reference(s: &str) -> Result<Reference> {
+    let r: Reference = s.parse().map_err(|e| Error::InvalidArgument(format!("{s}: not a registry reference REGISTRY/REPO[:TAG|@sha256:...] ({e})")))?;
+    if !s.contains('/') {
+        return Err(Error::InvalidArgument(format!("{s}: name the registry too (REGISTRY/REPO[:TAG])")));
+    }
+    Ok(r)
+}
+
+impl Remote {
+    fn client(&self) -> Result<Client> {
+        let mut cfg = ClientConfig { protocol: if self.plain_http { ClientProtocol::Http } else { ClientProtocol::Https }, ..Default::default() };
+        if let Some(p) = &self.ca_cert {
+            let data = std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("--ca-cert {}: {e}", p.display())))?;
+            cfg.extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+        }
+        Ok(Client::new(cfg))
+    }
+
+    /// Credentials for `registry`: the given ones, else docker's config file, else none.
+    fn auth(&self, registry: &str) -> Result<RegistryAuth> {
+        if let Some((u, p)) = &self.credentials {
+            return Ok(RegistryAuth::Basic(u.clone(), p.clone()));
+        }
+        let Some(home) = std::env::var_os("HOME") else { return Ok(RegistryAuth::Anonymous) };
+        let path = std::env::var_os("DOCKER_CONFIG").map(PathBuf::from).unwrap_or_else(|| Path::new(&home).join(".docker")).join("config.json");
+        docker_auth(&path, registry)
+    }
+}
+
+/// `auths[registry].auth` (base64 `user:password`) of a docker config file, if any.
+pub fn docker_auth(path: &Path, registry: &str) -> Result<RegistryAuth> {
+    let Ok(bytes) = std::fs::read(path) else { return Ok(RegistryAuth::Anonymous) };
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::json(path.display().to_string(), e))?;
+    let entry = v.get("auths").and_then(Value::as_object).and_then(|a| {
+        a.iter().find(|(k, _)| {
+            let k = k.trim_start_matches("https://").trim_start_matches("http://");
+            k.split('/').next() == Some(registry)
+        })
+    });
+    let Some(auth) = entry.and_then(|(_, e)| e.get("auth")).and_then(Value::as_str) else { return Ok(RegistryAuth::Anonymous) };
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(auth).map_err(|e| Error::InvalidArgument(format!("{}: auths.{registry}.auth is not base64: {e}", path.display())))?;
+    let s = String::from_utf8(raw).map_err(|_| Error::InvalidArgument(format!("{}: auths.{registry}.auth is not UTF-8", path.display())))?;
+    let (u, p) = s.split_once(':').ok_or_else(|| Error::InvalidArgument(format!("{}: auths.{registry}.auth is not user:password", path.display())))?;
+    Ok(RegistryAuth::Basic(u.into(), p.into()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| reg_err("runtime", e))
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Digest::of(bytes).to_string()
+}
+
+/// The image manifest of an adapter artifact: config blob, the two PEFT layers, annotations.
+fn manifest_json(config: &[u8], cfg_file: &[u8], weights: &[u8], meta: &ArtifactConfig, rank: usize) -> Vec<u8> {
+    let layer = |media: &str, bytes: &[u8], title: &str| json!({"mediaType": media, "digest": sha(bytes), "size": bytes.len(), "annotations": {TITLE: title}});
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": ARTIFACT_TYPE, "digest": sha(config), "size": config.len()},
+        "layers": [layer(CONFIG_LAYER_TYPE, cfg_file, peft::CONFIG_FILE), layer(WEIGHTS_LAYER_TYPE, weights, peft::WEIGHTS_FILE)],
+        "annotations": {
+            "org.loradex.base.fingerprint": meta.base_fingerprint.to_string(),
+            "org.loradex.base.arch": meta.base_arch,
+            "org.loradex.task": meta.task.clone().unwrap_or_default(),
+            "org.loradex.rank": rank.to_string(),
+            "org.loradex.labels": serde_json::to_string(&meta.labels).expect("labels serialize"),
+            "org.loradex.metrics": meta.metrics.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+        }
+    });
+    serde_json::to_vec(&m).expect("manifest serializes")
+}
+
+/// Uploads stored adapter `src` to `target`; blobs the registry has are not sent again.
+pub fn push(store: &Store, src: &str, target: &str, remote: &Remote) -> Result<Pushed> {
+    let image = parse_reference(target)?;
+    if image.digest().is_some() {
+        return Err(Error::InvalidArgument(format!("{target}: push to a tag, not a digest")));
+    }
+    let d = store.resolve(src)?;
+    let (m, cfg_file, weights) = store.adapter_files(&d)?;
+    let meta = ArtifactConfig {
+        media_type: ARTIFACT_TYPE.into(),
+        base_fingerprint: m.base_fingerprint,
+        base_arch: m.base_arch.clone(),
+        task: m.task.clone(),
+        labels: m.labels.clone(),
+        metrics: m.metrics.clone(),
+        provenance: m.provenance.clone(),
+    };
+    let config = serde_json::to_vec(&meta).expect("config serializes");
+    let manifest = manifest_json(&config, &cfg_file, &weights, &meta, m.rank);
+    let client = remote.client()?;
+    let auth = remote.auth(image.resolve_registry())?;
+    runtime()?.block_on(async {
+        client.auth(&image, &auth, oci_client::RegistryOperation::Push).await.map_err(|e| reg_err(&format!("{target}: authentication"), e))?;
+        let (mut uploaded, mut skipped) = (0, 0);
+        for blob in [&config, &cfg_file, &weights] {
+            let digest = sha(blob);
+            if client.blob_exists(&image, &digest).await.map_err(|e| reg_err(target, e))? {
+                skipped += 1;
+                continue;
+            }
+            client.push_blob(&image, blob.clone(), &digest).await.map_err(|e| reg_err(&format!("{target}: upload {digest}"), e))?;
+            uploaded += 1;
+        }
+        let ct = MANIFEST_TYPE.parse().expect("a valid header value");
+        client.push_manifest_raw(&image, manifest.clone(), ct).await.map_err(|e| reg_err(&format!("{target}: manifest"), e))?;
+        Ok(Pushed { reference: target.to_string(), manifest_digest: sha(&manifest), uploaded, skipped })
+    })
+}
+
+/// A `Vec` that refuses to grow past `cap` bytes (a hostile registry cannot exhaust memory).
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, b: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        if self.buf.len() + b.len() > self.cap {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!("blob larger than {} bytes", self.cap))));
+        }
+        self.buf.extend_from_slice(b);
+        std::task::Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A blob as the manifest describes it, read within `cap` bytes and checked against its
+/// digest (and declared size) as it streams.
+async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: usize, what: &str) -> Result<Vec<u8>> {
+    if desc.size < 0 || desc.size as usize > cap {
+        return Err(Error::Registry(format!("{what}: declared size {} is over the {cap}-byte limit", desc.size)));
+    }
+    Digest::parse(&desc.digest).map_err(|_| Error::Registry(format!("{what}: {:?} is not a sha256 digest", desc.digest)))?;
+    let mut out = Capped { buf: Vec::with_capacity(desc.size as usize), cap: desc.size as usize };
+    client.pull_blob(image, desc, &mut out).await.map_err(|e| reg_err(&format!("{what} ({})", desc.digest), e))?;
+    if out.buf.len() as i64 != desc.size || sha(&out.buf) != desc.digest {
+        return Err(Error::Registry(format!("{what}: content does not match digest {}", desc.digest)));
+    }
+    Ok(out.buf)
+}
+
+/// The store name a pull gives by default: the repository and tag (`latest` when pulled by
+/// digest alone).
+pub fn default_name(image: &Reference) -> Result<Ref> {
+    Ref::parse(&format!("{}:{}", image.repository(), image.tag().unwrap_or("latest")))
+}
+
+/// Downloads `src`, checks every blob's digest, and stores it as `name` (default REPO:TAG).
+/// Nothing reaches the store unless every blob verified.
+pub fn pull(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote) -> Result<Pulled> {
+    let image = parse_reference(src)?;
+    let name = match name {
+        Some(n) => n.clone(),
+        None => default_name(&image)?,
+    };
+    let client = remote.client()?;
+    let auth = remote.auth(image.resolve_registry())?;
+    let (manifest_digest, config, cfg_file, weights) = runtime()?.block_on(async {
+        let (raw, digest) = client.pull_manifest_raw(&image, &auth, &[MANIFEST_TYPE]).await.map_err(|e| reg_err(src, e))?;
+        if raw.len() > MAX_SMALL_BLOB {
+            return Err(Error::Registry(format!("{src}: a manifest over {MAX_SMALL_BLOB} bytes")));
+        }
+        if let Some(want) = image.digest() {
+            if sha(&raw) != want {
+                return Err(Error::Registry(format!("{src}: the manifest does not match its digest")));
+            }
+        }
+        let m: oci_client::manifest::OciImageManifest = serde_json::from_slice(&raw).map_err(|e| Error::Registry(format!("{src}: not an OCI image manifest: {e}")))?;
+        if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) && m.config.media_type != ARTIFACT_TYPE {
+            return Err(Error::Registry(format!("{src}: not a loradex adapter (artifactType {:?})", m.artifact_type)));
+        }
+        let layer = |title: &str| {
+            m.layers
+                .iter()
+                .find(|l| l.annotations.as_ref().and_then(|a| a.get(TITLE)).map(String::as_str) == Some(title))
+                .ok_or_else(|| Error::Registry(format!("{src}: no layer titled {title}")))
+        };
+        let (lc, lw) = (layer(peft::CONFIG_FILE)?, layer(peft::WEIGHTS_FILE)?);
+        let config = fetch(&client, &image, &m.config, MAX_SMALL_BLOB, "config").await?;
+        let cfg_file = fetch(&client, &image, lc, crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE).await?;
+        let weights = fetch(&client, &image, lw, crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE).await?;
+        Ok::<_, Error>((if digest.is_empty() { sha(&raw) } else { digest }, config, cfg_file, weights))
+    })?;
+    let meta: ArtifactConfig = serde_json::from_slice(&config).map_err(|e| Error::Registry(format!("{src}: loradex metadata: {e}")))?;
+    let lcfg = LoraConfig::parse(&cfg_file)?;
+    peft::safetensors::SafeView::parse(&weights, peft::WEIGHTS_FILE)?;
+    let mut provenance = meta.provenance.clone();
+    if let Some(o) = provenance.as_object_mut() {
+        o.insert("pulled_from".into(), json!({"reference": src, "manifest": manifest_digest}));
+    }
+    let digest = store.add(
+        NewAdapter {
+            config_bytes: &cfg_file,
+            weights_bytes: &weights,
+            config: &lcfg,
+            base_fingerprint: meta.base_fingerprint,
+            base_arch: &meta.base_arch,
+            labels: meta.labels.clone(),
+            metrics: meta.metrics.clone(),
+            provenance,
+        },
+        &name,
+    )?;
+    Ok(Pulled { reference: src.to_string(), manifest_digest, digest, name: name.to_string() })
+}

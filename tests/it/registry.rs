@@ -1,0 +1,139 @@
+//! `push` / `pull` against a real OCI registry (Debian's `docker-registry`, CNCF
+//! distribution; `.ci/run` installs it): round trip to byte-identical PEFT files and the same
+//! local digest, no blob uploaded twice (counted in the registry's access log), a tampered
+//! blob refused with nothing stored, and clear errors for what does not exist.
+
+use super::common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+/// A registry on a free loopback port with its own storage, stopped on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    storage: PathBuf,
+    log: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (storage, log) = (dir.join("storage"), dir.join("registry.log"));
+        let cfg = dir.join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", storage.display()),
+        )
+        .unwrap();
+        let bin = ["docker-registry", "registry"].into_iter().find(|b| Command::new("sh").args(["-c", &format!("command -v {b}")]).output().is_ok_and(|o| o.status.success()));
+        let bin = bin.expect("docker-registry is not installed (apt-get install -y docker-registry; .ci/run does this)");
+        let mut child = Command::new(bin).args(["serve", cfg.to_str().unwrap()]).stdout(std::fs::File::create(dir.join("access.log")).unwrap()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/v2/", None, None).0 == 200 {
+                return Registry { child, addr, storage, log };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the registry did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    /// Blob uploads the registry has completed (its access log's `PUT .../blobs/uploads/`).
+    fn uploads(&self) -> usize {
+        std::fs::read_to_string(self.log.with_file_name("access.log")).unwrap().lines().filter(|l| l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/")).count()
+    }
+
+    /// The file holding a blob in the registry's storage.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn push_pull_round_trip_dedup_and_tamper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let digest = import(&a, &bert().join("adapter"), "cs", &bert().join("base"));
+    let target = format!("{}/team/cs:v1", reg.addr);
+    let p = json(&ok(&a, &["--json", "push", "cs", &target, "--plain-http"]));
+    assert_eq!(p["uploaded"], 3, "{p}");
+    assert!(p["manifest_digest"].as_str().unwrap().starts_with("sha256:"));
+    let uploads = reg.uploads();
+    assert_eq!(uploads, 3, "config blob and two PEFT layers");
+    // pushing the same adapter again sends no blob (HEAD first), and the same manifest
+    let again = json(&ok(&a, &["--json", "push", "cs", &target, "--plain-http"]));
+    assert_eq!((again["uploaded"].as_u64(), again["skipped"].as_u64()), (Some(0), Some(3)), "{again}");
+    assert_eq!(again["manifest_digest"], p["manifest_digest"]);
+    assert_eq!(reg.uploads(), uploads, "a second push uploaded a blob");
+    // another tag of the same content uploads nothing either
+    ok(&a, &["push", "cs", &format!("{}/team/cs:v2", reg.addr), "--plain-http"]);
+    assert_eq!(reg.uploads(), uploads);
+
+    // pull into a fresh home: the default name is REPO:TAG, the local digest is the same, and
+    // the exported PEFT files are byte-identical
+    let got = json(&ok(&b, &["--json", "pull", &target, "--plain-http"]));
+    assert_eq!(got["name"], "team/cs:v1");
+    assert_eq!(got["digest"].as_str().unwrap(), digest.trim());
+    let by_digest = format!("{}/team/cs@{}", reg.addr, p["manifest_digest"].as_str().unwrap());
+    let named = json(&ok(&b, &["--json", "pull", &by_digest, "--plain-http", "--name", "cs:pinned"]));
+    assert_eq!(named["digest"], got["digest"]);
+    let (ea, eb) = (tmp.path().join("ea"), tmp.path().join("eb"));
+    ok(&a, &["export", "cs", ea.to_str().unwrap()]);
+    ok(&b, &["export", "team/cs:v1", eb.to_str().unwrap()]);
+    assert_eq!(files_of(&ea), files_of(&eb));
+    ok(&b, &["verify"]);
+
+    // a blob overwritten in the registry's storage is refused at pull, and nothing is stored
+    let weights = std::fs::read(ea.join("adapter_model.safetensors")).unwrap();
+    let wd = loradex::digest::Digest::of(&weights).to_string();
+    let f = reg.blob_file(&wd);
+    let mut bad = std::fs::read(&f).unwrap();
+    assert_eq!(bad, weights);
+    let n = bad.len();
+    bad[n - 1] ^= 0xff;
+    std::fs::write(&f, &bad).unwrap();
+    let err = fails(&c, &["pull", &target, "--plain-http"]);
+    assert!(err.contains("digest") || err.contains("Digest"), "{err}");
+    let ls = json(&ok(&c, &["--json", "ls"]));
+    assert!(ls.as_array().is_none_or(|a| a.is_empty()), "a refused pull stored {ls}");
+
+    // what does not exist is an error naming it; a registry that is down is a clear error
+    let err = fails(&c, &["pull", &format!("{}/team/nothing:v1", reg.addr), "--plain-http"]);
+    assert!(err.contains("nothing"), "{err}");
+    let err = fails(&a, &["push", "cs", "127.0.0.1:1/team/cs:v1", "--plain-http"]);
+    assert!(err.contains("registry"), "{err}");
+    let err = fails(&a, &["push", "cs", "no-registry", "--plain-http"]);
+    assert!(err.contains("REGISTRY/REPO"), "{err}");
+}
+
+/// Credentials come from docker's config file when no --username is given.
+#[test]
+fn docker_config_auths_are_read() {
+    use loradex::registry::docker_auth;
+    use oci_client::secrets::RegistryAuth;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("config.json");
+    std::fs::write(&p, r#"{"auths": {"https://reg.example:5000": {"auth": "dXNlcjpzM2NyM3Q="}}}"#).unwrap();
+    assert!(matches!(docker_auth(&p, "reg.example:5000").unwrap(), RegistryAuth::Basic(u, pw) if u == "user" && pw == "s3cr3t"));
+    assert!(matches!(docker_auth(&p, "other:5000").unwrap(), RegistryAuth::Anonymous));
+    assert!(matches!(docker_auth(&tmp.path().join("absent.json"), "x").unwrap(), RegistryAuth::Anonymous));
+    std::fs::write(&p, r#"{"auths": {"reg.example": {"auth": "not base64!"}}}"#).unwrap();
+    assert!(docker_auth(&p, "reg.example").is_err());
+}
