@@ -233,18 +233,38 @@ pub fn default_name(image: &Reference) -> Result<Ref> {
     Ref::parse(&format!("{}:{}", image.repository(), image.tag().unwrap_or("latest")))
 }
 
+/// An artifact downloaded and verified, not yet stored.
+pub struct Artifact {
+    pub reference: String,
+    pub manifest_digest: String,
+    pub default_name: Ref,
+    meta: ArtifactConfig,
+    config_file: Vec<u8>,
+    weights: Vec<u8>,
+}
+
 /// Downloads `src`, checks every blob's digest, and stores it as `name` (default REPO:TAG).
 /// Nothing reaches the store unless every blob verified.
 pub fn pull(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote) -> Result<Pulled> {
+    let a = download(src, remote)?;
+    save(store, a, name)
+}
+
+/// The network half of `pull` (no store lock is needed while it runs). A manifest the
+/// registry does not have is `NotFound`; other registry failures are `Registry` errors.
+pub fn download(src: &str, remote: &Remote) -> Result<Artifact> {
     let image = parse_reference(src)?;
-    let name = match name {
-        Some(n) => n.clone(),
-        None => default_name(&image)?,
-    };
     let client = remote.client()?;
     let auth = remote.auth(image.resolve_registry())?;
     let (manifest_digest, config, cfg_file, weights) = runtime()?.block_on(async {
-        let (raw, digest) = client.pull_manifest_raw(&image, &auth, &[MANIFEST_TYPE]).await.map_err(|e| reg_err(src, e))?;
+        use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+        let (raw, digest) = client.pull_manifest_raw(&image, &auth, &[MANIFEST_TYPE]).await.map_err(|e| match e {
+            E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{src} in the registry")),
+            E::RegistryError { envelope, .. } if envelope.errors.iter().any(|x| matches!(x.code, C::ManifestUnknown | C::NameUnknown)) => {
+                Error::NotFound(format!("{src} in the registry"))
+            }
+            e => reg_err(src, e),
+        })?;
         if raw.len() > MAX_SMALL_BLOB {
             return Err(Error::Registry(format!("{src}: a manifest over {MAX_SMALL_BLOB} bytes")));
         }
@@ -270,8 +290,17 @@ pub fn pull(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote) -
         Ok::<_, Error>((if digest.is_empty() { sha(&raw) } else { digest }, config, cfg_file, weights))
     })?;
     let meta: ArtifactConfig = serde_json::from_slice(&config).map_err(|e| Error::Registry(format!("{src}: loradex metadata: {e}")))?;
-    let lcfg = LoraConfig::parse(&cfg_file)?;
+    LoraConfig::parse(&cfg_file)?;
     peft::safetensors::SafeView::parse(&weights, peft::WEIGHTS_FILE)?;
+    Ok(Artifact { reference: src.to_string(), manifest_digest, default_name: default_name(&image)?, meta, config_file: cfg_file, weights })
+}
+
+/// The store half of `pull`: adds a downloaded artifact under `name` (default REPO:TAG).
+pub fn save(store: &mut Store, a: Artifact, name: Option<&Ref>) -> Result<Pulled> {
+    let name = name.cloned().unwrap_or_else(|| a.default_name.clone());
+    let (src, manifest_digest, meta) = (a.reference, a.manifest_digest, a.meta);
+    let (cfg_file, weights) = (a.config_file, a.weights);
+    let lcfg = LoraConfig::parse(&cfg_file)?;
     let mut provenance = meta.provenance.clone();
     if let Some(o) = provenance.as_object_mut() {
         o.insert("pulled_from".into(), json!({"reference": src, "manifest": manifest_digest}));
@@ -289,5 +318,5 @@ pub fn pull(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote) -
         },
         &name,
     )?;
-    Ok(Pulled { reference: src.to_string(), manifest_digest, digest, name: name.to_string() })
+    Ok(Pulled { reference: src, manifest_digest, digest, name: name.to_string() })
 }

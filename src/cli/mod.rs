@@ -270,6 +270,11 @@ enum Cmd {
         /// Request log lines on stderr: text, or json (one object per line) for machines
         #[arg(long, default_value = "text")]
         log_format: String,
+        /// Pull adapters missing from the store from REGISTRY/PREFIX/NAME:TAG on first use
+        #[arg(long, value_name = "REGISTRY/PREFIX")]
+        registry: Option<String>,
+        #[command(flatten)]
+        remote: registry::RemoteArgs,
     },
     /// Benchmarks that print ratios against a baseline measured in the same run
     Bench {
@@ -526,7 +531,14 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 }
             }
         }
-        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda, max_running, kv_cache_bytes, max_waiting, prefill_tokens, dtype, log_format } => {
+        Cmd::Serve { base, addr, cache_bytes, max_batch, max_queue, token, cuda, max_running, kv_cache_bytes, max_waiting, prefill_tokens, dtype, log_format, registry, remote } => {
+            let registry = match registry {
+                Some(prefix) => {
+                    loradex::registry::parse_reference(&format!("{}/probe:probe", prefix.trim_end_matches('/')))?;
+                    Some((prefix.trim_end_matches('/').to_string(), remote.remote()?))
+                }
+                None => None,
+            };
             let dtype = dtype.parse()?;
             loradex::serve::http::init_logging(log_format.parse()?);
             let opts = loradex::serve::Options {
@@ -541,6 +553,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 max_waiting,
                 prefill_tokens,
                 dtype,
+                registry,
                 ..loradex::serve::Options::new(base, home)
             };
             loradex::serve::run_blocking(opts, |addr| eprintln!("loradex serving on http://{addr}"))?;

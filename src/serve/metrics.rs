@@ -48,6 +48,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, (Vec<u64>, f64, u64)>>,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Adapters pulled from the registry (`serve --registry`).
+    pub registry_pulls: AtomicU64,
     pub cache_evictions: AtomicU64,
     pub forward_batches: AtomicU64,
     pub forward_rows: AtomicU64,
@@ -95,6 +97,7 @@ impl Metrics {
         };
         c("loradex_cache_hits_total", "Adapter lookups served from memory.", self.cache_hits.load(Ordering::Relaxed), &mut s);
         c("loradex_cache_misses_total", "Adapter lookups that loaded from the store.", self.cache_misses.load(Ordering::Relaxed), &mut s);
+        c("loradex_registry_pulls_total", "Adapters pulled from the registry on a store miss.", self.registry_pulls.load(Ordering::Relaxed), &mut s);
         c("loradex_cache_evictions_total", "Adapters evicted from memory.", self.cache_evictions.load(Ordering::Relaxed), &mut s);
         c("loradex_forward_batches_total", "Model forwards run.", self.forward_batches.load(Ordering::Relaxed), &mut s);
         c("loradex_forward_rows_total", "Rows across all forwards.", self.forward_rows.load(Ordering::Relaxed), &mut s);

@@ -58,6 +58,8 @@ pub struct Options {
     pub prefill_tokens: usize,
     /// GGUF bases: keep quantized or dequantize to f32.
     pub dtype: crate::model::gguf::LoadDtype,
+    /// Pull refs missing from the store from `PREFIX/NAME:TAG` of this registry.
+    pub registry: Option<(String, crate::registry::Remote)>,
 }
 
 impl Options {
@@ -77,6 +79,7 @@ impl Options {
             max_waiting: 256,
             prefill_tokens: 512,
             dtype: Default::default(),
+            registry: None,
         }
     }
 }
@@ -93,6 +96,10 @@ struct Shared {
     token: Option<String>,
     holder: crate::store::Holder,
     llm: Option<Arc<llm::Llm>>,
+    /// Where refs missing from the store are pulled from (`PREFIX/NAME:TAG`).
+    registry: Option<(String, crate::registry::Remote)>,
+    /// One pull at a time: concurrent first requests for an adapter pull it once.
+    pulling: Mutex<()>,
 }
 
 /// An API error: status + message, rendered as `{"error": {"message", "type"}}`.
@@ -132,6 +139,8 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidRef(..) | Error::InvalidDigest(_) | Error::InvalidArgument(_) | Error::Tokenizer(_) => StatusCode::BAD_REQUEST,
             Error::WrongBase { .. } => StatusCode::CONFLICT,
+            // the registry behind `serve --registry` is down or refused: retry later
+            Error::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -174,7 +183,12 @@ impl Shared {
 
     /// Resolves a ref to its digest and the resident adapter, loading it on a miss.
     fn adapter(&self, spec: &str) -> Result<(Digest, Arc<LoadedAdapter>)> {
-        let d = self.store.lock().expect("store lock").resolve(spec)?;
+        // (the store guard must drop before `pull` takes the lock again)
+        let resolved = self.store.lock().expect("store lock").resolve(spec);
+        let d = match resolved {
+            Err(Error::NotFound(_)) if self.registry.is_some() && !spec.starts_with("sha256:") => self.pull(spec)?,
+            r => r?,
+        };
         let hit = {
             let mut c = self.cache.lock().expect("cache lock");
             c.get(&d).map(|a| (a, c.trim(&d)))
@@ -201,6 +215,26 @@ impl Shared {
         let evicted = self.cache.lock().expect("cache lock").insert(d, a.clone());
         self.evicted(evicted);
         Ok((d, a))
+    }
+
+    /// Pulls a ref the store lacks from the registry (`PREFIX/NAME:TAG`) and stores it; a
+    /// second request waiting here finds it stored and pulls nothing. The store is not locked
+    /// while the network runs.
+    fn pull(&self, spec: &str) -> Result<Digest> {
+        let (prefix, remote) = self.registry.as_ref().expect("a registry");
+        let r = crate::store::Ref::parse(spec)?;
+        let _one = self.pulling.lock().expect("pull lock");
+        if let Ok(d) = self.store.lock().expect("store lock").resolve(spec) {
+            return Ok(d);
+        }
+        // on a thread of its own: the registry client runs its own runtime, which may not start
+        // on one of the server's
+        let src = format!("{prefix}/{}:{}", r.name, r.tag);
+        let artifact = std::thread::scope(|s| s.spawn(|| crate::registry::download(&src, remote)).join())
+            .map_err(|_| Error::Registry(format!("{src}: the download thread panicked")))??;
+        let p = crate::registry::save(&mut self.store.lock().expect("store lock"), artifact, Some(&r))?;
+        self.metrics.registry_pulls.fetch_add(1, Ordering::Relaxed);
+        Ok(p.digest)
     }
 
     /// Counts evictions and releases their store leases (prune may take them again).
@@ -390,6 +424,8 @@ fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<classify::Job>)>
         token: opts.token.clone().filter(|t| !t.is_empty()),
         holder: crate::store::Holder::current(),
         llm,
+        registry: opts.registry.clone(),
+        pulling: Mutex::new(()),
     });
     Ok((shared, rx))
 }

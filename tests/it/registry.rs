@@ -137,3 +137,45 @@ fn docker_config_auths_are_read() {
     std::fs::write(&p, r#"{"auths": {"reg.example": {"auth": "not base64!"}}}"#).unwrap();
     assert!(docker_auth(&p, "reg.example").is_err());
 }
+
+/// `serve --registry`: an empty home answers for an adapter that exists only in the
+/// registry (concurrent first requests pull it once), 404 for one that exists nowhere, and
+/// 503 with a message once the registry is down, while resident adapters keep answering.
+#[test]
+fn serve_pulls_missing_adapters_from_the_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut reg = Registry::start(tmp.path());
+    let trainer = tmp.path().join("trainer");
+    import(&trainer, &bert().join("adapter"), "cs", &bert().join("base"));
+    import(&trainer, &bert().join("adapters_multi/other"), "other", &bert().join("base"));
+    ok(&trainer, &["push", "cs", &format!("{}/team/cs:v1", reg.addr), "--plain-http"]);
+    ok(&trainer, &["push", "other", &format!("{}/team/other:v1", reg.addr), "--plain-http"]);
+    let replica = tmp.path().join("replica");
+    let srv = Server::start(&replica, &bert().join("base"), &["--registry", &format!("{}/team", reg.addr), "--plain-http"]);
+    let body = |a: &str| format!("{{\"adapter\": \"{a}\", \"texts\": [\"환불해 주세요\", \"thank you\"]}}");
+    // four concurrent first requests: one pull, four answers
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| http(&srv.addr, "POST", "/v1/classify", Some(&body("cs:v1")), None))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (st, b) in &answers {
+        assert_eq!(*st, 200, "{b}");
+    }
+    let access = std::fs::read_to_string(reg.log.with_file_name("access.log")).unwrap();
+    let manifest_gets = access.lines().filter(|l| l.contains("\"GET /v2/team/cs/manifests/v1")).count();
+    assert_eq!(manifest_gets, 1, "concurrent first requests pulled more than once");
+    // the same answers as the adapter served from a local store
+    let local = Server::start(&trainer, &bert().join("base"), &[]);
+    let (_, want) = http(&local.addr, "POST", "/v1/classify", Some(&body("cs")), None);
+    assert_eq!(json(&answers[0].1)["results"], json(&want)["results"]);
+    let (st, e) = http(&srv.addr, "POST", "/v1/classify", Some(&body("nowhere:v1")), None);
+    assert_eq!(st, 404, "{e}");
+    // the registry goes down: a new adapter is 503 with a message, the resident one still works
+    let _ = reg.child.kill();
+    let _ = reg.child.wait();
+    let (st, e) = http(&srv.addr, "POST", "/v1/classify", Some(&body("other:v1")), None);
+    assert_eq!(st, 503, "{e}");
+    assert!(json(&e)["error"]["message"].as_str().unwrap().contains("registry"), "{e}");
+    let (st, b) = http(&srv.addr, "POST", "/v1/classify", Some(&body("cs:v1")), None);
+    assert_eq!(st, 200, "{b}");
+}
