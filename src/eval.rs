@@ -99,6 +99,8 @@ pub struct Column {
     /// The stored adapter's digest (`None`: a PEFT directory, or the base head).
     pub digest: Option<Digest>,
     pub base_head: bool,
+    /// Two-label heads: ROC AUC of the second label's probability (e.g. `insult`).
+    pub auc: Option<f64>,
     #[serde(flatten)]
     pub metrics: Metrics,
 }
@@ -210,6 +212,7 @@ pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
     }
     let mut preds = vec![Vec::with_capacity(examples.len()); cols.len()];
     let mut losses = vec![0f64; cols.len()];
+    let mut second = vec![Vec::with_capacity(examples.len()); cols.len()];
     for (b, chunk) in examples.chunks(req.batch_size).enumerate() {
         let start = b * req.batch_size;
         let mut texts = Vec::with_capacity(chunk.len() * cols.len());
@@ -222,6 +225,7 @@ pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
         for (ci, col_out) in out.chunks(chunk.len()).enumerate() {
             for (j, p) in col_out.iter().enumerate() {
                 preds[ci].push(p.index);
+                second[ci].push(p.probabilities.get(1).copied().unwrap_or(0.0));
                 losses[ci] += nll(&p.logits, truths[ci][start + j]);
             }
         }
@@ -231,6 +235,7 @@ pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
         .into_iter()
         .enumerate()
         .map(|(i, c)| Column {
+            auc: (c.labels.len() == 2).then(|| crate::train::metrics::roc_auc(&truths[i].iter().map(|&t| t == 1).collect::<Vec<_>>(), &second[i])).flatten(),
             metrics: Metrics::compute(&truths[i], &preds[i], &c.labels, losses[i] / n.max(1) as f64),
             base_head: c.adapter.is_none(),
             r#ref: c.name,

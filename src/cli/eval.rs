@@ -81,6 +81,13 @@ fn print(rep: &Report) {
         }
         println!("{line}");
     }
+    if rep.results.iter().any(|c| c.auc.is_some()) {
+        let mut line = format!("{:<16}", "ROC AUC");
+        for c in &rep.results {
+            line.push_str(&c.auc.map_or_else(|| format!("  {:>w$}", "-"), |a| format!("  {a:>w$.4}")));
+        }
+        println!("{line}");
+    }
     for c in &rep.results {
         let m = &c.metrics;
         println!("\n{}{}", c.r#ref, c.digest.map(|d| format!(" ({})", d.short())).unwrap_or_default());

@@ -39,6 +39,30 @@ pub struct Metrics {
     pub examples: usize,
 }
 
+/// ROC AUC of `scores` for the positive examples (`positive[i]`): the probability that a
+/// random positive scores above a random negative, ties counting one half (Mann–Whitney).
+/// `None` without both classes.
+pub fn roc_auc(positive: &[bool], scores: &[f32]) -> Option<f64> {
+    let mut idx: Vec<usize> = (0..scores.len().min(positive.len())).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (n_pos, n_neg) = (idx.iter().filter(|&&i| positive[i]).count(), idx.iter().filter(|&&i| !positive[i]).count());
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    // sum of the positives' ranks, tied scores sharing their average rank
+    let (mut rank_sum, mut i) = (0f64, 0);
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += avg * idx[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
+        i = j + 1;
+    }
+    Some((rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos as f64 * n_neg as f64))
+}
+
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 {
         0.0

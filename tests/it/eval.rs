@@ -199,3 +199,17 @@ fn eval_compares_adapters_records_and_refuses_unknown_labels() {
     let e = fails(&home, &["eval", "--base-head", "--data", test.to_str().unwrap(), "--base", plain.to_str().unwrap()]);
     assert!(e.contains("no classification head"), "{e}");
 }
+
+/// ROC AUC against hand-worked cases: perfect, inverted, every tie, and a mixed one
+/// (positives 0.8, 0.4; negatives 0.6, 0.4, 0.1: pairs won 1 + 1 + 1 + 0 + 0.5 + 1 = 4.5 of 6).
+#[test]
+fn roc_auc_matches_hand_computed_numbers() {
+    use loradex::train::metrics::roc_auc;
+    assert_eq!(roc_auc(&[true, false], &[0.9, 0.1]), Some(1.0));
+    assert_eq!(roc_auc(&[true, false], &[0.1, 0.9]), Some(0.0));
+    assert_eq!(roc_auc(&[true, false, true], &[0.5, 0.5, 0.5]), Some(0.5));
+    assert_eq!(roc_auc(&[true, true, false], &[0.5, 0.7, 0.2]), Some(1.0));
+    let got = roc_auc(&[true, false, true, false, false], &[0.8, 0.6, 0.4, 0.4, 0.1]).unwrap();
+    assert!((got - 4.5 / 6.0).abs() < 1e-12, "{got}");
+    assert_eq!(roc_auc(&[true, true], &[0.1, 0.2]), None);
+}
