@@ -71,6 +71,12 @@ pub struct Pulled {
 }
 
 fn reg_err(what: &str, e: impl std::fmt::Display) -> Error {
+    let e = e.to_string();
+    if e.starts_with("Not authorized") {
+        return Error::Registry(format!(
+            "{what}: 401 unauthorized: the registry refused the credentials (--username with --password-stdin, or ~/.docker/config.json auths) ({e})"
+        ));
+    }
     Error::Registry(format!("{what}: {e}"))
 }
 
@@ -258,6 +264,7 @@ pub fn download(src: &str, remote: &Remote) -> Result<Artifact> {
     let auth = remote.auth(image.resolve_registry())?;
     let (manifest_digest, config, cfg_file, weights) = runtime()?.block_on(async {
         use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+        client.auth(&image, &auth, oci_client::RegistryOperation::Pull).await.map_err(|e| reg_err(&format!("{src}: authentication"), e))?;
         let (raw, digest) = client.pull_manifest_raw(&image, &auth, &[MANIFEST_TYPE]).await.map_err(|e| match e {
             E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{src} in the registry")),
             E::RegistryError { envelope, .. } if envelope.errors.iter().any(|x| matches!(x.code, C::ManifestUnknown | C::NameUnknown)) => {

@@ -17,20 +17,28 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, false)
+    }
+
+    /// `secure`: TLS with the self-signed certificate and basic auth from `htpasswd` in
+    /// `tests/data/registry/` (user `loradex`, password `s3cret-pass`).
+    fn start_with(dir: &Path, secure: bool) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (storage, log) = (dir.join("storage"), dir.join("registry.log"));
         let cfg = dir.join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", storage.display()),
-        )
-        .unwrap();
+        let mut yml = format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", storage.display());
+        if secure {
+            let d = secure_dir();
+            yml.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", d.join("cert.pem").display(), d.join("key.pem").display()));
+            yml.push_str(&format!("auth:\n  htpasswd:\n    realm: loradex-test\n    path: {}\n", d.join("htpasswd").display()));
+        }
+        std::fs::write(&cfg, yml).unwrap();
         let bin = ["docker-registry", "registry"].into_iter().find(|b| Command::new("sh").args(["-c", &format!("command -v {b}")]).output().is_ok_and(|o| o.status.success()));
         let bin = bin.expect("docker-registry is not installed (apt-get install -y docker-registry; .ci/run does this)");
         let mut child = Command::new(bin).args(["serve", cfg.to_str().unwrap()]).stdout(std::fs::File::create(dir.join("access.log")).unwrap()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
         let addr = format!("127.0.0.1:{port}");
         for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/v2/", None, None).0 == 200 {
+            if std::net::TcpStream::connect(&addr).is_ok() && (secure || http(&addr, "GET", "/v2/", None, None).0 == 200) {
                 return Registry { child, addr, storage, log };
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -178,4 +186,48 @@ fn serve_pulls_missing_adapters_from_the_registry() {
     assert!(json(&e)["error"]["message"].as_str().unwrap().contains("registry"), "{e}");
     let (st, b) = http(&srv.addr, "POST", "/v1/classify", Some(&body("cs:v1")), None);
     assert_eq!(st, 200, "{b}");
+}
+
+fn secure_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/registry")
+}
+
+/// Runs the binary with `stdin` on its standard input: (success, stdout, stderr).
+fn run_stdin(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut c = Command::new(bin())
+        .args(["--home", home.to_str().unwrap()])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+/// Basic auth over TLS: the registry with `htpasswd` and a self-signed certificate, trusted
+/// with `--ca-cert`. The right password pushes and pulls; a wrong one is a clear 401 error, and
+/// an untrusted certificate a TLS error.
+#[test]
+fn basic_auth_over_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start_with(tmp.path(), true);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    import(&a, &bert().join("adapter"), "cs", &bert().join("base"));
+    let ca = secure_dir().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let target = format!("{}/team/cs:v1", reg.addr);
+    let (okp, out, err) = run_stdin(&a, &["push", "cs", &target, "--username", "loradex", "--password-stdin", "--ca-cert", ca], "s3cret-pass\n");
+    assert!(okp, "{out}{err}");
+    let (okp, out, err) = run_stdin(&b, &["pull", &target, "--username", "loradex", "--password-stdin", "--ca-cert", ca], "s3cret-pass\n");
+    assert!(okp && out.contains("team/cs:v1"), "{out}{err}");
+    let (okp, _, err) = run_stdin(&b, &["pull", &target, "--name", "x", "--username", "loradex", "--password-stdin", "--ca-cert", ca], "wrong\n");
+    assert!(!okp && (err.contains("401") || err.to_lowercase().contains("unauthorized")), "{err}");
+    let (okp, _, err) = run_stdin(&b, &["pull", &target, "--name", "y", "--username", "loradex", "--password-stdin"], "s3cret-pass\n");
+    assert!(!okp && err.contains("registry"), "{err}");
+    assert!(fails(&b, &["show", "x"]).contains("not found"));
 }
