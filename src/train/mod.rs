@@ -216,6 +216,9 @@ impl Trainer {
                 vars.push((format!("{}{m}.weight", peft::KEY_PREFIX), w));
             }
         }
+        if vars.is_empty() {
+            return Err(Error::Recipe("nothing to train: target_modules is empty and modules_to_save names no head".into()));
+        }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = vars.iter().map(|(_, v)| v.elem_count() * 4).sum();
         let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes, flat: Default::default() });

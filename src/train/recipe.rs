@@ -41,8 +41,10 @@ pub struct Lora {
     pub alpha: f64,
     #[serde(default)]
     pub dropout: f64,
+    /// Absent: the task's default targets. Empty: train the head alone (a baseline that shows
+    /// what the adapter buys).
     #[serde(default)]
-    pub target_modules: Vec<String>,
+    pub target_modules: Option<Vec<String>>,
     #[serde(default)]
     pub use_rslora: bool,
     /// DoRA (PEFT's `use_dora`): a trained magnitude per output row of each target.
@@ -58,7 +60,7 @@ pub struct Lora {
 
 impl Default for Lora {
     fn default() -> Self {
-        Lora { r: d_r(), alpha: d_alpha(), dropout: 0.0, target_modules: vec![], use_rslora: false, use_dora: false, layers_to_transform: None, modules_to_save: None }
+        Lora { r: d_r(), alpha: d_alpha(), dropout: 0.0, target_modules: None, use_rslora: false, use_dora: false, layers_to_transform: None, modules_to_save: None }
     }
 }
 
@@ -225,8 +227,8 @@ impl Recipe {
     }
 
     pub fn target_modules(&self) -> Vec<String> {
-        if !self.lora.target_modules.is_empty() {
-            return self.lora.target_modules.clone();
+        if let Some(t) = &self.lora.target_modules {
+            return t.clone();
         }
         match self.task {
             Task::SeqCls => vec!["query".into(), "value".into()],

@@ -354,3 +354,25 @@ fn fused_norm_and_softmax_backward_equal_the_composed_forms() {
         assert!(scale > 0.0 && max_abs_diff(&g1, &g2) < 1e-4 * scale, "{name}: gradients differ by {}", max_abs_diff(&g1, &g2));
     }
 }
+
+/// `target_modules = []` trains the head alone (the baseline a domain's LoRA is compared with),
+/// rather than falling back to the default targets; with no head either, it is an error.
+#[test]
+fn empty_target_modules_train_only_the_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("bert");
+    loradex::synth::bert(&base, &loradex::synth::Shape::tiny(), &[], 3).unwrap();
+    let recipe = write_recipe(tmp.path(), &base, 1);
+    let home = tmp.path().join("home");
+    ok(&home, &["train", recipe.to_str().unwrap(), "--quiet", "--set", "lora.target_modules=[]", "--name", "t/head:v1"]);
+    let show = json(&ok(&home, &["--json", "show", "t/head:v1"]));
+    assert_eq!(show["target_modules"], serde_json::json!([]), "{show}");
+    let out = tmp.path().join("out");
+    ok(&home, &["export", "t/head:v1", out.to_str().unwrap()]);
+    let ts = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let mut keys: Vec<&String> = ts.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["base_model.model.classifier.bias", "base_model.model.classifier.weight"]);
+    let err = fails(&home, &["train", recipe.to_str().unwrap(), "--quiet", "--set", "lora.target_modules=[]", "--set", "lora.modules_to_save=[]", "--name", "t/none:v1"]);
+    assert!(err.contains("nothing to train") || err.contains("classifier"), "{err}");
+}
