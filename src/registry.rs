@@ -137,13 +137,15 @@ fn sha(bytes: &[u8]) -> String {
 }
 
 /// The image manifest of an adapter artifact: config blob, the two PEFT layers, annotations.
-fn manifest_json(config: &[u8], cfg_file: &[u8], weights: &[u8], meta: &ArtifactConfig, rank: usize) -> Vec<u8> {
-    let layer = |media: &str, bytes: &[u8], title: &str| json!({"mediaType": media, "digest": sha(bytes), "size": bytes.len(), "annotations": {TITLE: title}});
+/// `blobs` are `[config, adapter_config.json, weights]` with their digests.
+fn manifest_json(blobs: &[(&Vec<u8>, String); 3], meta: &ArtifactConfig, rank: usize) -> Vec<u8> {
+    let layer = |media: &str, (bytes, digest): &(&Vec<u8>, String), title: &str| json!({"mediaType": media, "digest": digest, "size": bytes.len(), "annotations": {TITLE: title}});
+    let [config, cfg_file, weights] = blobs;
     let m = json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
         "artifactType": ARTIFACT_TYPE,
-        "config": {"mediaType": ARTIFACT_TYPE, "digest": sha(config), "size": config.len()},
+        "config": {"mediaType": ARTIFACT_TYPE, "digest": config.1, "size": config.0.len()},
         "layers": [layer(CONFIG_LAYER_TYPE, cfg_file, peft::CONFIG_FILE), layer(WEIGHTS_LAYER_TYPE, weights, peft::WEIGHTS_FILE)],
         "annotations": {
             "org.loradex.base.fingerprint": meta.base_fingerprint.to_string(),
@@ -175,19 +177,20 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote) -> Result<P
         provenance: m.provenance.clone(),
     };
     let config = serde_json::to_vec(&meta).expect("config serializes");
-    let manifest = manifest_json(&config, &cfg_file, &weights, &meta, m.rank);
+    // each blob hashed once: for the manifest and for the registry's HEAD check
+    let blobs = [&config, &cfg_file, &weights].map(|b| (b, sha(b)));
+    let manifest = manifest_json(&blobs, &meta, m.rank);
     let client = remote.client()?;
     let auth = remote.auth(image.resolve_registry())?;
     runtime()?.block_on(async {
         client.auth(&image, &auth, oci_client::RegistryOperation::Push).await.map_err(|e| reg_err(&format!("{target}: authentication"), e))?;
         let (mut uploaded, mut skipped) = (0, 0);
-        for blob in [&config, &cfg_file, &weights] {
-            let digest = sha(blob);
-            if client.blob_exists(&image, &digest).await.map_err(|e| reg_err(target, e))? {
+        for (blob, digest) in &blobs {
+            if client.blob_exists(&image, digest).await.map_err(|e| reg_err(target, e))? {
                 skipped += 1;
                 continue;
             }
-            client.push_blob(&image, blob.clone(), &digest).await.map_err(|e| reg_err(&format!("{target}: upload {digest}"), e))?;
+            client.push_blob(&image, (*blob).clone(), digest).await.map_err(|e| reg_err(&format!("{target}: upload {digest}"), e))?;
             uploaded += 1;
         }
         let ct = MANIFEST_TYPE.parse().expect("a valid header value");

@@ -330,11 +330,17 @@ impl Decoder {
     fn linears(&self, l: &Layer, act: &Act, adapters: &[Option<&LoadedAdapter>], outs: &mut [(usize, &mut [f32])]) -> Result<()> {
         let cols = act.cols;
         let mut terms: Vec<Vec<Option<Copies>>> = Vec::with_capacity(outs.len());
-        for (slot, _) in outs.iter() {
+        // DoRA tokens' output scales g per slot, found in the same pass (biases are added after)
+        let mut scales: Vec<(usize, usize, std::borrow::Cow<'_, Vec<f32>>)> = vec![];
+        for (oi, (slot, _)) in outs.iter().enumerate() {
             let (name, w) = (&l.names[*slot], &l.lin[*slot]);
             let mut copies = Vec::with_capacity(act.n);
-            for a in adapters {
-                copies.push(match a.and_then(|a| a.modules.get(name)) {
+            for (t, a) in adapters.iter().enumerate() {
+                let pair = a.and_then(|a| a.modules.get(name));
+                if let Some(g) = pair.map(|p| p.dora_scale_rows(w.rows, w.cols, &|r, out| w.row(r, out))).transpose()?.flatten() {
+                    scales.push((oi, t, g));
+                }
+                copies.push(match pair {
                     // beside an f32 base the factors stay f32 (PEFT-exact); beside a quantized
                     // one they are read in half precision (half the memory traffic; the base's
                     // own rounding is far larger)
@@ -369,15 +375,10 @@ impl Decoder {
         let mut jobs: Vec<Job> = outs.iter_mut().zip(&views).map(|((slot, y), lora)| Job { w: &l.lin[*slot], lora, y }).collect();
         matmul_many(act, &mut jobs)?;
         drop(jobs);
-        // DoRA tokens scale their output rows by their adapter's g (biases are added after)
-        for (slot, y) in outs.iter_mut() {
-            let (name, w) = (&l.names[*slot], &l.lin[*slot]);
-            for (t, a) in adapters.iter().enumerate() {
-                let Some(p) = a.and_then(|a| a.modules.get(name)) else { continue };
-                if let Some(g) = p.dora_scale_rows(w.rows, w.cols, &|r, out| w.row(r, out))? {
-                    y[t * w.rows..][..w.rows].iter_mut().zip(g.iter()).for_each(|(v, g)| *v *= g);
-                }
-            }
+        for (oi, t, g) in scales {
+            let (slot, y) = &mut outs[oi];
+            let rows = l.lin[*slot].rows;
+            y[t * rows..][..rows].iter_mut().zip(g.iter()).for_each(|(v, g)| *v *= g);
         }
         Ok(())
     }

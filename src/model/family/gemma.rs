@@ -1,20 +1,12 @@
 //! Gemma (`GemmaForCausalLM`): an explicit `head_dim`, RMSNorm scaling by `1 + w`, embeddings
 //! scaled by √hidden, GeGLU (`gelu_pytorch_tanh`), and usually a head tied to the embeddings.
 
-use super::{parse, Build, Family};
+use super::{parse, Family};
 use crate::error::{Error, Result};
 use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, MlpAct};
 use serde_json::Value;
 
-pub static FAMILY: Family = Family {
-    name: "gemma",
-    model_types: &["gemma"],
-    backbone_prefix: "model.",
-    backbone_roots: super::llama::ROOTS,
-    head_modules: &["classifier", "score"],
-    task_architecture: "GemmaForCausalLM",
-    build: Build::Decoder(spec),
-};
+pub static FAMILY: Family = Family::decoder("gemma", &["gemma"], "GemmaForCausalLM", spec);
 
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct Config {

@@ -1,20 +1,12 @@
 //! Mistral (`MistralForCausalLM`): Llama's layout and names, with a sliding attention window
 //! (`sliding_window`: each query sees at most that many keys, itself included).
 
-use super::{parse, Build, Family};
+use super::{parse, Family};
 use crate::error::{Error, Result};
 use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, MlpAct};
 use serde_json::Value;
 
-pub static FAMILY: Family = Family {
-    name: "mistral",
-    model_types: &["mistral"],
-    backbone_prefix: "model.",
-    backbone_roots: super::llama::ROOTS,
-    head_modules: &["classifier", "score"],
-    task_architecture: "MistralForCausalLM",
-    build: Build::Decoder(spec),
-};
+pub static FAMILY: Family = Family::decoder("mistral", &["mistral"], "MistralForCausalLM", spec);
 
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct Config {

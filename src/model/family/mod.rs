@@ -61,6 +61,21 @@ pub struct Family {
 }
 
 impl Family {
+    /// A decoder family: every one shares Llama's task-model layout (`model.` backbone with
+    /// `embed_tokens`/`layers`/`norm`) and head names; only its name, `model_type`, class and
+    /// spec differ.
+    pub(crate) const fn decoder(name: &'static str, model_type: &'static [&'static str], task_architecture: &'static str, spec: fn(&Value) -> Result<DecoderSpec>) -> Family {
+        Family {
+            name,
+            model_types: model_type,
+            backbone_prefix: "model.",
+            backbone_roots: &["embed_tokens.", "layers.", "norm."],
+            head_modules: &["classifier", "score"],
+            task_architecture,
+            build: Build::Decoder(spec),
+        }
+    }
+
     pub fn is_encoder(&self) -> bool {
         matches!(self.build, Build::Encoder(_))
     }

@@ -2,20 +2,12 @@
 //! (`[gate; up]`). A LoRA on a fused projection applies to the fused output, as PEFT's does;
 //! partial rotary embeddings and long-rope scaling are refused.
 
-use super::{parse, Build, Family};
+use super::{parse, Family};
 use crate::error::{Error, Result};
 use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, MlpAct};
 use serde_json::Value;
 
-pub static FAMILY: Family = Family {
-    name: "phi3",
-    model_types: &["phi3"],
-    backbone_prefix: "model.",
-    backbone_roots: super::llama::ROOTS,
-    head_modules: &["classifier", "score"],
-    task_architecture: "Phi3ForCausalLM",
-    build: Build::Decoder(spec),
-};
+pub static FAMILY: Family = Family::decoder("phi3", &["phi3"], "Phi3ForCausalLM", spec);
 
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct Config {

@@ -2,20 +2,12 @@
 //! weights hold a `.bias`). A sliding window applies only with `use_sliding_window`, from
 //! layer `max_window_layers` on; loradex refuses that mix rather than ignore it.
 
-use super::{parse, Build, Family};
+use super::{parse, Family};
 use crate::error::{Error, Result};
 use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, MlpAct};
 use serde_json::Value;
 
-pub static FAMILY: Family = Family {
-    name: "qwen2",
-    model_types: &["qwen2"],
-    backbone_prefix: "model.",
-    backbone_roots: super::llama::ROOTS,
-    head_modules: &["classifier", "score"],
-    task_architecture: "Qwen2ForCausalLM",
-    build: Build::Decoder(spec),
-};
+pub static FAMILY: Family = Family::decoder("qwen2", &["qwen2"], "Qwen2ForCausalLM", spec);
 
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct Config {
