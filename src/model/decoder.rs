@@ -9,10 +9,10 @@
 //! inference only; training and merging stay with `llama` (candle), weights come from a
 //! `Source` (safetensors or GGUF), and scheduling belongs to the server.
 
-use super::kv_cache::{bytes_per_token, SeqCache};
+use super::kv_cache::{bytes_per_token, KvDtype, SeqCache};
 use super::llama::{Config, DecoderOpts, DecoderSpec};
 use super::lora::LoadedAdapter;
-use super::quant::{attend, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
+use super::quant::{attend_group, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -48,6 +48,9 @@ pub struct Decoder {
     pub inter: usize,
     pub vocab: usize,
     pub eos: Vec<u32>,
+    /// How sequences' caches store keys and values: f16 beside a quantized base, f32 beside an
+    /// f32 one (`set_kv_dtype` overrides).
+    kv_dtype: KvDtype,
     inv_freq: Vec<f32>,
     embed: QWeight,
     lm_head: Option<QWeight>,
@@ -103,7 +106,9 @@ impl Decoder {
         let norm = norm(src, "model.norm.weight")?;
         let inv_freq = (0..hd / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
         let eos = cfg.eos_ids();
-        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts })
+        let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
+        let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts })
     }
 
     fn spec(&self) -> DecoderSpec {
@@ -121,11 +126,18 @@ impl Decoder {
     }
     /// KV bytes per cached position.
     pub fn kv_bytes_per_token(&self) -> usize {
-        bytes_per_token(self.layers.len(), self.kv_dim())
+        bytes_per_token(self.layers.len(), self.kv_dim(), self.kv_dtype)
+    }
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+    /// Stores caches made from now on in `dtype` (caches already made keep theirs).
+    pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
+        self.kv_dtype = dtype;
     }
     /// A cache with room for `capacity` positions.
     pub fn cache(&self, capacity: usize, reservation: Option<super::kv_cache::KvReservation>) -> SeqCache {
-        SeqCache::new(self.layers.len(), self.kv_dim(), capacity, reservation)
+        SeqCache::new(self.layers.len(), self.kv_dim(), self.kv_dtype, capacity, reservation)
     }
     /// The projections' storage, e.g. `Q4_1` (`f32` for unquantized bases).
     pub fn weight_format(&self) -> String {
@@ -177,7 +189,7 @@ impl Decoder {
                     r.cache.capacity()
                 )));
             }
-            if r.cache.kv_dim() != kvd || r.cache.k.len() != self.layers.len() {
+            if r.cache.kv_dim() != kvd || r.cache.k.len() != self.layers.len() || (r.cache.len() > 0 && r.cache.k[0].len() != r.cache.len() * kvd) {
                 return Err(Error::Model("a cache made for another model".into()));
             }
             for (i, &t) in r.tokens.iter().enumerate() {
@@ -254,24 +266,25 @@ impl Decoder {
                 rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
             }
             {
-                let caches: Vec<(&[f32], &[f32])> = rows.iter().map(|r| (r.cache.k[li].as_slice(), r.cache.v[li].as_slice())).collect();
+                let caches: Vec<_> = rows.iter().map(|r| (&r.cache.k[li], &r.cache.v[li])).collect();
                 let (q, tok_row, tok_pos, spec) = (&q, &tok_row, &tok_pos, &spec);
+                // one task per (token, key/value head): the `rep` query heads sharing a cached
+                // head read it together (their outputs are adjacent in `attn`)
                 let one = |(i, out): (usize, &mut [f32])| {
-                    let (t, head) = (i / nh, i % nh);
+                    let (t, kvh) = (i / nkv, i % nkv);
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
                     // a sliding window starts the keys later: attend over the cache from `lo`
                     let lo = spec.window_start(p);
-                    let off = (head / rep) * hd;
-                    let qh = &q[t * nh * hd + head * hd..][..hd];
-                    attend(qh, &kc[lo * kvd..], &vc[lo * kvd..], kvd, off, p - lo, scale, out);
+                    let qg = &q[t * nh * hd + kvh * rep * hd..][..rep * hd];
+                    attend_group(qg, hd, kc.rows(lo * kvd), vc.rows(lo * kvd), kvd, kvh * hd, p - lo, scale, out);
                 };
-                // each (token, head) is independent; small steps stay on this thread
+                // each (token, head group) is independent; small steps stay on this thread
                 let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();
                 if work > 1 << 16 {
-                    attn.par_chunks_mut(hd).enumerate().for_each(one);
+                    attn.par_chunks_mut(rep * hd).enumerate().for_each(one);
                 } else {
-                    attn.chunks_mut(hd).enumerate().for_each(one);
+                    attn.chunks_mut(rep * hd).enumerate().for_each(one);
                 }
             }
             {

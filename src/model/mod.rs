@@ -431,7 +431,7 @@ impl Engine {
         // candle's model keeps its own cache; the sequence's then only bounds its positions
         let cache = match &self.decoder {
             Some(dec) => dec.cache(cap, None),
-            None => kv_cache::SeqCache::new(0, 0, cap, None),
+            None => kv_cache::SeqCache::new(0, 0, kv_cache::KvDtype::F32, cap, None),
         };
         let mut seq = Sequence::new(prompt_ids.clone(), params, cache, self.eos_ids(), self.max_len)?;
         let mut candle_cache = llama::Cache::default();

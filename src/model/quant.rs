@@ -542,6 +542,76 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// One layer's cached keys or values from the first attended position on, `[position][stride]`.
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    /// f16 bits.
+    F16(&'a [u16]),
+}
+
+impl KvRows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::F16(v) => v.len(),
+        }
+    }
+}
+
+std::thread_local! {
+    /// `attend_group`'s widened keys and values (reused: no allocation per call).
+    static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// f16 bits to f32 (exact), `dst.len()` values.
+pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    if has_avx2() {
+        // SAFETY: AVX2 and F16C were detected; both slices are bounded by the zip inside.
+        return unsafe { avx::widen_f16(src, dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(*s).to_f32();
+    }
+}
+
+/// Softmax attention of the query heads in `q` (`[heads, hd]`, heads that share one key/value
+/// head) over positions `0..=hi` of `k` and `v`, whose rows hold that head at columns
+/// `off..off + hd`; `out` is `[heads, hd]`. Each head's output is exactly `attend`'s over the same
+/// values in f32. An f16 cache's rows of this key/value head are widened once into a contiguous
+/// scratch that every head of the group then reads from the CPU's cache, so memory is crossed
+/// once per group, not once per head.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, off: usize, hi: usize, scale: f32, out: &mut [f32]) {
+    let heads = q.len() / hd.max(1);
+    assert!(hd > 0 && q.len() == heads * hd && out.len() == q.len() && off + hd <= stride && (hi + 1) * stride <= k.len().min(v.len()), "attention slices");
+    match (k, v) {
+        (KvRows::F32(k), KvRows::F32(v)) => {
+            for (qh, o) in q.chunks(hd).zip(out.chunks_mut(hd)) {
+                attend(qh, k, v, stride, off, hi, scale, o);
+            }
+        }
+        (k, v) => WIDE.with(|w| {
+            let (kw, vw) = &mut *w.borrow_mut();
+            let n = (hi + 1) * hd;
+            kw.resize(n, 0.0);
+            vw.resize(n, 0.0);
+            for (rows, wide) in [(k, &mut *kw), (v, &mut *vw)] {
+                for j in 0..=hi {
+                    let dst = &mut wide[j * hd..][..hd];
+                    match rows {
+                        KvRows::F32(r) => dst.copy_from_slice(&r[j * stride + off..][..hd]),
+                        KvRows::F16(r) => widen_f16(&r[j * stride + off..][..hd], dst),
+                    }
+                }
+            }
+            for (qh, o) in q.chunks(hd).zip(out.chunks_mut(hd)) {
+                attend(qh, kw, vw, hd, 0, hi, scale, o);
+            }
+        }),
+    }
+}
+
 /// Softmax attention of one query head `q` over cache positions `0..=hi`: position `j`'s key
 /// and value are `k[j·stride + off..][..q.len()]` and likewise in `v`; writes the weighted sum of
 /// values into `out`. One call per (token, head), with its loops inside one AVX2 function.

@@ -162,6 +162,21 @@ mod x86 {
         s
     }
 
+    /// f16 bits to f32, 8 at a time.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn widen_f16(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i)));
+            i += 8;
+        }
+        while i < n {
+            dst[i] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(src[i] as i16)));
+            i += 1;
+        }
+    }
+
     /// `attend`'s AVX2 build; `s` holds one score per position.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -339,6 +354,9 @@ mod portable_stubs {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn dot_f16(_: &[u16], _: &[f32]) -> f32 {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn widen_f16(_: &[u16], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn quantize_row(_: &[f32], _: &mut [Q8]) {

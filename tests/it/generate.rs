@@ -9,6 +9,7 @@ use loradex::base::BaseDir;
 use loradex::model::decoder::Row;
 use loradex::model::generation::{Event, Finish, SamplingParams, Sequence};
 use loradex::model::gguf::LoadDtype;
+use loradex::model::kv_cache::KvDtype;
 use loradex::model::lora::LoadedAdapter;
 use loradex::model::{Engine, Prompt};
 use std::path::{Path, PathBuf};
@@ -308,6 +309,7 @@ fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_q
             assert_eq!(got, want, "f32 GGUF vs safetensors, bit for bit");
         }
     }
+    assert_eq!(g.decoder.as_ref().unwrap().kv_dtype(), KvDtype::F32, "an f32 base keeps an f32 cache (PEFT-exact)");
     // the base's shapes come from the file, so adapters import against it; its fingerprint is
     // not the safetensors base's
     let home = tmp.path().join("home");
@@ -325,6 +327,9 @@ fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_q
         let q = Engine::load(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu).unwrap();
         let dec = q.decoder.as_ref().unwrap();
         assert_eq!(dec.weight_format(), format!("{dt:?}"));
+        // beside quantized weights the cache holds f16: half the bytes of the f32 base's
+        assert_eq!(dec.kv_dtype(), KvDtype::F16);
+        assert_eq!(dec.kv_bytes_per_token() * 2, g.decoder.as_ref().unwrap().kv_bytes_per_token());
         let a_q = load_adapter(&q, &case.join("adapter"));
         let mut worst = 0f32;
         for ids in &rows {
@@ -362,4 +367,28 @@ fn malformed_decoder_configs_are_errors_naming_the_problem() {
         };
         assert!(err.contains(want), "{key}: {err}");
     }
+}
+
+#[test]
+fn an_f16_kv_cache_stays_close_to_the_f32_cache_and_counts_half_the_bytes() {
+    let case = llama();
+    let mut e = cpu_engine(&case.join("base"));
+    let a = load_adapter(&e, &case.join("adapter"));
+    let rows = valid_rows(&expected(&case));
+    let want: Vec<Vec<Vec<f32>>> = rows.iter().map(|ids| position_logits(&e, ids, Some(&a), 1)).collect();
+    let full = e.decoder.as_ref().unwrap().kv_bytes_per_token();
+    std::sync::Arc::get_mut(e.decoder.as_mut().unwrap()).expect("one owner").set_kv_dtype(KvDtype::F16);
+    let dec = e.decoder.as_ref().unwrap();
+    assert_eq!(dec.kv_bytes_per_token() * 2, full);
+    let mut worst = 0f32;
+    for (ids, want) in rows.iter().zip(&want) {
+        let mut cache = dec.cache(ids.len(), None);
+        assert_eq!(cache.dtype(), KvDtype::F16);
+        for (p, w) in want.iter().enumerate() {
+            let got = dec.step(&mut [Row { tokens: &ids[p..p + 1], cache: &mut cache, adapter: Some(&a) }]).unwrap();
+            worst = worst.max(max_abs_diff(&got[0], w));
+        }
+        assert_eq!(cache.bytes(), ids.len() * full / 2);
+    }
+    assert!(worst > 0.0 && worst < 2e-3, "f16 cache moved the logits by {worst}");
 }

@@ -179,3 +179,46 @@ fn attention_matches_a_plain_softmax_over_every_length() {
         }
     }
 }
+
+#[test]
+fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches() {
+    use loradex::model::quant::{attend, attend_group, KvRows};
+    let mut rng = Lcg(23);
+    let (hd, rep, kvh, stride) = (64, 3, 2, 192);
+    for len in [1usize, 7, 8, 33] {
+        let q: Vec<f32> = (0..rep * hd).map(|_| rng.unit()).collect();
+        let k: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
+        let v: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
+        let off = kvh * hd;
+        let one = |k: &[f32], v: &[f32]| -> Vec<u32> {
+            let mut out = vec![0f32; rep * hd];
+            for (qh, o) in q.chunks(hd).zip(out.chunks_mut(hd)) {
+                attend(qh, k, v, stride, off, len - 1, 0.125, o);
+            }
+            out.iter().map(|x| x.to_bits()).collect()
+        };
+        let mut got = vec![0f32; rep * hd];
+        attend_group(&q, hd, KvRows::F32(&k), KvRows::F32(&v), stride, off, len - 1, 0.125, &mut got);
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&k, &v), "f32 cache, {len} positions");
+        // an f16 cache gives what the same rounded values give in f32
+        let h = |x: &[f32]| -> Vec<u16> { x.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect() };
+        let w = |x: &[u16]| -> Vec<f32> { x.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect() };
+        let (k16, v16) = (h(&k), h(&v));
+        attend_group(&q, hd, KvRows::F16(&k16), KvRows::F16(&v16), stride, off, len - 1, 0.125, &mut got);
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&w(&k16), &w(&v16)), "f16 cache, {len} positions");
+    }
+}
+
+#[test]
+fn widening_f16_is_exact_on_every_path() {
+    use loradex::model::quant::widen_f16;
+    // every finite f16 and a few specials, in lengths that leave scalar tails
+    let all: Vec<u16> = (0..=u16::MAX).filter(|b| half::f16::from_bits(*b).is_finite()).collect();
+    for n in [1usize, 7, 8, 9, all.len()] {
+        let mut out = vec![0f32; n];
+        widen_f16(&all[..n], &mut out);
+        for (b, o) in all[..n].iter().zip(&out) {
+            assert_eq!(o.to_bits(), half::f16::from_bits(*b).to_f32().to_bits(), "f16 bits {b:#06x}");
+        }
+    }
+}
