@@ -51,7 +51,11 @@ fn single(e: &Engine, prompt: &[u32], tokens: usize, adapter: Option<Arc<LoadedA
 }
 
 struct Load {
+    /// All tokens over the whole run, prompts' prefill included.
     tok_per_s: f64,
+    /// Tokens over the window where every stream decodes (like the single-stream figure, which
+    /// times tokens after the first); `None` when the streams never all decode at once.
+    decode_tok_per_s: Option<f64>,
     tokens: usize,
     ttft: Vec<f64>,
     /// Sequences per decoder step, on average: how full the batch ran.
@@ -74,20 +78,20 @@ fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: 
             .map_err(|r| Error::Model(format!("submit refused: {r:?}")))?;
         rxs.push(rx);
     }
-    // one reader per stream, so each first token is timed when it arrives
+    // one reader per stream, so each token is timed when it arrives
     let readers: Vec<_> = rxs
         .into_iter()
         .map(|mut rx| {
-            std::thread::spawn(move || -> Result<(usize, f64)> {
-                let mut first = None;
+            std::thread::spawn(move || -> Result<(usize, Vec<f64>)> {
+                let mut times = vec![];
                 loop {
                     match rx.blocking_recv() {
-                        Some(GenEvent::Token { .. }) => {
-                            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                        }
+                        Some(GenEvent::Token { .. }) => times.push(t0.elapsed().as_secs_f64()),
                         Some(GenEvent::Done { completion_tokens, .. }) => {
-                            let f = *first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                            return Ok((completion_tokens, f));
+                            if times.is_empty() {
+                                times.push(t0.elapsed().as_secs_f64());
+                            }
+                            return Ok((completion_tokens, times));
                         }
                         Some(GenEvent::Error(m)) => return Err(Error::Model(m)),
                         None => return Err(Error::Model("the scheduler stopped".into())),
@@ -97,16 +101,22 @@ fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: 
         })
         .collect();
     let mut total = 0;
-    let mut ttft = vec![];
+    let mut times = vec![];
     for r in readers {
-        let (n, f) = r.join().map_err(|_| Error::Model("a reader thread panicked".into()))??;
+        let (n, t) = r.join().map_err(|_| Error::Model("a reader thread panicked".into()))??;
         total += n;
-        ttft.push(f);
+        times.push(t);
     }
     let wall = t0.elapsed().as_secs_f64();
+    let ttft: Vec<f64> = times.iter().map(|t| t[0]).collect();
+    // steady decode: from the moment every stream has its first token (all prompts prefilled)
+    // to the moment the first stream ends, every stream decodes in each step
+    let (from, to) = (ttft.iter().copied().fold(0f64, f64::max), times.iter().map(|t| *t.last().unwrap_or(&0.0)).fold(f64::MAX, f64::min));
+    let in_window: usize = times.iter().map(|t| t.iter().filter(|x| **x > from && **x <= to).count()).sum();
+    let decode_tok_per_s = (to > from && in_window > 0).then(|| in_window as f64 / (to - from));
     use std::sync::atomic::Ordering::Relaxed;
     let rows_per_step = metrics.llm_step_rows.load(Relaxed) as f64 / metrics.llm_steps.load(Relaxed).max(1) as f64;
-    Ok(Load { tok_per_s: total as f64 / wall, tokens: total, ttft, rows_per_step })
+    Ok(Load { tok_per_s: total as f64 / wall, decode_tok_per_s, tokens: total, ttft, rows_per_step })
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -182,13 +192,19 @@ pub fn run(a: Args) -> Result<()> {
     for &n in &a.streams {
         let l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
         println!(
-            "{n:2} streams, base: {:7.1} tok/s aggregate ({} tokens, {:.1} rows a step) = {:.2}x one stream{}",
+            "{n:2} streams, base: {:7.1} tok/s aggregate end to end, prefill included ({} tokens, {:.1} rows a step) = {:.2}x one stream",
             l.tok_per_s,
             l.tokens,
             l.rows_per_step,
             l.tok_per_s / base_tps,
-            if n == 16 { " (goal >= 4x)" } else { "" }
         );
+        if let Some(d) = l.decode_tok_per_s {
+            println!(
+                "    steady decode (all {n} decoding, timed as the single stream is): {d:7.1} tok/s = {:.2}x one stream{}",
+                d / base_tps,
+                if n == 16 { " (goal >= 4x)" } else { "" }
+            );
+        }
     }
     let n = a.streams.iter().copied().max().unwrap_or(32);
     let same: Vec<_> = (0..n).map(|_| Some(one.clone())).collect();
@@ -201,6 +217,9 @@ pub fn run(a: Args) -> Result<()> {
         ln.tok_per_s,
         ln.tok_per_s / l1.tok_per_s
     );
+    if let (Some(d1), Some(dn)) = (l1.decode_tok_per_s, ln.decode_tok_per_s) {
+        println!("    steady decode: {dn:.1} vs {d1:.1} tok/s = {:.2}x one adapter", dn / d1);
+    }
     println!(
         "time to first token under that load ({n} adapters, {n} requests at once): p50 {:.0} ms, p99 {:.0} ms",
         pct(&ln.ttft, 0.5) * 1e3,
