@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_PER=${1:-600}
 shift || true
-ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies)
+ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies oci_manifest)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 FIXTURES=${FIXTURES:-$ROOT/../shared/fixtures}
 [ -d "$FIXTURES" ] || FIXTURES=/work/shared/fixtures
@@ -97,6 +97,12 @@ seed_all() {
             i=$((i + 1)); { printf "$sel"; printf '%s' "$b"; } > "$tmp/b"; seed http_bodies "$tmp/b" "body$i.json"
         done
     done
+    # OCI manifests as `loradex push` writes them, and loradex's metadata blob
+    local d1=sha256:$(printf a | sha256sum | cut -d' ' -f1) d2=sha256:$(printf b | sha256sum | cut -d' ' -f1)
+    printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.loradex.adapter.v1+json","config":{"mediaType":"application/vnd.loradex.adapter.v1+json","digest":"'$d1'","size":120},"layers":[{"mediaType":"application/vnd.loradex.peft.config.v1+json","digest":"'$d2'","size":300,"annotations":{"org.opencontainers.image.title":"adapter_config.json"}},{"mediaType":"application/vnd.loradex.peft.safetensors.v1","digest":"'$d1'","size":4096,"annotations":{"org.opencontainers.image.title":"adapter_model.safetensors"}}],"annotations":{"org.loradex.rank":"8"}}' > "$tmp/m"
+    seed oci_manifest "$tmp/m" manifest.json
+    printf '%s' '{"media_type":"application/vnd.loradex.adapter.v1+json","base_fingerprint":"'$d1'","base_arch":"bert","task":"SEQ_CLS","labels":["a","b"],"metrics":{"accuracy":0.9},"provenance":{"by":"train"}}' > "$tmp/m"
+    seed oci_manifest "$tmp/m" artifact-config.json
 }
 seed_all
 

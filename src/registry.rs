@@ -224,10 +224,7 @@ impl tokio::io::AsyncWrite for Capped {
 /// A blob as the manifest describes it, read within `cap` bytes and checked against its
 /// digest (and declared size) as it streams.
 async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: usize, what: &str) -> Result<Vec<u8>> {
-    if desc.size < 0 || desc.size as usize > cap {
-        return Err(Error::Registry(format!("{what}: declared size {} is over the {cap}-byte limit", desc.size)));
-    }
-    Digest::parse(&desc.digest).map_err(|_| Error::Registry(format!("{what}: {:?} is not a sha256 digest", desc.digest)))?;
+    check_descriptor(desc, cap, what)?;
     let mut out = Capped { buf: Vec::with_capacity(desc.size as usize), cap: desc.size as usize };
     client.pull_blob(image, desc, &mut out).await.map_err(|e| reg_err(&format!("{what} ({})", desc.digest), e))?;
     if out.buf.len() as i64 != desc.size || sha(&out.buf) != desc.digest {
@@ -240,6 +237,75 @@ async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: us
 /// digest alone).
 pub fn default_name(image: &Reference) -> Result<Ref> {
     Ref::parse(&format!("{}:{}", image.repository(), image.tag().unwrap_or("latest")))
+}
+
+/// A manifest that passed `check_manifest`: the PEFT files' layers are found, and every blob
+/// it names has a sha256 digest and a declared size within the cap for what it holds.
+#[derive(Debug)]
+pub struct CheckedManifest {
+    pub manifest: oci_client::manifest::OciImageManifest,
+    pub config_layer: usize,
+    pub weights_layer: usize,
+}
+
+impl std::ops::Deref for CheckedManifest {
+    type Target = oci_client::manifest::OciImageManifest;
+    fn deref(&self) -> &Self::Target {
+        &self.manifest
+    }
+}
+
+/// Validates a manifest from a registry before anything it names is fetched: its size, its
+/// digest (when pulled by digest), its JSON, that it is a loradex artifact, and each blob's
+/// digest and declared size (`fetch` checks them again as the bytes stream). `src` names it in
+/// errors. Never panics, whatever the bytes (fuzzed: `fuzz/fuzz_targets/oci_manifest.rs`).
+pub fn check_manifest(raw: &[u8], want_digest: Option<&str>, src: &str) -> Result<CheckedManifest> {
+    if raw.len() > MAX_SMALL_BLOB {
+        return Err(Error::Registry(format!("{src}: a manifest over {MAX_SMALL_BLOB} bytes")));
+    }
+    if let Some(want) = want_digest {
+        if sha(raw) != want {
+            return Err(Error::Registry(format!("{src}: the manifest does not match its digest")));
+        }
+    }
+    let m: oci_client::manifest::OciImageManifest = serde_json::from_slice(raw).map_err(|e| Error::Registry(format!("{src}: not an OCI image manifest: {e}")))?;
+    if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) && m.config.media_type != ARTIFACT_TYPE {
+        return Err(Error::Registry(format!("{src}: not a loradex adapter (artifactType {:?})", m.artifact_type)));
+    }
+    let layer = |title: &str| {
+        m.layers
+            .iter()
+            .position(|l| l.annotations.as_ref().and_then(|a| a.get(TITLE)).map(String::as_str) == Some(title))
+            .ok_or_else(|| Error::Registry(format!("{src}: no layer titled {title}")))
+    };
+    let (config_layer, weights_layer) = (layer(peft::CONFIG_FILE)?, layer(peft::WEIGHTS_FILE)?);
+    for (desc, cap, what) in [
+        (&m.config, MAX_SMALL_BLOB, "config"),
+        (&m.layers[config_layer], crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE),
+        (&m.layers[weights_layer], crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE),
+    ] {
+        check_descriptor(desc, cap, what)?;
+    }
+    Ok(CheckedManifest { manifest: m, config_layer, weights_layer })
+}
+
+fn check_descriptor(desc: &OciDescriptor, cap: usize, what: &str) -> Result<()> {
+    if desc.size < 0 || desc.size as u64 > cap as u64 {
+        return Err(Error::Registry(format!("{what}: declared size {} is over the {cap}-byte limit", desc.size)));
+    }
+    Digest::parse(&desc.digest).map_err(|_| Error::Registry(format!("{what}: {:?} is not a sha256 digest", desc.digest)))?;
+    Ok(())
+}
+
+impl ArtifactConfig {
+    /// The config blob, from untrusted bytes.
+    pub fn parse(bytes: &[u8], src: &str) -> Result<ArtifactConfig> {
+        let meta: ArtifactConfig = serde_json::from_slice(bytes).map_err(|e| Error::Registry(format!("{src}: loradex metadata: {e}")))?;
+        if meta.media_type != ARTIFACT_TYPE {
+            return Err(Error::Registry(format!("{src}: loradex metadata of media type {:?}", meta.media_type)));
+        }
+        Ok(meta)
+    }
 }
 
 /// An artifact downloaded and verified, not yet stored.
@@ -275,31 +341,14 @@ pub fn download(src: &str, remote: &Remote) -> Result<Artifact> {
             }
             e => reg_err(src, e),
         })?;
-        if raw.len() > MAX_SMALL_BLOB {
-            return Err(Error::Registry(format!("{src}: a manifest over {MAX_SMALL_BLOB} bytes")));
-        }
-        if let Some(want) = image.digest() {
-            if sha(&raw) != want {
-                return Err(Error::Registry(format!("{src}: the manifest does not match its digest")));
-            }
-        }
-        let m: oci_client::manifest::OciImageManifest = serde_json::from_slice(&raw).map_err(|e| Error::Registry(format!("{src}: not an OCI image manifest: {e}")))?;
-        if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) && m.config.media_type != ARTIFACT_TYPE {
-            return Err(Error::Registry(format!("{src}: not a loradex adapter (artifactType {:?})", m.artifact_type)));
-        }
-        let layer = |title: &str| {
-            m.layers
-                .iter()
-                .find(|l| l.annotations.as_ref().and_then(|a| a.get(TITLE)).map(String::as_str) == Some(title))
-                .ok_or_else(|| Error::Registry(format!("{src}: no layer titled {title}")))
-        };
-        let (lc, lw) = (layer(peft::CONFIG_FILE)?, layer(peft::WEIGHTS_FILE)?);
+        let m = check_manifest(&raw, image.digest(), src)?;
+        let (lc, lw) = (&m.layers[m.config_layer], &m.layers[m.weights_layer]);
         let config = fetch(&client, &image, &m.config, MAX_SMALL_BLOB, "config").await?;
         let cfg_file = fetch(&client, &image, lc, crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE).await?;
         let weights = fetch(&client, &image, lw, crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE).await?;
         Ok::<_, Error>((if digest.is_empty() { sha(&raw) } else { digest }, config, cfg_file, weights))
     })?;
-    let meta: ArtifactConfig = serde_json::from_slice(&config).map_err(|e| Error::Registry(format!("{src}: loradex metadata: {e}")))?;
+    let meta = ArtifactConfig::parse(&config, src)?;
     LoraConfig::parse(&cfg_file)?;
     peft::safetensors::SafeView::parse(&weights, peft::WEIGHTS_FILE)?;
     Ok(Artifact { reference: src.to_string(), manifest_digest, default_name: default_name(&image)?, meta, config_file: cfg_file, weights })

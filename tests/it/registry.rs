@@ -233,3 +233,51 @@ fn basic_auth_over_tls() {
     assert!(!okp && err.contains("registry"), "{err}");
     assert!(fails(&b, &["show", "x"]).contains("not found"));
 }
+
+/// What a hostile or broken registry may send as a manifest is refused before any blob is
+/// fetched, each with a message naming the problem.
+#[test]
+fn hostile_manifests_are_refused_before_any_fetch() {
+    use loradex::registry::check_manifest;
+    let d = |c: &str| format!("sha256:{}", c.repeat(64));
+    let good = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.loradex.adapter.v1+json",
+        "config": {"mediaType": "application/vnd.loradex.adapter.v1+json", "digest": d("a"), "size": 100},
+        "layers": [
+            {"mediaType": "application/vnd.loradex.peft.config.v1+json", "digest": d("b"), "size": 200, "annotations": {"org.opencontainers.image.title": "adapter_config.json"}},
+            {"mediaType": "application/vnd.loradex.peft.safetensors.v1", "digest": d("c"), "size": 4096, "annotations": {"org.opencontainers.image.title": "adapter_model.safetensors"}}
+        ]
+    });
+    let raw = serde_json::to_vec(&good).unwrap();
+    let m = check_manifest(&raw, None, "r/x:1").unwrap();
+    assert_eq!((m.config_layer, m.weights_layer), (0, 1));
+    let own = format!("sha256:{}", loradex::digest::Digest::of(&raw).hex());
+    assert!(check_manifest(&raw, Some(&own), "r/x:1").is_ok());
+    let err = |v: &serde_json::Value, digest: Option<&str>| match check_manifest(&serde_json::to_vec(v).unwrap(), digest, "r/x:1") {
+        Ok(_) => panic!("accepted {v}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err(&good, Some(&d("0"))).contains("does not match its digest"));
+    let mut v = good.clone();
+    v["artifactType"] = "application/vnd.oci.image.config.v1+json".into();
+    v["config"]["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    assert!(err(&v, None).contains("not a loradex adapter"));
+    let mut v = good.clone();
+    v["layers"][1]["annotations"]["org.opencontainers.image.title"] = "../../etc/passwd".into();
+    assert!(err(&v, None).contains("no layer titled adapter_model.safetensors"));
+    for (path, size, want) in [("/layers/1/size", serde_json::json!(-1), "declared size -1"), ("/layers/1/size", serde_json::json!(1u64 << 62), "over the"), ("/config/size", serde_json::json!(1 << 21), "over the")] {
+        let mut v = good.clone();
+        *v.pointer_mut(path).unwrap() = size;
+        assert!(err(&v, None).contains(want), "{path}");
+    }
+    for bad in ["sha256:../../x", "md5:abc", &d("A"), ""] {
+        let mut v = good.clone();
+        v["layers"][0]["digest"] = bad.into();
+        let e = err(&v, None);
+        assert!(e.contains("not a sha256 digest") || e.contains("not an OCI image manifest"), "{bad:?}: {e}");
+    }
+    assert!(check_manifest(&vec![b' '; (1 << 20) + 1], None, "r/x:1").unwrap_err().to_string().contains("a manifest over"));
+    assert!(check_manifest(b"{\"layers\": 3", None, "r/x:1").unwrap_err().to_string().contains("not an OCI image manifest"));
+}
