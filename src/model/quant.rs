@@ -370,6 +370,11 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
         // SAFETY: tasks write disjoint column ranges [o0, o1) of their job's y, which outlives
         // the loop and is borrowed by nothing else meanwhile.
         let y = unsafe { std::slice::from_raw_parts_mut(ptrs[ji].0, n * j.w.rows) };
+        // the rows' up-projection runs for these outputs start loading into L2 now, while the
+        // base kernel (compute-bound with many rows) leaves the memory bus idle
+        for l in j.lora.iter().flatten() {
+            prefetch_run(l.bt, l.a.len() / j.w.cols.max(1), o0, o1, Hint::L2);
+        }
         chunk(j.w, x, n, q8, y, o0, o1);
         add_low_rank(j.lora, x, j.w.cols, y, j.w.rows, o0, o1);
     });
@@ -384,7 +389,10 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
         #[allow(unused_mut)]
         let mut g0 = o0 / 8;
         #[cfg(target_arch = "x86_64")]
-        if super::qx8::isa() == super::qx8::Isa::Avx512Vnni {
+        // 512-bit group pairs pay where several tokens share each weight load; a lone token is
+        // bound by memory, where two interleaved group streams ran 0.6-0.7x the 256-bit kernel
+        // (Zen 4). Every kernel gives the same bits, so the choice is free to follow n.
+        if super::qx8::isa() == super::qx8::Isa::Avx512Vnni && n >= super::qx8::PAIR_MIN_TOKENS {
             use super::qx8::PAIR_TOKENS as P;
             while g0 + 2 <= o1 / 8 {
                 let mut t = 0;
@@ -475,7 +483,7 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
         // each row's factors are a separate short run (a different adapter per row, in a
         // mixed batch): fetch the next row's run while this one is added
         if let Some((_, next)) = order.peek() {
-            prefetch_run(next.bt, next.a.len() / cols.max(1), o0, o1);
+            prefetch_run(next.bt, next.a.len() / cols.max(1), o0, o1, Hint::L1);
         }
         let h = l.h(&x[t * cols..][..cols]);
         let yt = &mut y[t * rows + o0..t * rows + o1];
@@ -494,20 +502,34 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
     }
 }
 
+/// Which cache a prefetch fills.
+#[derive(Clone, Copy)]
+enum Hint {
+    L1,
+    L2,
+}
+
 /// Asks the CPU to start loading the blocked up-projection run for outputs `o0..o1`.
-fn prefetch_run(bt: Half, r: usize, o0: usize, o1: usize) {
+fn prefetch_run(bt: Half, r: usize, o0: usize, o1: usize, hint: Hint) {
     #[cfg(target_arch = "x86_64")]
     if let Half::F16x8(v) = bt {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
         let (a, b) = (o0 / 8 * r * 8, (o1.div_ceil(8) * r * 8).min(v.len()));
         let mut i = a;
         while i < b {
+            let p = v.as_ptr().wrapping_add(i) as *const i8;
             // SAFETY: a prefetch is a hint; the address lies inside v.
-            unsafe { std::arch::x86_64::_mm_prefetch(v.as_ptr().add(i) as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+            unsafe {
+                match hint {
+                    Hint::L1 => _mm_prefetch(p, _MM_HINT_T0),
+                    Hint::L2 => _mm_prefetch(p, _MM_HINT_T1),
+                }
+            }
             i += 32;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (bt, r, o0, o1);
+    let _ = (bt, r, o0, o1, hint);
 }
 
 fn has_avx2() -> bool {

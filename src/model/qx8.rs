@@ -202,6 +202,9 @@ pub unsafe fn group_with(isa: Isa, f: BlockFmt, data: &[u8], group: usize, nb: u
 /// Tokens `pair512` takes at once (its 32 registers hold 8 tokens' sums and accumulators).
 pub const PAIR_TOKENS: usize = 8;
 
+/// The fewest tokens for which `quant` uses `pair512` (below, the 256-bit kernels).
+pub const PAIR_MIN_TOKENS: usize = 4;
+
 /// `out[t][r] = row (8·group + r) · xs[t]` for `r < 16`: groups `group` and `group + 1` at
 /// once on 512-bit registers, for the `g` tokens given (1..=8). The same integer sums and the
 /// same float steps per output as `group`, so the same bits.
@@ -235,6 +238,18 @@ pub unsafe fn pair512(f: BlockFmt, data: &[u8], group: usize, nb: usize, xs: &[*
     }
 }
 
+/// Independent integer partial sums per token for `tokens` tokens at once (at most 4): enough
+/// chains in flight to cover `vpdpbusd`'s latency when few tokens share a weight load. Integer
+/// sums are exact, so the split changes no bit of any output.
+#[cfg(target_arch = "x86_64")]
+const fn chains(tokens: usize) -> usize {
+    match tokens {
+        1 => 4,
+        2 => 2,
+        _ => 1,
+    }
+}
+
 /// `pair512`'s kernels: each 512-bit value is one 32-byte load of each of the two groups.
 #[cfg(target_arch = "x86_64")]
 mod wide {
@@ -265,26 +280,32 @@ mod wide {
     pub unsafe fn q4<const G: usize>(b0: *const u8, b1: *const u8, nb: usize, xs: &[*const Q8; PAIR_TOKENS], out: &mut [[f32; 16]; PAIR_TOKENS]) {
         let mut acc = [_mm512_setzero_ps(); G];
         let m4 = _mm512_set1_epi8(15);
+        let c = super::chains(G);
         for b in 0..nb {
             let (p0, p1) = (b0.add(b * 160), b1.add(b * 160));
-            let mut sum = [_mm512_setzero_si512(); G];
+            let mut sum = [[_mm512_setzero_si512(); 4]; G];
             for s in 0..4 {
                 let raw = two(p0.add(32 + s * 32), p1.add(32 + s * 32));
                 let lo = _mm512_and_si512(raw, m4);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
                 for t in 0..G {
                     let x = &*xs[t].add(b);
-                    sum[t] = _mm512_dpbusd_epi32(sum[t], lo, bcast(x, s));
-                    sum[t] = _mm512_dpbusd_epi32(sum[t], hi, bcast(x, s + 4));
+                    let (i, j) = ((2 * s) % c, (2 * s + 1) % c);
+                    sum[t][i] = _mm512_dpbusd_epi32(sum[t][i], lo, bcast(x, s));
+                    sum[t][j] = _mm512_dpbusd_epi32(sum[t][j], hi, bcast(x, s + 4));
                 }
             }
             let d = scales(p0, p1);
             let m = scales(p0.add(16), p1.add(16));
             for t in 0..G {
                 let x = &*xs[t].add(b);
-                let idot = _mm512_cvtepi32_ps(sum[t]);
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), idot, acc[t]);
-                acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), acc[t]);
+                let mut si = sum[t][0];
+                for k in 1..c {
+                    si = _mm512_add_epi32(si, sum[t][k]);
+                }
+                let idot = _mm512_cvtepi32_ps(si);
+                let blk = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), _mm512_mul_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), idot));
+                acc[t] = _mm512_add_ps(acc[t], blk);
             }
         }
         store::<G>(&acc, out);
@@ -295,22 +316,27 @@ mod wide {
     pub unsafe fn q8<const G: usize>(b0: *const u8, b1: *const u8, nb: usize, xs: &[*const Q8; PAIR_TOKENS], out: &mut [[f32; 16]; PAIR_TOKENS]) {
         let mut acc = [_mm512_setzero_ps(); G];
         let zero = _mm512_setzero_si512();
+        let c = super::chains(G);
         for b in 0..nb {
             let (p0, p1) = (b0.add(b * 272), b1.add(b * 272));
-            let mut sum = [_mm512_setzero_si512(); G];
+            let mut sum = [[_mm512_setzero_si512(); 4]; G];
             for s in 0..8 {
                 let w = two(p0.add(16 + s * 32), p1.add(16 + s * 32));
                 let aw = _mm512_abs_epi8(w);
                 let neg = _mm512_movepi8_mask(w);
                 for t in 0..G {
                     let xv = bcast(&*xs[t].add(b), s);
-                    sum[t] = _mm512_dpbusd_epi32(sum[t], aw, _mm512_mask_sub_epi8(xv, neg, zero, xv));
+                    sum[t][s % c] = _mm512_dpbusd_epi32(sum[t][s % c], aw, _mm512_mask_sub_epi8(xv, neg, zero, xv));
                 }
             }
             let d = scales(p0, p1);
             for t in 0..G {
                 let x = &*xs[t].add(b);
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), _mm512_cvtepi32_ps(sum[t]), acc[t]);
+                let mut si = sum[t][0];
+                for k in 1..c {
+                    si = _mm512_add_epi32(si, sum[t][k]);
+                }
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), _mm512_cvtepi32_ps(si), acc[t]);
             }
         }
         store::<G>(&acc, out);
@@ -356,8 +382,17 @@ mod kernel {
     /// bytes in `u` with the 4 signed bytes in `s`. Callers keep every pair sum within i16
     /// range, so the `maddubs` build never saturates and all builds agree exactly.
     pub trait Dot {
+        /// Whether `add` is a multi-cycle dependency (`vpdpbusd`), so that few tokens need
+        /// several independent partial sums to keep the unit busy. `maddubs` accumulates with a
+        /// one-cycle `add`, which needs none.
+        const CHAINED: bool = true;
         /// Accumulates in the build's own partial form.
         unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+        /// The sum of two partial sums, in the partial form (exact: callers bound the total).
+        #[inline(always)]
+        unsafe fn merge(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_add_epi32(a, b)
+        }
         /// The partial form as 8 × i32 (by default it already is).
         #[inline(always)]
         unsafe fn finish(acc: __m256i) -> __m256i {
@@ -373,6 +408,11 @@ mod kernel {
     /// AVX2: i16 pair sums accumulated (no overflow: callers bound the sums), widened at the end.
     pub struct Maddubs;
     impl Dot for Maddubs {
+        const CHAINED: bool = false;
+        #[inline(always)]
+        unsafe fn merge(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_add_epi16(a, b)
+        }
         #[inline(always)]
         unsafe fn add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
             _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
@@ -411,26 +451,34 @@ mod kernel {
     pub unsafe fn q4<D: Dot, const G: usize>(base: *const u8, nb: usize, xs: &[*const Q8; 4], out: &mut [[f32; 8]; 4]) {
         let mut acc = [_mm256_setzero_ps(); G];
         let m4 = _mm256_set1_epi8(15);
+        let c = if D::CHAINED { super::chains(G) } else { 1 };
         for b in 0..nb {
             let blk = base.add(b * 160);
-            let mut sum = [_mm256_setzero_si256(); G];
+            let mut sum = [[_mm256_setzero_si256(); 4]; G];
             for s in 0..4 {
                 let raw = _mm256_loadu_si256(blk.add(32 + s * 32) as *const __m256i);
                 let lo = _mm256_and_si256(raw, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
                 for t in 0..G {
                     let x = &*xs[t].add(b);
-                    sum[t] = D::add(sum[t], lo, bcast(x, s));
-                    sum[t] = D::add(sum[t], hi, bcast(x, s + 4));
+                    let (i, j) = ((2 * s) % c, (2 * s + 1) % c);
+                    sum[t][i] = D::add(sum[t][i], lo, bcast(x, s));
+                    sum[t][j] = D::add(sum[t][j], hi, bcast(x, s + 4));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
             let m = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
             for t in 0..G {
                 let x = &*xs[t].add(b);
-                let idot = _mm256_cvtepi32_ps(D::finish(sum[t]));
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), idot, acc[t]);
-                acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), acc[t]);
+                let mut si = sum[t][0];
+                for k in 1..c {
+                    si = D::merge(si, sum[t][k]);
+                }
+                let idot = _mm256_cvtepi32_ps(D::finish(si));
+                // the block's whole term first, then one add: the chain across blocks is one
+                // add long, not two dependent FMAs
+                let blk = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), idot));
+                acc[t] = _mm256_add_ps(acc[t], blk);
             }
         }
         for t in 0..G {
@@ -443,22 +491,27 @@ mod kernel {
     #[inline(always)]
     pub unsafe fn q8<D: Dot, const G: usize>(base: *const u8, nb: usize, xs: &[*const Q8; 4], out: &mut [[f32; 8]; 4]) {
         let mut acc = [_mm256_setzero_ps(); G];
+        let c = if D::CHAINED { super::chains(G) } else { 1 };
         for b in 0..nb {
             let blk = base.add(b * 272);
-            let mut sum = [_mm256_setzero_si256(); G];
+            let mut sum = [[_mm256_setzero_si256(); 4]; G];
             for s in 0..8 {
                 let w = _mm256_loadu_si256(blk.add(16 + s * 32) as *const __m256i);
                 let aw = _mm256_sign_epi8(w, w);
                 for t in 0..G {
                     let x = &*xs[t].add(b);
                     // each step into i32: eight i16 steps could overflow
-                    sum[t] = D::add32(sum[t], aw, _mm256_sign_epi8(bcast(x, s), w));
+                    sum[t][s % c] = D::add32(sum[t][s % c], aw, _mm256_sign_epi8(bcast(x, s), w));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
             for t in 0..G {
                 let x = &*xs[t].add(b);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps(sum[t]), acc[t]);
+                let mut si = sum[t][0];
+                for k in 1..c {
+                    si = _mm256_add_epi32(si, sum[t][k]);
+                }
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps(si), acc[t]);
             }
         }
         for t in 0..G {
