@@ -600,9 +600,10 @@ pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
 /// Softmax attention of the query heads in `q` (`[heads, hd]`, heads that share one key/value
 /// head) over positions `0..=hi` of `k` and `v`, whose rows hold that head at columns
 /// `off..off + hd`; `out` is `[heads, hd]`. Each head's output is exactly `attend`'s over the same
-/// values in f32. An f16 cache's rows of this key/value head are widened once into a contiguous
-/// scratch that every head of the group then reads from the CPU's cache, so memory is crossed
-/// once per group, not once per head.
+/// values in f32. An f16 cache is read once per group, not once per head: with AVX2, `hd` a
+/// multiple of 16 and up to 4 heads, each run of keys or values is widened in registers for all
+/// heads (`avx::attend_f16`); otherwise its rows are widened into a contiguous scratch that
+/// every head then reads from the CPU's cache.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, off: usize, hi: usize, scale: f32, out: &mut [f32]) {
     let heads = q.len() / hd.max(1);
@@ -611,6 +612,19 @@ pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, o
         (KvRows::F32(k), KvRows::F32(v)) => {
             for (qh, o) in q.chunks(hd).zip(out.chunks_mut(hd)) {
                 attend(qh, k, v, stride, off, hi, scale, o);
+            }
+        }
+        (KvRows::F16(k16), KvRows::F16(v16)) if has_avx2() && hd % 16 == 0 && (1..=4).contains(&heads) => {
+            let mut s = vec![0f32; heads * (hi + 1)];
+            // SAFETY: AVX2, FMA and F16C were detected; the assert above bounds every row read
+            // (positions 0..=hi, columns off..off + hd within a stride); s and out are sized.
+            unsafe {
+                match heads {
+                    1 => avx::attend_f16::<1>(q, hd, k16, v16, stride, off, scale, &mut s, out),
+                    2 => avx::attend_f16::<2>(q, hd, k16, v16, stride, off, scale, &mut s, out),
+                    3 => avx::attend_f16::<3>(q, hd, k16, v16, stride, off, scale, &mut s, out),
+                    _ => avx::attend_f16::<4>(q, hd, k16, v16, stride, off, scale, &mut s, out),
+                }
             }
         }
         (k, v) => WIDE.with(|w| {

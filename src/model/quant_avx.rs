@@ -177,6 +177,70 @@ mod x86 {
         }
     }
 
+    /// `H` query heads (`q` is `[H, hd]`, `hd` a multiple of 16) attending over one key/value
+    /// head stored as f16 bits: position `j`'s key is `k[j·stride + off..][..hd]`, likewise `v`.
+    /// Each 16 keys or values are widened in registers once for all `H` heads, so the cache is
+    /// read once per group and never copied. Per head, the operations and their order are
+    /// exactly `attend`'s over the widened values (widening is exact): the same bits. `s` holds
+    /// `H` rows of `hi + 1` scores; `out` is `[H, hd]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend_f16<const H: usize>(q: &[f32], hd: usize, k: &[u16], v: &[u16], stride: usize, off: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+        let np = s.len() / H;
+        let wide = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        // scores: dot_inline's two accumulators (even and odd 8-lane runs), then its reduction
+        for j in 0..np {
+            let kr = k.as_ptr().add(j * stride + off);
+            // the position's value row starts for L2 now, so the values pass below finds it
+            // there; keys a few positions ahead start for L1 (prefetches are hints: an address
+            // past the end is harmless, and wrapping_add never forms an out-of-bounds offset)
+            let vr = v.as_ptr().wrapping_add(j * stride + off);
+            let kn = kr.wrapping_add(4 * stride);
+            let mut c = 0;
+            while c < hd {
+                _mm_prefetch(vr.wrapping_add(c) as *const i8, _MM_HINT_T1);
+                _mm_prefetch(kn.wrapping_add(c) as *const i8, _MM_HINT_T0);
+                c += 32;
+            }
+            let (mut s0, mut s1) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
+            let mut c = 0;
+            while c < hd {
+                let (k0, k1) = (wide(kr.add(c)), wide(kr.add(c + 8)));
+                for h in 0..H {
+                    let qh = q.as_ptr().add(h * hd + c);
+                    s0[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qh), k0, s0[h]);
+                    s1[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(8)), k1, s1[h]);
+                }
+                c += 16;
+            }
+            for h in 0..H {
+                s[h * np + j] = hsum(_mm256_add_ps(s0[h], s1[h])) * scale;
+            }
+        }
+        for h in 0..H {
+            super::super::softmax_in_place(&mut s[h * np..][..np]);
+        }
+        // values in passes of 16 outputs for every head; each output sums positions in order
+        let mut c = 0;
+        while c < hd {
+            let (mut a0, mut a1) = ([_mm256_setzero_ps(); H], [_mm256_setzero_ps(); H]);
+            for j in 0..np {
+                let vr = v.as_ptr().add(j * stride + off + c);
+                let (v0, v1) = (wide(vr), wide(vr.add(8)));
+                for h in 0..H {
+                    let w = _mm256_set1_ps(*s.get_unchecked(h * np + j));
+                    a0[h] = _mm256_fmadd_ps(w, v0, a0[h]);
+                    a1[h] = _mm256_fmadd_ps(w, v1, a1[h]);
+                }
+            }
+            for h in 0..H {
+                _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + c), a0[h]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + c + 8), a1[h]);
+            }
+            c += 16;
+        }
+    }
+
     /// `attend`'s AVX2 build; `s` holds one score per position.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]

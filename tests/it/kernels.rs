@@ -184,8 +184,11 @@ fn attention_matches_a_plain_softmax_over_every_length() {
 fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches() {
     use loradex::model::quant::{attend, attend_group, KvRows};
     let mut rng = Lcg(23);
-    let (hd, rep, kvh, stride) = (64, 3, 2, 192);
-    for len in [1usize, 7, 8, 33] {
+    // (head dim, query heads per key/value head): the register-widening path takes head dims
+    // that are multiples of 16 and 1 to 4 heads; the others go through the widened scratch
+    let shapes = [(64, 3), (64, 1), (32, 4), (128, 2), (64, 5), (40, 3)];
+    for (len, (hd, rep)) in [1usize, 7, 8, 33].into_iter().flat_map(|l| shapes.map(|s| (l, s))) {
+        let (kvh, stride) = (2, 3 * hd);
         let q: Vec<f32> = (0..rep * hd).map(|_| rng.unit()).collect();
         let k: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
         let v: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
@@ -199,13 +202,13 @@ fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches()
         };
         let mut got = vec![0f32; rep * hd];
         attend_group(&q, hd, KvRows::F32(&k), KvRows::F32(&v), stride, off, len - 1, 0.125, &mut got);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&k, &v), "f32 cache, {len} positions");
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&k, &v), "f32 cache, {len} positions, hd {hd} x {rep}");
         // an f16 cache gives what the same rounded values give in f32
         let h = |x: &[f32]| -> Vec<u16> { x.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect() };
         let w = |x: &[u16]| -> Vec<f32> { x.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect() };
         let (k16, v16) = (h(&k), h(&v));
         attend_group(&q, hd, KvRows::F16(&k16), KvRows::F16(&v16), stride, off, len - 1, 0.125, &mut got);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&w(&k16), &w(&v16)), "f16 cache, {len} positions");
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&w(&k16), &w(&v16)), "f16 cache, {len} positions, hd {hd} x {rep}");
     }
 }
 
