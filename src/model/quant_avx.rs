@@ -420,6 +420,10 @@ mod portable_stubs {
     pub unsafe fn dot_f16(_: &[u16], _: &[f32]) -> f32 {
         unreachable!("AVX2 is only detected on x86-64")
     }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend_f16<const H: usize>(_: &[f32], _: usize, _: &[u16], _: &[u16], _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
     pub unsafe fn widen_f16(_: &[u16], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
