@@ -190,7 +190,14 @@ pub fn run(a: Args) -> Result<()> {
     kernel_isas(&e, &tok, &prompt, a.tokens, a.reps)?;
 
     for &n in &a.streams {
-        let l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
+        // best of reps, as the single stream is
+        let mut l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
+        for _ in 1..a.reps {
+            let m = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
+            if m.decode_tok_per_s.unwrap_or(m.tok_per_s) > l.decode_tok_per_s.unwrap_or(l.tok_per_s) {
+                l = m;
+            }
+        }
         println!(
             "{n:2} streams, base: {:7.1} tok/s aggregate end to end, prefill included ({} tokens, {:.1} rows a step) = {:.2}x one stream",
             l.tok_per_s,
@@ -209,16 +216,30 @@ pub fn run(a: Args) -> Result<()> {
     let n = a.streams.iter().copied().max().unwrap_or(32);
     let same: Vec<_> = (0..n).map(|_| Some(one.clone())).collect();
     let many: Vec<_> = (0..n).map(|i| loradex::synth::decoder_adapter(&dec, 8, 100 + i as u64).map(|x| Some(Arc::new(x)))).collect::<Result<_>>()?;
-    let l1 = streams(&e, &tok, &prompt, a.tokens, &same)?;
-    let ln = streams(&e, &tok, &prompt, a.tokens, &many)?;
-    println!("{n} streams on one adapter:   {:7.1} tok/s aggregate", l1.tok_per_s);
-    println!(
-        "{n} streams on {n} adapters:   {:7.1} tok/s aggregate = {:.2}x one adapter (goal >= 0.90)",
-        ln.tok_per_s,
-        ln.tok_per_s / l1.tok_per_s
-    );
-    if let (Some(d1), Some(dn)) = (l1.decode_tok_per_s, ln.decode_tok_per_s) {
-        println!("    steady decode: {dn:.1} vs {d1:.1} tok/s = {:.2}x one adapter", dn / d1);
+    // one adapter and n adapters in alternating rounds, a ratio per round: the shared
+    // machine's drift over a run (often 20-30%) then hits both sides of each ratio alike
+    let (mut end, mut steady) = (vec![], vec![]);
+    let mut ln = None;
+    for round in 0..a.reps.max(1) {
+        let l1 = streams(&e, &tok, &prompt, a.tokens, &same)?;
+        let lm = streams(&e, &tok, &prompt, a.tokens, &many)?;
+        end.push(lm.tok_per_s / l1.tok_per_s);
+        let s = l1.decode_tok_per_s.zip(lm.decode_tok_per_s).map(|(d1, dn)| dn / d1);
+        steady.extend(s);
+        println!(
+            "  round {}: {n} streams on one adapter {:7.1} tok/s, on {n} adapters {:7.1} tok/s aggregate = {:.2}x{}",
+            round + 1,
+            l1.tok_per_s,
+            lm.tok_per_s,
+            lm.tok_per_s / l1.tok_per_s,
+            s.map(|r| format!("; steady decode {r:.2}x")).unwrap_or_default()
+        );
+        ln = Some(lm);
+    }
+    let ln = ln.expect("at least one round");
+    println!("{n} streams on {n} adapters vs one adapter, median of {} rounds: {:.2}x end to end (goal >= 0.90)", end.len(), pct(&end, 0.5));
+    if !steady.is_empty() {
+        println!("    steady decode: {:.2}x", pct(&steady, 0.5));
     }
     println!(
         "time to first token under that load ({n} adapters, {n} requests at once): p50 {:.0} ms, p99 {:.0} ms",
