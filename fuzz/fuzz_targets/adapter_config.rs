@@ -34,6 +34,8 @@ fuzz_target!(|data: &[u8]| {
         alpha: c.lora_alpha,
         dropout: c.lora_dropout,
         use_rslora: c.use_rslora,
+        use_dora: c.use_dora,
+        layers_to_transform: c.layers_to_transform.as_deref(),
         target_modules: &c.target_modules,
         modules_to_save: &c.modules_to_save,
         task_type: &task,
@@ -44,6 +46,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(back.lora_alpha, c.lora_alpha);
     assert_eq!(back.lora_dropout, c.lora_dropout);
     assert_eq!(back.use_rslora, c.use_rslora);
+    assert_eq!(back.use_dora, c.use_dora);
+    assert_eq!(back.layers_to_transform, c.layers_to_transform);
     assert_eq!(back.target_modules, c.target_modules);
     assert_eq!(back.modules_to_save, c.modules_to_save);
 });
