@@ -614,7 +614,7 @@ pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, o
                 attend(qh, k, v, stride, off, hi, scale, o);
             }
         }
-        (KvRows::F16(k16), KvRows::F16(v16)) if has_avx2() && hd % 16 == 0 && (1..=4).contains(&heads) => {
+        (KvRows::F16(k16), KvRows::F16(v16)) if has_avx2() && hd.is_multiple_of(16) && (1..=4).contains(&heads) => {
             let mut s = vec![0f32; heads * (hi + 1)];
             // SAFETY: AVX2, FMA and F16C were detected; the assert above bounds every row read
             // (positions 0..=hi, columns off..off + hd within a stride); s and out are sized.

@@ -300,8 +300,8 @@ mod wide {
             for t in 0..G {
                 let x = &*xs[t].add(b);
                 let mut si = sum[t][0];
-                for k in 1..c {
-                    si = _mm512_add_epi32(si, sum[t][k]);
+                for v in &sum[t][1..c] {
+                    si = _mm512_add_epi32(si, *v);
                 }
                 let idot = _mm512_cvtepi32_ps(si);
                 let blk = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s), _mm512_mul_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), idot));
@@ -333,8 +333,8 @@ mod wide {
             for t in 0..G {
                 let x = &*xs[t].add(b);
                 let mut si = sum[t][0];
-                for k in 1..c {
-                    si = _mm512_add_epi32(si, sum[t][k]);
+                for v in &sum[t][1..c] {
+                    si = _mm512_add_epi32(si, *v);
                 }
                 acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x.d)), _mm512_cvtepi32_ps(si), acc[t]);
             }
@@ -471,8 +471,8 @@ mod kernel {
             for t in 0..G {
                 let x = &*xs[t].add(b);
                 let mut si = sum[t][0];
-                for k in 1..c {
-                    si = D::merge(si, sum[t][k]);
+                for v in &sum[t][1..c] {
+                    si = D::merge(si, *v);
                 }
                 let idot = _mm256_cvtepi32_ps(D::finish(si));
                 // the block's whole term first, then one add: the chain across blocks is one
@@ -508,8 +508,8 @@ mod kernel {
             for t in 0..G {
                 let x = &*xs[t].add(b);
                 let mut si = sum[t][0];
-                for k in 1..c {
-                    si = _mm256_add_epi32(si, sum[t][k]);
+                for v in &sum[t][1..c] {
+                    si = _mm256_add_epi32(si, *v);
                 }
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps(si), acc[t]);
             }
