@@ -311,7 +311,6 @@ pub use simd::{erf, exp_neg};
 
 /// Vectorizable kernels (activations, softmax rows), compiled for AVX2 + FMA when the CPU has
 /// them. Reductions keep 8 explicit lanes, so both variants add in the same order.
-
 mod simd {
     use super::Act;
     const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;

@@ -189,7 +189,7 @@ impl Decoder {
                     r.cache.capacity()
                 )));
             }
-            if r.cache.kv_dim() != kvd || r.cache.k.len() != self.layers.len() || (r.cache.len() > 0 && r.cache.k[0].len() != r.cache.len() * kvd) {
+            if r.cache.kv_dim() != kvd || r.cache.k.len() != self.layers.len() || (!r.cache.is_empty() && r.cache.k[0].len() != r.cache.len() * kvd) {
                 return Err(Error::Model("a cache made for another model".into()));
             }
             for (i, &t) in r.tokens.iter().enumerate() {

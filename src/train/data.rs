@@ -103,7 +103,7 @@ pub fn parse(text: &str, path: &Path, is_jsonl: bool, text_field: &str, label_fi
             out.push(Example { text, completion, label });
         }
     } else {
-        let rows = parse_csv(&text).map_err(|(l, d)| data_err(path, l, d))?;
+        let rows = parse_csv(text).map_err(|(l, d)| data_err(path, l, d))?;
         let header = rows.first().ok_or_else(|| data_err(path, 1, "empty file"))?;
         let col = |name: &str| header.iter().position(|h| h.trim() == name);
         let ti = col(text_field).ok_or_else(|| data_err(path, 1, format!("no {text_field:?} column in header {header:?}")))?;

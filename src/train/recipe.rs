@@ -197,7 +197,8 @@ impl Recipe {
         if self.train.batch_size == 0 || self.train.epochs == 0 {
             return bad("train.batch_size and train.epochs must be > 0".into());
         }
-        if !(self.train.learning_rate > 0.0) {
+        // a NaN is refused too (it compares as nothing)
+        if self.train.learning_rate.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
             return bad("train.learning_rate must be > 0".into());
         }
         if !(0.0..1.0).contains(&self.data.validation_split) {

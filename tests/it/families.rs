@@ -289,10 +289,8 @@ fn decoder_families_train_every_lora_tensor() {
         let e = Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), candle_core::Device::Cpu).unwrap();
         let mut tr = Trainer::new(e, Task::CausalLm, lora_spec(targets, &[]), vec![]).unwrap();
         assert_eq!(tr.var_names().len(), 2 * targets.len() * 2, "{name}: {:?}", tr.var_names());
-        let ex = vec![
-            Example { text: "where is my refund".into(), completion: Some(" the agent was very kind".into()), label: None },
-            Example { text: "배송이 늦어서 불편합니다".into(), completion: None, label: None },
-        ];
+        let ex = [Example { text: "where is my refund".into(), completion: Some(" the agent was very kind".into()), label: None },
+            Example { text: "배송이 늦어서 불편합니다".into(), completion: None, label: None }];
         let refs: Vec<_> = ex.iter().collect();
         let (b, t, w) = tr.encode(&refs, 32).unwrap();
         tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
@@ -419,7 +417,7 @@ fn merged_family_directories_reload() {
                 let got = logits(e.classify_batch(&batch, &Routing::base(batch.lens.len())).unwrap());
                 assert_close(&got, &exp["merged_logits"], tol, &format!("{name} merged directory"));
             }
-            _ => decoder_logits(&e, &vec![None; 5], &exp, &["merged_logits"; 5], tol, name),
+            _ => decoder_logits(&e, &[None; 5], &exp, &["merged_logits"; 5], tol, name),
         }
     }
 }

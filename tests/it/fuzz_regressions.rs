@@ -27,7 +27,7 @@ fn load(weights: &[u8]) -> loradex::Result<LoadedAdapter> {
 #[test]
 fn from_peft_refuses_scalar_lora_tensors() {
     let header = br#"{"base_model.model.x.lora_A.weight":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"base_model.model.x.lora_B.weight":{"dtype":"F32","shape":[],"data_offsets":[4,8]}}"#;
-    let err = load(&framed(header, 8)).err().expect("0-d LoRA tensors are refused");
+    let err = load(&framed(header, 8)).expect_err("0-d LoRA tensors are refused");
     assert!(err.to_string().contains("[r, in]"), "{err}");
 }
 
