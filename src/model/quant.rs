@@ -257,6 +257,14 @@ pub enum Half<'a> {
 }
 
 impl Half<'_> {
+    /// Whether both are the same memory (the same adapter's factor), not merely equal values.
+    fn same(&self, other: &Half) -> bool {
+        match (self, other) {
+            (Half::F32(a), Half::F32(b)) => std::ptr::eq(*a, *b),
+            (Half::F16(a), Half::F16(b)) | (Half::F16x8(a), Half::F16x8(b)) => std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
     pub fn len(&self) -> usize {
         match self {
             Half::F32(v) => v.len(),
@@ -371,9 +379,14 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
         // the loop and is borrowed by nothing else meanwhile.
         let y = unsafe { std::slice::from_raw_parts_mut(ptrs[ji].0, n * j.w.rows) };
         // the rows' up-projection runs for these outputs start loading into L2 now, while the
-        // base kernel (compute-bound with many rows) leaves the memory bus idle
+        // base kernel (compute-bound with many rows) leaves the memory bus idle; consecutive
+        // rows on one adapter share one run, fetched once
+        let mut last: Option<Half> = None;
         for l in j.lora.iter().flatten() {
-            prefetch_run(l.bt, l.a.len() / j.w.cols.max(1), o0, o1, Hint::L2);
+            if !last.is_some_and(|p| p.same(&l.bt)) {
+                prefetch_run(l.bt, l.a.len() / j.w.cols.max(1), o0, o1, Hint::L2);
+            }
+            last = Some(l.bt);
         }
         chunk(j.w, x, n, q8, y, o0, o1);
         add_low_rank(j.lora, x, j.w.cols, y, j.w.rows, o0, o1);
@@ -481,8 +494,8 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
     let mut order = (start..n).chain(0..start).filter_map(|t| Some((t, lora[t].as_ref()?))).peekable();
     while let Some((t, l)) = order.next() {
         // each row's factors are a separate short run (a different adapter per row, in a
-        // mixed batch): fetch the next row's run while this one is added
-        if let Some((_, next)) = order.peek() {
+        // mixed batch): fetch the next row's run while this one is added, unless it is this one
+        if let Some((_, next)) = order.peek().filter(|(_, next)| !next.bt.same(&l.bt)) {
             prefetch_run(next.bt, next.a.len() / cols.max(1), o0, o1, Hint::L1);
         }
         let h = l.h(&x[t * cols..][..cols]);
