@@ -216,14 +216,14 @@ pub fn run(a: Args) -> Result<()> {
     let n = a.streams.iter().copied().max().unwrap_or(32);
     let same: Vec<_> = (0..n).map(|_| Some(one.clone())).collect();
     let many: Vec<_> = (0..n).map(|i| loradex::synth::decoder_adapter(&dec, 8, 100 + i as u64).map(|x| Some(Arc::new(x)))).collect::<Result<_>>()?;
-    // one adapter and n adapters in alternating rounds, a ratio per round: the shared
-    // machine's drift over a run (often 20-30%) then hits both sides of each ratio alike
     // the first step of each adapter makes its half-precision copies (once per adapter, kept
     // with it): timed apart here, so that the rounds compare resident adapters (the one
     // adapter's were made in the single-stream runs above)
     let t = Instant::now();
     streams(&e, &tok, &prompt, 1, &many)?;
     println!("first use of {n} adapters (each one's f16 factor copies made, then kept): {:.2} s for {n} one-token requests at once", t.elapsed().as_secs_f64());
+    // one adapter and n adapters in alternating rounds, a ratio per round: the shared
+    // machine's drift over a run (often 20-30%) then hits both sides of each ratio alike
     let (mut end, mut steady) = (vec![], vec![]);
     let mut ln = None;
     for round in 0..a.reps.max(1) {

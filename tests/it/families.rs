@@ -289,8 +289,10 @@ fn decoder_families_train_every_lora_tensor() {
         let e = Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), candle_core::Device::Cpu).unwrap();
         let mut tr = Trainer::new(e, Task::CausalLm, lora_spec(targets, &[]), vec![]).unwrap();
         assert_eq!(tr.var_names().len(), 2 * targets.len() * 2, "{name}: {:?}", tr.var_names());
-        let ex = [Example { text: "where is my refund".into(), completion: Some(" the agent was very kind".into()), label: None },
-            Example { text: "배송이 늦어서 불편합니다".into(), completion: None, label: None }];
+        let ex = [
+            Example { text: "where is my refund".into(), completion: Some(" the agent was very kind".into()), label: None },
+            Example { text: "배송이 늦어서 불편합니다".into(), completion: None, label: None },
+        ];
         let refs: Vec<_> = ex.iter().collect();
         let (b, t, w) = tr.encode(&refs, 32).unwrap();
         tr.step(&b, &t, w.as_ref(), 1e-2).unwrap();
