@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_PER=${1:-600}
 shift || true
-ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies oci_manifest)
+ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies oci_manifest gguf)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 FIXTURES=${FIXTURES:-$ROOT/../shared/fixtures}
 [ -d "$FIXTURES" ] || FIXTURES=/work/shared/fixtures
@@ -103,6 +103,52 @@ seed_all() {
     seed oci_manifest "$tmp/m" manifest.json
     printf '%s' '{"media_type":"application/vnd.loradex.adapter.v1+json","base_fingerprint":"'$d1'","base_arch":"bert","task":"SEQ_CLS","labels":["a","b"],"metrics":{"accuracy":0.9},"provenance":{"by":"train"}}' > "$tmp/m"
     seed oci_manifest "$tmp/m" artifact-config.json
+    # GGUF: a tiny llama base (2 layers, hidden 32, a 12-token BPE vocabulary), its matrices in
+    # Q4_1 and in Q8_0 (the test suite's seed, `loradex::fuzzing::tiny_gguf`, is the same shape)
+    for q in 3 8; do
+        python3 - "$tmp/g" "$q" <<'PY'
+import random, struct, sys
+out, qtype = sys.argv[1], int(sys.argv[2])
+random.seed(qtype)
+s = lambda b: struct.pack("<Q", len(b)) + b
+kv = lambda k, t, v: s(k.encode()) + struct.pack("<I", t) + v
+arr = lambda t, items: struct.pack("<IQ", t, len(items)) + b"".join(items)
+tokens = ["<s>", "</s>", "h", "e", "l", "o", "\u0120", "he", "ll", "hell", "hello", "\u0120h"]
+merges = ["h e", "l l", "he ll", "hell o", "\u0120 h"]
+tmpl = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+meta = [kv("general.architecture", 8, s(b"llama")), kv("general.alignment", 4, struct.pack("<I", 32))]
+for k, v in [("block_count", 2), ("context_length", 64), ("embedding_length", 32), ("feed_forward_length", 64),
+             ("attention.head_count", 2), ("attention.head_count_kv", 1)]:
+    meta.append(kv("llama." + k, 4, struct.pack("<I", v)))
+meta += [kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)), kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5)),
+         kv("tokenizer.ggml.model", 8, s(b"gpt2")), kv("tokenizer.ggml.pre", 8, s(b"smollm")),
+         kv("tokenizer.ggml.tokens", 9, arr(8, [s(t.encode()) for t in tokens])),
+         kv("tokenizer.ggml.merges", 9, arr(8, [s(m.encode()) for m in merges])),
+         kv("tokenizer.ggml.token_type", 9, arr(5, [struct.pack("<i", 3 if i < 2 else 1) for i in range(len(tokens))])),
+         kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 0)), kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 1)),
+         kv("tokenizer.ggml.add_bos_token", 7, b"\x01"), kv("tokenizer.chat_template", 8, s(tmpl.encode()))]
+def f32(n): return b"".join(struct.pack("<f", random.uniform(-0.25, 0.25)) for _ in range(n))
+def quant(rows, cols):  # random blocks: d and m as f16, then the quants
+    per = {3: lambda: struct.pack("<ee", 0.01, -0.05) + bytes(random.randrange(256) for _ in range(16)),
+           8: lambda: struct.pack("<e", 0.01) + bytes(random.randrange(256) for _ in range(32))}[qtype]
+    return b"".join(per() for _ in range(rows * cols // 32))
+tensors = [("token_embd.weight", [32, 12], 0, f32(12 * 32)), ("output_norm.weight", [32], 0, f32(32))]
+for l in range(2):
+    for n, r, c in [("attn_q", 32, 32), ("attn_k", 16, 32), ("attn_v", 16, 32), ("attn_output", 32, 32),
+                    ("ffn_gate", 64, 32), ("ffn_up", 64, 32), ("ffn_down", 32, 64)]:
+        tensors.append((f"blk.{l}.{n}.weight", [c, r], qtype, quant(r, c)))
+    for n in ["attn_norm", "ffn_norm"]:
+        tensors.append((f"blk.{l}.{n}.weight", [32], 0, f32(32)))
+pad = lambda b: b + bytes(-len(b) % 32)
+infos, data = b"", b""
+for name, dims, t, raw in tensors:
+    infos += s(name.encode()) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", t, len(data))
+    data = pad(data + raw)
+head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta)) + b"".join(meta) + infos
+open(out, "wb").write(pad(head) + data)
+PY
+        seed gguf "$tmp/g" "tiny-llama-$q.gguf"
+    done
 }
 seed_all
 

@@ -9,6 +9,8 @@ pub mod combine;
 pub mod digest;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod peft;
 pub mod registry;

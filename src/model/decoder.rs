@@ -87,7 +87,8 @@ impl Decoder {
             }
             Ok(v)
         };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // grown as layers load: a hostile layer count fails at its first missing tensor
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let names: Vec<String> = spec.slots().iter().map(|s| format!("{p}.{s}")).collect();

@@ -5,6 +5,7 @@
 //! template from `tokenizer.ggml.*`. Owns no model math and no store logic.
 
 use super::decoder::Source;
+use super::gguf_check as header;
 use super::quant::{BlockFmt, QWeight};
 use crate::error::{Error, IoContext, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -37,10 +38,24 @@ impl std::str::FromStr for LoadDtype {
 }
 
 pub struct Gguf {
+    /// The file, or the label of bytes held in memory (what errors name).
     pub path: PathBuf,
     pub content: Content,
     arch: String,
+    /// Where tensor data is read from.
+    backing: Backing,
 }
+
+/// Where a GGUF's bytes live.
+enum Backing {
+    File,
+    /// A whole file in memory (fuzzing, tests): read through a cursor, never written to disk.
+    Bytes(std::sync::Arc<[u8]>),
+}
+
+/// A seekable reader over a GGUF's bytes.
+pub trait ReadSeek: std::io::Read + std::io::Seek {}
+impl<T: std::io::Read + std::io::Seek> ReadSeek for T {}
 
 fn io(path: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
     move |e| Error::Model(format!("{}: {e}", path.display()))
@@ -48,8 +63,26 @@ fn io(path: &Path) -> impl Fn(candle_core::Error) -> Error + '_ {
 
 impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf> {
-        let mut f = std::fs::File::open(path).at(path)?;
-        let content = Content::read(&mut f).map_err(io(path))?;
+        let f = std::fs::File::open(path).at(path)?;
+        Gguf::read(path, std::io::BufReader::new(f), Backing::File)
+    }
+
+    /// A GGUF file held in memory; `label` names it in errors.
+    pub fn from_bytes(label: &str, bytes: Vec<u8>) -> Result<Gguf> {
+        let bytes: std::sync::Arc<[u8]> = bytes.into();
+        Gguf::read(Path::new(label), std::io::Cursor::new(bytes.clone()), Backing::Bytes(bytes))
+    }
+
+    /// Parses the header: candle's reader bounds every length by the file's size; what it
+    /// leaves unchecked (an alignment of 0 divides by zero; tensor extents are checked only
+    /// when a tensor is read, after their sizes may have overflowed) is checked here first.
+    fn read(path: &Path, mut r: impl ReadSeek, backing: Backing) -> Result<Gguf> {
+        let file_size = r.seek(std::io::SeekFrom::End(0)).at(path)?;
+        r.rewind().at(path)?;
+        header::check_alignment(&mut r, file_size).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        r.rewind().at(path)?;
+        let content = Content::read(&mut r).map_err(io(path))?;
+        header::check_tensors(&content, file_size).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -58,7 +91,15 @@ impl Gguf {
         if arch != "llama" {
             return Err(Error::Model(format!("{}: GGUF architecture {arch:?} is not supported (llama)", path.display())));
         }
-        Ok(Gguf { path: path.to_path_buf(), content, arch })
+        Ok(Gguf { path: path.to_path_buf(), content, arch, backing })
+    }
+
+    /// A fresh reader over the bytes (tensor data is read through it).
+    fn reader(&self) -> Result<Box<dyn ReadSeek + Send + '_>> {
+        Ok(match &self.backing {
+            Backing::File => Box::new(std::fs::File::open(&self.path).at(&self.path)?),
+            Backing::Bytes(b) => Box::new(std::io::Cursor::new(b.clone())),
+        })
     }
 
     fn meta(&self, key: &str) -> Option<&Value> {
@@ -161,8 +202,7 @@ impl Gguf {
 
     pub fn source(&self, dtype: LoadDtype) -> Result<GgufSource<'_>> {
         let names = self.content.tensor_infos.keys().filter_map(|n| Some((Gguf::hf_name(n)?, n.clone()))).collect();
-        let file = std::fs::File::open(&self.path).at(&self.path)?;
-        Ok(GgufSource { g: self, file, names, dtype })
+        Ok(GgufSource { g: self, file: self.reader()?, names, dtype })
     }
 
     fn strings(&self, key: &str) -> Result<Vec<String>> {
@@ -234,6 +274,9 @@ impl Gguf {
                 .collect(),
             None => vec![],
         };
+        if types.len() > tokens.len() {
+            return Err(Error::Tokenizer(format!("{}: tokenizer.ggml.token_type has {} entries for {} tokens", self.path.display(), types.len(), tokens.len())));
+        }
         let special: Vec<AddedToken> =
             types.iter().enumerate().filter(|(_, t)| **t == 3).map(|(i, _)| AddedToken::from(tokens[i].clone(), true)).collect();
         let user: Vec<AddedToken> =
@@ -260,11 +303,11 @@ impl Gguf {
     /// Every mapped tensor dequantized to f32 under its Hugging Face name, `q`/`k` rows in
     /// Hugging Face order: the weights transformers would load from this file (for training).
     pub fn dequantized(&self, device: &Device) -> Result<Vec<(String, candle_core::Tensor)>> {
-        let mut f = std::fs::File::open(&self.path).at(&self.path)?;
+        let mut f = self.reader()?;
         let mut out = vec![];
         for name in self.content.tensor_infos.keys() {
             let Some(hf) = Gguf::hf_name(name) else { continue };
-            let t = self.hf_tensor(&mut f, name, &hf)?.dequantize(&Device::Cpu)?;
+            let t = self.hf_tensor(&mut *f, name, &hf)?.dequantize(&Device::Cpu)?;
             out.push((hf, t.to_device(device)?));
         }
         Ok(out)
@@ -279,7 +322,7 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// `h·d + 2j + t` is Hugging Face row `h·d + t·d/2 + j`. Returns, for each Hugging Face row,
 /// the GGUF row that holds it.
 pub fn unpermute_rows(rows: usize, heads: usize) -> Result<Vec<usize>> {
-    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+    if heads == 0 || rows == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(Error::Model(format!("{rows} rows do not split into {heads} rotary heads")));
     }
     let (d, half) = (rows / heads, rows / heads / 2);
@@ -295,8 +338,9 @@ pub fn unpermute_rows(rows: usize, heads: usize) -> Result<Vec<usize>> {
 impl Gguf {
     /// Tensor `gname` as stored, with `q`/`k` rows moved into Hugging Face order (`hf` is its
     /// Hugging Face name). Rows are independent in every GGML type, so whole rows of bytes move.
-    fn hf_tensor(&self, file: &mut std::fs::File, gname: &str, hf: &str) -> Result<QTensor> {
-        let t = self.content.tensor(file, gname, &Device::Cpu).map_err(io(&self.path))?;
+    fn hf_tensor(&self, file: &mut dyn ReadSeek, gname: &str, hf: &str) -> Result<QTensor> {
+        let mut file = file;
+        let t = self.content.tensor(&mut file, gname, &Device::Cpu).map_err(io(&self.path))?;
         let heads = if hf.ends_with("self_attn.q_proj.weight") {
             self.arch_req("attention.head_count")?
         } else if hf.ends_with("self_attn.k_proj.weight") {
@@ -305,11 +349,12 @@ impl Gguf {
         } else {
             return Ok(t);
         };
-        let (dt, rows) = (t.dtype(), t.shape().dims()[0]);
-        let shape = t.shape().clone();
+        let (dt, shape) = (t.dtype(), t.shape().clone());
+        let rows = shape.dims().first().copied().unwrap_or(0);
+        let order = unpermute_rows(rows, heads)?;
         let data = t.data().map_err(io(&self.path))?;
-        let rb = data.len() / rows;
-        let perm: Vec<u8> = unpermute_rows(rows, heads)?.iter().flat_map(|&r| data[r * rb..][..rb].iter().copied()).collect();
+        let rb = data.len() / rows.max(1);
+        let perm: Vec<u8> = order.iter().flat_map(|&r| data[r * rb..][..rb].iter().copied()).collect();
         let storage = QStorage::from_data(std::borrow::Cow::Owned(perm), &Device::Cpu, dt).map_err(io(&self.path))?;
         QTensor::new(storage, shape).map_err(io(&self.path))
     }
@@ -317,7 +362,7 @@ impl Gguf {
 
 pub struct GgufSource<'a> {
     g: &'a Gguf,
-    file: std::fs::File,
+    file: Box<dyn ReadSeek + Send + 'a>,
     names: HashMap<String, String>,
     dtype: LoadDtype,
 }
@@ -329,7 +374,7 @@ impl GgufSource<'_> {
         if info.shape.dims() != shape {
             return Err(Error::TensorMismatch { tensor: gname.clone(), detail: format!("shape {:?}, expected {shape:?}", info.shape.dims()) });
         }
-        self.g.hf_tensor(&mut self.file, gname, name)
+        self.g.hf_tensor(&mut *self.file, gname, name)
     }
 }
 

@@ -126,6 +126,10 @@ pub const SLOTS: [&str; 7] =
 /// A fused layer's four (Phi-3): `[q; k; v]`, o, `[gate; up]`, down.
 pub const FUSED_SLOTS: [&str; 4] = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
 
+/// The longest context a config may declare (16M positions): candle's forward builds rotary
+/// tables of that length, so a hostile `max_position_embeddings` must not size an allocation.
+pub const MAX_POSITIONS: usize = 1 << 24;
+
 impl Config {
     pub(crate) fn theta(&self) -> Result<f64> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
@@ -160,6 +164,9 @@ impl Config {
         let hd = self.head_dim.unwrap_or(hidden / nh);
         if hd == 0 || !hd.is_multiple_of(2) {
             return Err(Error::Model(format!("config: head_dim {hd} must be even and positive")));
+        }
+        if self.max_position_embeddings == 0 || self.max_position_embeddings > MAX_POSITIONS {
+            return Err(Error::Model(format!("config: max_position_embeddings {} is outside 1..={MAX_POSITIONS}", self.max_position_embeddings)));
         }
         Ok((n_kv, hd))
     }

@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod family;
 pub mod generation;
 pub mod gguf;
+mod gguf_check;
 pub mod kv_cache;
 pub mod llama;
 pub mod lora;

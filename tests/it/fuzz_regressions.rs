@@ -2,6 +2,7 @@
 //! checked against the fixed behaviour: an error instead of a panic, or the property the
 //! target asserts.
 
+use super::common;
 use candle_core::Device;
 use loradex::base::Arch;
 use loradex::model::lora::LoadedAdapter;
@@ -73,4 +74,208 @@ fn a_zero_element_shape_that_overflows_from_the_back_is_refused() {
     let err = loradex::peft::safetensors::SafeView::parse(&file, "fuzz").err().expect("refused at parse");
     assert!(err.to_string().contains("overflows"), "{err}");
     assert!(load(&file).is_err());
+}
+
+/// Every file under `dir` whose name satisfies `keep`, sorted.
+fn files(dir: &std::path::Path, keep: &dyn Fn(&std::path::Path) -> bool, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            files(&p, keep, out);
+        } else if keep(&p) {
+            out.push(p);
+        }
+    }
+}
+
+/// The seeds `scripts/fuzz.sh` gives each target, from the same sources (fixtures, the repo's
+/// recipes and data, fixed bodies), trimmed to a size the debug build mutates quickly.
+fn seeds(target: &str) -> Vec<Vec<u8>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let named = |dir: &std::path::Path, name: &str| {
+        let mut v = vec![];
+        files(dir, &|p| p.file_name().is_some_and(|n| n == name), &mut v);
+        v
+    };
+    let ext = |dir: &std::path::Path, e: &str| {
+        let mut v = vec![];
+        files(dir, &|p| p.extension().is_some_and(|x| x == e), &mut v);
+        v
+    };
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let body = |sel: u8, b: &str| [&[sel][..], b.as_bytes()].concat();
+    match target {
+        "safetensors" => {
+            let mut out = vec![];
+            for f in ext(&common::fixtures().join(".."), "safetensors") {
+                let b = read(&f);
+                let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+                if n <= 16384 {
+                    out.push(b[8..8 + n].to_vec());
+                }
+                if b.len() <= 16384 {
+                    out.push(b);
+                }
+            }
+            out
+        }
+        "adapter_config" => named(&common::fixtures().join(".."), "adapter_config.json").iter().map(|p| read(p)).collect(),
+        "ref_digest" => {
+            let mut out: Vec<Vec<u8>> = ["en/sentiment", "ko/customer-service:v2", "a.b_c-d/e:1.0", "sha256", "a/../b:x", "a:b:c", "x:"].iter().map(|s| s.as_bytes().to_vec()).collect();
+            out.push(loradex::digest::Digest::of(b"x").to_string().into_bytes());
+            for r in named(&root.join("adapters"), "recipe.toml") {
+                let t = String::from_utf8(read(&r)).unwrap();
+                out.extend(t.lines().filter_map(|l| l.strip_prefix("name = \"")?.strip_suffix('"')).map(|n| n.as_bytes().to_vec()));
+            }
+            out
+        }
+        "recipe" => named(&root.join("adapters"), "recipe.toml")
+            .iter()
+            .flat_map(|r| {
+                let t = read(r);
+                let sets = [&t[..], b"\0train.epochs=2\nlora.target_modules=[\"query\",\"key\"]\ndata.labels.x=1\n"].concat();
+                [t, sets]
+            })
+            .collect(),
+        "dataset" => {
+            let mut out = vec![];
+            for f in ext(&root.join("adapters"), "csv").into_iter().chain(ext(&root.join("adapters"), "jsonl")) {
+                let t = read(&f);
+                // the head of the file, cut at a line end
+                let cut = t.iter().take(1500).rposition(|&b| b == b'\n').map_or(t.len(), |i| i + 1);
+                let mode = if f.extension().is_some_and(|e| e == "jsonl") { 1 } else { 2 };
+                out.push([&[mode][..], &t[..cut]].concat());
+            }
+            out
+        }
+        "http_bodies" => {
+            let bodies = [
+                r#"{"adapter": "en/sentiment:v1", "texts": ["배송이 늦어요", "great"]}"#,
+                r#"{"adapter": null, "texts": ["x"]}"#,
+                r#"{"model": "base:en/sentiment:v1", "prompt": "hi", "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "seed": 1, "stop": ["\n"], "stream": true}"#,
+                r#"{"model": "base", "prompt": [1, 2, 3], "adapter": "a", "adapters": [{"ref": "a", "weight": 0.5}]}"#,
+                r#"{"model": "base", "messages": [{"role": "user", "content": "안녕"}, {"role": "assistant", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 4, "n": 1}"#,
+            ];
+            bodies.iter().flat_map(|b| [0u8, 1, 2, 0x11, 0x22].map(|s| body(s, b))).collect()
+        }
+        "oci_manifest" => {
+            let (d1, d2) = (loradex::digest::Digest::of(b"a"), loradex::digest::Digest::of(b"b"));
+            vec![
+                format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.loradex.adapter.v1+json","config":{{"mediaType":"application/vnd.loradex.adapter.v1+json","digest":"{d1}","size":120}},"layers":[{{"mediaType":"application/vnd.loradex.peft.config.v1+json","digest":"{d2}","size":300,"annotations":{{"org.opencontainers.image.title":"adapter_config.json"}}}},{{"mediaType":"application/vnd.loradex.peft.safetensors.v1","digest":"{d1}","size":4096,"annotations":{{"org.opencontainers.image.title":"adapter_model.safetensors"}}}}],"annotations":{{"org.loradex.rank":"8"}}}}"#).into_bytes(),
+                format!(r#"{{"media_type":"application/vnd.loradex.adapter.v1+json","base_fingerprint":"{d1}","base_arch":"bert","task":"SEQ_CLS","labels":["a","b"],"metrics":{{"accuracy":0.9}},"provenance":{{"by":"train"}}}}"#).into_bytes(),
+            ]
+        }
+        "gguf" => vec![loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q4_1), loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q8_0)],
+        other => panic!("no seeds for target {other}"),
+    }
+}
+
+/// Every fuzz target's body (`loradex::fuzzing`, what `scripts/fuzz.sh` runs under libFuzzer)
+/// holds over its seeds and a fixed, seeded set of mutations of them: CI builds and runs every
+/// target on every change, so they cannot rot, and a crash found once stays found. Not a
+/// substitute for `scripts/fuzz.sh` (no coverage feedback, a few thousand inputs).
+#[test]
+fn every_fuzz_target_holds_over_seeded_mutations_of_its_seeds() {
+    // the tiny GGUF seed is a base loradex loads and tokenizes with
+    let g = loradex::model::gguf::Gguf::from_bytes("seed.gguf", loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q4_1)).unwrap();
+    let (tok, _) = g.tokenizer().unwrap();
+    assert_eq!(tok.encode("hello", true).unwrap().get_ids(), &[0, 10]);
+    let mut report = vec![];
+    for (name, target) in loradex::fuzzing::TARGETS {
+        let seeds = seeds(name);
+        assert!(!seeds.is_empty(), "{name}: no seeds");
+        // about 4,000 inputs per target whatever its seed count
+        let per_seed = (4000 / seeds.len()).max(20);
+        match loradex::fuzzing::mutate::run(target, &seeds, per_seed, 0x10ad_e5) {
+            Ok(n) => report.push(format!("{name}: {n}")),
+            Err(f) => {
+                let path = std::env::temp_dir().join(format!("loradex-fuzz-{name}-finding"));
+                std::fs::write(&path, &f.input).unwrap();
+                panic!("fuzz target {name} panicked: {}\n  input ({} bytes) written to {} (replay: fuzz/target/.../release/{name} {})", f.message, f.input.len(), path.display(), path.display());
+            }
+        }
+    }
+    assert_eq!(report.len(), loradex::fuzzing::TARGETS.len(), "{report:?}");
+    eprintln!("fuzz bodies, inputs run: {}", report.join(", "));
+}
+
+mod gguf {
+    use candle_core::quantized::gguf_file::Value as V;
+    use candle_core::quantized::GgmlDType;
+    use loradex::fuzzing::{gguf as fuzz_gguf, tiny_gguf, tiny_gguf_with};
+    use loradex::model::gguf::Gguf;
+
+    fn set(key: &'static str, v: V) -> impl FnMut(&mut Vec<(&'static str, V)>) {
+        let mut v = Some(v);
+        move |md| {
+            md.retain(|(k, _)| *k != key);
+            md.push((key, v.take().unwrap()));
+        }
+    }
+
+    /// candle's reader divides the data offset by `general.alignment`: 0 was a panic.
+    #[test]
+    fn an_alignment_of_zero_or_not_a_power_of_two_is_refused() {
+        for a in [0u32, 24] {
+            let bytes = tiny_gguf_with(GgmlDType::Q4_1, &mut set("general.alignment", V::U32(a)));
+            let err = Gguf::from_bytes("t.gguf", bytes.clone()).err().expect("refused");
+            assert!(err.to_string().contains("power of two"), "{err}");
+            fuzz_gguf(&bytes);
+        }
+    }
+
+    /// More token types than tokens indexed past the vocabulary: a panic.
+    #[test]
+    fn more_token_types_than_tokens_is_refused() {
+        let bytes = tiny_gguf_with(GgmlDType::Q4_1, &mut set("tokenizer.ggml.token_type", V::Array((0..13).map(|_| V::I32(3)).collect())));
+        let g = Gguf::from_bytes("t.gguf", bytes.clone()).unwrap();
+        let err = g.tokenizer().err().expect("refused");
+        assert!(err.to_string().contains("13 entries for 12 tokens"), "{err}");
+        fuzz_gguf(&bytes);
+    }
+
+    /// A huge `block_count` sized the layer vector before any tensor was looked for: capacity
+    /// overflow. Now the first missing layer is the error.
+    #[test]
+    fn a_huge_layer_count_fails_at_its_first_missing_layer() {
+        let bytes = tiny_gguf_with(GgmlDType::Q4_1, &mut set("llama.block_count", V::U32(u32::MAX)));
+        fuzz_gguf(&bytes);
+        let g = Gguf::from_bytes("t.gguf", bytes).unwrap();
+        let cfg: loradex::model::llama::Config = serde_json::from_value(g.hf_config().unwrap()).unwrap();
+        let spec = loradex::model::llama::DecoderSpec::llama(cfg).unwrap();
+        let err = loradex::model::decoder::Decoder::new(spec, &mut g.source(Default::default()).unwrap()).err().expect("refused");
+        assert!(err.to_string().contains("model.layers.2"), "{err}");
+    }
+
+    /// A tensor whose dimensions multiply past u64 (or whose data lies past the end) is refused
+    /// when the file is opened, naming it, instead of overflowing when it is read.
+    #[test]
+    fn a_tensor_extent_past_the_file_or_overflowing_is_refused() {
+        let bytes = tiny_gguf(GgmlDType::Q4_1);
+        let name = b"blk.1.ffn_down.weight";
+        let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+        // n_dims (u32), then the dims (u64 each)
+        assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
+        for dims in [[1u64 << 40, 1 << 40], [64, 1 << 20]] {
+            let mut b = bytes.clone();
+            for (i, d) in dims.iter().enumerate() {
+                b[at + 4 + 8 * i..][..8].copy_from_slice(&d.to_le_bytes());
+            }
+            let err = Gguf::from_bytes("t.gguf", b.clone()).err().expect("refused");
+            assert!(err.to_string().contains("blk.1.ffn_down.weight"), "{err}");
+            fuzz_gguf(&b);
+        }
+    }
+
+    /// A context length that would size rotary tables of terabytes is refused by the config.
+    #[test]
+    fn an_absurd_context_length_is_refused() {
+        let bytes = tiny_gguf_with(GgmlDType::Q4_1, &mut set("llama.context_length", V::U32(u32::MAX)));
+        let g = Gguf::from_bytes("t.gguf", bytes).unwrap();
+        let cfg: loradex::model::llama::Config = serde_json::from_value(g.hf_config().unwrap()).unwrap();
+        let err = loradex::model::llama::DecoderSpec::llama(cfg).err().expect("refused");
+        assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    }
 }
