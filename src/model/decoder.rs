@@ -311,9 +311,18 @@ impl Decoder {
                     add_bias(&mut u, l.bias[mlp0 + 1].as_deref());
                 }
             }
-            match act_fn {
-                super::llama::MlpAct::Silu => g.iter_mut().zip(&u).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b),
-                other => g.iter_mut().zip(&u).for_each(|(a, b)| *a = other.apply(*a) * b),
+            // per token row, in parallel where there are several: thousands of exps a row,
+            // which on one thread sent the other to sleep before the next product (each
+            // element is computed alike either way)
+            let it = self.inter;
+            let gate = |(gr, ur): (&mut [f32], &[f32])| match act_fn {
+                super::llama::MlpAct::Silu => gr.iter_mut().zip(ur).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b),
+                other => gr.iter_mut().zip(ur).for_each(|(a, b)| *a = other.apply(*a) * b),
+            };
+            if n >= PAR_MIN_ROWS {
+                g.par_chunks_mut(it).zip(u.par_chunks(it)).for_each(gate);
+            } else {
+                g.chunks_mut(it).zip(u.chunks(it)).for_each(gate);
             }
             let down = l.lin.len() - 1;
             {
@@ -423,19 +432,30 @@ fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
 
 /// RMSNorm of each `h`-wide row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize) {
-    out.chunks_mut(h).zip(x.chunks(h)).for_each(|(o, xr)| {
+    let one = |(o, xr): (&mut [f32], &[f32])| {
         let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
         let r = 1.0 / (ms + eps).sqrt();
         for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {
             *o = wv * (v * r);
         }
-    });
+    };
+    if x.len() / h >= PAR_MIN_ROWS {
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(one);
+    } else {
+        out.chunks_mut(h).zip(x.chunks(h)).for_each(one);
+    }
 }
+
+/// The fewest token rows for which the forward's row-wise steps (norms, rotary, the gated
+/// activation) run in parallel. Serial, they left the second thread idle long enough to fall
+/// asleep between products, and waking it cost more than the step (perf, 16 streams: the
+/// second thread off the CPU a fifth of the time).
+const PAR_MIN_ROWS: usize = 4;
 
 /// Rotary embedding (the rotate-half form of Hugging Face's Llama) on `[n, heads, hd]` rows.
 fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32]) {
     let half = hd / 2;
-    for (t, row) in x.chunks_mut(heads * hd).enumerate() {
+    let one = |(t, row): (usize, &mut [f32])| {
         let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
         for head in row.chunks_mut(hd) {
             let (a, b) = head.split_at_mut(half);
@@ -445,5 +465,10 @@ fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32]) {
                 b[i] = x2 * c[i] + x1 * s[i];
             }
         }
+    };
+    if x.len() / (heads * hd) >= PAR_MIN_ROWS {
+        x.par_chunks_mut(heads * hd).enumerate().for_each(one);
+    } else {
+        x.chunks_mut(heads * hd).enumerate().for_each(one);
     }
 }

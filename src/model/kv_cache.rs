@@ -64,7 +64,14 @@ impl KvStore {
     fn extend(&mut self, x: &[f32]) {
         match self {
             KvStore::F32(v) => v.extend_from_slice(x),
-            KvStore::F16(v) => v.extend(x.iter().map(|x| half::f16::from_f32(*x).to_bits())),
+            KvStore::F16(v) => {
+                // the slice conversion (F16C, 8 at a time where the CPU has it; the same
+                // round-to-nearest-even bits as one at a time)
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                let s = v.len();
+                v.resize(s + x.len(), 0);
+                v[s..].reinterpret_cast_mut::<half::f16>().convert_from_f32_slice(x);
+            }
         }
     }
     fn truncate(&mut self, n: usize) {

@@ -423,6 +423,8 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
                 g0 += 2;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        let isa = super::qx8::isa();
         for g in g0..o1 / 8 {
             let mut t = 0;
             while t < n {
@@ -433,7 +435,7 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
                 // xs row holds nb blocks and the group lies inside data.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    super::qx8::group(*f, data, g, nb, &xs, k, &mut out)
+                    super::qx8::group_with(isa, *f, data, g, nb, &xs, k, &mut out)
                 };
                 for (i, o) in out.iter().enumerate().take(k) {
                     y[(t + i) * rows + g * 8..][..8].copy_from_slice(o);
@@ -597,6 +599,8 @@ impl KvRows<'_> {
 std::thread_local! {
     /// `attend_group`'s widened keys and values (reused: no allocation per call).
     static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// `attend_group`'s scores for the register-widening kernel (reused likewise).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// f16 bits to f32 (exact), `dst.len()` values.
@@ -628,17 +632,21 @@ pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, o
             }
         }
         (KvRows::F16(k16), KvRows::F16(v16)) if has_avx2() && hd.is_multiple_of(16) && (1..=4).contains(&heads) => {
-            let mut s = vec![0f32; heads * (hi + 1)];
-            // SAFETY: AVX2, FMA and F16C were detected; the assert above bounds every row read
-            // (positions 0..=hi, columns off..off + hd within a stride); s and out are sized.
-            unsafe {
-                match heads {
-                    1 => avx::attend_f16::<1>(q, hd, k16, v16, stride, off, scale, &mut s, out),
-                    2 => avx::attend_f16::<2>(q, hd, k16, v16, stride, off, scale, &mut s, out),
-                    3 => avx::attend_f16::<3>(q, hd, k16, v16, stride, off, scale, &mut s, out),
-                    _ => avx::attend_f16::<4>(q, hd, k16, v16, stride, off, scale, &mut s, out),
+            SCORES.with(|sc| {
+                let s = &mut *sc.borrow_mut();
+                s.clear();
+                s.resize(heads * (hi + 1), 0.0);
+                // SAFETY: AVX2, FMA and F16C were detected; the assert above bounds every row
+                // read (positions 0..=hi, columns off..off + hd within a stride); s and out are sized.
+                unsafe {
+                    match heads {
+                        1 => avx::attend_f16::<1>(q, hd, k16, v16, stride, off, scale, s, out),
+                        2 => avx::attend_f16::<2>(q, hd, k16, v16, stride, off, scale, s, out),
+                        3 => avx::attend_f16::<3>(q, hd, k16, v16, stride, off, scale, s, out),
+                        _ => avx::attend_f16::<4>(q, hd, k16, v16, stride, off, scale, s, out),
+                    }
                 }
-            }
+            })
         }
         (k, v) => WIDE.with(|w| {
             let (kw, vw) = &mut *w.borrow_mut();
