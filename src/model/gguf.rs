@@ -1,6 +1,7 @@
-//! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`): the model's
-//! hyper-parameters as a Hugging Face `config.json`, its tensors under Hugging Face's names
-//! (with llama.cpp's rotary row order of `q`/`k` undone, so PEFT adapters apply as trained),
+//! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama` and
+//! `qwen2` architectures): the model's hyper-parameters as a Hugging Face `config.json`, its
+//! tensors under Hugging Face's names (with llama.cpp's rotary row order of a Llama's `q`/`k`
+//! undone, so PEFT adapters apply as trained),
 //! a `Source` that keeps GGML blocks quantized or dequantizes them, and the tokenizer and chat
 //! template from `tokenizer.ggml.*`. Owns no model math and no store logic.
 
@@ -37,11 +38,30 @@ impl std::str::FromStr for LoadDtype {
     }
 }
 
+/// A GGUF `general.architecture` loradex reads, and what it becomes.
+#[derive(Debug)]
+pub struct GgufArch {
+    pub name: &'static str,
+    /// The Hugging Face `model_type` and class of the `config.json` it is read as.
+    pub model_type: &'static str,
+    pub hf_class: &'static str,
+    /// Whether llama.cpp's converter interleaved the rotary halves of `q`/`k` rows
+    /// (`LlamaModel.permute`); Qwen2's converter keeps Hugging Face's order.
+    pub permuted_qk: bool,
+}
+
+/// The architectures a GGUF base may have. Both keep Llama's tensor names; Qwen2's q/k/v
+/// biases come as `blk.N.attn_{q,k,v}.bias`.
+pub const ARCHS: [GgufArch; 2] = [
+    GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true },
+    GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false },
+];
+
 pub struct Gguf {
     /// The file, or the label of bytes held in memory (what errors name).
     pub path: PathBuf,
     pub content: Content,
-    arch: String,
+    arch: &'static GgufArch,
     /// Where tensor data is read from.
     backing: Backing,
 }
@@ -88,9 +108,10 @@ impl Gguf {
             .get("general.architecture")
             .and_then(|v| v.to_string().ok().cloned())
             .ok_or_else(|| Error::Model(format!("{}: no general.architecture", path.display())))?;
-        if arch != "llama" {
-            return Err(Error::Model(format!("{}: GGUF architecture {arch:?} is not supported (llama)", path.display())));
-        }
+        let Some(arch) = ARCHS.iter().find(|a| a.name == arch) else {
+            let known: Vec<_> = ARCHS.iter().map(|a| a.name).collect();
+            return Err(Error::Model(format!("{}: GGUF architecture {arch:?} is not supported ({})", path.display(), known.join(", "))));
+        };
         Ok(Gguf { path: path.to_path_buf(), content, arch, backing })
     }
 
@@ -106,16 +127,16 @@ impl Gguf {
         self.content.metadata.get(key)
     }
     fn arch_u(&self, key: &str) -> Result<Option<usize>> {
-        match self.meta(&format!("{}.{key}", self.arch)) {
+        match self.meta(&format!("{}.{key}", self.arch.name)) {
             None => Ok(None),
-            Some(v) => v.to_u64().map(|n| Some(n as usize)).map_err(|e| Error::Model(format!("{}.{key}: {e}", self.arch))),
+            Some(v) => v.to_u64().map(|n| Some(n as usize)).map_err(|e| Error::Model(format!("{}.{key}: {e}", self.arch.name))),
         }
     }
     fn arch_req(&self, key: &str) -> Result<usize> {
-        self.arch_u(key)?.ok_or_else(|| Error::Model(format!("{}: metadata lacks {}.{key}", self.path.display(), self.arch)))
+        self.arch_u(key)?.ok_or_else(|| Error::Model(format!("{}: metadata lacks {}.{key}", self.path.display(), self.arch.name)))
     }
     fn arch_f(&self, key: &str) -> Option<f64> {
-        self.meta(&format!("{}.{key}", self.arch)).and_then(|v| v.to_f64().ok().or_else(|| v.to_f32().ok().map(f64::from)))
+        self.meta(&format!("{}.{key}", self.arch.name)).and_then(|v| v.to_f64().ok().or_else(|| v.to_f32().ok().map(f64::from)))
     }
     fn tok_u32(&self, key: &str) -> Option<u32> {
         self.meta(&format!("tokenizer.ggml.{key}")).and_then(|v| v.to_u32().ok())
@@ -123,7 +144,7 @@ impl Gguf {
 
     /// The hyper-parameters as the `config.json` transformers would write for this model.
     pub fn hf_config(&self) -> Result<serde_json::Value> {
-        if let Some(t) = self.meta(&format!("{}.rope.scaling.type", self.arch)).and_then(|v| v.to_string().ok()) {
+        if let Some(t) = self.meta(&format!("{}.rope.scaling.type", self.arch.name)).and_then(|v| v.to_string().ok()) {
             if t != "none" {
                 return Err(Error::Model(format!("{}: rope scaling {t:?} is not supported", self.path.display())));
             }
@@ -135,8 +156,8 @@ impl Gguf {
             None => self.tokens()?.len(),
         };
         let mut c = json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [self.arch.hf_class],
+            "model_type": self.arch.model_type,
             "hidden_act": "silu",
             "vocab_size": vocab,
             "hidden_size": hidden,
@@ -341,7 +362,9 @@ impl Gguf {
     fn hf_tensor(&self, file: &mut dyn ReadSeek, gname: &str, hf: &str) -> Result<QTensor> {
         let mut file = file;
         let t = self.content.tensor(&mut file, gname, &Device::Cpu).map_err(io(&self.path))?;
-        let heads = if hf.ends_with("self_attn.q_proj.weight") {
+        let heads = if !self.arch.permuted_qk {
+            return Ok(t);
+        } else if hf.ends_with("self_attn.q_proj.weight") {
             self.arch_req("attention.head_count")?
         } else if hf.ends_with("self_attn.k_proj.weight") {
             let h = self.arch_req("attention.head_count")?;

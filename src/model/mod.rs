@@ -254,9 +254,13 @@ impl Engine {
                 return Err(Error::InvalidArgument("GGUF bases run on the CPU (drop --cuda)".into()));
             }
             let g = gguf::Gguf::open(&path)?;
-            let cfg: llama::Config = serde_json::from_value(base.config.clone()).map_err(|e| Error::json(path.display().to_string(), e))?;
-            let max_len = cfg.max_position_embeddings;
-            let dec = decoder::Decoder::new(llama::DecoderSpec::llama(cfg)?, &mut g.source(dtype)?)?;
+            // the family the file's config names (llama, qwen2) says how its decoder is built
+            let family::Build::Decoder(spec) = base.arch.family().build else {
+                return Err(Error::Model(format!("{}: a GGUF base must be a decoder", path.display())));
+            };
+            let spec = spec(&base.config)?;
+            let max_len = spec.cfg.max_position_embeddings;
+            let dec = decoder::Decoder::new(spec, &mut g.source(dtype)?)?;
             let (tok, chat) = gguf_text(&g)?;
             return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
         }

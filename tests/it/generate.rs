@@ -205,8 +205,13 @@ fn to_gguf_rows(t: &Tensor, heads: usize) -> Tensor {
 /// Writes the fixture Llama base as a GGUF file as llama.cpp's converter would, with its
 /// projections in `dtype`.
 fn write_gguf(out: &Path, dtype: GgmlDType) {
+    write_gguf_of(&llama().join("base"), "llama", out, dtype)
+}
+
+/// Writes a fixture base (`llama` or `qwen2`) as llama.cpp's converter would: a Llama's q/k
+/// rows interleaved, a Qwen2's kept, biases as `.bias` tensors, metadata under `arch.`.
+fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
     use gguf_file::Value as V;
-    let base = llama().join("base");
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
     let u = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let (heads, kv) = (u("num_attention_heads") as usize, u("num_key_value_heads") as usize);
@@ -220,24 +225,26 @@ fn write_gguf(out: &Path, dtype: GgmlDType) {
             n => {
                 let rest = n.strip_prefix("model.layers.").unwrap();
                 let (l, m) = rest.split_once('.').unwrap();
+                let (m, param) = m.rsplit_once('.').unwrap();
                 let short = match m {
-                    "input_layernorm.weight" => "attn_norm",
-                    "post_attention_layernorm.weight" => "ffn_norm",
-                    "self_attn.q_proj.weight" => "attn_q",
-                    "self_attn.k_proj.weight" => "attn_k",
-                    "self_attn.v_proj.weight" => "attn_v",
-                    "self_attn.o_proj.weight" => "attn_output",
-                    "mlp.gate_proj.weight" => "ffn_gate",
-                    "mlp.up_proj.weight" => "ffn_up",
-                    "mlp.down_proj.weight" => "ffn_down",
+                    "input_layernorm" => "attn_norm",
+                    "post_attention_layernorm" => "ffn_norm",
+                    "self_attn.q_proj" => "attn_q",
+                    "self_attn.k_proj" => "attn_k",
+                    "self_attn.v_proj" => "attn_v",
+                    "self_attn.o_proj" => "attn_output",
+                    "mlp.gate_proj" => "ffn_gate",
+                    "mlp.up_proj" => "ffn_up",
+                    "mlp.down_proj" => "ffn_down",
                     other => panic!("unexpected tensor {other}"),
                 };
-                format!("blk.{l}.{short}.weight")
+                format!("blk.{l}.{short}.{param}")
             }
         };
-        let t = if g.ends_with("attn_q.weight") {
+        let permute = arch == "llama";
+        let t = if permute && g.ends_with("attn_q.weight") {
             to_gguf_rows(t, heads)
-        } else if g.ends_with("attn_k.weight") {
+        } else if permute && g.ends_with("attn_k.weight") {
             to_gguf_rows(t, kv)
         } else {
             t.clone()
@@ -257,28 +264,30 @@ fn write_gguf(out: &Path, dtype: GgmlDType) {
     let merges: Vec<V> = tj["model"]["merges"].as_array().unwrap().iter().map(|m| V::String(format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))).collect();
     let types: Vec<V> = (0..tokens.len()).map(|i| V::I32(if special.contains(&(i as u64)) { 3 } else { 1 })).collect();
     let rope = cfg["rope_parameters"]["rope_theta"].as_f64().unwrap() as f32;
-    let md: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("llama".into())),
-        ("llama.block_count", V::U32(u("num_hidden_layers"))),
-        ("llama.context_length", V::U32(u("max_position_embeddings"))),
-        ("llama.embedding_length", V::U32(u("hidden_size"))),
-        ("llama.feed_forward_length", V::U32(u("intermediate_size"))),
-        ("llama.attention.head_count", V::U32(heads as u32)),
-        ("llama.attention.head_count_kv", V::U32(kv as u32)),
-        ("llama.attention.key_length", V::U32(u("head_dim"))),
-        ("llama.rope.freq_base", V::F32(rope)),
-        ("llama.attention.layer_norm_rms_epsilon", V::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32)),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.pre", V::String("default".into())),
-        ("tokenizer.ggml.tokens", V::Array(tokens.into_iter().map(V::String).collect())),
-        ("tokenizer.ggml.merges", V::Array(merges)),
-        ("tokenizer.ggml.token_type", V::Array(types)),
-        ("tokenizer.ggml.bos_token_id", V::U32(u("bos_token_id"))),
-        ("tokenizer.ggml.eos_token_id", V::U32(u("eos_token_id"))),
-        ("tokenizer.ggml.add_bos_token", V::Bool(true)),
-        ("tokenizer.chat_template", V::String("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into())),
+    let head_dim = cfg["head_dim"].as_u64().map_or(u("hidden_size") / heads as u32, |d| d as u32);
+    let a = |k: &str| format!("{arch}.{k}");
+    let md: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String(arch.into())),
+        (a("block_count"), V::U32(u("num_hidden_layers"))),
+        (a("context_length"), V::U32(u("max_position_embeddings"))),
+        (a("embedding_length"), V::U32(u("hidden_size"))),
+        (a("feed_forward_length"), V::U32(u("intermediate_size"))),
+        (a("attention.head_count"), V::U32(heads as u32)),
+        (a("attention.head_count_kv"), V::U32(kv as u32)),
+        (a("attention.key_length"), V::U32(head_dim)),
+        (a("rope.freq_base"), V::F32(rope)),
+        (a("attention.layer_norm_rms_epsilon"), V::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32)),
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), V::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), V::Array(tokens.into_iter().map(V::String).collect())),
+        ("tokenizer.ggml.merges".into(), V::Array(merges)),
+        ("tokenizer.ggml.token_type".into(), V::Array(types)),
+        ("tokenizer.ggml.bos_token_id".into(), V::U32(u("bos_token_id"))),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(u("eos_token_id"))),
+        ("tokenizer.ggml.add_bos_token".into(), V::Bool(true)),
+        ("tokenizer.chat_template".into(), V::String("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into())),
     ];
-    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+    let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tr: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out).unwrap();
     gguf_file::write(&mut f, &mdr, &tr).unwrap();
@@ -342,6 +351,57 @@ fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_q
         assert!(worst <= bound, "{dt:?}: logits differ by {worst} > {bound}");
         assert!(worst > 0.0, "{dt:?}: quantization should change something");
     }
+}
+
+/// A Qwen2 GGUF (llama.cpp keeps its q/k rows in Hugging Face's order and writes its q/k/v
+/// biases) loads as the Qwen2 family: bit for bit the safetensors base's logits in f32, with
+/// and without the PEFT fixture adapter, its greedy ids, and close when quantized.
+#[test]
+fn a_qwen2_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = fixtures().join("../peft2/qwen2-causal");
+    let st = cpu_engine(&case.join("base"));
+    let a_st = load_adapter(&st, &case.join("adapter"));
+    let exp = expected(&case);
+    let rows = valid_rows(&exp);
+    let p = tmp.path().join("qwen2-f32.gguf");
+    write_gguf_of(&case.join("base"), "qwen2", &p, GgmlDType::F32);
+    let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
+    assert_eq!(gb.arch.name(), "qwen2");
+    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
+    let a_g = load_adapter(&g, &case.join("adapter"));
+    for ids in &rows {
+        for ad in [None, Some((&a_st, &a_g))] {
+            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
+            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
+            assert_eq!(got, want, "qwen2: f32 GGUF vs safetensors, bit for bit");
+        }
+    }
+    let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
+    let want = ids_rows(&exp["greedy_ids"])[0].clone();
+    let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
+    let out = g.generate(prompt, params, Some(a_g.clone()), &mut |_| {}).unwrap();
+    assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "qwen2 GGUF: PEFT's greedy ids");
+    // Q8_0 projections: close to f32 (biases stay f32)
+    let q8 = tmp.path().join("qwen2-q8.gguf");
+    write_gguf_of(&case.join("base"), "qwen2", &q8, GgmlDType::Q8_0);
+    let q = Engine::load(BaseDir::open(q8.to_str().unwrap()).unwrap(), Device::Cpu).unwrap();
+    let a_q = load_adapter(&q, &case.join("adapter"));
+    let mut worst = 0f32;
+    for ids in &rows {
+        let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
+        for (gv, wv) in got.iter().zip(&want) {
+            worst = worst.max(max_abs_diff(gv, wv));
+        }
+    }
+    assert!(worst > 0.0 && worst <= 0.02, "qwen2 Q8_0: logits differ by {worst}");
+    // a GGUF of another architecture is refused by name
+    let g2 = std::fs::read(&p).unwrap();
+    let at = g2.windows(5).position(|w| w == b"qwen2").unwrap();
+    let mut bad = g2.clone();
+    bad[at..at + 5].copy_from_slice(b"gpt2x");
+    let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2)"), "{err}");
 }
 
 #[test]
