@@ -281,3 +281,50 @@ fn hostile_manifests_are_refused_before_any_fetch() {
     assert!(check_manifest(&vec![b' '; (1 << 20) + 1], None, "r/x:1").unwrap_err().to_string().contains("a manifest over"));
     assert!(check_manifest(b"{\"layers\": 3", None, "r/x:1").unwrap_err().to_string().contains("not an OCI image manifest"));
 }
+
+/// `pull` killed with SIGKILL at any moment (before, during or after the download, or while
+/// storing) leaves a store that verifies, holds the adapter whole or not at all, and takes
+/// the next pull; `gc` then removes what the dead writer left in `tmp/`. The kill times are
+/// spread over a pull's duration, so some land mid-way; every outcome is checked, so the test
+/// holds whichever moment each kill hits.
+#[test]
+fn a_pull_killed_at_any_moment_leaves_a_consistent_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let a = tmp.path().join("a");
+    let digest = import(&a, &bert().join("adapter"), "cs", &bert().join("base"));
+    let target = format!("{}/team/cs:v1", reg.addr);
+    ok(&a, &["push", "cs", &target, "--plain-http"]);
+    // how long one whole pull takes here
+    let t = std::time::Instant::now();
+    ok(&tmp.path().join("timing"), &["pull", &target, "--plain-http"]);
+    let whole = t.elapsed();
+    let b = tmp.path().join("b");
+    let mut outcomes = (0, 0);
+    for i in 0..12u32 {
+        let mut child = Command::new(bin()).arg("--home").arg(&b).args(["pull", &target, "--plain-http"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(whole * i / 10);
+        let _ = child.kill();
+        let _ = child.wait();
+        ok(&b, &["verify"]);
+        let ls = json(&ok(&b, &["--json", "ls"]));
+        let rows = ls.as_array().cloned().unwrap_or_default();
+        match rows.as_slice() {
+            [] => outcomes.0 += 1,
+            [r] => {
+                assert_eq!(r["digest"].as_str().unwrap(), digest.trim(), "a killed pull stored other content: {r}");
+                outcomes.1 += 1;
+                ok(&b, &["rm", "team/cs:v1"]);
+            }
+            more => panic!("a killed pull stored {more:?}"),
+        }
+    }
+    assert!(outcomes.0 > 0, "no kill landed before the pull finished: {outcomes:?}");
+    // whatever a dead writer left in tmp/ goes at the next gc; the next pull succeeds
+    ok(&b, &["gc", "--grace", "0s"]);
+    let left: Vec<_> = std::fs::read_dir(b.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "temp files survived gc: {left:?}");
+    let got = json(&ok(&b, &["--json", "pull", &target, "--plain-http"]));
+    assert_eq!(got["digest"].as_str().unwrap(), digest.trim());
+    ok(&b, &["verify"]);
+}
