@@ -169,6 +169,12 @@ fn nll(logits: &[f32], t: usize) -> f64 {
 
 /// Runs the evaluation `req` describes (on the CPU) with adapters from `store`.
 pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
+    evaluate_with(store, req, &mut |_, _| {})
+}
+
+/// `evaluate`, calling `progress(done, total)` with the examples scored so far after each
+/// batch (and once with 0 before the first).
+pub fn evaluate_with(store: &Store, req: &Request, progress: &mut dyn FnMut(usize, usize)) -> Result<Report> {
     let examples = data::read(&req.data, &req.text_field, &req.label_field, true)?;
     let data_digest = crate::digest::hash_file(&req.data)?.0;
     let base = pick_base(store, req)?;
@@ -213,6 +219,7 @@ pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
     let mut preds = vec![Vec::with_capacity(examples.len()); cols.len()];
     let mut losses = vec![0f64; cols.len()];
     let mut second = vec![Vec::with_capacity(examples.len()); cols.len()];
+    progress(0, examples.len());
     for (b, chunk) in examples.chunks(req.batch_size).enumerate() {
         let start = b * req.batch_size;
         let mut texts = Vec::with_capacity(chunk.len() * cols.len());
@@ -229,6 +236,7 @@ pub fn evaluate(store: &Store, req: &Request) -> Result<Report> {
                 losses[ci] += nll(&p.logits, truths[ci][start + j]);
             }
         }
+        progress(start + chunk.len(), examples.len());
     }
     let n = examples.len();
     let results = cols

@@ -42,7 +42,17 @@ impl EvalArgs {
 
 pub fn run(req: Request, open: impl FnOnce() -> Result<Store>, js: bool) -> Result<()> {
     let mut s = open()?;
-    let rep = eval::evaluate(&s, &req)?;
+    let bar = (!js).then(|| super::progress::counter(0, "examples"));
+    let rep = eval::evaluate_with(&s, &req, &mut |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let rep = rep?;
     let recorded = if req.record { eval::record(&mut s, &rep)? } else { 0 };
     if js {
         super::print_json(&rep);

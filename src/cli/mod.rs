@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_generate;
+mod progress;
 mod bench_store;
 mod eval;
 mod registry;
@@ -513,15 +514,16 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 r.train.seed = s;
             }
             let mut s = open_store(&home)?;
-            let show_progress = !quiet && !js;
+            let bar = (!quiet && !js).then(progress::TrainBar::new);
             let report = loradex::train::train_and_store(&r, &mut s, &loradex::model::device(cuda)?, &mut |p| {
-                if show_progress {
-                    progress(p)
+                if let Some(b) = &bar {
+                    b.update(p)
                 }
-            })?;
-            if show_progress {
-                eprintln!();
+            });
+            if let Some(b) = &bar {
+                b.finish();
             }
+            let report = report?;
             if js {
                 print_json(&report);
             } else {
@@ -583,29 +585,6 @@ fn parse_weighted(s: &str) -> std::result::Result<(String, f64), String> {
         return Err(format!("{s:?}: weight must be finite"));
     }
     Ok((r.to_string(), w))
-}
-
-fn progress(p: &loradex::train::Progress) {
-    use std::io::Write;
-    let width = 30;
-    let frac = if p.total_steps == 0 { 1.0 } else { p.step as f64 / p.total_steps as f64 };
-    let filled = (frac * width as f64).round() as usize;
-    let mut line = format!(
-        "\r[{}{}] epoch {}/{} step {}/{} loss {:.4} {:.1} samples/s",
-        "#".repeat(filled),
-        "-".repeat(width - filled),
-        p.epoch,
-        p.epochs,
-        p.step,
-        p.total_steps,
-        p.loss,
-        p.samples_per_sec
-    );
-    if let Some(m) = &p.eval {
-        line.push_str(&format!(" | val acc {:.3} f1 {:.3}", m.accuracy, m.macro_f1));
-    }
-    eprint!("{line}");
-    let _ = std::io::stderr().flush();
 }
 
 /// Streams the listing to stdout (table, or a JSON array) as the store yields it.
