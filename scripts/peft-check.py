@@ -21,7 +21,8 @@ enc = tok(texts, padding=True, return_tensors="pt")
 n_labels = want.shape[1]
 ok = True
 with torch.no_grad():
-    m = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_labels).eval()
+    # the adapter's saved head replaces the base's, whose label count may differ
+    m = AutoModelForSequenceClassification.from_pretrained(base, num_labels=n_labels, ignore_mismatched_sizes=True).eval()
     pm = PeftModel.from_pretrained(m, adapter).eval()
     got = pm(**enc).logits
     d = (got - want).abs().max().item()
