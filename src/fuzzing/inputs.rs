@@ -33,18 +33,7 @@ pub fn adapter_config(data: &[u8]) {
         }
     }
     let task = c.task_type.clone().unwrap_or_default();
-    let written = new_config_json(&NewConfig {
-        r: c.r,
-        alpha: c.lora_alpha,
-        dropout: c.lora_dropout,
-        use_rslora: c.use_rslora,
-        use_dora: c.use_dora,
-        layers_to_transform: c.layers_to_transform.as_deref(),
-        target_modules: &c.target_modules,
-        modules_to_save: &c.modules_to_save,
-        task_type: &task,
-        base_model_name_or_path: None,
-    });
+    let written = new_config_json(&NewConfig::of(&c, &task));
     let back = LoraConfig::parse(&written).expect("a config loradex writes parses");
     assert_eq!(back.r, c.r);
     assert_eq!(back.lora_alpha, c.lora_alpha);

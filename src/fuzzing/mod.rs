@@ -183,7 +183,7 @@ pub fn tiny_gguf_with(dtype: candle_core::quantized::GgmlDType, edit: &mut dyn F
     let (h, ff, layers, vocab) = (32usize, 64usize, 2usize, 12usize);
     let tokens = ["<s>", "</s>", "h", "e", "l", "o", "Ġ", "he", "ll", "hell", "hello", "Ġh"];
     let merges = ["h e", "l l", "he ll", "hell o", "Ġ h"];
-    let mut rng = mutate::Rng::new(7);
+    let mut rng = crate::util::Rng::new(7);
     let mut t = |rows: usize, cols: usize| -> Tensor {
         let v: Vec<f32> = (0..rows * cols).map(|_| (rng.below(2001) as f32 - 1000.0) / 4000.0).collect();
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).expect("shape matches")

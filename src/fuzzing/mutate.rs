@@ -4,25 +4,7 @@
 //! and truncated ranges, and tokens of the formats fuzzed. The same seed gives the same
 //! inputs on every machine. Knows nothing of what the bytes mean.
 
-/// splitmix64: tiny, seedable, good enough to choose mutations.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+pub use crate::util::Rng;
 
 const BYTES: [u8; 12] = [0, 1, 0x7f, 0x80, 0xff, b'{', b'"', b'\\', b'\n', b',', b'0', b'-'];
 const INTS: [u64; 10] = [0, 1, 2, 0x7f, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 40, u64::MAX];
@@ -58,7 +40,7 @@ pub fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
             }
             3 => {
                 let i = rng.below(n + 1);
-                let add: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next() as u8).collect();
+                let add: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.next_u64() as u8).collect();
                 v.splice(i..i, add);
             }
             4 if n > 0 => {

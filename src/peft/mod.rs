@@ -374,6 +374,24 @@ pub struct NewConfig<'a> {
     pub base_model_name_or_path: Option<&'a str>,
 }
 
+impl<'a> NewConfig<'a> {
+    /// The settings of a parsed config, to write it again as loradex writes its own.
+    pub fn of(c: &'a LoraConfig, task_type: &'a str) -> NewConfig<'a> {
+        NewConfig {
+            r: c.r,
+            alpha: c.lora_alpha,
+            dropout: c.lora_dropout,
+            use_rslora: c.use_rslora,
+            use_dora: c.use_dora,
+            layers_to_transform: c.layers_to_transform.as_deref(),
+            target_modules: &c.target_modules,
+            modules_to_save: &c.modules_to_save,
+            task_type,
+            base_model_name_or_path: None,
+        }
+    }
+}
+
 /// An `adapter_config.json` with every field PEFT 0.21 writes, in its order (sorted keys).
 pub fn new_config_json(c: &NewConfig) -> Vec<u8> {
     let mut m = Map::new();

@@ -48,18 +48,7 @@ fn config_floats_parse_correctly_rounded_and_round_trip() {
         let json = format!(r#"{{"peft_type": "LORA", "r": 2, "lora_alpha": {text}}}"#);
         let c = LoraConfig::parse(json.as_bytes()).unwrap();
         assert_eq!(c.lora_alpha, want, "lora_alpha {text}");
-        let written = new_config_json(&NewConfig {
-            r: c.r,
-            alpha: c.lora_alpha,
-            dropout: c.lora_dropout,
-            use_rslora: c.use_rslora,
-            use_dora: c.use_dora,
-            layers_to_transform: c.layers_to_transform.as_deref(),
-            target_modules: &c.target_modules,
-            modules_to_save: &c.modules_to_save,
-            task_type: "",
-            base_model_name_or_path: None,
-        });
+        let written = new_config_json(&NewConfig::of(&c, ""));
         assert_eq!(LoraConfig::parse(&written).unwrap().lora_alpha, want, "lora_alpha {text} written and read back");
     }
 }
