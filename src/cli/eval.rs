@@ -43,6 +43,7 @@ impl EvalArgs {
 pub fn run(req: Request, open: impl FnOnce() -> Result<Store>, js: bool) -> Result<()> {
     let mut s = open()?;
     let bar = (!js).then(|| super::progress::counter(0, "examples"));
+    let t = std::time::Instant::now();
     let rep = eval::evaluate_with(&s, &req, &mut |done, total| {
         if let Some(b) = &bar {
             b.set_length(total as u64);
@@ -51,6 +52,12 @@ pub fn run(req: Request, open: impl FnOnce() -> Result<Store>, js: bool) -> Resu
     });
     if let Some(b) = &bar {
         b.finish_and_clear();
+        if b.is_hidden() {
+            // not a terminal: one plain line for the evaluation
+            if let Ok(r) = &rep {
+                eprintln!("scored {} examples with {} column(s) in {:.1} s", r.examples, r.results.len(), t.elapsed().as_secs_f64());
+            }
+        }
     }
     let rep = rep?;
     let recorded = if req.record { eval::record(&mut s, &rep)? } else { 0 };

@@ -1,38 +1,64 @@
 //! Progress bars on stderr for long CLI jobs (training steps, evaluation rows), with
 //! indicatif. The library reports progress through callbacks and never prints; this module
-//! turns those callbacks into bars. indicatif draws only on a terminal, so redirected output
-//! and CI logs stay clean.
+//! turns those callbacks into bars on a terminal, and into a few plain lines elsewhere (no
+//! `\r` frames in pipes and CI logs).
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A bar over training steps, its message the epoch, loss, speed and last validation.
+/// Training progress: on a terminal, a bar over steps, its message the epoch, loss, speed and
+/// last validation; elsewhere (a pipe, a CI log) one plain line per epoch and per evaluation.
 pub struct TrainBar {
     bar: ProgressBar,
+    /// Not a terminal: the last report not yet written as a line.
+    plain: Option<std::cell::RefCell<Option<loradex::train::Progress>>>,
+}
+
+fn train_line(p: &loradex::train::Progress) -> String {
+    let mut msg = format!("epoch {}/{} step {}/{} loss {:.4} {:.0} samples/s", p.epoch, p.epochs, p.step, p.total_steps, p.loss, p.samples_per_sec);
+    if let Some(m) = &p.eval {
+        msg.push_str(&format!(" | val acc {:.3} f1 {:.3}", m.accuracy, m.macro_f1));
+    }
+    msg
 }
 
 impl TrainBar {
     pub fn new() -> TrainBar {
+        use std::io::IsTerminal;
         let bar = ProgressBar::new(0);
-        bar.set_style(ProgressStyle::with_template("[{bar:24}] {pos}/{len} {elapsed}/{duration} {wide_msg}").expect("a valid template").progress_chars("#>-"));
-        TrainBar { bar }
+        bar.set_style(ProgressStyle::with_template("[{bar:24}] {elapsed}/{duration} {wide_msg}").expect("a valid template").progress_chars("#>-"));
+        let plain = (!std::io::stderr().is_terminal()).then(|| std::cell::RefCell::new(None));
+        TrainBar { bar, plain }
     }
 
     pub fn update(&self, p: &loradex::train::Progress) {
-        self.bar.set_length(p.total_steps as u64);
-        self.bar.set_position(p.step as u64);
-        let mut msg = format!("epoch {}/{} loss {:.4} {:.0} samples/s", p.epoch, p.epochs, p.loss, p.samples_per_sec);
-        if let Some(m) = &p.eval {
-            msg.push_str(&format!(" | val acc {:.3} f1 {:.3}", m.accuracy, m.macro_f1));
+        let Some(plain) = &self.plain else {
+            self.bar.set_length(p.total_steps as u64);
+            self.bar.set_position(p.step as u64);
+            self.bar.set_message(train_line(p));
+            return;
+        };
+        let mut last = plain.borrow_mut();
+        // an epoch's last step is written when the next epoch starts; an evaluation at once
+        if let Some(prev) = last.take().filter(|prev| prev.epoch != p.epoch) {
+            eprintln!("{}", train_line(&prev));
         }
-        self.bar.set_message(msg);
+        if p.eval.is_some() {
+            eprintln!("{}", train_line(p));
+        } else {
+            *last = Some(p.clone());
+        }
     }
 
-    /// Leaves the last state on screen, on its own line.
+    /// Leaves the last state on screen, on its own line (or writes the last line).
     pub fn finish(&self) {
-        self.bar.abandon();
-        if !self.bar.is_hidden() {
-            eprintln!();
+        if let Some(plain) = &self.plain {
+            if let Some(p) = plain.borrow_mut().take() {
+                eprintln!("{}", train_line(&p));
+            }
+            return;
         }
+        self.bar.abandon();
+        eprintln!();
     }
 }
 
