@@ -162,6 +162,9 @@ impl Drop for AliveGuard {
     }
 }
 
+/// The fewest sequences whose logits a step hands to the pool in parallel.
+const PAR_MIN_ACCEPT: usize = 4;
+
 struct Running {
     seq: Sequence,
     adapter: Option<Arc<LoadedAdapter>>,
@@ -277,12 +280,32 @@ impl Scheduler {
                 return;
             }
         };
+        // each sequence takes its logits (sampling, detokenizing, stop strings) on the pool
+        // when there are several: one thread doing all of them left the pool idle between
+        // steps. Each sequence's result is its own, whatever runs beside it.
+        let accepted: Vec<Result<Event>> = {
+            let tok = &*self.tok;
+            let mut it = inputs.iter().zip(&logits).peekable();
+            let mut work: Vec<(&mut Sequence, usize, &Vec<f32>)> = vec![];
+            for (i, r) in self.seqs.iter_mut().enumerate() {
+                if let Some(((_, toks), l)) = it.next_if(|((j, _), _)| *j == i) {
+                    work.push((&mut r.seq, toks.len(), l));
+                }
+            }
+            let one = |(seq, fed, l): (&mut Sequence, usize, &Vec<f32>)| seq.accept(tok, fed, l);
+            if work.len() >= PAR_MIN_ACCEPT {
+                use rayon::prelude::*;
+                work.into_par_iter().map(one).collect()
+            } else {
+                work.into_iter().map(one).collect()
+            }
+        };
         let now = Instant::now();
         let mut done = vec![];
         let mut outbox: Vec<(usize, GenEvent)> = vec![];
-        for ((i, toks), l) in inputs.iter().zip(&logits) {
+        for (((i, _), _), ev) in inputs.iter().zip(&logits).zip(accepted) {
             let r = &mut self.seqs[*i];
-            let ev = match r.seq.accept(&self.tok, toks.len(), l) {
+            let ev = match ev {
                 Ok(ev) => ev,
                 Err(e) => {
                     outbox.push((*i, GenEvent::Error(e.to_string())));
