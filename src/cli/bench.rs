@@ -410,13 +410,19 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let (f, bw, o) = tr.last_timing;
     println!("  baseline: candle inference forward   {fwd:>8.3} s/batch");
-    println!("  baseline: candle autograd step       {autograd:>8.3} s/step");
+    // --no-autograd leaves the autograd baseline unmeasured (NaN): say so instead of "NaNx"
+    let vs_autograd = if autograd.is_nan() {
+        println!("  baseline: candle autograd step       not run (--no-autograd)");
+        String::new()
+    } else {
+        println!("  baseline: candle autograd step       {autograd:>8.3} s/step");
+        format!("; {:.2}x faster than autograd", autograd / mean)
+    };
     println!(
-        "  train step (fwd+bwd+AdamW)           {best:>8.3} s/step best of {}, {mean:.3} s mean  {:.1} samples/s  ({:.2}x forward; {:.2}x faster than autograd)",
+        "  train step (fwd+bwd+AdamW)           {best:>8.3} s/step best of {}, {mean:.3} s mean  {:.1} samples/s  ({:.2}x forward{vs_autograd})",
         times.len(),
         batch as f64 / mean,
         mean / fwd,
-        autograd / mean
     );
     println!("  last step: forward {f:.3} s, backward {bw:.3} s, clip + AdamW {o:.3} s");
     match peft {
