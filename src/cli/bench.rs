@@ -130,6 +130,11 @@ fn bert_base(spec: &Option<String>, tmp: &Path, labels: &[&str]) -> Result<BaseD
 
 /// Writes a random PEFT adapter (rank r on `targets`, optional head) for a BERT base into `dir`.
 fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64, head_labels: usize) -> Result<()> {
+    random_adapter_with(e, dir, r, targets, seed, head_labels, false)
+}
+
+/// `random_adapter`, as DoRA where `dora` (a magnitude of about 1 per output row).
+fn random_adapter_with(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64, head_labels: usize, dora: bool) -> Result<()> {
     let mut rng = loradex::util::Rng::new(seed);
     let mut rand = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| (rng.next_f32() - 0.5) * scale).collect() };
     let mut t = std::collections::BTreeMap::new();
@@ -142,6 +147,9 @@ fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64,
         let p = format!("{}{module}", loradex::peft::KEY_PREFIX);
         t.insert(format!("{p}.lora_A.weight"), (vec![r, in_f], rand(r * in_f, 0.1)));
         t.insert(format!("{p}.lora_B.weight"), (vec![out_f, r], rand(out_f * r, 0.02)));
+        if dora {
+            t.insert(format!("{p}.lora_magnitude_vector"), (vec![out_f], rand(out_f, 0.2).into_iter().map(|x| 1.0 + x).collect()));
+        }
     }
     let mut save = vec![];
     if head_labels > 0 {
@@ -156,7 +164,7 @@ fn random_adapter(e: &Engine, dir: &Path, r: usize, targets: &[&str], seed: u64,
         alpha: 2.0 * r as f64,
         dropout: 0.0,
         use_rslora: false,
-        use_dora: false,
+        use_dora: dora,
         layers_to_transform: None,
         target_modules: &targets,
         modules_to_save: &save,
@@ -202,6 +210,17 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
         let f = loradex::peft::read_dir(&d)?;
         adapters.push(e.adapter(&format!("ad{i}"), &f.config_bytes, &f.weights_bytes, vec![])?);
     }
+    // the same rows on DoRA adapters, and on per-request mixes of two LoRA adapters (rank 16)
+    let mut doras = vec![];
+    for i in 0..n_ad {
+        let d = tmp.join(format!("dora{i}"));
+        random_adapter_with(&e, &d, 8, &["query", "value"], 300 + i as u64, 2, true)?;
+        let f = loradex::peft::read_dir(&d)?;
+        doras.push(e.adapter(&format!("dora{i}"), &f.config_bytes, &f.weights_bytes, vec![])?);
+    }
+    let mixes: Vec<_> = (0..n_ad)
+        .map(|i| loradex::model::lora::LoadedAdapter::mix(&format!("mix{i}"), &[(&adapters[i], 0.7), (&adapters[(i + 1) % n_ad], 0.3)]).map(std::sync::Arc::new))
+        .collect::<Result<_>>()?;
     let tok = e.tok()?;
     let words = synth::WORDS;
     let rows: Vec<(Vec<u32>, Vec<u32>)> = (0..batch)
@@ -219,7 +238,9 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
     let single = Routing::single(adapters[0].clone(), batch);
     let mixed = Routing { adapters: adapters.clone(), rows: (0..batch).map(|i| Some(i % n_ad)).collect() };
     // the fourth variant: the base through candle's forward instead of the hand-written CPU one
-    let variants = [(Routing::base(batch), true), (single, true), (mixed, true), (Routing::base(batch), false)];
+    let dora_mixed = Routing { adapters: doras.clone(), rows: (0..batch).map(|i| Some(i % n_ad)).collect() };
+    let mix_rows = Routing { adapters: mixes.clone(), rows: (0..batch).map(|i| Some(i % n_ad)).collect() };
+    let variants = [(Routing::base(batch), true), (single, true), (mixed, true), (Routing::base(batch), false), (dora_mixed, true), (mix_rows, true)];
     let Net::Encoder(m) = &e.net else { unreachable!("bench model loads a BERT base") };
     let mut secs = vec![vec![]; variants.len()];
     for round in 0..=reps {
@@ -241,6 +262,8 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
     let (single_t, single_m) = stat(&mut secs[1]);
     let (mixed_t, mixed_m) = stat(&mut secs[2]);
     let (candle_t, candle_m) = stat(&mut secs[3]);
+    let (dora_t, dora_m) = stat(&mut secs[4]);
+    let (mix_t, mix_m) = stat(&mut secs[5]);
     let rps = |t: f64| batch as f64 / t;
     println!("  ({reps} interleaved rounds; best round, median in brackets)");
     println!("  base, candle's forward     {:>8.1} ms/batch [{:.1}] {:>8.1} rows/s", candle_t * 1e3, candle_m * 1e3, rps(candle_t));
@@ -265,6 +288,22 @@ fn bench_model(base: &Option<String>, batch: usize, seq: usize, reps: usize, cud
         rps(mixed_t),
         single_t / mixed_t,
         single_m / mixed_m
+    );
+    println!(
+        "  {n_ad} DoRA adapters mixed     {:>8.1} ms/batch [{:.1}] {:>8.1} rows/s  ({:.2}x the {n_ad} LoRA adapters, median {:.2}x: a DoRA row's cost)",
+        dora_t * 1e3,
+        dora_m * 1e3,
+        rps(dora_t),
+        mixed_t / dora_t,
+        mixed_m / dora_m
+    );
+    println!(
+        "  {n_ad} two-adapter mixes       {:>8.1} ms/batch [{:.1}] {:>8.1} rows/s  ({:.2}x the {n_ad} LoRA adapters, median {:.2}x: a per-request mix row's cost)",
+        mix_t * 1e3,
+        mix_m * 1e3,
+        rps(mix_t),
+        mixed_t / mix_t,
+        mixed_m / mix_m
     );
     // activation of a resident adapter: cache lookup + routing for a request
     let mut cache: std::collections::HashMap<String, std::sync::Arc<loradex::model::lora::LoadedAdapter>> =
