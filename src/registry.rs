@@ -56,8 +56,10 @@ pub struct ArtifactConfig {
 pub struct Pushed {
     pub reference: String,
     pub manifest_digest: String,
-    /// Blobs sent, and blobs the registry already had (not sent again).
+    /// Blobs sent, blobs mounted from another repository of the registry (not sent), and
+    /// blobs the registry already had in the target repository (not sent again).
     pub uploaded: usize,
+    pub mounted: usize,
     pub skipped: usize,
 }
 
@@ -159,8 +161,29 @@ fn manifest_json(blobs: &[(&Vec<u8>, String); 3], meta: &ArtifactConfig, rank: u
     serde_json::to_vec(&m).expect("manifest serializes")
 }
 
-/// Uploads stored adapter `src` to `target`; blobs the registry has are not sent again.
-pub fn push(store: &Store, src: &str, target: &str, remote: &Remote) -> Result<Pushed> {
+/// The repositories of `target`'s registry a push may mount blobs from: those given, and the
+/// one the adapter was pulled from when it is on the same registry.
+fn mount_sources(target: &Reference, given: &[String], provenance: &serde_json::Value) -> Vec<Reference> {
+    let pulled = provenance.pointer("/pulled_from/reference").and_then(|v| v.as_str()).and_then(|r| parse_reference(r).ok());
+    let mut repos: Vec<String> = given.to_vec();
+    if let Some(p) = pulled.filter(|p| p.registry() == target.registry()) {
+        repos.push(p.repository().to_string());
+    }
+    let mut out: Vec<Reference> = vec![];
+    for r in repos {
+        if r != target.repository() && !out.iter().any(|o| o.repository() == r) {
+            out.push(Reference::with_tag(target.registry().to_string(), r, "latest".into()));
+        }
+    }
+    out
+}
+
+/// Uploads stored adapter `src` to `target`; blobs the registry has are not sent again, and a
+/// blob missing from the target repository is first mounted from `mount_from` (repositories
+/// of the same registry, e.g. the one pushed to before) or from the repository the adapter was
+/// pulled from (the OCI cross-repository mount; a registry that does not offer it gets the
+/// upload).
+pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, mount_from: &[String]) -> Result<Pushed> {
     let image = parse_reference(target)?;
     if image.digest().is_some() {
         return Err(Error::InvalidArgument(format!("{target}: push to a tag, not a digest")));
@@ -176,6 +199,7 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote) -> Result<P
         metrics: m.metrics.clone(),
         provenance: m.provenance.clone(),
     };
+    let sources = mount_sources(&image, mount_from, &meta.provenance);
     let config = serde_json::to_vec(&meta).expect("config serializes");
     // each blob hashed once: for the manifest and for the registry's HEAD check
     let blobs = [&config, &cfg_file, &weights].map(|b| (b, sha(b)));
@@ -184,18 +208,26 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote) -> Result<P
     let auth = remote.auth(image.resolve_registry())?;
     runtime()?.block_on(async {
         client.auth(&image, &auth, oci_client::RegistryOperation::Push).await.map_err(|e| reg_err(&format!("{target}: authentication"), e))?;
-        let (mut uploaded, mut skipped) = (0, 0);
-        for (blob, digest) in &blobs {
+        let (mut uploaded, mut mounted, mut skipped) = (0, 0, 0);
+        'blobs: for (blob, digest) in &blobs {
             if client.blob_exists(&image, digest).await.map_err(|e| reg_err(target, e))? {
                 skipped += 1;
                 continue;
+            }
+            for from in &sources {
+                // a refused mount (the source lacks it, or the registry does not mount) falls
+                // through to the next source, then to the upload
+                if client.mount_blob(&image, from, digest).await.is_ok() && client.blob_exists(&image, digest).await.unwrap_or(false) {
+                    mounted += 1;
+                    continue 'blobs;
+                }
             }
             client.push_blob(&image, (*blob).clone(), digest).await.map_err(|e| reg_err(&format!("{target}: upload {digest}"), e))?;
             uploaded += 1;
         }
         let ct = MANIFEST_TYPE.parse().expect("a valid header value");
         client.push_manifest_raw(&image, manifest.clone(), ct).await.map_err(|e| reg_err(&format!("{target}: manifest"), e))?;
-        Ok(Pushed { reference: target.to_string(), manifest_digest: sha(&manifest), uploaded, skipped })
+        Ok(Pushed { reference: target.to_string(), manifest_digest: sha(&manifest), uploaded, mounted, skipped })
     })
 }
 

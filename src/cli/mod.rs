@@ -56,6 +56,10 @@ enum Cmd {
         r#ref: String,
         /// REGISTRY/REPO[:TAG]
         target: String,
+        /// A repository of the same registry that may hold the blobs (cross-repository mount
+        /// instead of an upload); repeatable. The repository a pulled adapter came from is tried too
+        #[arg(long, value_name = "REPO")]
+        mount_from: Vec<String>,
         #[command(flatten)]
         remote: registry::RemoteArgs,
     },
@@ -349,7 +353,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
                 println!("{d} -> {}", out.display());
             }
         }
-        Cmd::Push { r#ref, target, remote } => registry::push(&open_store(&home)?, &r#ref, &target, &remote.remote()?, js)?,
+        Cmd::Push { r#ref, target, mount_from, remote } => registry::push(&open_store(&home)?, &r#ref, &target, &remote.remote()?, &mount_from, js)?,
         Cmd::Pull { source, name, remote } => registry::pull(&mut open_store(&home)?, &source, name.as_deref(), &remote.remote()?, js)?,
         Cmd::Ls { base, name, after, limit } => {
             let s = open_store(&home)?;

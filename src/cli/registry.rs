@@ -49,13 +49,13 @@ impl RemoteArgs {
     }
 }
 
-pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, js: bool) -> Result<()> {
-    let p = registry::push(store, src, target, remote)?;
+pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, mount_from: &[String], js: bool) -> Result<()> {
+    let p = registry::push(store, src, target, remote, mount_from)?;
     if js {
         print_json(&serde_json::to_value(&p).expect("serializes"));
     } else {
         println!("{}", p.manifest_digest);
-        eprintln!("pushed {src} to {target}: {} blob(s) uploaded, {} already there", p.uploaded, p.skipped);
+        eprintln!("pushed {src} to {target}: {} blob(s) uploaded, {} mounted from another repository, {} already there", p.uploaded, p.mounted, p.skipped);
     }
     Ok(())
 }

@@ -328,3 +328,33 @@ fn a_pull_killed_at_any_moment_leaves_a_consistent_store() {
     assert_eq!(got["digest"].as_str().unwrap(), digest.trim());
     ok(&b, &["verify"]);
 }
+
+/// A push to another repository of the same registry mounts the blobs it has elsewhere (OCI
+/// cross-repository mount: no upload) from `--mount-from` or from where the adapter was
+/// pulled; a source that lacks them falls back to uploading.
+#[test]
+fn a_push_to_another_repository_mounts_blobs_instead_of_uploading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let digest = import(&a, &bert().join("adapter"), "cs", &bert().join("base"));
+    ok(&a, &["push", "cs", &format!("{}/team/cs:v1", reg.addr), "--plain-http"]);
+    let base_uploads = reg.uploads();
+    assert_eq!(base_uploads, 3);
+    // named source: every blob mounted, nothing uploaded
+    let p = json(&ok(&a, &["--json", "push", "cs", &format!("{}/other/cs:v1", reg.addr), "--plain-http", "--mount-from", "team/cs"]));
+    assert_eq!((p["mounted"].as_u64(), p["uploaded"].as_u64(), p["skipped"].as_u64()), (Some(3), Some(0), Some(0)), "{p}");
+    assert_eq!(reg.uploads(), base_uploads, "a mounted push uploaded");
+    let got = json(&ok(&b, &["--json", "pull", &format!("{}/other/cs:v1", reg.addr), "--plain-http"]));
+    assert_eq!(got["digest"].as_str().unwrap(), digest.trim());
+    // a pulled adapter mounts its PEFT layers from the repository it came from, unasked; its
+    // metadata blob is new (the provenance now records the pull), so that one is uploaded
+    let p = json(&ok(&b, &["--json", "push", "other/cs:v1", &format!("{}/third/cs:v1", reg.addr), "--plain-http"]));
+    assert_eq!((p["mounted"].as_u64(), p["uploaded"].as_u64()), (Some(2), Some(1)), "{p}");
+    assert_eq!(reg.uploads(), base_uploads + 1);
+    // a source without the blobs: uploaded after all, and the result pulls back the same
+    let p = json(&ok(&a, &["--json", "push", "cs", &format!("{}/fourth/cs:v1", reg.addr), "--plain-http", "--mount-from", "nobody/here"]));
+    assert_eq!((p["mounted"].as_u64(), p["uploaded"].as_u64()), (Some(0), Some(3)), "{p}");
+    let got = json(&ok(&c, &["--json", "pull", &format!("{}/fourth/cs:v1", reg.addr), "--plain-http"]));
+    assert_eq!(got["digest"].as_str().unwrap(), digest.trim());
+}
