@@ -235,6 +235,17 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, mount_from:
 struct Capped {
     buf: Vec<u8>,
     cap: usize,
+    progress: Option<std::sync::Arc<Progress>>,
+}
+
+/// Called with the bytes of a pull's blobs received so far and their declared total.
+pub type OnBytes = Box<dyn Fn(u64, u64) + Send + Sync>;
+
+/// A pull's byte count across its blobs, reported to `on` as they stream in.
+struct Progress {
+    done: std::sync::atomic::AtomicU64,
+    total: u64,
+    on: OnBytes,
 }
 
 impl tokio::io::AsyncWrite for Capped {
@@ -243,6 +254,10 @@ impl tokio::io::AsyncWrite for Capped {
             return std::task::Poll::Ready(Err(std::io::Error::other(format!("blob larger than {} bytes", self.cap))));
         }
         self.buf.extend_from_slice(b);
+        if let Some(p) = &self.progress {
+            let done = p.done.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed) + b.len() as u64;
+            (p.on)(done, p.total);
+        }
         std::task::Poll::Ready(Ok(b.len()))
     }
     fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
@@ -255,9 +270,9 @@ impl tokio::io::AsyncWrite for Capped {
 
 /// A blob as the manifest describes it, read within `cap` bytes and checked against its
 /// digest (and declared size) as it streams.
-async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: usize, what: &str) -> Result<Vec<u8>> {
+async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: usize, what: &str, progress: Option<std::sync::Arc<Progress>>) -> Result<Vec<u8>> {
     check_descriptor(desc, cap, what)?;
-    let mut out = Capped { buf: Vec::with_capacity(desc.size as usize), cap: desc.size as usize };
+    let mut out = Capped { buf: Vec::with_capacity(desc.size as usize), cap: desc.size as usize, progress };
     client.pull_blob(image, desc, &mut out).await.map_err(|e| reg_err(&format!("{what} ({})", desc.digest), e))?;
     if out.buf.len() as i64 != desc.size || sha(&out.buf) != desc.digest {
         return Err(Error::Registry(format!("{what}: content does not match digest {}", desc.digest)));
@@ -353,13 +368,23 @@ pub struct Artifact {
 /// Downloads `src`, checks every blob's digest, and stores it as `name` (default REPO:TAG).
 /// Nothing reaches the store unless every blob verified.
 pub fn pull(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote) -> Result<Pulled> {
-    let a = download(src, remote)?;
+    pull_with(store, src, name, remote, None)
+}
+
+/// `pull`, reporting the bytes received to `on` (a progress bar).
+pub fn pull_with(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote, on: Option<OnBytes>) -> Result<Pulled> {
+    let a = download_with(src, remote, on)?;
     save(store, a, name)
 }
 
 /// The network half of `pull` (no store lock is needed while it runs). A manifest the
 /// registry does not have is `NotFound`; other registry failures are `Registry` errors.
 pub fn download(src: &str, remote: &Remote) -> Result<Artifact> {
+    download_with(src, remote, None)
+}
+
+/// `download`, reporting the bytes received to `on`.
+pub fn download_with(src: &str, remote: &Remote, on: Option<OnBytes>) -> Result<Artifact> {
     let image = parse_reference(src)?;
     let client = remote.client()?;
     let auth = remote.auth(image.resolve_registry())?;
@@ -375,9 +400,12 @@ pub fn download(src: &str, remote: &Remote) -> Result<Artifact> {
         })?;
         let m = check_manifest(&raw, image.digest(), src)?;
         let (lc, lw) = (&m.layers[m.config_layer], &m.layers[m.weights_layer]);
-        let config = fetch(&client, &image, &m.config, MAX_SMALL_BLOB, "config").await?;
-        let cfg_file = fetch(&client, &image, lc, crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE).await?;
-        let weights = fetch(&client, &image, lw, crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE).await?;
+        // sizes were checked against the caps by check_manifest, so the total cannot overflow
+        let total = [m.config.size, lc.size, lw.size].iter().map(|&s| s.max(0) as u64).sum();
+        let progress = on.map(|on| std::sync::Arc::new(Progress { done: Default::default(), total, on }));
+        let config = fetch(&client, &image, &m.config, MAX_SMALL_BLOB, "config", progress.clone()).await?;
+        let cfg_file = fetch(&client, &image, lc, crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE, progress.clone()).await?;
+        let weights = fetch(&client, &image, lw, crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE, progress).await?;
         Ok::<_, Error>((if digest.is_empty() { sha(&raw) } else { digest }, config, cfg_file, weights))
     })?;
     let meta = ArtifactConfig::parse(&config, src)?;

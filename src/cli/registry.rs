@@ -62,7 +62,18 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, mount_from:
 
 pub fn pull(store: &mut Store, src: &str, name: Option<&str>, remote: &Remote, js: bool) -> Result<()> {
     let name = name.map(Ref::parse).transpose()?;
-    let p = registry::pull(store, src, name.as_ref(), remote)?;
+    let bar = (!js).then(|| super::progress::bytes(src));
+    let on: Option<registry::OnBytes> = bar.clone().map(|b| -> registry::OnBytes {
+        Box::new(move |done, total| {
+            b.set_length(total);
+            b.set_position(done);
+        })
+    });
+    let p = registry::pull_with(store, src, name.as_ref(), remote, on);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let p = p?;
     if js {
         print_json(&serde_json::to_value(&p).expect("serializes"));
     } else {
