@@ -315,8 +315,12 @@ impl Gguf {
                 .map_err(|e| Error::Tokenizer(e.to_string()))?;
             tok.with_post_processor(Some(tp));
         }
-        let pad = self.tok_u32("padding_token_id").or(self.tok_u32("eos_token_id"));
-        Ok((tok, pad))
+        Ok((tok, self.pad_id()))
+    }
+
+    /// The padding token: `tokenizer.ggml.padding_token_id`, else the end of sequence.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.tok_u32("padding_token_id").or(self.tok_u32("eos_token_id"))
     }
 }
 

@@ -95,9 +95,15 @@ impl decoder::Source for WeightsSource<'_> {
     }
 }
 
-/// A GGUF file's tokenizer and chat template, from its metadata.
-fn gguf_text(g: &gguf::Gguf) -> Result<(Tok, Option<chat::ChatTemplate>)> {
-    let (inner, pad) = g.tokenizer()?;
+/// A GGUF file's tokenizer and chat template, from its metadata; where the metadata's
+/// tokenizer is one loradex cannot build (SentencePiece `llama`, …), the `tokenizer.json`
+/// beside the file, if there is one, as the error says.
+fn gguf_text(g: &gguf::Gguf, beside: &Path) -> Result<(Tok, Option<chat::ChatTemplate>)> {
+    let tok = match g.tokenizer() {
+        Ok((inner, pad)) => Tok::new(inner, pad)?,
+        Err(Error::Tokenizer(_)) if beside.is_file() => Tok::load(beside, g.pad_id())?,
+        Err(e) => return Err(e),
+    };
     let chat = match g.chat_template() {
         Some(t) => {
             let special = |k| g.token_text(k).unwrap_or_default();
@@ -105,7 +111,7 @@ fn gguf_text(g: &gguf::Gguf) -> Result<(Tok, Option<chat::ChatTemplate>)> {
         }
         None => None,
     };
-    Ok((Tok::new(inner, pad)?, chat))
+    Ok((tok, chat))
 }
 
 /// What `Engine::generate` returns.
@@ -261,7 +267,7 @@ impl Engine {
             let spec = spec(&base.config)?;
             let max_len = spec.cfg.max_position_embeddings;
             let dec = decoder::Decoder::new(spec, &mut g.source(dtype)?)?;
-            let (tok, chat) = gguf_text(&g)?;
+            let (tok, chat) = gguf_text(&g, &base.tokenizer_path())?;
             return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
         }
         let w = Weights::load(&base, &device)?;
@@ -275,8 +281,9 @@ impl Engine {
         let Some(path) = base.gguf.clone() else { return Engine::load(base, device) };
         let g = gguf::Gguf::open(&path)?;
         let w = Weights { map: g.dequantized(&device)?.into_iter().collect() };
+        let beside = base.tokenizer_path();
         let mut e = Engine::from_weights(base, w, device, false)?;
-        let (tok, chat) = gguf_text(&g)?;
+        let (tok, chat) = gguf_text(&g, &beside)?;
         (e.tok, e.chat) = (Some(tok), chat);
         Ok(e)
     }

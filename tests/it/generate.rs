@@ -404,6 +404,36 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
     assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2)"), "{err}");
 }
 
+/// A GGUF whose tokenizer loradex cannot build from the metadata (SentencePiece `llama`
+/// here) is refused with a message pointing at tokenizer.json, and with that file beside it
+/// loads and tokenizes as that file does.
+#[test]
+fn a_gguf_with_an_unbuildable_tokenizer_uses_the_tokenizer_json_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = llama();
+    let p = tmp.path().join("spm.gguf");
+    write_gguf(&p, GgmlDType::F32);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let key = b"tokenizer.ggml.model";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // value type (u32), string length (u64), then the text
+    assert_eq!(&bytes[at + 12..at + 16], b"gpt2");
+    bytes[at + 12..at + 16].copy_from_slice(b"spm1");
+    std::fs::write(&p, &bytes).unwrap();
+    let err = match Engine::load_with(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu, LoadDtype::F32) {
+        Ok(_) => panic!("an unbuildable tokenizer loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("\"spm1\" is not supported") && err.contains("tokenizer.json"), "{err}");
+    std::fs::copy(case.join("base/tokenizer.json"), tmp.path().join("tokenizer.json")).unwrap();
+    let g = Engine::load_with(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu, LoadDtype::F32).unwrap();
+    let st = cpu_engine(&case.join("base"));
+    for t in ["thank you for the quick help", "where is my order"] {
+        let want = st.prompt_ids(&Prompt::Text(t.into())).unwrap();
+        assert_eq!(g.prompt_ids(&Prompt::Text(t.into())).unwrap(), want, "{t:?}");
+    }
+}
+
 #[test]
 fn malformed_decoder_configs_are_errors_naming_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
