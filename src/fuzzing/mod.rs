@@ -18,8 +18,11 @@ use crate::peft::{classify_key, LoraConfig};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name `scripts/fuzz.sh` and `fuzz/Cargo.toml` give it.
-pub const TARGETS: [(&str, fn(&[u8])); 8] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("safetensors", safetensors),
     ("adapter_config", adapter_config),
     ("ref_digest", ref_digest),
@@ -175,8 +178,11 @@ pub fn tiny_gguf(dtype: candle_core::quantized::GgmlDType) -> Vec<u8> {
     tiny_gguf_with(dtype, &mut |_| {})
 }
 
+/// GGUF metadata as `tiny_gguf_with` hands it to its editor.
+pub type Metadata = Vec<(&'static str, candle_core::quantized::gguf_file::Value)>;
+
 /// `tiny_gguf` with its metadata changed by `edit` before it is written (regression tests).
-pub fn tiny_gguf_with(dtype: candle_core::quantized::GgmlDType, edit: &mut dyn FnMut(&mut Vec<(&'static str, candle_core::quantized::gguf_file::Value)>)) -> Vec<u8> {
+pub fn tiny_gguf_with(dtype: candle_core::quantized::GgmlDType, edit: &mut dyn FnMut(&mut Metadata)) -> Vec<u8> {
     use candle_core::quantized::gguf_file::{self, Value as V};
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};

@@ -84,7 +84,7 @@ pub struct Finding {
 
 /// Runs `target` over every seed and `per_seed` mutations of each; the first panic is
 /// returned with its input. Returns the number of inputs run.
-pub fn run(target: fn(&[u8]), seeds: &[Vec<u8>], per_seed: usize, seed: u64) -> Result<usize, Box<Finding>> {
+pub fn run(target: super::Target, seeds: &[Vec<u8>], per_seed: usize, seed: u64) -> Result<usize, Box<Finding>> {
     let mut rng = Rng::new(seed);
     let mut count = 0;
     let one = |input: Vec<u8>| -> Result<(), Box<Finding>> {

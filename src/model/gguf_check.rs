@@ -59,7 +59,7 @@ impl<R: Read + Seek> Walk<'_, R> {
         Ok(Some(match t {
             0 | 1 | 7 => 1,
             2 | 3 => 2,
-            4 | 5 | 6 => 4,
+            4..=6 => 4,
             10..=12 => 8,
             8 | 9 => return Ok(None),
             other => return Err(format!("unknown metadata value type {other}")),

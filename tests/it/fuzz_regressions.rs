@@ -177,7 +177,7 @@ fn every_fuzz_target_holds_over_seeded_mutations_of_its_seeds() {
         assert!(!seeds.is_empty(), "{name}: no seeds");
         // about 4,000 inputs per target whatever its seed count
         let per_seed = (4000 / seeds.len()).max(20);
-        match loradex::fuzzing::mutate::run(target, &seeds, per_seed, 0x10ad_e5) {
+        match loradex::fuzzing::mutate::run(target, &seeds, per_seed, 0x0010_ade5) {
             Ok(n) => report.push(format!("{name}: {n}")),
             Err(f) => {
                 let path = std::env::temp_dir().join(format!("loradex-fuzz-{name}-finding"));
@@ -220,7 +220,7 @@ mod gguf {
     fn more_token_types_than_tokens_is_refused() {
         let bytes = tiny_gguf_with(GgmlDType::Q4_1, &mut set("tokenizer.ggml.token_type", V::Array((0..13).map(|_| V::I32(3)).collect())));
         let g = Gguf::from_bytes("t.gguf", bytes.clone()).unwrap();
-        let err = g.tokenizer().err().expect("refused");
+        let Err(err) = g.tokenizer() else { panic!("not refused") };
         assert!(err.to_string().contains("13 entries for 12 tokens"), "{err}");
         fuzz_gguf(&bytes);
     }
@@ -234,7 +234,7 @@ mod gguf {
         let g = Gguf::from_bytes("t.gguf", bytes).unwrap();
         let cfg: loradex::model::llama::Config = serde_json::from_value(g.hf_config().unwrap()).unwrap();
         let spec = loradex::model::llama::DecoderSpec::llama(cfg).unwrap();
-        let err = loradex::model::decoder::Decoder::new(spec, &mut g.source(Default::default()).unwrap()).err().expect("refused");
+        let Err(err) = loradex::model::decoder::Decoder::new(spec, &mut g.source(Default::default()).unwrap()) else { panic!("not refused") };
         assert!(err.to_string().contains("model.layers.2"), "{err}");
     }
 
@@ -264,7 +264,7 @@ mod gguf {
         let bytes = tiny_gguf_with(GgmlDType::Q4_1, &mut set("llama.context_length", V::U32(u32::MAX)));
         let g = Gguf::from_bytes("t.gguf", bytes).unwrap();
         let cfg: loradex::model::llama::Config = serde_json::from_value(g.hf_config().unwrap()).unwrap();
-        let err = loradex::model::llama::DecoderSpec::llama(cfg).err().expect("refused");
+        let Err(err) = loradex::model::llama::DecoderSpec::llama(cfg) else { panic!("not refused") };
         assert!(err.to_string().contains("max_position_embeddings"), "{err}");
     }
 }
