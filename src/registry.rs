@@ -215,9 +215,10 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, mount_from:
                 continue;
             }
             for from in &sources {
-                // a refused mount (the source lacks it, or the registry does not mount) falls
-                // through to the next source, then to the upload
-                if client.mount_blob(&image, from, digest).await.is_ok() && client.blob_exists(&image, digest).await.unwrap_or(false) {
+                // mount_blob is Ok only on 201 Created, which means the blob is now in the
+                // target; a refused mount (the source lacks it, or the registry does not mount)
+                // falls through to the next source, then to the upload
+                if client.mount_blob(&image, from, digest).await.is_ok() {
                     mounted += 1;
                     continue 'blobs;
                 }

@@ -42,7 +42,7 @@ impl EvalArgs {
 
 pub fn run(req: Request, open: impl FnOnce() -> Result<Store>, js: bool) -> Result<()> {
     let mut s = open()?;
-    let bar = (!js).then(|| super::progress::counter(0, "examples"));
+    let bar = (!js).then(|| super::progress::counter("examples"));
     let t = std::time::Instant::now();
     let rep = eval::evaluate_with(&s, &req, &mut |done, total| {
         if let Some(b) = &bar {

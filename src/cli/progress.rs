@@ -62,19 +62,21 @@ impl TrainBar {
     }
 }
 
-/// A bar over `total` items of `what` (examples scored, …).
-pub fn counter(total: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("[{bar:24}] {pos}/{len} {msg} {elapsed}/{duration}").expect("a valid template").progress_chars("#>-"));
+/// A bar drawn by `template`, its message `what` (never part of the template: a ref could
+/// hold braces).
+fn styled(template: &str, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template(template).expect("a valid template").progress_chars("#>-"));
     bar.set_message(what.to_string());
     bar
 }
 
+/// A bar over items of `what` (examples scored, …); its length is set as progress comes.
+pub fn counter(what: &str) -> ProgressBar {
+    styled("[{bar:24}] {pos}/{len} {msg} {elapsed}/{duration}", what)
+}
+
 /// A bar over the bytes of a download of `what`.
 pub fn bytes(what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    // what goes in as the message, never into the template (a ref could hold braces)
-    bar.set_style(ProgressStyle::with_template("[{bar:24}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}").expect("a valid template").progress_chars("#>-"));
-    bar.set_message(what.to_string());
-    bar
+    styled("[{bar:24}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}", what)
 }

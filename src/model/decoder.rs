@@ -319,11 +319,7 @@ impl Decoder {
                 super::llama::MlpAct::Silu => gr.iter_mut().zip(ur).for_each(|(a, b)| *a = *a / (1.0 + (-*a).exp()) * b),
                 other => gr.iter_mut().zip(ur).for_each(|(a, b)| *a = other.apply(*a) * b),
             };
-            if n >= PAR_MIN_ROWS {
-                g.par_chunks_mut(it).zip(u.par_chunks(it)).for_each(gate);
-            } else {
-                g.chunks_mut(it).zip(u.chunks(it)).for_each(gate);
-            }
+            zip_rows(&mut g, &u, it, gate);
             let down = l.lin.len() - 1;
             {
                 let act = Act::new(&g, n, self.inter);
@@ -439,10 +435,15 @@ fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize) {
             *o = wv * (v * r);
         }
     };
-    if x.len() / h >= PAR_MIN_ROWS {
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(one);
+    zip_rows(out, x, h, one);
+}
+
+/// `f` over the matching `w`-wide rows of `a` and `b`, in parallel from `PAR_MIN_ROWS` rows.
+fn zip_rows(a: &mut [f32], b: &[f32], w: usize, f: impl Fn((&mut [f32], &[f32])) + Send + Sync) {
+    if a.len() / w >= PAR_MIN_ROWS {
+        a.par_chunks_mut(w).zip(b.par_chunks(w)).for_each(f);
     } else {
-        out.chunks_mut(h).zip(x.chunks(h)).for_each(one);
+        a.chunks_mut(w).zip(b.chunks(w)).for_each(f);
     }
 }
 

@@ -99,10 +99,11 @@ impl Gguf {
     fn read(path: &Path, mut r: impl ReadSeek, backing: Backing) -> Result<Gguf> {
         let file_size = r.seek(std::io::SeekFrom::End(0)).at(path)?;
         r.rewind().at(path)?;
-        header::check_alignment(&mut r, file_size).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let bad = |e: String| Error::Model(format!("{}: {e}", path.display()));
+        header::check_alignment(&mut r, file_size).map_err(bad)?;
         r.rewind().at(path)?;
         let content = Content::read(&mut r).map_err(io(path))?;
-        header::check_tensors(&content, file_size).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        header::check_tensors(&content, file_size).map_err(bad)?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -366,9 +367,10 @@ impl Gguf {
     fn hf_tensor(&self, file: &mut dyn ReadSeek, gname: &str, hf: &str) -> Result<QTensor> {
         let mut file = file;
         let t = self.content.tensor(&mut file, gname, &Device::Cpu).map_err(io(&self.path))?;
-        let heads = if !self.arch.permuted_qk {
+        if !self.arch.permuted_qk {
             return Ok(t);
-        } else if hf.ends_with("self_attn.q_proj.weight") {
+        }
+        let heads = if hf.ends_with("self_attn.q_proj.weight") {
             self.arch_req("attention.head_count")?
         } else if hf.ends_with("self_attn.k_proj.weight") {
             let h = self.arch_req("attention.head_count")?;

@@ -6,7 +6,7 @@
 //! of models or tokenizers.
 
 use candle_core::quantized::gguf_file::Content;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 
 /// What a hostile header can make the walk do, bounded: nested arrays, as in candle's reader.
 const MAX_DEPTH: usize = 64;
@@ -20,7 +20,7 @@ struct Walk<'a, R> {
     wide: bool,
 }
 
-impl<R: Read + Seek> Walk<'_, R> {
+impl<R: Read> Walk<'_, R> {
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let mut b = [0u8; N];
         self.r.read_exact(&mut b).map_err(|_| format!("header ends early at byte {}", self.pos))?;
@@ -37,10 +37,14 @@ impl<R: Read + Seek> Walk<'_, R> {
             self.u32().map(u64::from)
         }
     }
-    /// Moves `n` bytes on, refusing to pass the end.
+    /// Moves `n` bytes on, refusing to pass the end. Read through rather than sought past, so
+    /// a buffered reader keeps its buffer over the header's many small values.
     fn skip(&mut self, n: u64) -> Result<(), String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.size).ok_or_else(|| format!("a value of {n} bytes at byte {} passes the end of the file", self.pos))?;
-        self.r.seek(SeekFrom::Start(end)).map_err(|e| e.to_string())?;
+        let got = std::io::copy(&mut (&mut *self.r).take(n), &mut std::io::sink()).map_err(|e| e.to_string())?;
+        if got != n {
+            return Err(format!("header ends early at byte {}", self.pos + got));
+        }
         self.pos = end;
         Ok(())
     }
@@ -79,7 +83,11 @@ impl<R: Read + Seek> Walk<'_, R> {
             5 => Ok(Some(i32::from_le_bytes(self.bytes()?).into())),
             10 => Ok(Some(u64::from_le_bytes(self.bytes()?).into())),
             11 => Ok(Some(i64::from_le_bytes(self.bytes()?).into())),
-            8 => self.string().map(|_| None),
+            8 => {
+                // a value string is only passed over (keys are read by `string`)
+                let n = self.len()?;
+                self.skip(n).map(|_| None)
+            }
             9 => {
                 let et = self.u32()?;
                 let n = self.len()?;
@@ -106,7 +114,7 @@ impl<R: Read + Seek> Walk<'_, R> {
 }
 
 /// Walks the metadata and refuses a `general.alignment` that is 0 or not a power of two.
-pub fn check_alignment<R: Read + Seek>(r: &mut R, size: u64) -> Result<(), String> {
+pub fn check_alignment<R: Read>(r: &mut R, size: u64) -> Result<(), String> {
     let mut w = Walk { r, size, pos: 0, wide: true };
     let head = w.bytes::<8>()?;
     if &head[..4] != b"GGUF" {

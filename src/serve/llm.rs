@@ -162,6 +162,13 @@ impl Drop for AliveGuard {
     }
 }
 
+/// The running sequences a step feeds, each with its input, in order: `inputs` holds
+/// `(index into seqs, tokens)` with increasing indices.
+fn fed_seqs<'a, 'b>(seqs: &'a mut [Running], inputs: &'b [(usize, Vec<u32>)]) -> impl Iterator<Item = (&'a mut Running, &'b [u32])> {
+    let mut it = inputs.iter().peekable();
+    seqs.iter_mut().enumerate().filter_map(move |(i, r)| it.next_if(|(j, _)| *j == i).map(|(_, toks)| (r, toks.as_slice())))
+}
+
 /// The fewest sequences whose logits a step hands to the pool in parallel.
 const PAR_MIN_ACCEPT: usize = 4;
 
@@ -255,13 +262,8 @@ impl Scheduler {
             }
         }
         let result = {
-            let mut rows: Vec<Row> = vec![];
-            let mut it = inputs.iter().peekable();
-            for (i, r) in self.seqs.iter_mut().enumerate() {
-                if let Some((_, toks)) = it.next_if(|(j, _)| *j == i) {
-                    rows.push(Row { tokens: toks, cache: &mut r.seq.cache, adapter: r.adapter.as_deref() });
-                }
-            }
+            let mut rows: Vec<Row> =
+                fed_seqs(&mut self.seqs, &inputs).map(|(r, toks)| Row { tokens: toks, cache: &mut r.seq.cache, adapter: r.adapter.as_deref() }).collect();
             self.dec.step(&mut rows)
         };
         let fed: usize = inputs.iter().map(|(_, t)| t.len()).sum();
@@ -285,13 +287,7 @@ impl Scheduler {
         // steps. Each sequence's result is its own, whatever runs beside it.
         let accepted: Vec<Result<Event>> = {
             let tok = &*self.tok;
-            let mut it = inputs.iter().zip(&logits).peekable();
-            let mut work: Vec<(&mut Sequence, usize, &Vec<f32>)> = vec![];
-            for (i, r) in self.seqs.iter_mut().enumerate() {
-                if let Some(((_, toks), l)) = it.next_if(|((j, _), _)| *j == i) {
-                    work.push((&mut r.seq, toks.len(), l));
-                }
-            }
+            let work: Vec<(&mut Sequence, usize, &Vec<f32>)> = fed_seqs(&mut self.seqs, &inputs).zip(&logits).map(|((r, toks), l)| (&mut r.seq, toks.len(), l)).collect();
             let one = |(seq, fed, l): (&mut Sequence, usize, &Vec<f32>)| seq.accept(tok, fed, l);
             if work.len() >= PAR_MIN_ACCEPT {
                 use rayon::prelude::*;
@@ -303,7 +299,7 @@ impl Scheduler {
         let now = Instant::now();
         let mut done = vec![];
         let mut outbox: Vec<(usize, GenEvent)> = vec![];
-        for (((i, _), _), ev) in inputs.iter().zip(&logits).zip(accepted) {
+        for ((i, _), ev) in inputs.iter().zip(accepted) {
             let r = &mut self.seqs[*i];
             let ev = match ev {
                 Ok(ev) => ev,
