@@ -178,6 +178,28 @@ pub fn tiny_gguf(dtype: candle_core::quantized::GgmlDType) -> Vec<u8> {
     tiny_gguf_with(dtype, &mut |_| {})
 }
 
+/// `tiny_gguf` with a SentencePiece (`llama`) vocabulary of the same 12 tokens in place of its
+/// byte-level BPE: `<unk> <s> </s> <0x21> ▁ h e l o he ll ▁he`, scores falling with the id, so
+/// "hello" is `<s> ▁he ll o` and "!" the byte piece `<0x21>`.
+pub fn tiny_gguf_spm(dtype: candle_core::quantized::GgmlDType) -> Vec<u8> {
+    use candle_core::quantized::gguf_file::Value as V;
+    let tokens = ["<unk>", "<s>", "</s>", "<0x21>", "\u{2581}", "h", "e", "l", "o", "he", "ll", "\u{2581}he"];
+    let types = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1, 1, 1];
+    tiny_gguf_with(dtype, &mut |md| {
+        md.retain(|(k, _)| !k.starts_with("tokenizer.ggml."));
+        md.extend([
+            ("tokenizer.ggml.model", V::String("llama".into())),
+            ("tokenizer.ggml.tokens", V::Array(tokens.iter().map(|s| V::String(s.to_string())).collect())),
+            ("tokenizer.ggml.scores", V::Array((0..tokens.len()).map(|i| V::F32(-(i as f32))).collect())),
+            ("tokenizer.ggml.token_type", V::Array(types.iter().map(|&t| V::I32(t)).collect())),
+            ("tokenizer.ggml.bos_token_id", V::U32(1)),
+            ("tokenizer.ggml.eos_token_id", V::U32(2)),
+            ("tokenizer.ggml.unknown_token_id", V::U32(0)),
+            ("tokenizer.ggml.add_bos_token", V::Bool(true)),
+        ]);
+    })
+}
+
 /// GGUF metadata as `tiny_gguf_with` hands it to its editor.
 pub type Metadata = Vec<(&'static str, candle_core::quantized::gguf_file::Value)>;
 

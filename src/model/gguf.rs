@@ -1,9 +1,13 @@
-//! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama` and
-//! `qwen2` architectures): the model's hyper-parameters as a Hugging Face `config.json`, its
-//! tensors under Hugging Face's names (with llama.cpp's rotary row order of a Llama's `q`/`k`
-//! undone, so PEFT adapters apply as trained),
+//! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
+//! `gemma` and `phi3` architectures): the model's hyper-parameters as a Hugging Face
+//! `config.json`, its tensors under Hugging Face's names (with what llama.cpp's converters
+//! changed undone: a Llama's interleaved `q`/`k` rotary rows, Gemma's norms stored plus one),
+//! so PEFT adapters apply as trained,
 //! a `Source` that keeps GGML blocks quantized or dequantizes them, and the tokenizer and chat
-//! template from `tokenizer.ggml.*`. Owns no model math and no store logic.
+//! template from `tokenizer.ggml.*` (the tokenizer is built in `tokenizer`). Owns no model math
+//! and no store logic.
+
+mod tokenizer;
 
 use super::decoder::Source;
 use super::gguf_check as header;
@@ -46,15 +50,33 @@ pub struct GgufArch {
     pub model_type: &'static str,
     pub hf_class: &'static str,
     /// Whether llama.cpp's converter interleaved the rotary halves of `q`/`k` rows
-    /// (`LlamaModel.permute`); Qwen2's converter keeps Hugging Face's order.
+    /// (`LlamaModel.permute`); the other converters keep Hugging Face's order.
     pub permuted_qk: bool,
+    /// Phi-3's fused projections: `attn_qkv` is `qkv_proj`, `ffn_up` is `gate_up_proj`.
+    pub fused: bool,
+    /// Gemma's converter stores RMSNorm weights plus one (llama.cpp multiplies by the weight,
+    /// Gemma by `1 + w`); they are read back minus one.
+    pub norm_plus_one: bool,
+    /// `hidden_act` of the `config.json`.
+    pub hidden_act: &'static str,
 }
 
-/// The architectures a GGUF base may have. Both keep Llama's tensor names; Qwen2's q/k/v
-/// biases come as `blk.N.attn_{q,k,v}.bias`.
-pub const ARCHS: [GgufArch; 2] = [
-    GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true },
-    GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false },
+/// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
+/// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
+/// are written as `llama`.
+pub const ARCHS: [GgufArch; 4] = [
+    GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, hidden_act: "silu" },
+    GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, hidden_act: "silu" },
+    GgufArch {
+        name: "gemma",
+        model_type: "gemma",
+        hf_class: "GemmaForCausalLM",
+        permuted_qk: false,
+        fused: false,
+        norm_plus_one: true,
+        hidden_act: "gelu_pytorch_tanh",
+    },
+    GgufArch { name: "phi3", model_type: "phi3", hf_class: "Phi3ForCausalLM", permuted_qk: false, fused: true, norm_plus_one: false, hidden_act: "silu" },
 ];
 
 pub struct Gguf {
@@ -159,7 +181,7 @@ impl Gguf {
         let mut c = json!({
             "architectures": [self.arch.hf_class],
             "model_type": self.arch.model_type,
-            "hidden_act": "silu",
+            "hidden_act": self.arch.hidden_act,
             "vocab_size": vocab,
             "hidden_size": hidden,
             "intermediate_size": self.arch_req("feed_forward_length")?,
@@ -171,8 +193,19 @@ impl Gguf {
             "rope_theta": self.arch_f("rope.freq_base").unwrap_or(10000.0),
             "tie_word_embeddings": !self.content.tensor_infos.contains_key("output.weight"),
         });
-        if let Some(hd) = self.arch_u("attention.key_length")?.or(self.arch_u("rope.dimension_count")?) {
+        let (key_length, rotary) = (self.arch_u("attention.key_length")?, self.arch_u("rope.dimension_count")?);
+        if let Some(hd) = key_length.or(rotary) {
             c["head_dim"] = hd.into();
+        }
+        let head_dim = key_length.unwrap_or(hidden / heads.max(1));
+        if let Some(r) = rotary.filter(|r| *r != head_dim) {
+            return Err(Error::Model(format!("{}: rotary embeddings over {r} of {head_dim} head dimensions are not supported", self.path.display())));
+        }
+        if ["rope_factors_long.weight", "rope_factors_short.weight", "rope_freqs.weight"].iter().any(|t| self.content.tensor_infos.contains_key(*t)) {
+            return Err(Error::Model(format!("{}: per-frequency rope factors (long-context scaling) are not supported", self.path.display())));
+        }
+        if let Some(w) = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0) {
+            c["sliding_window"] = w.into();
         }
         if let Some(b) = self.tok_u32("bos_token_id") {
             c["bos_token_id"] = b.into();
@@ -183,8 +216,8 @@ impl Gguf {
         Ok(c)
     }
 
-    /// GGUF tensor name → Hugging Face name.
-    pub fn hf_name(name: &str) -> Option<String> {
+    /// GGUF tensor name → Hugging Face name, for this file's architecture.
+    pub fn hf_name(&self, name: &str) -> Option<String> {
         let fixed = match name {
             "token_embd.weight" => Some("model.embed_tokens.weight"),
             "output_norm.weight" => Some("model.norm.weight"),
@@ -205,7 +238,9 @@ impl Gguf {
             "attn_k" => "self_attn.k_proj",
             "attn_v" => "self_attn.v_proj",
             "attn_output" => "self_attn.o_proj",
-            "ffn_gate" => "mlp.gate_proj",
+            "attn_qkv" if self.arch.fused => "self_attn.qkv_proj",
+            "ffn_gate" if !self.arch.fused => "mlp.gate_proj",
+            "ffn_up" if self.arch.fused => "mlp.gate_up_proj",
             "ffn_up" => "mlp.up_proj",
             "ffn_down" => "mlp.down_proj",
             _ => return None,
@@ -218,12 +253,12 @@ impl Gguf {
         self.content
             .tensor_infos
             .iter()
-            .filter_map(|(n, i)| Some((Gguf::hf_name(n)?, i.shape.dims().to_vec())))
+            .filter_map(|(n, i)| Some((self.hf_name(n)?, i.shape.dims().to_vec())))
             .collect()
     }
 
     pub fn source(&self, dtype: LoadDtype) -> Result<GgufSource<'_>> {
-        let names = self.content.tensor_infos.keys().filter_map(|n| Some((Gguf::hf_name(n)?, n.clone()))).collect();
+        let names = self.content.tensor_infos.keys().filter_map(|n| Some((self.hf_name(n)?, n.clone()))).collect();
         Ok(GgufSource { g: self, file: self.reader()?, names, dtype })
     }
 
@@ -245,80 +280,6 @@ impl Gguf {
         self.tokens().ok()?.get(id).cloned()
     }
 
-    /// The tokenizer `tokenizer.ggml.*` describes, built with the tokenizers crate: byte-level
-    /// BPE (`gpt2` models) with the pre-tokenizer that `tokenizer.ggml.pre` names.
-    pub fn tokenizer(&self) -> Result<(tokenizers::Tokenizer, Option<u32>)> {
-        use tokenizers::models::bpe::BPE;
-        use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence, split::Split, split::SplitPattern};
-        use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
-        let model = self.meta("tokenizer.ggml.model").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
-        if model != "gpt2" {
-            return Err(Error::Tokenizer(format!(
-                "{}: tokenizer.ggml.model {model:?} is not supported (gpt2 byte-level BPE); put a tokenizer.json beside the file",
-                self.path.display()
-            )));
-        }
-        let tokens = self.tokens()?;
-        let merges: Vec<(String, String)> = self
-            .strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Tokenizer(format!("bad merge {m:?}"))))
-            .collect::<Result<_>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut tok = tokenizers::Tokenizer::new(bpe);
-        let pre = self.meta("tokenizer.ggml.pre").and_then(|v| v.to_string().ok().cloned()).unwrap_or_else(|| "default".into());
-        let split = |re: &str, behavior| -> Result<PreTokenizerWrapper> {
-            Ok(Split::new(SplitPattern::Regex(re.into()), behavior, false).map_err(|e| Error::Tokenizer(e.to_string()))?.into())
-        };
-        let pt: PreTokenizerWrapper = match pre.as_str() {
-            "default" | "gpt2" | "gpt-2" => ByteLevel::new(false, true, true).into(),
-            "smollm" | "starcoder" | "refact" | "codeshell" => {
-                Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
-            }
-            "llama-bpe" | "llama3" => Sequence::new(vec![
-                split(LLAMA3_SPLIT, SplitDelimiterBehavior::Isolated)?,
-                ByteLevel::new(false, true, false).into(),
-            ])
-            .into(),
-            "qwen2" => Sequence::new(vec![split(QWEN2_SPLIT, SplitDelimiterBehavior::Isolated)?, ByteLevel::new(false, false, false).into()]).into(),
-            other => return Err(Error::Tokenizer(format!("{}: tokenizer.ggml.pre {other:?} is not supported", self.path.display()))),
-        };
-        tok.with_pre_tokenizer(Some(pt));
-        tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-        // control tokens (type 3) are special; user-defined ones (4) are matched whole
-        let types: Vec<i64> = match self.meta("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|e| Error::Tokenizer(e.to_string()))?
-                .iter()
-                .map(|t| t.to_i32().map(i64::from).unwrap_or(1))
-                .collect(),
-            None => vec![],
-        };
-        if types.len() > tokens.len() {
-            return Err(Error::Tokenizer(format!("{}: tokenizer.ggml.token_type has {} entries for {} tokens", self.path.display(), types.len(), tokens.len())));
-        }
-        let special: Vec<AddedToken> =
-            types.iter().enumerate().filter(|(_, t)| **t == 3).map(|(i, _)| AddedToken::from(tokens[i].clone(), true)).collect();
-        let user: Vec<AddedToken> =
-            types.iter().enumerate().filter(|(_, t)| **t == 4).map(|(i, _)| AddedToken::from(tokens[i].clone(), false).normalized(false)).collect();
-        tok.add_special_tokens(special).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        tok.add_tokens(user).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let add_bos = self.meta("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false);
-        if let (true, Some(b)) = (add_bos, self.tok_u32("bos_token_id")) {
-            let bos = tokens.get(b as usize).cloned().ok_or_else(|| Error::Tokenizer("bos_token_id outside the vocabulary".into()))?;
-            let tp = tokenizers::processors::template::TemplateProcessing::builder()
-                .try_single(format!("{bos}:0 $A:0"))
-                .map_err(|e| Error::Tokenizer(e.to_string()))?
-                .special_tokens(vec![(bos.clone(), b)])
-                .build()
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            tok.with_post_processor(Some(tp));
-        }
-        Ok((tok, self.pad_id()))
-    }
-
     /// The padding token: `tokenizer.ggml.padding_token_id`, else the end of sequence.
     pub fn pad_id(&self) -> Option<u32> {
         self.tok_u32("padding_token_id").or(self.tok_u32("eos_token_id"))
@@ -332,17 +293,13 @@ impl Gguf {
         let mut f = self.reader()?;
         let mut out = vec![];
         for name in self.content.tensor_infos.keys() {
-            let Some(hf) = Gguf::hf_name(name) else { continue };
+            let Some(hf) = self.hf_name(name) else { continue };
             let t = self.hf_tensor(&mut *f, name, &hf)?.dequantize(&Device::Cpu)?;
             out.push((hf, t.to_device(device)?));
         }
         Ok(out)
     }
 }
-
-const LLAMA3_SPLIT: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's converter interleaves the rotary halves of each head's `q`/`k` rows: GGUF row
 /// `h·d + 2j + t` is Hugging Face row `h·d + t·d/2 + j`. Returns, for each Hugging Face row,
@@ -367,6 +324,11 @@ impl Gguf {
     fn hf_tensor(&self, file: &mut dyn ReadSeek, gname: &str, hf: &str) -> Result<QTensor> {
         let mut file = file;
         let t = self.content.tensor(&mut file, gname, &Device::Cpu).map_err(io(&self.path))?;
+        if self.arch.norm_plus_one && hf.ends_with("norm.weight") {
+            // exact for the weights' usual range (Sterbenz): `1 + (s - 1)` is `s` again
+            let minus = (t.dequantize(&Device::Cpu)? - 1.0)?;
+            return Ok(QTensor::quantize(&minus, GgmlDType::F32)?);
+        }
         if !self.arch.permuted_qk {
             return Ok(t);
         }

@@ -156,7 +156,11 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
                 format!(r#"{{"media_type":"application/vnd.loradex.adapter.v1+json","base_fingerprint":"{d1}","base_arch":"bert","task":"SEQ_CLS","labels":["a","b"],"metrics":{{"accuracy":0.9}},"provenance":{{"by":"train"}}}}"#).into_bytes(),
             ]
         }
-        "gguf" => vec![loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q4_1), loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q8_0)],
+        "gguf" => vec![
+            loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q4_1),
+            loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q8_0),
+            loradex::fuzzing::tiny_gguf_spm(candle_core::quantized::GgmlDType::Q4_1),
+        ],
         other => panic!("no seeds for target {other}"),
     }
 }
@@ -171,6 +175,12 @@ fn every_fuzz_target_holds_over_seeded_mutations_of_its_seeds() {
     let g = loradex::model::gguf::Gguf::from_bytes("seed.gguf", loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q4_1)).unwrap();
     let (tok, _) = g.tokenizer().unwrap();
     assert_eq!(tok.encode("hello", true).unwrap().get_ids(), &[0, 10]);
+    // and its SentencePiece twin: llama.cpp merges `he` (the best score), then `ll`, then `▁he`;
+    // "!" has no piece, so its byte's
+    let g = loradex::model::gguf::Gguf::from_bytes("spm.gguf", loradex::fuzzing::tiny_gguf_spm(candle_core::quantized::GgmlDType::Q4_1)).unwrap();
+    let (tok, _) = g.tokenizer().unwrap();
+    assert_eq!(tok.encode("hello!", true).unwrap().get_ids(), &[1, 11, 10, 8, 3]);
+    assert_eq!(tok.decode(&[1, 11, 10, 8, 3], true).unwrap(), "hello!");
     let mut report = vec![];
     for (name, target) in loradex::fuzzing::TARGETS {
         let seeds = seeds(name);
