@@ -208,8 +208,10 @@ fn write_gguf(out: &Path, dtype: GgmlDType) {
     write_gguf_of(&llama().join("base"), "llama", out, dtype)
 }
 
-/// Writes a fixture base (`llama` or `qwen2`) as llama.cpp's converter would: a Llama's q/k
-/// rows interleaved, a Qwen2's kept, biases as `.bias` tensors, metadata under `arch.`.
+/// Writes a fixture base (`llama`, `qwen2`, `gemma` or `phi3`) as llama.cpp's converter would:
+/// a Llama's q/k rows interleaved, the others' kept, biases as `.bias` tensors, Phi-3's fused
+/// projections as `attn_qkv` and `ffn_up`, Gemma's norm weights plus one, metadata under
+/// `arch.`.
 fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
     use gguf_file::Value as V;
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
@@ -236,6 +238,8 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",
+                    "self_attn.qkv_proj" => "attn_qkv",
+                    "mlp.gate_up_proj" => "ffn_up",
                     other => panic!("unexpected tensor {other}"),
                 };
                 format!("blk.{l}.{short}.{param}")
@@ -246,6 +250,8 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
             to_gguf_rows(t, heads)
         } else if permute && g.ends_with("attn_k.weight") {
             to_gguf_rows(t, kv)
+        } else if arch == "gemma" && g.ends_with("norm.weight") {
+            (t + 1.0).unwrap()
         } else {
             t.clone()
         };
@@ -401,10 +407,56 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
     let mut bad = g2.clone();
     bad[at..at + 5].copy_from_slice(b"gpt2x");
     let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2)"), "{err}");
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, gemma, phi3)"), "{err}");
 }
 
-/// A GGUF whose tokenizer loradex cannot build from the metadata (SentencePiece `llama`
+/// Gemma and Phi-3 GGUFs (and a Mistral, which llama.cpp writes as `llama`) load as their
+/// families: bit for bit the safetensors base's logits in f32 with and without the PEFT
+/// fixture adapter, PEFT's greedy ids, and close when quantized. Gemma's norms come back from
+/// their stored `1 + w`; Phi-3's fused `attn_qkv`/`ffn_up` are its `qkv_proj`/`gate_up_proj`,
+/// which the fixture adapter targets.
+#[test]
+fn gemma_phi3_and_mistral_gguf_bases_match_their_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (case, arch, family) in [("gemma-causal", "gemma", "gemma"), ("phi3-causal", "phi3", "phi3"), ("mistral-causal", "llama", "llama")] {
+        let case = fixtures().join("../peft2").join(case);
+        let st = cpu_engine(&case.join("base"));
+        let a_st = load_adapter(&st, &case.join("adapter"));
+        let exp = expected(&case);
+        let p = tmp.path().join(format!("{arch}-f32.gguf"));
+        write_gguf_of(&case.join("base"), arch, &p, GgmlDType::F32);
+        let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
+        assert_eq!(gb.arch.name(), family);
+        let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
+        let a_g = load_adapter(&g, &case.join("adapter"));
+        for ids in &valid_rows(&exp) {
+            for ad in [None, Some((&a_st, &a_g))] {
+                let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
+                let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
+                assert_eq!(got, want, "{arch}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
+            }
+        }
+        let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
+        let want = ids_rows(&exp["greedy_ids"])[0].clone();
+        let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
+        let out = g.generate(prompt, params, Some(a_g.clone()), &mut |_| {}).unwrap();
+        assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "{arch} GGUF: PEFT's greedy ids");
+        let q8 = tmp.path().join(format!("{arch}-q8.gguf"));
+        write_gguf_of(&case.join("base"), arch, &q8, GgmlDType::Q8_0);
+        let q = Engine::load(BaseDir::open(q8.to_str().unwrap()).unwrap(), Device::Cpu).unwrap();
+        let a_q = load_adapter(&q, &case.join("adapter"));
+        let mut worst = 0f32;
+        for ids in &valid_rows(&exp) {
+            let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
+            for (gv, wv) in got.iter().zip(&want) {
+                worst = worst.max(max_abs_diff(gv, wv));
+            }
+        }
+        assert!(worst > 0.0 && worst <= 0.02, "{arch} Q8_0: logits differ by {worst}");
+    }
+}
+
+/// A GGUF whose tokenizer loradex cannot build from the metadata (an unknown model name
 /// here) is refused with a message pointing at tokenizer.json, and with that file beside it
 /// loads and tokenizes as that file does.
 #[test]
