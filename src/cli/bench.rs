@@ -439,12 +439,16 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
         f64::NAN
     };
     tr.step(&bt, &targets, None, 2e-4)?; // warm-up
+    let bar = super::progress::counter("train steps");
+    bar.set_length(steps.max(1) as u64);
     let mut times = vec![];
     for _ in 0..steps.max(1) {
         let t = Instant::now();
         tr.step(&bt, &targets, None, 2e-4)?;
         times.push(t.elapsed().as_secs_f64());
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let (f, bw, o) = tr.last_timing;
@@ -467,6 +471,7 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
     match peft {
         None => println!("  PEFT + PyTorch: pass --peft PYTHON (with torch, transformers, peft) to measure it in this run"),
         Some(py) => {
+            let spin = super::progress::spinner("PEFT + PyTorch train steps");
             let out = std::process::Command::new(py)
                 .arg(peft_script)
                 .env("THREADS", threads.to_string())
@@ -474,6 +479,7 @@ fn bench_train(base: &Option<String>, (batch, seq, steps): (usize, usize, usize)
                 .env("DEVICE", if cuda { "cuda" } else { "cpu" })
                 .output()
                 .map_err(|e| Error::io(py, e))?;
+            spin.finish_and_clear();
             let text = String::from_utf8_lossy(&out.stdout);
             let field = |k: &str| text.split(k).nth(1).and_then(|t| t.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok());
             let (Some(p_best), Some(p_mean)) = (field("best_s "), field("mean_s ")) else {

@@ -29,6 +29,8 @@ const PROMPT: &str = "Write a long story about a dragon who learns to bake bread
 
 /// Decode tokens/s of one sequence: tokens after the first over the time since the first.
 fn single(e: &Engine, prompt: &[u32], tokens: usize, adapter: Option<Arc<LoadedAdapter>>, reps: usize) -> Result<(f64, Vec<u32>)> {
+    let what = if adapter.is_some() { "single stream, one adapter" } else { "single stream, base" };
+    let bar = super::progress::tokens(what, (tokens * reps.max(1)) as u64);
     let mut best = 0f64;
     let mut ids = vec![];
     for _ in 0..reps.max(1) {
@@ -38,6 +40,7 @@ fn single(e: &Engine, prompt: &[u32], tokens: usize, adapter: Option<Arc<LoadedA
         let g = e.generate(prompt.to_vec(), params, adapter.clone(), &mut |ev| {
             if matches!(ev, Event::Token { .. } | Event::Done { id: Some(_), .. }) {
                 n += 1;
+                bar.inc(1);
                 first.get_or_insert_with(Instant::now);
             }
         })?;
@@ -47,6 +50,7 @@ fn single(e: &Engine, prompt: &[u32], tokens: usize, adapter: Option<Arc<LoadedA
         }
         ids = g.new_ids;
     }
+    bar.finish_and_clear();
     Ok((best, ids))
 }
 
@@ -69,6 +73,8 @@ fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: 
     let limits = Limits { max_running: n, max_waiting: n, kv_bytes: usize::MAX / 2, prefill_tokens: 512 };
     let metrics: Arc<loradex::serve::metrics::Metrics> = Default::default();
     let llm = Llm::start(dec, tok.clone(), limits, metrics.clone())?;
+    let distinct = adapters.iter().filter_map(|a| a.as_ref().map(|a| Arc::as_ptr(a) as usize)).collect::<std::collections::HashSet<_>>().len();
+    let bar = super::progress::tokens(&format!("{n} streams, {distinct} distinct adapters"), (n * tokens) as u64);
     let t0 = Instant::now();
     let mut rxs = vec![];
     for a in adapters {
@@ -82,11 +88,15 @@ fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: 
     let readers: Vec<_> = rxs
         .into_iter()
         .map(|mut rx| {
+            let bar = bar.clone();
             std::thread::spawn(move || -> Result<(usize, Vec<f64>)> {
                 let mut times = vec![];
                 loop {
                     match rx.blocking_recv() {
-                        Some(GenEvent::Token { .. }) => times.push(t0.elapsed().as_secs_f64()),
+                        Some(GenEvent::Token { .. }) => {
+                            times.push(t0.elapsed().as_secs_f64());
+                            bar.inc(1);
+                        }
                         Some(GenEvent::Done { completion_tokens, .. }) => {
                             if times.is_empty() {
                                 times.push(t0.elapsed().as_secs_f64());
@@ -108,6 +118,7 @@ fn streams(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, adapters: 
         times.push(t);
     }
     let wall = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
     let ttft: Vec<f64> = times.iter().map(|t| t[0]).collect();
     // steady decode: from the moment every stream has its first token (all prompts prefilled)
     // to the moment the first stream ends, every stream decodes in each step
@@ -265,11 +276,13 @@ pub fn run(a: Args) -> Result<()> {
     );
     if let Some(py) = &a.llamacpp {
         println!("llama.cpp (llama-cpp-python) on the same file, {threads} threads, same run:");
+        let spin = super::progress::spinner("llama.cpp single stream and 16 sequences");
         let out = std::process::Command::new(py)
             .arg(&a.llamacpp_script)
             .args(["--model", &a.base, "--threads", &threads.to_string(), "--tokens", &a.tokens.to_string()])
             .output()
             .map_err(|e| Error::io(py.display().to_string(), e))?;
+        spin.finish_and_clear();
         let text = String::from_utf8_lossy(&out.stdout);
         print!("{text}");
         if !out.status.success() {

@@ -1,7 +1,7 @@
-//! Progress bars on stderr for long CLI jobs (training steps, evaluation rows), with
-//! indicatif. The library reports progress through callbacks and never prints; this module
-//! turns those callbacks into bars on a terminal, and into a few plain lines elsewhere (no
-//! `\r` frames in pipes and CI logs).
+//! Progress bars on stderr for long CLI jobs (training steps, evaluation rows, downloads, the
+//! benchmarks' measurements), with indicatif. The library reports progress through callbacks
+//! and never prints; this module turns those callbacks into bars on a terminal, and into a few
+//! plain lines elsewhere (no `\r` frames in pipes and CI logs).
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -79,4 +79,23 @@ pub fn counter(what: &str) -> ProgressBar {
 /// A bar over the bytes of a download of `what`.
 pub fn bytes(what: &str) -> ProgressBar {
     styled("[{bar:24}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}", what)
+}
+
+/// A bar over the tokens one benchmark measurement generates (`what` names it), with the
+/// throughput and ETA. indicatif draws nothing off a terminal, where the benchmark's own result
+/// lines on stdout are the record.
+pub fn tokens(what: &str, total: u64) -> ProgressBar {
+    let bar = styled("[{bar:24}] {pos}/{len} tokens {per_sec} ETA {eta} {wide_msg}", what);
+    bar.set_length(total);
+    bar
+}
+
+/// A spinner with the elapsed time, for a step whose length is unknown (a peer's run in a
+/// subprocess).
+pub fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {wide_msg}").expect("a valid template"));
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
