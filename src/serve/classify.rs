@@ -101,6 +101,15 @@ pub fn batcher(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
     }
 }
 
+/// Queues a job for the batcher without waiting: a full queue is a 503 (retry later), a
+/// batcher that has stopped a 500 (nothing will ever answer; the cause is in the log).
+pub fn enqueue<T>(jobs: &mpsc::Sender<T>, job: T) -> Result<(), ApiError> {
+    jobs.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "the classification queue is full, retry later".into()),
+        mpsc::error::TrySendError::Closed(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the classification batcher has stopped".into()),
+    })
+}
+
 /// `POST /v1/classify`.
 pub async fn classify(s: Arc<Shared>, body: axum::body::Bytes, log: &mut RequestLog) -> Result<Value, ApiError> {
     let req = parse_classify(&body)?;
@@ -119,12 +128,9 @@ pub async fn classify(s: Arc<Shared>, body: axum::body::Bytes, log: &mut Request
     let (tx, rx) = oneshot::channel();
     let n = rows.len();
     s.queued.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = s.jobs.try_send(Job { rows, adapter, reply: tx }) {
+    if let Err(e) = enqueue(&s.jobs, Job { rows, adapter, reply: tx }) {
         s.queued.fetch_sub(1, Ordering::Relaxed);
-        return Err(match e {
-            mpsc::error::TrySendError::Full(_) => ApiError(StatusCode::SERVICE_UNAVAILABLE, "the classification queue is full, retry later".into()),
-            mpsc::error::TrySendError::Closed(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the classification batcher has stopped".into()),
-        });
+        return Err(e);
     }
     let preds = rx.await.map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "the classification batcher has stopped".into()))??;
     if preds.len() != n {

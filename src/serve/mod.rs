@@ -7,6 +7,7 @@
 
 mod cache;
 mod classify;
+pub use classify::enqueue;
 pub mod http;
 pub mod llm;
 pub mod metrics;
@@ -105,6 +106,15 @@ struct Shared {
 /// An API error: status + message, rendered as `{"error": {"message", "type"}}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

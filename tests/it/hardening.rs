@@ -221,3 +221,16 @@ fn hostile_files_and_sizes_are_errors_not_panics_or_unbounded_reads() {
     let err = loradex::train::recipe::Recipe::load(&recipe, &["data.max_seq_len=0".into()]).expect_err("max_seq_len 0").to_string();
     assert!(err.contains("max_seq_len"), "{err}");
 }
+
+/// A classification job offered to a batcher that has stopped is a 500 saying so, not "queue
+/// full" (a 503 tells clients to retry, but nothing will ever answer); a full queue is the 503.
+#[test]
+fn a_stopped_batcher_is_a_500_and_a_full_queue_a_503() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<u32>(1);
+    loradex::serve::enqueue(&tx, 1).expect("room for one");
+    let full = loradex::serve::enqueue(&tx, 2).expect_err("full");
+    assert_eq!((full.status().as_u16(), full.message()), (503, "the classification queue is full, retry later"));
+    drop(rx);
+    let stopped = loradex::serve::enqueue(&tx, 3).expect_err("no batcher");
+    assert_eq!((stopped.status().as_u16(), stopped.message()), (500, "the classification batcher has stopped"));
+}
