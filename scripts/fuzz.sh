@@ -104,11 +104,12 @@ seed_all() {
     printf '%s' '{"media_type":"application/vnd.loradex.adapter.v1+json","base_fingerprint":"'$d1'","base_arch":"bert","task":"SEQ_CLS","labels":["a","b"],"metrics":{"accuracy":0.9},"provenance":{"by":"train"}}' > "$tmp/m"
     seed oci_manifest "$tmp/m" artifact-config.json
     # GGUF: a tiny llama base (2 layers, hidden 32, a 12-token BPE vocabulary), its matrices in
-    # Q4_1 and in Q8_0 (the test suite's seed, `loradex::fuzzing::tiny_gguf`, is the same shape)
-    for q in 3 8; do
-        python3 - "$tmp/g" "$q" <<'PY'
+    # Q4_1 and in Q8_0, and the Q4_1 one with a 12-piece SentencePiece vocabulary instead (the
+    # test suite's seeds, `loradex::fuzzing::tiny_gguf` and `tiny_gguf_spm`, are the same shape)
+    for v in 3:gpt2 8:gpt2 3:llama; do
+        python3 - "$tmp/g" "${v%%:*}" "${v##*:}" <<'PY'
 import random, struct, sys
-out, qtype = sys.argv[1], int(sys.argv[2])
+out, qtype, tok_model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 random.seed(qtype)
 s = lambda b: struct.pack("<Q", len(b)) + b
 kv = lambda k, t, v: s(k.encode()) + struct.pack("<I", t) + v
@@ -120,13 +121,23 @@ meta = [kv("general.architecture", 8, s(b"llama")), kv("general.alignment", 4, s
 for k, v in [("block_count", 2), ("context_length", 64), ("embedding_length", 32), ("feed_forward_length", 64),
              ("attention.head_count", 2), ("attention.head_count_kv", 1)]:
     meta.append(kv("llama." + k, 4, struct.pack("<I", v)))
-meta += [kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)), kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5)),
-         kv("tokenizer.ggml.model", 8, s(b"gpt2")), kv("tokenizer.ggml.pre", 8, s(b"smollm")),
-         kv("tokenizer.ggml.tokens", 9, arr(8, [s(t.encode()) for t in tokens])),
-         kv("tokenizer.ggml.merges", 9, arr(8, [s(m.encode()) for m in merges])),
-         kv("tokenizer.ggml.token_type", 9, arr(5, [struct.pack("<i", 3 if i < 2 else 1) for i in range(len(tokens))])),
-         kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 0)), kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 1)),
-         kv("tokenizer.ggml.add_bos_token", 7, b"\x01"), kv("tokenizer.chat_template", 8, s(tmpl.encode()))]
+meta += [kv("llama.rope.freq_base", 6, struct.pack("<f", 10000.0)), kv("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", 1e-5))]
+if tok_model == "gpt2":
+    meta += [kv("tokenizer.ggml.model", 8, s(b"gpt2")), kv("tokenizer.ggml.pre", 8, s(b"smollm")),
+             kv("tokenizer.ggml.tokens", 9, arr(8, [s(t.encode()) for t in tokens])),
+             kv("tokenizer.ggml.merges", 9, arr(8, [s(m.encode()) for m in merges])),
+             kv("tokenizer.ggml.token_type", 9, arr(5, [struct.pack("<i", 3 if i < 2 else 1) for i in range(len(tokens))])),
+             kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 0)), kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 1))]
+else:  # SentencePiece: pieces with scores and types (unknown, control, byte, normal)
+    pieces = ["<unk>", "<s>", "</s>", "<0x21>", "\u2581", "h", "e", "l", "o", "he", "ll", "\u2581he"]
+    types = [2, 3, 3, 6] + [1] * 8
+    meta += [kv("tokenizer.ggml.model", 8, s(b"llama")),
+             kv("tokenizer.ggml.tokens", 9, arr(8, [s(t.encode()) for t in pieces])),
+             kv("tokenizer.ggml.scores", 9, arr(6, [struct.pack("<f", -float(i)) for i in range(len(pieces))])),
+             kv("tokenizer.ggml.token_type", 9, arr(5, [struct.pack("<i", t) for t in types])),
+             kv("tokenizer.ggml.bos_token_id", 4, struct.pack("<I", 1)), kv("tokenizer.ggml.eos_token_id", 4, struct.pack("<I", 2)),
+             kv("tokenizer.ggml.unknown_token_id", 4, struct.pack("<I", 0))]
+meta += [kv("tokenizer.ggml.add_bos_token", 7, b"\x01"), kv("tokenizer.chat_template", 8, s(tmpl.encode()))]
 def f32(n): return b"".join(struct.pack("<f", random.uniform(-0.25, 0.25)) for _ in range(n))
 def quant(rows, cols):  # random blocks: d and m as f16, then the quants
     per = {3: lambda: struct.pack("<ee", 0.01, -0.05) + bytes(random.randrange(256) for _ in range(16)),
@@ -147,7 +158,7 @@ for name, dims, t, raw in tensors:
 head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta)) + b"".join(meta) + infos
 open(out, "wb").write(pad(head) + data)
 PY
-        seed gguf "$tmp/g" "tiny-llama-$q.gguf"
+        seed gguf "$tmp/g" "tiny-llama-${v/:/-}.gguf"
     done
 }
 seed_all
