@@ -10,7 +10,7 @@
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::peft::{self, LoraConfig};
-use crate::store::{NewAdapter, Ref, Store};
+use crate::store::{BlobSource, NewAdapter, Ref, Store};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -427,8 +427,8 @@ pub fn save(store: &mut Store, a: Artifact, name: Option<&Ref>) -> Result<Pulled
     }
     let digest = store.add(
         NewAdapter {
-            config_bytes: &cfg_file,
-            weights_bytes: &weights,
+            config_blob: BlobSource::Bytes(&cfg_file),
+            weights_blob: BlobSource::Bytes(&weights),
             config: &lcfg,
             base_fingerprint: meta.base_fingerprint,
             base_arch: &meta.base_arch,
