@@ -43,8 +43,8 @@ pub fn import_dir(store: &mut Store, dir: &Path, name: &Ref, base: &BaseDir, lab
     });
     store.add(
         crate::store::NewAdapter {
-            config_bytes: &files.config_bytes,
-            weights_bytes: &files.weights_bytes,
+            config_blob: crate::store::BlobSource::Bytes(&files.config_bytes),
+            weights_blob: crate::store::BlobSource::Bytes(&files.weights_bytes),
             config: &files.config,
             base_fingerprint: fp,
             base_arch: base.arch.name(),
@@ -108,8 +108,8 @@ pub fn combine_stored(store: &mut Store, inputs: &[(String, f64)], spec: &combin
     });
     let d = store.add(
         crate::store::NewAdapter {
-            config_bytes: &c.config_bytes,
-            weights_bytes: &c.weights_bytes,
+            config_blob: crate::store::BlobSource::Bytes(&c.config_bytes),
+            weights_blob: crate::store::BlobSource::Bytes(&c.weights_bytes),
             config: &config,
             base_fingerprint: first.base_fingerprint,
             base_arch: &first.base_arch,

@@ -1,16 +1,19 @@
 //! OCI registries as the store's remote: `push` uploads a stored adapter as a plain OCI 1.1
-//! artifact, `pull` downloads one, verifies every blob against its digest, and stores it.
+//! artifact, `pull` downloads one and stores it. As in ollama's downloader, every digest is
+//! validated before it can name a file, each blob streams to a temp file in the store's `tmp/`
+//! while hashed and held to its declared size, and only once all verified are they renamed
+//! into the store (no blob is held in memory whole; a killed pull leaves temp files for `gc`).
 //! The wire format is what general tools read: an image manifest with `artifactType`
 //! `application/vnd.loradex.adapter.v1+json`, loradex's own metadata as the config blob, and
 //! one layer per PEFT file annotated with `org.opencontainers.image.title` (so `oras pull`
 //! writes a PEFT directory). HTTP, token and basic auth, and TLS are the ORAS project's
 //! `oci-client`; this module owns the format, the credentials lookup and the size caps, and
-//! goes through `Store` for everything local (it never writes into the store's files itself).
+//! goes through `Store` for everything local (it writes only through `Staging`'s temp files).
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::peft::{self, LoraConfig};
-use crate::store::{NewAdapter, Ref, Store};
+use crate::store::{BlobSource, BlobWriter, NewAdapter, Ref, StagedBlob, Staging, Store};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -232,10 +235,12 @@ pub fn push(store: &Store, src: &str, target: &str, remote: &Remote, mount_from:
     })
 }
 
-/// A `Vec` that refuses to grow past `cap` bytes (a hostile registry cannot exhaust memory).
+/// A blob's temp file that refuses to grow past `cap` bytes, its declared size (a hostile
+/// registry cannot fill the disk).
 struct Capped {
-    buf: Vec<u8>,
-    cap: usize,
+    file: BlobWriter,
+    written: u64,
+    cap: u64,
     progress: Option<std::sync::Arc<Progress>>,
 }
 
@@ -250,11 +255,14 @@ struct Progress {
 }
 
 impl tokio::io::AsyncWrite for Capped {
+    // A plain file write: the pull's own single-threaded runtime has nothing else to run
+    // meanwhile, and the page cache absorbs it.
     fn poll_write(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, b: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        if self.buf.len() + b.len() > self.cap {
-            return std::task::Poll::Ready(Err(std::io::Error::other(format!("blob larger than {} bytes", self.cap))));
+        if self.written + b.len() as u64 > self.cap {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!("more bytes than the {} declared", self.cap))));
         }
-        self.buf.extend_from_slice(b);
+        std::io::Write::write_all(&mut self.file, b)?;
+        self.written += b.len() as u64;
         if let Some(p) = &self.progress {
             let done = p.done.fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed) + b.len() as u64;
             (p.on)(done, p.total);
@@ -269,16 +277,17 @@ impl tokio::io::AsyncWrite for Capped {
     }
 }
 
-/// A blob as the manifest describes it, read within `cap` bytes and checked against its
-/// digest (and declared size) as it streams.
-async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: usize, what: &str, progress: Option<std::sync::Arc<Progress>>) -> Result<Vec<u8>> {
-    check_descriptor(desc, cap, what)?;
-    let mut out = Capped { buf: Vec::with_capacity(desc.size as usize), cap: desc.size as usize, progress };
+/// A blob as the manifest describes it, streamed into a temp file of `staging` within its
+/// declared size (itself within `cap`) and hashed as it goes: verified, or an error and no file.
+async fn fetch(client: &Client, image: &Reference, desc: &OciDescriptor, cap: usize, what: &str, staging: &Staging, progress: Option<std::sync::Arc<Progress>>) -> Result<StagedBlob> {
+    let want = check_descriptor(desc, cap, what)?;
+    let mut out = Capped { file: staging.create()?, written: 0, cap: desc.size as u64, progress };
     client.pull_blob(image, desc, &mut out).await.map_err(|e| reg_err(&format!("{what} ({})", desc.digest), e))?;
-    if out.buf.len() as i64 != desc.size || sha(&out.buf) != desc.digest {
-        return Err(Error::Registry(format!("{what}: content does not match digest {}", desc.digest)));
+    let mismatch = || Error::Registry(format!("{what}: content does not match digest {}", desc.digest));
+    if out.written != desc.size as u64 {
+        return Err(mismatch());
     }
-    Ok(out.buf)
+    out.file.finish(&want).map_err(|e| if matches!(e, Error::Corrupt { .. }) { mismatch() } else { e })
 }
 
 /// The store name a pull gives by default: the repository and tag (`latest` when pulled by
@@ -337,12 +346,12 @@ pub fn check_manifest(raw: &[u8], want_digest: Option<&str>, src: &str) -> Resul
     Ok(CheckedManifest { manifest: m, config_layer, weights_layer })
 }
 
-fn check_descriptor(desc: &OciDescriptor, cap: usize, what: &str) -> Result<()> {
+/// The descriptor's digest, once its size is within `cap` and the digest is a valid sha256.
+fn check_descriptor(desc: &OciDescriptor, cap: usize, what: &str) -> Result<Digest> {
     if desc.size < 0 || desc.size as u64 > cap as u64 {
         return Err(Error::Registry(format!("{what}: declared size {} is over the {cap}-byte limit", desc.size)));
     }
-    Digest::parse(&desc.digest).map_err(|_| Error::Registry(format!("{what}: {:?} is not a sha256 digest", desc.digest)))?;
-    Ok(())
+    Digest::parse(&desc.digest).map_err(|_| Error::Registry(format!("{what}: {:?} is not a sha256 digest", desc.digest)))
 }
 
 impl ArtifactConfig {
@@ -356,14 +365,16 @@ impl ArtifactConfig {
     }
 }
 
-/// An artifact downloaded and verified, not yet stored.
+/// An artifact downloaded and verified, not yet stored: its PEFT files wait as temp files in
+/// the store's `tmp/` (removed if it is dropped unsaved).
 pub struct Artifact {
     pub reference: String,
     pub manifest_digest: String,
     pub default_name: Ref,
     meta: ArtifactConfig,
-    config_file: Vec<u8>,
-    weights: Vec<u8>,
+    lora_config: LoraConfig,
+    config_file: StagedBlob,
+    weights: StagedBlob,
 }
 
 /// Downloads `src`, checks every blob's digest, and stores it as `name` (default REPO:TAG).
@@ -374,62 +385,78 @@ pub fn pull(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote) -
 
 /// `pull`, reporting the bytes received to `on` (a progress bar).
 pub fn pull_with(store: &mut Store, src: &str, name: Option<&Ref>, remote: &Remote, on: Option<OnBytes>) -> Result<Pulled> {
-    let a = download_with(src, remote, on)?;
+    let a = download_with(src, remote, &store.staging(), on)?;
     save(store, a, name)
 }
 
-/// The network half of `pull` (no store lock is needed while it runs). A manifest the
-/// registry does not have is `NotFound`; other registry failures are `Registry` errors.
-pub fn download(src: &str, remote: &Remote) -> Result<Artifact> {
-    download_with(src, remote, None)
+/// The network half of `pull`: blobs stream into `staging` (`Store::staging`, no store lock
+/// needed while it runs). A manifest the registry does not have is `NotFound`; other registry
+/// failures are `Registry` errors.
+pub fn download(src: &str, remote: &Remote, staging: &Staging) -> Result<Artifact> {
+    download_with(src, remote, staging, None)
 }
+
+/// The three verified blobs of an artifact: metadata, `adapter_config.json`, weights.
+type Blobs = (String, StagedBlob, StagedBlob, StagedBlob);
 
 /// `download`, reporting the bytes received to `on`.
-pub fn download_with(src: &str, remote: &Remote, on: Option<OnBytes>) -> Result<Artifact> {
+pub fn download_with(src: &str, remote: &Remote, staging: &Staging, on: Option<OnBytes>) -> Result<Artifact> {
     let image = parse_reference(src)?;
-    let client = remote.client()?;
-    let auth = remote.auth(image.resolve_registry())?;
-    let (manifest_digest, config, cfg_file, weights) = runtime()?.block_on(async {
-        use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
-        client.auth(&image, &auth, oci_client::RegistryOperation::Pull).await.map_err(|e| reg_err(&format!("{src}: authentication"), e))?;
-        let (raw, digest) = client.pull_manifest_raw(&image, &auth, &[MANIFEST_TYPE]).await.map_err(|e| match e {
-            E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{src} in the registry")),
-            E::RegistryError { envelope, .. } if envelope.errors.iter().any(|x| matches!(x.code, C::ManifestUnknown | C::NameUnknown)) => {
-                Error::NotFound(format!("{src} in the registry"))
-            }
-            e => reg_err(src, e),
-        })?;
-        let m = check_manifest(&raw, image.digest(), src)?;
-        let (lc, lw) = (&m.layers[m.config_layer], &m.layers[m.weights_layer]);
-        // sizes were checked against the caps by check_manifest, so the total cannot overflow
-        let total = [m.config.size, lc.size, lw.size].iter().map(|&s| s.max(0) as u64).sum();
-        let progress = on.map(|on| std::sync::Arc::new(Progress { done: Default::default(), total, on }));
-        let config = fetch(&client, &image, &m.config, MAX_SMALL_BLOB, "config", progress.clone()).await?;
-        let cfg_file = fetch(&client, &image, lc, crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE, progress.clone()).await?;
-        let weights = fetch(&client, &image, lw, crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE, progress).await?;
-        Ok::<_, Error>((if digest.is_empty() { sha(&raw) } else { digest }, config, cfg_file, weights))
-    })?;
-    let meta = ArtifactConfig::parse(&config, src)?;
-    LoraConfig::parse(&cfg_file)?;
-    peft::safetensors::SafeView::parse(&weights, peft::WEIGHTS_FILE)?;
-    Ok(Artifact { reference: src.to_string(), manifest_digest, default_name: default_name(&image)?, meta, config_file: cfg_file, weights })
+    let (manifest_digest, config, cfg_file, weights) = runtime()?.block_on(fetch_all(&image, src, remote, staging, on))?;
+    let meta = ArtifactConfig::parse(&crate::util::read_bounded(config.path(), MAX_SMALL_BLOB as u64)?, src)?;
+    let lora_config = LoraConfig::parse(&crate::util::read_bounded(cfg_file.path(), crate::util::MAX_CONFIG_BYTES)?)?;
+    check_weights(&weights)?;
+    Ok(Artifact { reference: src.to_string(), manifest_digest, default_name: default_name(&image)?, meta, lora_config, config_file: cfg_file, weights })
 }
 
-/// The store half of `pull`: adds a downloaded artifact under `name` (default REPO:TAG).
+/// The manifest, then each blob it names, streamed into `staging`.
+async fn fetch_all(image: &Reference, src: &str, remote: &Remote, staging: &Staging, on: Option<OnBytes>) -> Result<Blobs> {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+    let client = remote.client()?;
+    let auth = remote.auth(image.resolve_registry())?;
+    client.auth(image, &auth, oci_client::RegistryOperation::Pull).await.map_err(|e| reg_err(&format!("{src}: authentication"), e))?;
+    let (raw, digest) = client.pull_manifest_raw(image, &auth, &[MANIFEST_TYPE]).await.map_err(|e| match e {
+        E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{src} in the registry")),
+        E::RegistryError { envelope, .. } if envelope.errors.iter().any(|x| matches!(x.code, C::ManifestUnknown | C::NameUnknown)) => {
+            Error::NotFound(format!("{src} in the registry"))
+        }
+        e => reg_err(src, e),
+    })?;
+    let m = check_manifest(&raw, image.digest(), src)?;
+    let (lc, lw) = (&m.layers[m.config_layer], &m.layers[m.weights_layer]);
+    // sizes were checked against the caps by check_manifest, so the total cannot overflow
+    let total = [m.config.size, lc.size, lw.size].iter().map(|&s| s.max(0) as u64).sum();
+    let progress = on.map(|on| std::sync::Arc::new(Progress { done: Default::default(), total, on }));
+    let config = fetch(&client, image, &m.config, MAX_SMALL_BLOB, "config", staging, progress.clone()).await?;
+    let cfg_file = fetch(&client, image, lc, crate::util::MAX_CONFIG_BYTES as usize, peft::CONFIG_FILE, staging, progress.clone()).await?;
+    let weights = fetch(&client, image, lw, crate::util::MAX_WEIGHTS_BYTES as usize, peft::WEIGHTS_FILE, staging, progress).await?;
+    Ok((if digest.is_empty() { sha(&raw) } else { digest }, config, cfg_file, weights))
+}
+
+/// Validates the staged weights as safetensors through a read-only map of the temp file (the
+/// header and the file's length are what the check reads; the tensors are not copied).
+fn check_weights(weights: &StagedBlob) -> Result<()> {
+    let f = std::fs::File::open(weights.path()).at(weights.path())?;
+    // SAFETY: the file is this pull's own temp file (a unique name in the store's tmp/),
+    // complete and fsynced; nothing writes it again, and gc only unlinks, which a map survives.
+    let map = unsafe { memmap2::Mmap::map(&f) }.at(weights.path())?;
+    peft::safetensors::SafeView::parse(&map, peft::WEIGHTS_FILE).map(|_| ())
+}
+
+/// The store half of `pull`: adds a downloaded artifact under `name` (default REPO:TAG); its
+/// staged blobs are renamed into the store, not copied.
 pub fn save(store: &mut Store, a: Artifact, name: Option<&Ref>) -> Result<Pulled> {
     let name = name.cloned().unwrap_or_else(|| a.default_name.clone());
     let (src, manifest_digest, meta) = (a.reference, a.manifest_digest, a.meta);
-    let (cfg_file, weights) = (a.config_file, a.weights);
-    let lcfg = LoraConfig::parse(&cfg_file)?;
     let mut provenance = meta.provenance.clone();
     if let Some(o) = provenance.as_object_mut() {
         o.insert("pulled_from".into(), json!({"reference": src, "manifest": manifest_digest}));
     }
     let digest = store.add(
         NewAdapter {
-            config_bytes: &cfg_file,
-            weights_bytes: &weights,
-            config: &lcfg,
+            config_blob: BlobSource::Staged(a.config_file),
+            weights_blob: BlobSource::Staged(a.weights),
+            config: &a.lora_config,
             base_fingerprint: meta.base_fingerprint,
             base_arch: &meta.base_arch,
             labels: meta.labels.clone(),

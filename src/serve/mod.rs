@@ -240,7 +240,9 @@ impl Shared {
         // on a thread of its own: the registry client runs its own runtime, which may not start
         // on one of the server's
         let src = format!("{prefix}/{}:{}", r.name, r.tag);
-        let artifact = std::thread::scope(|s| s.spawn(|| crate::registry::download(&src, remote)).join())
+        // blobs stream into the store's tmp/ without its lock, and are renamed in by `save`
+        let staging = self.store.lock().expect("store lock").staging();
+        let artifact = std::thread::scope(|s| s.spawn(|| crate::registry::download(&src, remote, &staging)).join())
             .map_err(|_| Error::Registry(format!("{src}: the download thread panicked")))??;
         let p = crate::registry::save(&mut self.store.lock().expect("store lock"), artifact, Some(&r))?;
         self.metrics.registry_pulls.fetch_add(1, Ordering::Relaxed);

@@ -8,7 +8,8 @@
 //!
 //! This file owns opening the store, blobs, adding, resolving, tagging and removing; the
 //! schema and its migrations are `schema`'s, listing `list`'s, leases `lease`'s, policy
-//! deletion `prune`'s, blob sweeping and checking `gc`'s, and recorded evaluations `evals`'.
+//! deletion `prune`'s, blob sweeping and checking `gc`'s, recorded evaluations `evals`', and
+//! the temp files blobs are written through (also by downloads, without the lock) `staging`'s.
 
 mod evals;
 mod gc;
@@ -17,17 +18,19 @@ mod list;
 mod prune;
 pub mod refs;
 mod schema;
+mod staging;
 
 use crate::base::BaseDir;
-use crate::digest::{Digest, HashingWriter};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::util::{now_secs, rfc3339, unique_suffix};
+use crate::util::{now_secs, rfc3339};
 pub use evals::Evaluation;
 pub use gc::{GcReport, VerifyReport};
 pub use lease::{Holder, Liveness, RENEW_EVERY_SECS};
 pub use list::{ListQuery, ListRow};
 pub use prune::{PrunePolicy, PruneReport, PruneSummary};
 pub use refs::Ref;
+pub use staging::{BlobWriter, StagedBlob, Staging};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -81,10 +84,45 @@ pub struct Manifest {
     pub evaluations: Vec<Evaluation>,
 }
 
-/// A new adapter to add (from `import` or `train`).
+/// A blob for `add`: bytes in memory, or a file already staged and verified in `tmp/` (a
+/// pull's download), which `add` renames into place rather than copying.
+pub enum BlobSource<'a> {
+    Bytes(&'a [u8]),
+    Staged(StagedBlob),
+}
+
+impl BlobSource<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            BlobSource::Bytes(b) => b.len() as u64,
+            BlobSource::Staged(s) => s.len(),
+        }
+    }
+
+    /// Bytes are written to `blobs/` now (outside the write lock); a staged blob only names
+    /// its digest until `place`.
+    fn put(&self, home: &Path) -> Result<Digest> {
+        match self {
+            BlobSource::Bytes(b) => write_blob(home, b),
+            BlobSource::Staged(s) => Ok(*s.digest()),
+        }
+    }
+
+    /// Under the write lock: a staged blob is renamed into place, and bytes written before are
+    /// written again if a concurrent sweep took them.
+    fn place(self, home: &Path, d: &Digest) -> Result<()> {
+        match self {
+            BlobSource::Staged(s) => s.commit(),
+            BlobSource::Bytes(_) if home.join("blobs/sha256").join(d.hex()).is_file() => Ok(()),
+            BlobSource::Bytes(b) => write_blob(home, b).map(|_| ()),
+        }
+    }
+}
+
+/// A new adapter to add (from `import`, `train`, `combine` or `pull`).
 pub struct NewAdapter<'a> {
-    pub config_bytes: &'a [u8],
-    pub weights_bytes: &'a [u8],
+    pub config_blob: BlobSource<'a>,
+    pub weights_blob: BlobSource<'a>,
     pub config: &'a crate::peft::LoraConfig,
     pub base_fingerprint: Digest,
     pub base_arch: &'a str,
@@ -145,6 +183,11 @@ impl Store {
         write_blob(&self.home, bytes)
     }
 
+    /// The store's temp area, for writing blobs (a download) without holding the store.
+    pub fn staging(&self) -> Staging {
+        Staging::new(&self.home)
+    }
+
     /// Reads a blob and checks it still hashes to its name: corruption is an error at the
     /// first read, never served or exported (about 1 ms per MB).
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
@@ -198,8 +241,8 @@ impl Store {
 
     /// Adds an adapter and points `name` at it. Returns its digest.
     pub fn add(&mut self, a: NewAdapter, name: &Ref) -> Result<Digest> {
-        let config_digest = self.put_blob(a.config_bytes)?;
-        let weights_digest = self.put_blob(a.weights_bytes)?;
+        let config_digest = a.config_blob.put(&self.home)?;
+        let weights_digest = a.weights_blob.put(&self.home)?;
         let mb = ManifestBlob {
             schema_version: 1,
             media_type: "application/vnd.loradex.adapter.v1+json".into(),
@@ -210,14 +253,13 @@ impl Store {
         };
         let mb_bytes = serde_json::to_vec(&mb).expect("manifest serializes");
         let digest = self.put_blob(&mb_bytes)?;
-        let size = (a.config_bytes.len() + a.weights_bytes.len() + mb_bytes.len()) as i64;
+        let size = (a.config_blob.len() + a.weights_blob.len() + mb_bytes.len() as u64) as i64;
         let now = now_secs();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Under the write lock gc cannot run: make sure a concurrent sweep did not take our blobs.
-        for (d, bytes) in [(&config_digest, a.config_bytes), (&weights_digest, a.weights_bytes), (&digest, &mb_bytes[..])] {
-            if !self.home.join("blobs/sha256").join(d.hex()).is_file() {
-                write_blob(&self.home, bytes)?;
-            }
+        // Under the write lock gc cannot run: staged blobs are renamed into place now, and the
+        // ones written earlier are re-checked (a sweep racing this add may have taken them).
+        for (d, blob) in [(&config_digest, a.config_blob), (&weights_digest, a.weights_blob), (&digest, BlobSource::Bytes(&mb_bytes))] {
+            blob.place(&self.home, d)?;
         }
         let mut targets = a.config.target_modules.clone();
         targets.sort();
@@ -392,28 +434,17 @@ fn writer_alive(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Writes `bytes` through a staged temp file (hashed again as written) unless already stored.
 fn write_blob(home: &Path, bytes: &[u8]) -> Result<Digest> {
     let expected = Digest::of(bytes);
     let dst = home.join("blobs/sha256").join(expected.hex());
     if std::fs::metadata(&dst).map(|m| m.is_file() && m.len() == bytes.len() as u64).unwrap_or(false) {
         return Ok(expected);
     }
-    let tmp = home.join("tmp").join(format!("blob-{}-{:x}", std::process::id(), unique_suffix()));
-    let res = (|| {
-        let f = std::fs::File::create(&tmp).at(&tmp)?;
-        let mut w = HashingWriter::new(f);
-        w.write_all(bytes).at(&tmp)?;
-        let (f, d, _) = w.finish();
-        f.sync_all().at(&tmp)?;
-        if d != expected {
-            return Err(Error::Corrupt { digest: expected.to_string(), actual: d.to_string() });
-        }
-        std::fs::rename(&tmp, &dst).at(&dst)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map(|_| expected)
+    let mut w = Staging::new(home).create()?;
+    w.write_all(bytes).at(w.path())?;
+    w.finish(&expected)?.commit()?;
+    Ok(expected)
 }
 
 /// A TEXT column borrowed from the row (no allocation).

@@ -18,7 +18,7 @@ use crate::model::bert_cpu;
 use crate::model::lora::{Ctx, LoadedAdapter, LoraPair, Routing};
 use crate::model::{pad_batch, Batch, Engine, Net};
 use crate::peft::{self, LoraConfig, NewConfig};
-use crate::store::{NewAdapter, Ref, Store};
+use crate::store::{BlobSource, NewAdapter, Ref, Store};
 use crate::util::Rng;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -654,8 +654,8 @@ pub fn train_and_store(r: &Recipe, store: &mut Store, device: &Device, progress:
     });
     let digest = store.add(
         NewAdapter {
-            config_bytes: &config_bytes,
-            weights_bytes: &weights,
+            config_blob: BlobSource::Bytes(&config_bytes),
+            weights_blob: BlobSource::Bytes(&weights),
             config: &config,
             base_fingerprint: base_fp,
             base_arch: base.arch.name(),

@@ -1,11 +1,17 @@
 //! `push` / `pull` against a real OCI registry (Debian's `docker-registry`, CNCF
 //! distribution; `.ci/run` installs it): round trip to byte-identical PEFT files and the same
 //! local digest, no blob uploaded twice (counted in the registry's access log), a tampered
-//! blob refused with nothing stored, and clear errors for what does not exist.
+//! blob refused with nothing stored, blobs streamed through the store's `tmp/` (seen half-way
+//! through a holding proxy) and held to their declared size, and clear errors for what does
+//! not exist.
 
 use super::common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A registry on a free loopback port with its own storage, stopped on drop.
 struct Registry {
@@ -196,7 +202,6 @@ fn secure_dir() -> PathBuf {
 
 /// Runs the binary with `stdin` on its standard input: (success, stdout, stderr).
 fn run_stdin(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
     let mut c = Command::new(bin())
         .args(["--home", home.to_str().unwrap()])
         .args(args)
@@ -357,4 +362,204 @@ fn a_push_to_another_repository_mounts_blobs_instead_of_uploading() {
     assert_eq!((p["mounted"].as_u64(), p["uploaded"].as_u64()), (Some(0), Some(3)), "{p}");
     let got = json(&ok(&c, &["--json", "pull", &format!("{}/fourth/cs:v1", reg.addr), "--plain-http"]));
     assert_eq!(got["digest"].as_str().unwrap(), digest.trim());
+}
+
+/// A loopback TCP proxy to a registry. On a connection that asks for `/blobs/<hold>` it
+/// forwards the response headers and the first `after` body bytes, then holds the rest until
+/// `release`, so a test can look at the puller while that blob is half-way.
+struct HoldingProxy {
+    addr: String,
+    held: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+}
+
+/// When a proxied response stops: once the connection asked for the blob (`armed`), after
+/// `after` bytes of its body.
+struct Gate {
+    armed: Arc<AtomicBool>,
+    after: usize,
+    held: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+}
+
+impl HoldingProxy {
+    fn start(upstream: &str, hold: &str, after: usize) -> HoldingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (held, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (upstream, needle, h, r) = (upstream.to_string(), format!("/blobs/{hold}"), held.clone(), release.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(&upstream).unwrap();
+                let armed = Arc::new(AtomicBool::new(false));
+                let gate = Gate { armed: armed.clone(), after, held: h.clone(), release: r.clone() };
+                let (c2, s2, needle) = (client.try_clone().unwrap(), server.try_clone().unwrap(), needle.clone());
+                std::thread::spawn(move || proxy_requests(c2, s2, &needle, &armed));
+                std::thread::spawn(move || proxy_responses(server, client, gate));
+            }
+        });
+        HoldingProxy { addr, held, release }
+    }
+}
+
+impl Drop for HoldingProxy {
+    fn drop(&mut self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Client to registry, arming the gate when a request names the held blob.
+fn proxy_requests(mut from: TcpStream, mut to: TcpStream, needle: &str, armed: &AtomicBool) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains(needle) {
+            armed.store(true, Ordering::SeqCst);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Registry to client; once armed, counts the body after the headers' blank line and holds
+/// at `after` bytes until released.
+fn proxy_responses(mut from: TcpStream, mut to: TcpStream, g: Gate) {
+    let (mut buf, mut last4, mut in_body, mut body, mut done) = ([0u8; 1024], [0u8; 4], false, 0usize, false);
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        let mut start = 0;
+        if g.armed.load(Ordering::SeqCst) && !done {
+            for i in 0..n {
+                if !in_body {
+                    last4.rotate_left(1);
+                    last4[3] = buf[i];
+                    in_body = &last4 == b"\r\n\r\n";
+                    continue;
+                }
+                body += 1;
+                if body == g.after {
+                    if to.write_all(&buf[..=i]).is_err() {
+                        return;
+                    }
+                    start = i + 1;
+                    g.held.store(true, Ordering::SeqCst);
+                    while !g.release.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if to.write_all(&buf[start..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Polls `f` every 10 ms for up to 20 s.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn dir_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `pull` streams each blob to a temp file in the store's `tmp/` as it arrives: with the
+/// weights held half-way by a proxy, their first half is already on disk there (and nothing
+/// is in `blobs/` or the index); once released, that same file (same inode) is renamed into
+/// `blobs/sha256/`, `tmp/` is empty, the progress callback saw every byte, and the local
+/// digest is the pushed adapter's.
+#[test]
+fn a_pulled_blob_streams_into_a_temp_file_and_is_renamed_into_the_store() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let a = tmp.path().join("a");
+    let digest = import(&a, &bert().join("adapter"), "cs", &bert().join("base"));
+    ok(&a, &["push", "cs", &format!("{}/team/cs:v1", reg.addr), "--plain-http"]);
+    let weights = std::fs::read(bert().join("adapter/adapter_model.safetensors")).unwrap();
+    let wd = loradex::digest::Digest::of(&weights);
+    let half = weights.len() / 2;
+    let proxy = HoldingProxy::start(&reg.addr, &wd.to_string(), half);
+    let home = tmp.path().join("b");
+    let src = format!("{}/team/cs:v1", proxy.addr);
+    let seen = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let on: loradex::registry::OnBytes = {
+        let seen = seen.clone();
+        Box::new(move |done, total| *seen.lock().unwrap() = (done, total))
+    };
+    let pull = {
+        let home = home.clone();
+        std::thread::spawn(move || {
+            let mut store = loradex::store::Store::open(&home).unwrap();
+            loradex::registry::pull_with(&mut store, &src, None, &loradex::registry::Remote { plain_http: true, ..Default::default() }, Some(on))
+        })
+    };
+    wait_until("the proxy to hold the weights half-way", || proxy.held.load(Ordering::SeqCst) || pull.is_finished());
+    assert!(!pull.is_finished(), "the pull ended before the weights were held: {:?}", pull.join().unwrap().map(|p| p.digest));
+    // mid-blob: the half received is in a temp file in tmp/, growing as it arrives
+    let mut staged = None;
+    let t = std::time::Instant::now();
+    while staged.is_none() && t.elapsed() < std::time::Duration::from_secs(10) {
+        staged = dir_files(&home.join("tmp")).into_iter().find(|p| std::fs::read(p).is_ok_and(|b| b == weights[..half]));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let staged = staged.unwrap_or_else(|| panic!("no temp file in tmp/ holds the {half} weights bytes received so far: {:?}", dir_files(&home.join("tmp"))));
+    assert!(staged.file_name().unwrap().to_str().unwrap().starts_with(&format!("blob-{}-", std::process::id())), "{staged:?}");
+    let ino = std::fs::metadata(&staged).unwrap().ino();
+    let blob = home.join("blobs/sha256").join(wd.hex());
+    assert!(!blob.exists(), "the weights reached blobs/ before they were whole");
+    assert!(json(&ok(&home, &["--json", "ls"])).as_array().is_none_or(|a| a.is_empty()), "indexed mid-pull");
+    proxy.release.store(true, Ordering::SeqCst);
+    let pulled = pull.join().unwrap().unwrap();
+    assert_eq!(pulled.digest.to_string(), digest.trim());
+    assert_eq!(std::fs::read(&blob).unwrap(), weights);
+    assert_eq!(std::fs::metadata(&blob).unwrap().ino(), ino, "the stored weights are not the temp file renamed");
+    assert!(dir_files(&home.join("tmp")).is_empty(), "temp files left: {:?}", dir_files(&home.join("tmp")));
+    let (done, total) = *seen.lock().unwrap();
+    assert!(done == total && done > weights.len() as u64, "progress {done}/{total}");
+    ok(&home, &["verify"]);
+}
+
+/// Stores `manifest` (an OCI image manifest) in the registry as `repo:tag`.
+fn put_manifest(addr: &str, repo: &str, tag: &str, manifest: &[u8]) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "PUT /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", manifest.len()).unwrap();
+    s.write_all(manifest).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 201"), "{out}");
+}
+
+/// A registry serving a weights blob longer than its manifest declares: the pull stops at the
+/// declared size with an error saying so, and leaves no temp file, no blob and no index row.
+#[test]
+fn a_blob_longer_than_declared_is_refused_and_leaves_no_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let a = tmp.path().join("a");
+    import(&a, &bert().join("adapter"), "cs", &bert().join("base"));
+    let p = json(&ok(&a, &["--json", "push", "cs", &format!("{}/team/cs:v1", reg.addr), "--plain-http"]));
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(reg.blob_file(p["manifest_digest"].as_str().unwrap())).unwrap()).unwrap();
+    let w = m["layers"].as_array_mut().unwrap().iter_mut().find(|l| l["annotations"]["org.opencontainers.image.title"] == "adapter_model.safetensors").unwrap();
+    let declared = w["size"].as_u64().unwrap() - 100;
+    w["size"] = declared.into();
+    put_manifest(&reg.addr, "team/cs", "short", &serde_json::to_vec(&m).unwrap());
+    let c = tmp.path().join("c");
+    let err = fails(&c, &["pull", &format!("{}/team/cs:short", reg.addr), "--plain-http"]);
+    assert!(err.contains(&format!("more bytes than the {declared} declared")), "{err}");
+    assert!(dir_files(&c.join("tmp")).is_empty(), "a refused pull left temp files: {:?}", dir_files(&c.join("tmp")));
+    assert!(dir_files(&c.join("blobs/sha256")).is_empty(), "a refused pull stored blobs: {:?}", dir_files(&c.join("blobs/sha256")));
+    assert!(json(&ok(&c, &["--json", "ls"])).as_array().is_none_or(|a| a.is_empty()));
+    ok(&c, &["verify"]);
 }
