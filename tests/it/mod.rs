@@ -11,6 +11,7 @@ mod train;
 mod schema;
 mod serve;
 mod serve_llm;
+mod spm;
 mod eval;
 mod families;
 mod peft_breadth;
