@@ -17,6 +17,7 @@ pub mod llama;
 pub mod lora;
 pub mod quant;
 pub mod qx8;
+pub mod qx8_amx;
 
 use crate::base::BaseDir;
 use crate::error::{Error, IoContext, Result};

@@ -404,11 +404,25 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
         #[cfg(target_arch = "x86_64")]
         // 512-bit group pairs pay where several tokens share each weight load; a lone token is
         // bound by memory, where two interleaved group streams ran 0.6-0.7x the 256-bit kernel
-        // (Zen 4). Every kernel gives the same bits, so the choice is free to follow n.
-        if super::qx8::isa() == super::qx8::Isa::Avx512Vnni && n >= super::qx8::PAIR_MIN_TOKENS {
+        // (Zen 4). AMX tiles pay from 16 tokens (`bench generate`'s kernel table). Every kernel
+        // gives the same bits, so the choice is free to follow n.
+        if super::qx8::isa().wide() && n >= super::qx8::PAIR_MIN_TOKENS {
             use super::qx8::PAIR_TOKENS as P;
+            use super::qx8_amx::TILE_TOKENS as T;
+            let tiles = super::qx8::isa() == super::qx8::Isa::Amx;
             while g0 + 2 <= o1 / 8 {
                 let mut t = 0;
+                while tiles && n - t >= super::qx8::AMX_MIN_TOKENS {
+                    let k = (n - t).min(T);
+                    let mut out = [[0f32; 16]; T];
+                    // SAFETY: AMX (and the AVX-512 it implies) was detected; both groups lie
+                    // inside data; rows t..t + k of q hold nb blocks each.
+                    unsafe { super::qx8_amx::tile16(*f, data, g0, nb, q[t * nb..].as_ptr(), k, &mut out) };
+                    for (i, o) in out.iter().enumerate().take(k) {
+                        y[(t + i) * rows + g0 * 8..][..16].copy_from_slice(o);
+                    }
+                    t += k;
+                }
                 while t < n {
                     let k = (n - t).min(P);
                     let xs: [*const Q8; P] = std::array::from_fn(|i| q[(t + i.min(k - 1)) * nb..].as_ptr());

@@ -112,16 +112,28 @@ pub enum Isa {
     /// AVX-VNNI): two groups (16 rows) and up to 8 tokens at once on 512-bit registers
     /// (`pair512`), 256-bit `vpdpbusd` for a lone group.
     Avx512Vnni,
+    /// AVX-512 VNNI plus AMX-INT8 (Intel Sapphire Rapids and later, where Linux grants the tile
+    /// state): two groups and 16 tokens per tile multiply (`qx8_amx::tile16`) where a call has
+    /// `AMX_MIN_TOKENS` tokens or more left; `Avx512Vnni`'s kernels for the rest.
+    Amx,
 }
 
+/// The fewest tokens for which `quant` uses AMX tiles under `Isa::Amx`.
+pub const AMX_MIN_TOKENS: usize = 16;
+
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Amx];
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Amx => "amx",
         }
+    }
+    /// Whether the 512-bit group pairs (`pair512`) run under this ISA.
+    pub fn wide(self) -> bool {
+        matches!(self, Isa::Avx512Vnni | Isa::Amx)
     }
     /// Whether this CPU runs it.
     pub fn supported(self) -> bool {
@@ -131,9 +143,8 @@ impl Isa {
             base && match self {
                 Isa::Avx2 => true,
                 Isa::AvxVnni => std::is_x86_feature_detected!("avxvnni"),
-                Isa::Avx512Vnni => {
-                    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512f")
-                }
+                Isa::Avx512Vnni => avx512_vnni(),
+                Isa::Amx => avx512_vnni() && super::qx8_amx::supported(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -145,11 +156,16 @@ impl Isa {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+fn avx512_vnni() -> bool {
+    std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512f")
+}
+
 /// The ISA `group` uses: the best supported, unless `set_isa` chose another (benchmarks compare
 /// them in one run). 0 = not chosen yet.
 static ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// The kernels' current ISA: on first use, `LORADEX_ISA` (`avx2`, `avx-vnni`, `avx512-vnni`)
+/// The kernels' current ISA: on first use, `LORADEX_ISA` (`avx2`, `avx-vnni`, `avx512-vnni`, `amx`)
 /// where it names one this CPU runs (an operator's override, e.g. where 512-bit code lowers the
 /// clock), else the best supported.
 pub fn isa() -> Isa {
@@ -195,7 +211,7 @@ pub unsafe fn group_with(isa: Isa, f: BlockFmt, data: &[u8], group: usize, nb: u
     match isa {
         Isa::Avx2 => on_avx2(f, base, nb, xs, g, out),
         Isa::AvxVnni => on_avx_vnni(f, base, nb, xs, g, out),
-        Isa::Avx512Vnni => on_avx512_vnni(f, base, nb, xs, g, out),
+        Isa::Avx512Vnni | Isa::Amx => on_avx512_vnni(f, base, nb, xs, g, out),
     }
 }
 

@@ -157,6 +157,47 @@ fn the_512_bit_group_pairs_give_the_avx2_bits_for_1_to_8_tokens() {
     }
 }
 
+/// AMX tiles (two groups, 1 to 16 tokens per tile multiply) give the AVX2 kernel's bits for
+/// every token, so a row's result does not depend on which kernel its batch size chose.
+#[test]
+fn amx_tiles_give_the_avx2_bits_for_1_to_16_tokens() {
+    if !Isa::Amx.supported() {
+        eprintln!("no AMX on this CPU (or Linux refused the tile state): the tile kernel is not used here");
+        return;
+    }
+    use loradex::model::qx8_amx::{tile16, TILE_TOKENS as T};
+    let (rows, cols) = (32, 7 * QK);
+    let nb = cols / QK;
+    let mut rng = Lcg(19);
+    for f in [BlockFmt::Q4_0, BlockFmt::Q4_1, BlockFmt::Q8_0] {
+        let packed = qx8::repack(f, rows, cols, &random_blocks(f, rows, cols, &mut rng));
+        // the first token's values at the quantizer's extremes, so integer sums run near their bounds
+        let x: Vec<f32> = (0..T * cols).map(|i| if i < cols { if i % 3 == 0 { -7.0 } else { 7.0 } } else { rng.unit() * 2.0 }).collect();
+        let mut q = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; T * nb];
+        for t in 0..T {
+            quantize_row(&x[t * cols..][..cols], &mut q[t * nb..][..nb]);
+        }
+        for m in 1..=T {
+            for grp in [0, 2] {
+                let mut tiled = [[0f32; 16]; T];
+                // SAFETY: AMX was detected; groups grp and grp + 1 exist; q holds m rows of nb blocks.
+                unsafe { tile16(f, &packed, grp, nb, q.as_ptr(), m, &mut tiled) };
+                for t in 0..m {
+                    for half in 0..2 {
+                        let xs4: [*const Q8; 4] = [q[t * nb..].as_ptr(); 4];
+                        let mut narrow = [[0f32; 8]; 4];
+                        // SAFETY: AVX2 is implied by AMX; one group and one token.
+                        unsafe { qx8::group_with(Isa::Avx2, f, &packed, grp + half, nb, &xs4, 1, &mut narrow) };
+                        let a: Vec<u32> = tiled[t][half * 8..][..8].iter().map(|v| v.to_bits()).collect();
+                        let b: Vec<u32> = narrow[0].iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(a, b, "{f:?} m={m} group {} token {t}", grp + half);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_matches_a_plain_softmax_over_every_length() {
     use loradex::model::quant::attend;
