@@ -147,6 +147,56 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s.get(((s.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
 }
 
+/// The quantized matrix kernel alone, on each ISA this CPU runs: a SmolLM2-sized `up_proj`
+/// (1536 × 576, Q4_1 blocks with random contents) times 1 to 32 token rows, ISAs interleaved
+/// in rounds and the best round kept (the shared machine drifts), in GMAC/s and against AVX2.
+fn kernel_table(reps: usize) -> Result<()> {
+    use loradex::model::quant::{matmul, Act, BlockFmt, QWeight};
+    use loradex::model::qx8::{self, Isa};
+    let best = qx8::isa();
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.supported()).collect();
+    if isas.len() < 2 {
+        return Ok(());
+    }
+    let (rows, cols) = (1536usize, 576usize);
+    let mut rng = loradex::util::Rng::new(5);
+    let mut raw = vec![];
+    for _ in 0..rows * cols / 32 {
+        raw.extend_from_slice(&half::f16::from_f32(rng.next_f32() * 0.02).to_le_bytes());
+        raw.extend_from_slice(&half::f16::from_f32(-rng.next_f32() * 0.1).to_le_bytes());
+        raw.extend((0..16).map(|_| rng.next_u64() as u8));
+    }
+    let w = QWeight::blocks(BlockFmt::Q4_1, rows, cols, raw)?;
+    let tokens = [1usize, 4, 8, 16, 32];
+    let mut gmacs = vec![vec![0f64; tokens.len()]; isas.len()];
+    for _ in 0..reps.max(3) {
+        for (ii, &isa) in isas.iter().enumerate() {
+            qx8::set_isa(isa).map_err(Error::Model)?;
+            for (ti, &n) in tokens.iter().enumerate() {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+                let mut y = vec![0f32; n * rows];
+                let none: Vec<Option<loradex::model::quant::LowRank>> = (0..n).map(|_| None).collect();
+                let calls = (2048 / n).max(16);
+                let t = Instant::now();
+                for _ in 0..calls {
+                    // a fresh Act per call: the activation rows are quantized each time, as in a step
+                    matmul(&w, &Act::new(&x, n, cols), &none, &mut y)?;
+                }
+                let g = (calls * n * rows * cols) as f64 / t.elapsed().as_secs_f64() / 1e9;
+                gmacs[ii][ti] = gmacs[ii][ti].max(g);
+            }
+        }
+    }
+    qx8::set_isa(best).map_err(Error::Model)?;
+    println!("quantized matmul alone ({rows}x{cols} Q4_1, activations quantized per call), GMAC/s, best of {} interleaved rounds:", reps.max(3));
+    println!("  {:12} {}", "tokens", tokens.iter().map(|n| format!("{n:>14}")).collect::<String>());
+    for (ii, isa) in isas.iter().enumerate() {
+        let cells: String = tokens.iter().enumerate().map(|(ti, _)| format!("{:>6.1} ({:.2}x)", gmacs[ii][ti], gmacs[ii][ti] / gmacs[0][ti])).collect();
+        println!("  {:12} {cells}", isa.name());
+    }
+    Ok(())
+}
+
 /// The integer kernels on each ISA this CPU runs, same run: single stream and 16 streams,
 /// against the AVX2 build. The outputs are bit-identical; only the time differs.
 fn kernel_isas(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], tokens: usize, reps: usize) -> Result<()> {
@@ -209,6 +259,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("  one adapter:   {ad_tps:7.1} tok/s = {:.2}x the base (goal >= 0.90: the adapter costs <= 10%)", ad_tps / base_tps);
     println!("  first 32 greedy ids: {:?}", &base_ids[..base_ids.len().min(32)]);
 
+    kernel_table(a.reps)?;
     kernel_isas(&e, &tok, &prompt, a.tokens, a.reps)?;
 
     for &n in &a.streams {
