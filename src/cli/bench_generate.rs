@@ -338,6 +338,8 @@ pub fn run(a: Args) -> Result<()> {
         print!("{text}");
         if !out.status.success() {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            // a crash (a signal) leaves no message of its own
+            println!("  llama.cpp run failed ({}): no llama.cpp figures in this run", out.status);
         }
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("llama.cpp single-stream:").and_then(|r| r.split_whitespace().next()?.parse::<f64>().ok()) {
