@@ -6,7 +6,14 @@ prompt eval excluded, best of 3; (b) aggregate tok/s of 16 concurrent /v1/comple
 serializes them); (c) aggregate tok/s of 16 sequences decoded together in one llama_batch (what a
 batching server gets from llama.cpp); and the greedy ids of the first 32 new tokens.
 Needs llama-cpp-python. usage: python benches/llamacpp_generate.py [--model M.gguf] [--threads 2]
-[--streams 16] [--stream-tokens 64] [--no-server]"""
+[--streams 16] [--stream-tokens 64] [--no-server]
+
+On a CPU with AMX (Intel Sapphire Rapids and later), llama-cpp-python 0.3.36 built with
+GGML_NATIVE compiles llama.cpp's AMX kernel, which died here with SIGILL at its first `tilezero`
+(asking Linux for the tile state first did not help). Build it without AMX and otherwise
+native:
+  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+    -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" pip install llama-cpp-python"""
 import argparse, ctypes, json, os, socket, subprocess, sys, threading, time, urllib.request
 import numpy as np, llama_cpp
 from llama_cpp import Llama
