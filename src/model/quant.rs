@@ -404,8 +404,9 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
         #[cfg(target_arch = "x86_64")]
         // 512-bit group pairs pay where several tokens share each weight load; a lone token is
         // bound by memory, where two interleaved group streams ran 0.6-0.7x the 256-bit kernel
-        // (Zen 4). AMX tiles pay from 16 tokens (`bench generate`'s kernel table). Every kernel
-        // gives the same bits, so the choice is free to follow n.
+        // (Zen 4). AMX tiles run chunks of 16 tokens: about even with AVX-512 at 16, up to 1.14x
+        // at 32, behind it at 4-8 (`bench generate`'s kernel table). Every kernel gives the same
+        // bits, so the choice is free to follow n.
         if super::qx8::isa().wide() && n >= super::qx8::PAIR_MIN_TOKENS {
             use super::qx8::PAIR_TOKENS as P;
             use super::qx8_amx::TILE_TOKENS as T;
