@@ -275,9 +275,10 @@ impl Gguf {
     pub fn chat_template(&self) -> Option<String> {
         self.meta("tokenizer.chat_template").and_then(|v| v.to_string().ok().cloned())
     }
+    /// The text of the token `tokenizer.ggml.<key>` names (one string read, not the vocabulary).
     pub fn token_text(&self, key: &str) -> Option<String> {
         let id = self.tok_u32(key)? as usize;
-        self.tokens().ok()?.get(id).cloned()
+        self.meta("tokenizer.ggml.tokens")?.to_vec().ok()?.get(id)?.to_string().ok().cloned()
     }
 
     /// The padding token: `tokenizer.ggml.padding_token_id`, else the end of sequence.

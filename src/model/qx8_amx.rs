@@ -106,13 +106,13 @@ pub unsafe fn tile16(f: super::quant::BlockFmt, data: &[u8], group: usize, nb: u
     let b0 = data.as_ptr().add(group * nb * gb);
     let b1 = b0.add(nb * gb);
     let stride = nb * std::mem::size_of::<Q8>();
-    let cfg = Config::new(m);
     let mut w = Aligned([0u8; 1024]);
     let mut sums = Aligned([[[0i32; 16]; TILE_TOKENS]; 2]);
     let mut acc = [_mm512_setzero_ps(); TILE_TOKENS];
     // a thread keeps its configuration between calls (loading one costs more than a block)
     thread_local!(static ROWS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
     if ROWS.get() != m {
+        let cfg = Config::new(m);
         asm!("ldtilecfg [{}]", in(reg) &cfg as *const Config, options(nostack, readonly));
         ROWS.set(m);
     }

@@ -139,7 +139,9 @@ impl Gguf {
         }
         let unk = self.tok_u32("unknown_token_id").or_else(|| types.iter().position(|t| *t == UNKNOWN).map(|i| i as u32));
         let unk = unk.and_then(|id| tokens.get(id as usize)).cloned();
-        let mut bpe = BPE::builder().vocab_and_merges(piece_ids(tokens), spm_merges(tokens, types, &scores)).byte_fallback(true).fuse_unk(true);
+        let ids = piece_ids(tokens);
+        let merges = spm_merges(tokens, types, &scores, &ids);
+        let mut bpe = BPE::builder().vocab_and_merges(ids, merges).byte_fallback(true).fuse_unk(true);
         if let Some(u) = unk {
             bpe = bpe.unk_token(u);
         }
@@ -176,8 +178,7 @@ fn piece_ids(tokens: &[String]) -> tokenizers::models::bpe::Vocab {
 /// the higher score of the joined piece first, a lower id on equal scores. Byte pieces and
 /// pieces of unused slots never result from a merge in llama.cpp's vocabularies, but any piece
 /// that is the concatenation of two pieces is one llama.cpp would form, so all are included.
-fn spm_merges(tokens: &[String], types: &[i64], scores: &[f32]) -> Vec<(String, String)> {
-    let ids = piece_ids(tokens);
+fn spm_merges(tokens: &[String], types: &[i64], scores: &[f32], ids: &tokenizers::models::bpe::Vocab) -> Vec<(String, String)> {
     let mut ranked: Vec<(f32, u32, usize, &str)> = vec![];
     for (id, piece) in tokens.iter().enumerate() {
         // only the id a lookup finds joins (a repeated piece is reached through its first id)
