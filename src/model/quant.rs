@@ -235,12 +235,23 @@ impl<'a> LowRank<'a> {
             return h;
         }
         let cols = x.len();
-        let h = (0..self.a.len() / cols.max(1))
-            .map(|j| match self.a {
+        let r = self.a.len() / cols.max(1);
+        let mut h = vec![0f32; r];
+        let mut j = 0;
+        if let (Half::F16(v), true) = (self.a, has_avx2()) {
+            // four rows at a time, each with `dot_f16`'s bits
+            while j + 4 <= r {
+                // SAFETY: AVX2, FMA and F16C were detected; the kernel asserts its bounds.
+                unsafe { avx::dot_f16_rows::<4>(&v[j * cols..], cols, x, &mut h[j..]) };
+                j += 4;
+            }
+        }
+        for (j, hj) in h.iter_mut().enumerate().skip(j) {
+            *hj = match self.a {
                 Half::F32(v) => dot_f32(&v[j * cols..][..cols], x),
                 Half::F16(v) | Half::F16x8(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
-            })
-            .collect();
+            };
+        }
         let _ = self.h.set(h);
         self.h.get().expect("just set")
     }
@@ -324,9 +335,12 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// Output rows per parallel task: about four tasks per thread (a 192-row projection in 64-row
-/// tasks left one of two threads idle a third of the time), a multiple of 8 (`qx8` groups).
+/// tasks left one of two threads idle a third of the time), a multiple of 16: the wide kernels
+/// take `qx8` groups in pairs, and a task of an odd number of groups (72 rows of a 576-row
+/// projection, 24 of a 192-row one) ran its last group on the 4-token kernel, a ninth to a
+/// third of those projections' work.
 fn chunk_rows(rows: usize) -> usize {
-    (rows / (rayon::current_num_threads() * 4) / 8 * 8).clamp(8, 256)
+    (rows / (rayon::current_num_threads() * 4) / 16 * 16).clamp(16, 256)
 }
 
 /// `y[t, o] = Σ_k x[t, k] w[o, k]` (+ the row's low-rank term), `y` is `[n, rows]`.

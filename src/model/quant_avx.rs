@@ -345,6 +345,34 @@ mod x86 {
         s
     }
 
+    /// `out[i] = dot_f16(a_i, x)` for the `R` rows `a_i = a[i·cols..][..cols]`, bit for bit: each
+    /// row keeps `dot_f16`'s two accumulators, its reduction and its tail, but the rows run
+    /// interleaved, so their `R` times two multiply-add chains overlap where one row's two
+    /// waited on each other's latency, and `R` rows' reads are in flight at once (a mixed
+    /// batch's factors come from outside the core's caches).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_rows<const R: usize>(a: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        assert!(a.len() >= R * cols && x.len() >= cols && out.len() >= R, "dot_f16_rows slices");
+        let (mut s0, mut s1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        let mut k = 0;
+        while k + 16 <= cols {
+            let (x0, x1) = (_mm256_loadu_ps(x.as_ptr().add(k)), _mm256_loadu_ps(x.as_ptr().add(k + 8)));
+            for i in 0..R {
+                let p = a.as_ptr().add(i * cols + k);
+                s0[i] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)), x0, s0[i]);
+                s1[i] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p.add(8) as *const __m128i)), x1, s1[i]);
+            }
+            k += 16;
+        }
+        for i in 0..R {
+            let mut s = hsum(_mm256_add_ps(s0[i], s1[i]));
+            for kk in k..cols {
+                s += half::f16::from_bits(a[i * cols + kk]).to_f32() * x[kk];
+            }
+            out[i] = s;
+        }
+    }
+
     /// `quantize_row`'s AVX2 build, bit for bit: the block's max |x|, `d = max / 127`, each
     /// `x / d` rounded half to even (the default rounding mode of `cvtps2dq`), `s = d · Σ q`.
     #[target_feature(enable = "avx2,fma")]
@@ -418,6 +446,9 @@ mod portable_stubs {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn dot_f16(_: &[u16], _: &[f32]) -> f32 {
+        unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_f16_rows<const R: usize>(_: &[u16], _: usize, _: &[f32], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
     #[allow(clippy::too_many_arguments)]

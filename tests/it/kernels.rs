@@ -266,3 +266,42 @@ fn widening_f16_is_exact_on_every_path() {
         }
     }
 }
+
+/// A row's low-rank term beside a quantized base (half-precision factors) is `dot_half`'s
+/// `h = A x`, one factor row at a time, times the up-projection in rank order, bit for bit:
+/// the down-projection is computed four factor rows at once, and that must not change a bit.
+/// Ranks 1 to 9 cover the four-row groups and their remainders; 40 columns leave a tail after
+/// the 16-wide steps.
+#[test]
+fn the_low_rank_term_gives_one_factor_row_at_a_time_bits_at_every_rank() {
+    use loradex::model::quant::{block8, dot_half, matmul, Act, Half, LowRank, QWeight};
+    let (rows, cols, n) = (24, 40, 3);
+    let mut rng = Lcg(23);
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+    let w = QWeight::f32(rows, cols, w).unwrap();
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.unit()).collect();
+    let mut base = vec![0f32; n * rows];
+    matmul(&w, &Act::new(&x, n, cols), &[None, None, None], &mut base).unwrap();
+    for r in 1..=9 {
+        let a: Vec<u16> = (0..r * cols).map(|_| half::f16::from_f32(rng.unit()).to_bits()).collect();
+        let b: Vec<f32> = (0..r * rows).map(|_| rng.unit() * 0.1).collect();
+        let bt = block8(&b, r, rows);
+        let lora: Vec<Option<LowRank>> = (0..n).map(|t| (t != 1).then(|| LowRank::new(Half::F16(&a), Half::F16x8(&bt)))).collect();
+        let mut y = vec![0f32; n * rows];
+        matmul(&w, &Act::new(&x, n, cols), &lora, &mut y).unwrap();
+        for t in 0..n {
+            let xt = &x[t * cols..][..cols];
+            let h: Vec<f32> = (0..r).map(|j| dot_half(Half::F16(&a[j * cols..][..cols]), xt)).collect();
+            for o in 0..rows {
+                let mut want = base[t * rows + o];
+                if t != 1 {
+                    for (j, hj) in h.iter().enumerate() {
+                        let bj = half::f16::from_f32(b[j * rows + o]).to_f32();
+                        want = hj.mul_add(bj, want);
+                    }
+                }
+                assert_eq!(y[t * rows + o].to_bits(), want.to_bits(), "rank {r} token {t} output {o}");
+            }
+        }
+    }
+}
