@@ -86,6 +86,9 @@ pub enum Which {
         llamacpp: Option<PathBuf>,
         #[arg(long, default_value = "benches/llamacpp_generate.py")]
         llamacpp_script: PathBuf,
+        /// Which measurements to run (comma-separated): single, kernels, streams, adapters
+        #[arg(long, value_delimiter = ',', default_value = "single,kernels,streams,adapters")]
+        parts: Vec<super::bench_generate::Part>,
     },
     /// HTTP load: 32 concurrent clients over 16 adapters vs 1 adapter
     Serve {
@@ -187,8 +190,8 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
         }
         Which::Embed { base } => bench_embed(&base)?,
         Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
-        Which::Generate { base, dtype, tokens, streams, reps, llamacpp, llamacpp_script } => {
-            super::bench_generate::run(super::bench_generate::Args { base, dtype: dtype.parse()?, tokens, streams, reps, llamacpp, llamacpp_script })?
+        Which::Generate { base, dtype, tokens, streams, reps, llamacpp, llamacpp_script, parts } => {
+            super::bench_generate::run(super::bench_generate::Args { base, dtype: dtype.parse()?, tokens, streams, reps, llamacpp, llamacpp_script, parts })?
         }
     }
     Ok(0)
