@@ -334,13 +334,17 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// Output rows per parallel task: about four tasks per thread (a 192-row projection in 64-row
-/// tasks left one of two threads idle a third of the time), a multiple of 16: the wide kernels
-/// take `qx8` groups in pairs, and a task of an odd number of groups (72 rows of a 576-row
-/// projection, 24 of a 192-row one) ran its last group on the 4-token kernel, a ninth to a
-/// third of those projections' work.
-fn chunk_rows(rows: usize) -> usize {
-    (rows / (rayon::current_num_threads() * 4) / 16 * 16).clamp(16, 256)
+/// Output rows per parallel task for `n` token rows: about four tasks per thread (a 192-row
+/// projection in 64-row tasks left one of two threads idle a third of the time), a multiple of
+/// 8 (`qx8` groups); of 16 where the wide kernels take the groups in pairs, since a task of an
+/// odd number of groups (72 rows of a 576-row projection, 24 of a 192-row one) ran its last
+/// group on the 4-token kernel, a ninth to a third of those projections' work.
+fn chunk_rows(rows: usize, n: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let unit = if super::qx8::isa().wide() && n >= super::qx8::PAIR_MIN_TOKENS { 16 } else { 8 };
+    #[cfg(not(target_arch = "x86_64"))]
+    let unit = { let _ = n; 8 };
+    (rows / (rayon::current_num_threads() * 4) / unit * unit).clamp(unit, 256)
 }
 
 /// `y[t, o] = Σ_k x[t, k] w[o, k]` (+ the row's low-rank term), `y` is `[n, rows]`.
@@ -381,7 +385,7 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
         if matches!(j.w.kind, Kind::Candle(_)) {
             continue;
         }
-        let ch = chunk_rows(j.w.rows);
+        let ch = chunk_rows(j.w.rows, n);
         tasks.extend((0..j.w.rows.div_ceil(ch)).map(|c| (ji, c * ch, ((c + 1) * ch).min(j.w.rows))));
     }
     let jobs = &*jobs;
