@@ -344,7 +344,10 @@ mod simd {
         let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
         let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
         let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        // 2^n from the bits of n + 2^23 + 127 (exact: n is a whole number in -125..=0), not
+        // `n as i32`, whose saturating conversion kept every loop over this function scalar
+        let biased = (n + (8_388_608.0 + 127.0)).to_bits().wrapping_sub(0x4B00_0000);
+        p * f32::from_bits(biased << 23)
     }
 
     /// tanh(u) = 1 - 2 / (e^{2u} + 1), from `exp_neg` on -2|u|.

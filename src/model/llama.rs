@@ -69,9 +69,21 @@ impl MlpAct {
     }
     pub fn apply(self, x: f32) -> f32 {
         match self {
-            MlpAct::Silu => x / (1.0 + (-x).exp()),
+            MlpAct::Silu => silu(x),
             MlpAct::GeluTanh => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
         }
+    }
+}
+
+/// `x · σ(x)` from `bert_cpu::exp_neg` of `-|x|` (no overflow either side; a few ulps from
+/// libm's, and unlike libm's a loop of it vectorizes where each `exp` was a call).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    let e = super::bert_cpu::exp_neg(-x.abs());
+    if x >= 0.0 {
+        x / (1.0 + e)
+    } else {
+        x * e / (1.0 + e)
     }
 }
 

@@ -83,7 +83,8 @@ fn bert_cpu_step_matches_autograd() {
     }
 }
 
-/// The vectorizable erf and exp behind the fast GELU stay within f32 rounding of the exact ones.
+/// The vectorizable erf and exp behind the fast GELU (and the decoder's SiLU) stay within f32
+/// rounding of the exact ones.
 #[test]
 fn fast_erf_and_exp_are_accurate() {
     use loradex::model::bert_cpu::{erf, exp_neg};
@@ -98,6 +99,19 @@ fn fast_erf_and_exp_are_accurate() {
     assert!(e_erf < 1e-6, "erf error {e_erf}");
     assert!(e_exp < 1e-6, "exp relative error {e_exp}");
     assert!(exp_neg(-1e4) < 1e-37 && exp_neg(-1e4) >= 0.0);
+    // the decoder's SiLU, built on it, on both sides of zero and far out (where e^-x overflows)
+    use loradex::model::llama::silu;
+    let mut e_silu = 0f64;
+    for i in -100_000i32..=100_000 {
+        let x = i as f32 * 1e-3;
+        let exact = x as f64 / (1.0 + (-(x as f64)).exp());
+        // relative, but absolute below 1e-30 (past -87, exp_neg's clamp, the exact value is
+        // smaller still; both are nothing beside a hidden state)
+        e_silu = e_silu.max((silu(x) as f64 - exact).abs() / exact.abs().max(1e-30));
+    }
+    assert!(e_silu < 2e-6, "silu relative error {e_silu}");
+    assert!(silu(-1e4).abs() < 1e-30 && silu(1e4) == 1e4 && silu(0.0) == 0.0);
+    assert!(silu(f32::NAN).is_nan());
 }
 
 #[test]
