@@ -303,16 +303,16 @@ pub fn run(a: Args) -> Result<()> {
         let (mut end, mut steady) = (vec![], vec![]);
         let mut best: Option<Load> = None;
         for round in 0..a.reps.max(1) {
-            let (one, _) = single(&e, &prompt, a.tokens, None, 1)?;
+            let (one_tps, _) = single(&e, &prompt, a.tokens, None, 1)?;
             let l = streams(&e, &tok, &prompt, a.tokens, &vec![None; n])?;
-            end.push(l.tok_per_s / one);
-            let s = l.decode_tok_per_s.map(|d| d / one);
+            end.push(l.tok_per_s / one_tps);
+            let s = l.decode_tok_per_s.map(|d| d / one_tps);
             steady.extend(s);
             println!(
-                "  round {}: one stream {one:7.1} tok/s; {n} streams {:7.1} tok/s end to end = {:.2}x{}",
+                "  round {}: one stream {one_tps:7.1} tok/s; {n} streams {:7.1} tok/s end to end = {:.2}x{}",
                 round + 1,
                 l.tok_per_s,
-                l.tok_per_s / one,
+                l.tok_per_s / one_tps,
                 s.map(|r| format!(", steady decode {r:.2}x")).unwrap_or_default()
             );
             if best.as_ref().is_none_or(|b| l.decode_tok_per_s.unwrap_or(l.tok_per_s) > b.decode_tok_per_s.unwrap_or(b.tok_per_s)) {
