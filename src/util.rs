@@ -154,19 +154,22 @@ impl Rng {
     }
 }
 
-/// `[vis] fn name(args) { body }`, plus an AVX2 + FMA build of the same body chosen at run time
+/// `[vis] fn name(args) [-> ret] { body }`, plus an AVX2 + FMA build of the same body chosen at run time
 /// (the body must not rely on anything the baseline build lacks). Kernels that should vectorize
 /// 8-wide on x86-64 are written once through this.
 macro_rules! simd_dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) $body:block) => {
+        $crate::util::simd_dispatch! { $(#[$m])* $vis fn $name($($a: $t),*) -> () $body }
+    };
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
         $(#[$m])*
-        $vis fn $name($($a: $t),*) {
+        $vis fn $name($($a: $t),*) -> $r {
             #[inline(always)]
-            fn body($($a: $t),*) $body
+            fn body($($a: $t),*) -> $r $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($a: $t),*) {
+                unsafe fn avx2($($a: $t),*) -> $r {
                     body($($a),*)
                 }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

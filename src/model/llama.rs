@@ -428,11 +428,34 @@ pub(crate) fn layer_shapes(spec: &DecoderSpec, n_kv: usize, hd: usize) -> Vec<(u
 }
 
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
+    // the first index of the largest value (NaN never wins; a NaN first stays, as a scan that
+    // only moves on `x > best` keeps it): the largest by 16 independent lanes, which vectorize
+    // (a scan's compare-and-reload chain cost 1.4% of a 16-stream step over 49k logits), then
+    // the first index holding it
+    if v.first().is_none_or(|x| x.is_nan()) {
+        return 0;
     }
-    best as u32
+    let m = lanes_max(v);
+    v.iter().position(|x| *x == m).unwrap_or(0) as u32
+}
+
+crate::util::simd_dispatch! {
+    /// The largest value of `v` that is not NaN (-inf if none).
+    fn lanes_max(v: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let mut chunks = v.chunks_exact(16);
+        for c in &mut chunks {
+            for i in 0..16 {
+                if c[i] > lanes[i] {
+                    lanes[i] = c[i];
+                }
+            }
+        }
+        for (i, x) in chunks.remainder().iter().enumerate() {
+            if *x > lanes[i] {
+                lanes[i] = *x;
+            }
+        }
+        lanes.into_iter().fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a })
+    }
 }

@@ -305,3 +305,41 @@ fn the_low_rank_term_gives_one_factor_row_at_a_time_bits_at_every_rank() {
         }
     }
 }
+
+/// Greedy decoding's argmax (16 vector lanes, then the first index holding the largest) picks
+/// what a scan keeping the first strictly larger value picks: ties go to the lower id, NaN never
+/// wins, a NaN first stays, and -0.0 ties with 0.0.
+#[test]
+fn argmax_picks_what_a_first_strictly_larger_scan_picks() {
+    use loradex::model::llama::argmax;
+    let scan = |v: &[f32]| {
+        let mut best = 0;
+        for (i, x) in v.iter().enumerate() {
+            if *x > v[best] {
+                best = i;
+            }
+        }
+        best as u32
+    };
+    let mut rng = Lcg(29);
+    let specials = [f32::NAN, f32::NEG_INFINITY, f32::INFINITY, 0.0, -0.0, 1.0];
+    for len in [0usize, 1, 2, 15, 16, 17, 33, 200, 49_152] {
+        for case in 0..40 {
+            // few distinct values, so that ties are common; specials sprinkled in
+            let mut v: Vec<f32> = (0..len).map(|_| (rng.next() % 7) as f32 - 3.0).collect();
+            for _ in 0..case % 5 {
+                if len > 0 {
+                    let i = rng.next() as usize % len;
+                    v[i] = specials[rng.next() as usize % specials.len()];
+                }
+            }
+            if case == 7 && len > 0 {
+                v[0] = f32::NAN;
+            }
+            if case == 8 {
+                v.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+            assert_eq!(argmax(&v), scan(&v), "length {len}, case {case}: {:?}", &v[..len.min(40)]);
+        }
+    }
+}
