@@ -239,7 +239,7 @@ impl<'a> LowRank<'a> {
         let mut h = vec![0f32; r];
         let mut j = 0;
         if let (Half::F16(v), true) = (self.a, has_avx2()) {
-            // four rows at a time, each with `dot_f16`'s bits
+            // four rows at a time, each with the bits `dot_half` gives it alone
             while j + 4 <= r {
                 // SAFETY: AVX2, FMA and F16C were detected; the kernel asserts its bounds.
                 unsafe { avx::dot_f16_rows::<4>(&v[j * cols..], cols, x, &mut h[j..]) };

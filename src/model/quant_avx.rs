@@ -324,32 +324,20 @@ mod x86 {
         }
     }
 
-    /// `a · x`, `a` as half-precision bits.
+    /// `a · x`, `a` as half-precision bits: `dot_f16_rows` for one row.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(a: &[u16], x: &[f32]) -> f32 {
-        let n = a.len().min(x.len());
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut k = 0;
-        while k + 16 <= n {
-            let a0 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(k) as *const __m128i));
-            let a1 = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(k + 8) as *const __m128i));
-            s0 = _mm256_fmadd_ps(a0, _mm256_loadu_ps(x.as_ptr().add(k)), s0);
-            s1 = _mm256_fmadd_ps(a1, _mm256_loadu_ps(x.as_ptr().add(k + 8)), s1);
-            k += 16;
-        }
-        let mut s = hsum(_mm256_add_ps(s0, s1));
-        while k < n {
-            s += half::f16::from_bits(a[k]).to_f32() * x[k];
-            k += 1;
-        }
-        s
+        let mut out = [0f32];
+        dot_f16_rows::<1>(a, a.len().min(x.len()), x, &mut out);
+        out[0]
     }
 
-    /// `out[i] = dot_f16(a_i, x)` for the `R` rows `a_i = a[i·cols..][..cols]`, bit for bit: each
-    /// row keeps `dot_f16`'s two accumulators, its reduction and its tail, but the rows run
-    /// interleaved, so their `R` times two multiply-add chains overlap where one row's two
-    /// waited on each other's latency, and `R` rows' reads are in flight at once (a mixed
-    /// batch's factors come from outside the core's caches).
+    /// `out[i] = a_i · x` for the `R` rows `a_i = a[i·cols..][..cols]` in half precision. Each
+    /// row has two 8-lane accumulators over 16-wide steps, their sum reduced by `hsum`, then a
+    /// scalar tail, so a row's bits do not depend on `R`; the rows run interleaved, so their
+    /// `R` times two multiply-add chains overlap where one row's two waited on each other's
+    /// latency, and `R` rows' reads are in flight at once (a mixed batch's factors come from
+    /// outside the core's caches).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16_rows<const R: usize>(a: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
         assert!(a.len() >= R * cols && x.len() >= cols && out.len() >= R, "dot_f16_rows slices");

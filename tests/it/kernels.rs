@@ -118,6 +118,33 @@ fn the_simd_row_quantizer_gives_the_portable_bits() {
     }
 }
 
+/// `tokens` activation rows of `cols` values, quantized: the first row's values at the
+/// quantizer's extremes, so integer sums run near their bounds.
+fn extreme_activations(tokens: usize, cols: usize, rng: &mut Lcg) -> Vec<Q8> {
+    let nb = cols / QK;
+    let x: Vec<f32> = (0..tokens * cols).map(|i| if i < cols { if i % 3 == 0 { -7.0 } else { 7.0 } } else { rng.unit() * 2.0 }).collect();
+    let mut q = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; tokens * nb];
+    for t in 0..tokens {
+        quantize_row(&x[t * cols..][..cols], &mut q[t * nb..][..nb]);
+    }
+    q
+}
+
+/// Asserts that `got`, the outputs of groups `grp` and `grp + 1` for the token whose blocks
+/// start at `xt`, has the AVX2 kernel's bits.
+///
+/// # Safety
+/// The CPU has AVX2; groups `grp` and `grp + 1` exist in `packed`; `xt` points at `nb` blocks.
+unsafe fn assert_avx2_bits(f: BlockFmt, packed: &[u8], grp: usize, nb: usize, xt: *const Q8, got: &[f32; 16], what: &str) {
+    for half in 0..2 {
+        let mut narrow = [[0f32; 8]; 4];
+        unsafe { qx8::group_with(Isa::Avx2, f, packed, grp + half, nb, &[xt; 4], 1, &mut narrow) };
+        let a: Vec<u32> = got[half * 8..][..8].iter().map(|v| v.to_bits()).collect();
+        let b: Vec<u32> = narrow[0].iter().map(|v| v.to_bits()).collect();
+        assert_eq!(a, b, "{f:?} {what} group {}", grp + half);
+    }
+}
+
 #[test]
 fn the_512_bit_group_pairs_give_the_avx2_bits_for_1_to_8_tokens() {
     if !Isa::Avx512Vnni.supported() {
@@ -130,11 +157,7 @@ fn the_512_bit_group_pairs_give_the_avx2_bits_for_1_to_8_tokens() {
     let mut rng = Lcg(13);
     for f in [BlockFmt::Q4_0, BlockFmt::Q4_1, BlockFmt::Q8_0] {
         let packed = qx8::repack(f, rows, cols, &random_blocks(f, rows, cols, &mut rng));
-        let x: Vec<f32> = (0..P * cols).map(|i| if i < cols { if i % 3 == 0 { -7.0 } else { 7.0 } } else { rng.unit() * 2.0 }).collect();
-        let mut q = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; P * nb];
-        for t in 0..P {
-            quantize_row(&x[t * cols..][..cols], &mut q[t * nb..][..nb]);
-        }
+        let q = extreme_activations(P, cols, &mut rng);
         for g in 1..=P {
             for grp in [0, 2] {
                 let xs: [*const Q8; P] = std::array::from_fn(|i| q[i.min(g - 1) * nb..].as_ptr());
@@ -142,15 +165,8 @@ fn the_512_bit_group_pairs_give_the_avx2_bits_for_1_to_8_tokens() {
                 // SAFETY: AVX-512 VNNI was detected; groups grp and grp + 1 exist; each xs row has nb blocks.
                 unsafe { qx8::pair512(f, &packed, grp, nb, &xs, g, &mut wide) };
                 for t in 0..g {
-                    for half in 0..2 {
-                        let xs4: [*const Q8; 4] = [xs[t]; 4];
-                        let mut narrow = [[0f32; 8]; 4];
-                        // SAFETY: as above, one group and one token.
-                        unsafe { qx8::group_with(Isa::Avx2, f, &packed, grp + half, nb, &xs4, 1, &mut narrow) };
-                        let a: Vec<u32> = wide[t][half * 8..][..8].iter().map(|v| v.to_bits()).collect();
-                        let b: Vec<u32> = narrow[0].iter().map(|v| v.to_bits()).collect();
-                        assert_eq!(a, b, "{f:?} g={g} group {} token {t}", grp + half);
-                    }
+                    // SAFETY: as above (AVX2 is implied), one token.
+                    unsafe { assert_avx2_bits(f, &packed, grp, nb, xs[t], &wide[t], &format!("g={g} token {t}")) };
                 }
             }
         }
@@ -171,27 +187,15 @@ fn amx_tiles_give_the_avx2_bits_for_1_to_16_tokens() {
     let mut rng = Lcg(19);
     for f in [BlockFmt::Q4_0, BlockFmt::Q4_1, BlockFmt::Q8_0] {
         let packed = qx8::repack(f, rows, cols, &random_blocks(f, rows, cols, &mut rng));
-        // the first token's values at the quantizer's extremes, so integer sums run near their bounds
-        let x: Vec<f32> = (0..T * cols).map(|i| if i < cols { if i % 3 == 0 { -7.0 } else { 7.0 } } else { rng.unit() * 2.0 }).collect();
-        let mut q = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; T * nb];
-        for t in 0..T {
-            quantize_row(&x[t * cols..][..cols], &mut q[t * nb..][..nb]);
-        }
+        let q = extreme_activations(T, cols, &mut rng);
         for m in 1..=T {
             for grp in [0, 2] {
                 let mut tiled = [[0f32; 16]; T];
                 // SAFETY: AMX was detected; groups grp and grp + 1 exist; q holds m rows of nb blocks.
                 unsafe { tile16(f, &packed, grp, nb, q.as_ptr(), m, &mut tiled) };
                 for t in 0..m {
-                    for half in 0..2 {
-                        let xs4: [*const Q8; 4] = [q[t * nb..].as_ptr(); 4];
-                        let mut narrow = [[0f32; 8]; 4];
-                        // SAFETY: AVX2 is implied by AMX; one group and one token.
-                        unsafe { qx8::group_with(Isa::Avx2, f, &packed, grp + half, nb, &xs4, 1, &mut narrow) };
-                        let a: Vec<u32> = tiled[t][half * 8..][..8].iter().map(|v| v.to_bits()).collect();
-                        let b: Vec<u32> = narrow[0].iter().map(|v| v.to_bits()).collect();
-                        assert_eq!(a, b, "{f:?} m={m} group {} token {t}", grp + half);
-                    }
+                    // SAFETY: AVX2 is implied by AMX; row t of q holds nb blocks.
+                    unsafe { assert_avx2_bits(f, &packed, grp, nb, q[t * nb..].as_ptr(), &tiled[t], &format!("m={m} token {t}")) };
                 }
             }
         }
