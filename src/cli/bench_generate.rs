@@ -364,6 +364,37 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// `a` and `b` (one row per adapter entry) prefilled with `prompt`, then `tokens` greedy
+/// decode steps of each in turn, straight on the decoder: the seconds of each pair of steps. Rounds of whole runs drift with a shared host's speed over seconds; two steps a
+/// few milliseconds apart see the same host.
+fn steps_in_turn(dec: &loradex::model::decoder::Decoder, prompt: &[u32], tokens: usize, a: &[Option<Arc<LoadedAdapter>>], b: &[Option<Arc<LoadedAdapter>>]) -> Result<(Vec<f64>, Vec<f64>)> {
+    use loradex::model::decoder::Row;
+    let room = prompt.len() + tokens + 1;
+    let side = |ads: &[Option<Arc<LoadedAdapter>>]| -> Result<(Vec<loradex::model::kv_cache::SeqCache>, Vec<u32>)> {
+        let mut caches: Vec<_> = ads.iter().map(|_| dec.cache(room, None)).collect();
+        let mut rows: Vec<Row> = caches.iter_mut().zip(ads).map(|(c, ad)| Row { tokens: prompt, cache: c, adapter: ad.as_deref() }).collect();
+        let next = dec.step(&mut rows)?.iter().map(|l| loradex::model::llama::argmax(l)).collect();
+        Ok((caches, next))
+    };
+    let (mut ca, mut na) = side(a)?;
+    let (mut cb, mut nb) = side(b)?;
+    let timed = |caches: &mut [loradex::model::kv_cache::SeqCache], next: &mut Vec<u32>, ads: &[Option<Arc<LoadedAdapter>>]| -> Result<f64> {
+        let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut rows: Vec<Row> = caches.iter_mut().zip(ads).zip(&toks).map(|((c, ad), t)| Row { tokens: t, cache: c, adapter: ad.as_deref() }).collect();
+        let t = Instant::now();
+        let logits = dec.step(&mut rows)?;
+        let dt = t.elapsed().as_secs_f64();
+        *next = logits.iter().map(|l| loradex::model::llama::argmax(l)).collect();
+        Ok(dt)
+    };
+    let (mut ta, mut tb) = (vec![], vec![]);
+    for _ in 0..tokens {
+        ta.push(timed(&mut ca, &mut na, a)?);
+        tb.push(timed(&mut cb, &mut nb, b)?);
+    }
+    Ok((ta, tb))
+}
+
 /// N streams on N adapters against N streams on one adapter (N the most streams asked for), in
 /// alternating rounds; and time to first token under that load.
 fn adapters_vs_one(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], a: &Args, one: &Arc<LoadedAdapter>) -> Result<()> {
@@ -403,6 +434,17 @@ fn adapters_vs_one(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], a: &Args, one: &A
     if !steady.is_empty() {
         println!("    steady decode: {:.2}x", median(&steady));
     }
+    let (t1, tm) = steps_in_turn(&dec, prompt, a.tokens, &same, &many)?;
+    let r: Vec<f64> = t1.iter().zip(&tm).map(|(a, b)| a / b).collect();
+    println!(
+        "    decode steps in turn (the decoder alone, one {n}-row step on each side after the other, {} pairs): median {:.2}x, middle half {:.2}-{:.2}x; median step {:.1} ms on one adapter, {:.1} ms on {n}",
+        r.len(),
+        pct(&r, 0.5),
+        pct(&r, 0.25),
+        pct(&r, 0.75),
+        pct(&t1, 0.5) * 1e3,
+        pct(&tm, 0.5) * 1e3
+    );
     println!(
         "time to first token under that load ({n} adapters, {n} requests at once): p50 {:.0} ms, p99 {:.0} ms",
         pct(&ln.ttft, 0.5) * 1e3,
