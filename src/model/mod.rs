@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod llama;
 pub mod lora;
 pub mod quant;
+pub mod prefetch;
 pub mod qx8;
 pub mod qx8_amx;
 

@@ -11,6 +11,7 @@
 //! permission is asked of Linux once (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), and a CPU or kernel
 //! that refuses it simply does not offer the ISA.
 
+use super::prefetch::Pace;
 use super::quant::Q8;
 
 /// Tokens one call takes at most (a tile's rows).
@@ -94,10 +95,11 @@ unsafe fn scales(a: *const u8, b: *const u8) -> std::arch::x86_64::__m512 {
 /// # Safety
 /// `supported()` and AVX-512 F/BW/VL (every AMX CPU has them); `data` holds groups `group` and
 /// `group + 1` of `nb` blocks each in `f`'s repacked layout; `x` points at `m` (1..=16) rows of
-/// `nb` blocks.
+/// `nb` blocks. Asks for `pf`'s lines at one `step` a block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-pub unsafe fn tile16(f: super::quant::BlockFmt, data: &[u8], group: usize, nb: usize, x: *const Q8, m: usize, out: &mut [[f32; 16]; TILE_TOKENS]) {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile16(f: super::quant::BlockFmt, data: &[u8], group: usize, nb: usize, x: *const Q8, m: usize, out: &mut [[f32; 16]; TILE_TOKENS], pf: &mut Pace) {
     use super::quant::BlockFmt;
     use std::arch::asm;
     use std::arch::x86_64::*;
@@ -180,6 +182,8 @@ pub unsafe fn tile16(f: super::quant::BlockFmt, data: &[u8], group: usize, nb: u
         }};
     }
     for b in 0..nb {
+        // a few of the lines a later call reads, while the tile unit works
+        pf.step();
         if b % 2 == 0 {
             issue!(b, 0, "tmm0", "tmm1", "tmm2");
             if b > 0 {

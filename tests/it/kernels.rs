@@ -2,6 +2,7 @@
 //! AVX2 build for 1 to 4 rows, and all agree with a plain f32 dot of the dequantized values.
 
 use loradex::model::quant::{dequantize_row, quantize_row, BlockFmt, Q8, QK};
+use loradex::model::prefetch::Pace;
 use loradex::model::qx8::{self, Isa};
 
 struct Lcg(u64);
@@ -192,7 +193,7 @@ fn amx_tiles_give_the_avx2_bits_for_1_to_16_tokens() {
             for grp in [0, 2] {
                 let mut tiled = [[0f32; 16]; T];
                 // SAFETY: AMX was detected; groups grp and grp + 1 exist; q holds m rows of nb blocks.
-                unsafe { tile16(f, &packed, grp, nb, q.as_ptr(), m, &mut tiled) };
+                unsafe { tile16(f, &packed, grp, nb, q.as_ptr(), m, &mut tiled, &mut Pace::default()) };
                 for t in 0..m {
                     // SAFETY: AVX2 is implied by AMX; row t of q holds nb blocks.
                     unsafe { assert_avx2_bits(f, &packed, grp, nb, q[t * nb..].as_ptr(), &tiled[t], &format!("m={m} token {t}")) };
@@ -346,4 +347,42 @@ fn argmax_picks_what_a_first_strictly_larger_scan_picks() {
             assert_eq!(argmax(&v), scan(&v), "length {len}, case {case}: {:?}", &v[..len.min(40)]);
         }
     }
+}
+
+/// A kernel's prefetch pace asks for every line that its ranges touch exactly once, in order,
+/// for ranges of every alignment and length, and spreads them over the steps it is given.
+#[test]
+fn a_prefetch_pace_asks_for_every_line_once() {
+    let buf = vec![0u8; 1 << 16];
+    // disjoint ranges at least a line apart, so no two share a line
+    let mut ranges = vec![];
+    let mut at = 0;
+    for (skip, len) in [(1, 1), (70, 63), (5, 64), (64, 65), (3, 200), (0, 4096), (130, 0), (1, 127)] {
+        at += skip + 64;
+        ranges.push(&buf[at..at + len]);
+        at += len;
+    }
+    let mut want: Vec<usize> = ranges.iter().flat_map(|r| r.iter().map(|b| b as *const u8 as usize / 64 * 64)).collect();
+    want.dedup();
+    let make = || {
+        let mut p = Pace::default();
+        ranges.iter().for_each(|r| p.push(r));
+        p
+    };
+    let mut p = make();
+    assert_eq!(p.left(), want.len());
+    let got: Vec<usize> = std::iter::from_fn(|| p.next_line()).collect();
+    assert_eq!(got, want);
+    for steps in [1, 3, 7, want.len(), 10 * want.len()] {
+        let mut p = make();
+        p.over(steps);
+        for _ in 0..steps {
+            p.step();
+        }
+        assert_eq!(p.left(), 0, "{steps} steps");
+    }
+    let mut p = make();
+    p.over(want.len().div_ceil(2));
+    p.step();
+    assert_eq!(p.left(), want.len() - 2, "two lines a step");
 }
