@@ -176,5 +176,5 @@ pub fn decoder_adapter(dec: &crate::model::decoder::Decoder, r: usize, seed: u64
             modules.insert(format!("model.layers.{l}.{slot}"), pair);
         }
     }
-    Ok(LoadedAdapter { id: format!("synthetic-{seed}"), modules, saved: HashMap::new(), labels: vec![], bytes, flat: Default::default() })
+    Ok(LoadedAdapter { id: format!("synthetic-{seed}"), modules, saved: HashMap::new(), labels: vec![], bytes, flat: Default::default(), slots: Default::default() })
 }

@@ -36,6 +36,8 @@ struct Layer {
     lin: Vec<QWeight>,
     bias: Vec<Option<Vec<f32>>>,
     names: Vec<String>,
+    /// Its place in the stack (adapters' `SlotTerms` are indexed by it).
+    index: usize,
 }
 
 pub struct Decoder {
@@ -56,6 +58,9 @@ pub struct Decoder {
     lm_head: Option<QWeight>,
     norm: Vec<f32>,
     layers: Vec<Layer>,
+    /// This decoder among those the process made: adapters resolve their pairs by slot once
+    /// per decoder (`LoadedAdapter::slot_terms`).
+    id: u64,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -100,7 +105,7 @@ impl Decoder {
             }
             let attn_norm = norm(src, &format!("{p}.input_layernorm.weight"))?;
             let ffn_norm = norm(src, &format!("{p}.post_attention_layernorm.weight"))?;
-            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names });
+            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i });
         }
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
@@ -109,13 +114,19 @@ impl Decoder {
         let eos = cfg.eos_ids();
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
-        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts })
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts, id })
     }
 
     fn spec(&self) -> DecoderSpec {
         DecoderSpec { cfg: self.cfg.clone(), opts: self.opts }
     }
 
+    /// This decoder among those the process made (what adapters' `SlotTerms` are made for).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
     pub fn max_positions(&self) -> usize {
         self.cfg.max_position_embeddings
     }
@@ -351,10 +362,18 @@ impl Decoder {
         let mut terms: Vec<Vec<Option<Copies>>> = Vec::with_capacity(outs.len());
         // DoRA tokens' output scales g per slot, found in the same pass (biases are added after)
         let mut scales: Vec<(usize, usize, std::borrow::Cow<'_, Vec<f32>>)> = vec![];
+        let all_names = || self.layers.iter().flat_map(|l| l.names.iter().cloned()).collect();
         for (oi, (slot, _)) in outs.iter().enumerate() {
             let (name, w) = (&l.names[*slot], &l.lin[*slot]);
             let mut copies = Vec::with_capacity(act.n);
             for (t, a) in adapters.iter().enumerate() {
+                // beside a quantized base, a plain pair's copies by slot (no path hashed)
+                if let (Some(a), false) = (a, w.is_f32()) {
+                    if let Some(c) = a.slot_terms(self.id, l.names.len(), all_names)?.and_then(|s| s.get(l.index, *slot)) {
+                        copies.push(c.map(|c| Copies::F16(std::borrow::Cow::Borrowed(c))));
+                        continue;
+                    }
+                }
                 let pair = a.and_then(|a| a.modules.get(name));
                 if let Some(g) = pair.map(|p| p.dora_scale_rows(w.rows, w.cols, &|r, out| w.row(r, out))).transpose()?.flatten() {
                     scales.push((oi, t, g));

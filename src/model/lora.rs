@@ -94,6 +94,13 @@ pub struct HostCache {
     dora_q: std::sync::OnceLock<Vec<f32>>,
 }
 
+impl HostCache {
+    /// The half-precision copies, once made.
+    pub fn f16(&self) -> Option<&HostCopies16> {
+        self.f16.get()
+    }
+}
+
 impl LoraPair {
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
@@ -191,6 +198,8 @@ pub struct LoadedAdapter {
     /// The flat tensors this adapter contributes to a `Bank`, by module list; filled only when
     /// its pairs are cacheable (see `LoraPair::host`).
     pub flat: std::sync::OnceLock<Flat>,
+    /// Its pairs by projection slot of the first CPU decoder that runs it (`slot_terms`).
+    pub slots: std::sync::OnceLock<super::lora_slots::SlotTerms>,
 }
 
 /// An adapter's LoRA tensors laid out for a `Bank`: for each module of `modules` in order,
@@ -203,6 +212,15 @@ pub struct Flat {
 }
 
 impl LoadedAdapter {
+    /// Its pairs by slot of decoder `decoder` (`names`: every slot's module path, layer-major,
+    /// `slots` a layer), resolved on first use; `None` when they were resolved for another
+    /// decoder, whose rows then look their pairs up by path.
+    pub fn slot_terms(&self, decoder: u64, slots: usize, names: impl FnOnce() -> Vec<String>) -> Result<Option<&super::lora_slots::SlotTerms>> {
+        if self.slots.get().is_none() {
+            let _ = self.slots.set(super::lora_slots::SlotTerms::build(decoder, slots, &names(), &self.modules)?);
+        }
+        Ok(self.slots.get().filter(|s| s.is_for(decoder)))
+    }
     /// Laid out over `layout` (module, in, out) with rank `r`; cached when the layout repeats.
     fn flat(&self, layout: &[(String, usize, usize)], r: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
         let key: Vec<String> = layout.iter().map(|(m, _, _)| m.clone()).collect();
@@ -320,7 +338,7 @@ impl LoadedAdapter {
             bytes += (a.elem_count() + b.elem_count()) * 4;
             modules.insert(m.clone(), LoraPair { a, b, scale: 1.0, magnitude: None, host: Some(Default::default()) });
         }
-        Ok(LoadedAdapter { id: id.into(), modules, saved: first.saved.clone(), labels: first.labels.clone(), bytes, flat: Default::default() })
+        Ok(LoadedAdapter { id: id.into(), modules, saved: first.saved.clone(), labels: first.labels.clone(), bytes, flat: Default::default(), slots: Default::default() })
     }
 
     /// Builds device tensors from an adapter's safetensors bytes (already checked against the
@@ -393,7 +411,7 @@ impl LoadedAdapter {
         if let Some(m) = b.keys().next() {
             return Err(Error::TensorMismatch { tensor: m.clone(), detail: "lora_B without lora_A".into() });
         }
-        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes, flat: Default::default() })
+        Ok(LoadedAdapter { id: id.into(), modules, saved, labels, bytes, flat: Default::default(), slots: Default::default() })
     }
 }
 

@@ -15,6 +15,7 @@ mod gguf_check;
 pub mod kv_cache;
 pub mod llama;
 pub mod lora;
+pub mod lora_slots;
 pub mod quant;
 pub mod prefetch;
 pub mod qx8;

@@ -221,7 +221,7 @@ impl Trainer {
         }
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let bytes = vars.iter().map(|(_, v)| v.elem_count() * 4).sum();
-        let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes, flat: Default::default() });
+        let train_adapter = Arc::new(LoadedAdapter { id: "training".into(), modules: pairs, saved, labels: labels.clone(), bytes, flat: Default::default(), slots: Default::default() });
         let eval_adapter = Arc::new(detached(&train_adapter));
         let params = ParamsAdamW { lr: spec.learning_rate, weight_decay: spec.weight_decay, ..Default::default() };
         let opt = AdamW::new(vars.iter().map(|(_, v)| v.clone()).collect(), params)?;
@@ -511,6 +511,7 @@ fn detached(a: &LoadedAdapter) -> LoadedAdapter {
         // shares storage with the variables the optimizer updates in place; its pairs (host:
         // None) keep it from being cached
         flat: Default::default(),
+        slots: Default::default(),
     }
 }
 

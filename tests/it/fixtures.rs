@@ -90,6 +90,7 @@ fn bert_base_lora_other_mixed_merged_match_peft() {
         labels: default.labels.clone(),
         bytes: 0,
         flat: Default::default(),
+        slots: Default::default(),
     });
     assert!(!q_only.modules.is_empty() && q_only.modules.len() < default.modules.len());
     let again = adapter(&e, &case.join("adapter"));

@@ -161,6 +161,26 @@ fn batch_invariance(e: &Engine, tmp: &Path) {
     assert!(firsts.len() >= 3, "adapters should change the output: {alone:?}");
 }
 
+/// An adapter resolves its pairs by projection slot for the first decoder that runs it; on
+/// another decoder its rows look their pairs up by module path. Both ways give the same bits.
+#[test]
+fn an_adapters_pairs_by_slot_give_the_bits_of_its_pairs_by_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("q4_1.gguf");
+    write_gguf(&q, GgmlDType::Q4_1);
+    let (first, second) = (cpu_engine(&q), cpu_engine(&q));
+    let a = load_adapter(&first, &llama().join("adapter"));
+    let ids = first.prompt_ids(&Prompt::Text("hello there, how are you".into())).unwrap();
+    let by_slot = position_logits(&first, &ids, Some(&a), 1);
+    let id = |e: &Engine| e.decoder.as_ref().unwrap().id();
+    let slots = a.slots.get().expect("resolved by slot on first use");
+    assert!(slots.is_for(id(&first)) && !slots.is_for(id(&second)));
+    assert!((0..4).any(|s| matches!(slots.get(0, s), Some(Some(_)))), "the fixture adapter has pairs on layer 0");
+    let by_path = position_logits(&second, &ids, Some(&a), 1);
+    assert_eq!(by_slot, by_path);
+    assert_ne!(by_slot, position_logits(&first, &ids, None, 1), "the adapter changes the logits");
+}
+
 #[test]
 fn seeded_sampling_repeats_and_stop_strings_end_the_text() {
     let e = cpu_engine(&llama().join("base"));
