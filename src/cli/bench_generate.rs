@@ -365,8 +365,9 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// `a` and `b` (one row per adapter entry) prefilled with `prompt`, then `tokens` greedy
-/// decode steps of each in turn, straight on the decoder: the seconds of each pair of steps. Rounds of whole runs drift with a shared host's speed over seconds; two steps a
-/// few milliseconds apart see the same host.
+/// decode steps of each in turn, straight on the decoder: the seconds of each side's steps.
+/// Rounds of whole runs drift with a shared host's speed over seconds; two steps a few
+/// milliseconds apart see the same host.
 fn steps_in_turn(dec: &loradex::model::decoder::Decoder, prompt: &[u32], tokens: usize, a: &[Option<Arc<LoadedAdapter>>], b: &[Option<Arc<LoadedAdapter>>]) -> Result<(Vec<f64>, Vec<f64>)> {
     use loradex::model::decoder::Row;
     let room = prompt.len() + tokens + 1;
