@@ -417,14 +417,17 @@ fn factor_lines(j: &Job, n: usize, o0: usize, o1: usize) -> Pace {
     let mut pace = Pace::default();
     let (rows, cols) = (j.w.rows.max(1), j.w.cols.max(1));
     let start = o0 * n / rows;
+    // rows on one adapter share its A: asked for once per run of them
+    let mut last: Option<Half> = None;
     for t in (start..n).chain(0..start) {
         if let Some(l) = &j.lora[t] {
-            if let (Half::F16(a), None) = (l.a, l.h.get()) {
+            if let (Half::F16(a), None, false) = (l.a, l.h.get(), last.is_some_and(|p| p.same(&l.a))) {
                 pace.push(a);
             }
+            last = Some(l.a);
         }
     }
-    let mut last: Option<Half> = None;
+    last = None;
     for l in j.lora.iter().flatten() {
         if let (Half::F16x8(v), false) = (l.bt, last.is_some_and(|p| p.same(&l.bt))) {
             let r = l.a.len() / cols;
