@@ -411,8 +411,10 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
 /// The base kernel asks for them a few lines a step: with many rows it is compute-bound and
 /// leaves the memory bus idle. Measured with `bench generate`'s decode steps in turn (32 rows
 /// on 32 adapters against 32 on one): the runs in one burst before the kernel, 0.77-0.78x;
-/// paced with only the `A`s of the task's own share of rows, 0.79-0.80x; with all rows' `A`s
-/// not yet made, 0.83x. Asked for during the previous matrix call instead, 0.71-0.72x.
+/// paced with the `A`s of the task's own share of rows, 0.79-0.80x (the 32-adapter steps about
+/// 0.5 ms shorter); with every row's, within the noise of that. Asked for during the previous
+/// matrix call instead, 0.71-0.72x. An `A` that consecutive rows share is asked for once: asked
+/// for per row, it slowed the one-adapter steps by about 1.5 ms.
 fn factor_lines(j: &Job, n: usize, o0: usize, o1: usize) -> Pace {
     let mut pace = Pace::default();
     let (rows, cols) = (j.w.rows.max(1), j.w.cols.max(1));
