@@ -2,9 +2,10 @@
 //! reads each row's own factors after its base kernel, and those reads stalled on memory while
 //! the base kernel, compute-bound with many rows, had left the memory bus idle. `Pace` holds
 //! the address ranges the task will read next and asks for a few of their lines at every step
-//! of the base kernel, so that the loads overlap compute instead of stalling in one burst. Owns
-//! no data and reads none: a prefetch cannot fault, so a range is kept as plain addresses, and
-//! a hint that comes to nothing changes no result.
+//! of the base kernel, so that the loads overlap compute instead of stalling in one burst
+//! (`now` asks for a short range at once, for what is read next). Owns no data and reads none:
+//! a prefetch cannot fault, so a range is kept as plain addresses, and a hint that comes to
+//! nothing changes no result.
 
 /// One cache line.
 const LINE: usize = 64;
@@ -70,12 +71,37 @@ impl Pace {
     }
 }
 
+/// Asks for every line of `s` at once, into L1: for what the next few hundred cycles read.
+pub fn now<T>(s: &[T]) {
+    let a = s.as_ptr() as usize;
+    let end = a + std::mem::size_of_val(s);
+    let mut line = a & !(LINE - 1);
+    while line < end {
+        prefetch::<{ HINT_L1 }>(line);
+        line += LINE;
+    }
+}
+
 #[inline(always)]
 fn prefetch_l2(addr: usize) {
+    prefetch::<{ HINT_L2 }>(addr);
+}
+
+#[cfg(target_arch = "x86_64")]
+const HINT_L1: i32 = std::arch::x86_64::_MM_HINT_T0;
+#[cfg(target_arch = "x86_64")]
+const HINT_L2: i32 = std::arch::x86_64::_MM_HINT_T1;
+#[cfg(not(target_arch = "x86_64"))]
+const HINT_L1: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const HINT_L2: i32 = 0;
+
+#[inline(always)]
+fn prefetch<const HINT: i32>(addr: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it cannot fault, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch(addr as *const i8, std::arch::x86_64::_MM_HINT_T1)
+        std::arch::x86_64::_mm_prefetch::<HINT>(addr as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;

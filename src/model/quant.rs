@@ -341,11 +341,31 @@ unsafe impl Sync for SendPtr {}
 /// odd number of groups (72 rows of a 576-row projection, 24 of a 192-row one) ran its last
 /// group on the 4-token kernel, a ninth to a third of those projections' work.
 fn chunk_rows(rows: usize, n: usize) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    let unit = if super::qx8::isa().wide() && n >= super::qx8::PAIR_MIN_TOKENS { 16 } else { 8 };
-    #[cfg(not(target_arch = "x86_64"))]
-    let unit = { let _ = n; 8 };
+    let unit = if kernels_for(n).wide { 16 } else { 8 };
     (rows / (rayon::current_num_threads() * 4) / unit * unit).clamp(unit, 256)
+}
+
+/// Which kernels `chunk` runs repacked groups on for `n` tokens: the wide kernels' group pairs
+/// (`wide`), and among those AMX tiles for whole chunks of 16 tokens (`tiles`). `chunk_rows`
+/// sizes tasks and `x8_steps` counts steps by the same choice.
+#[derive(Clone, Copy)]
+struct Kernels {
+    wide: bool,
+    tiles: bool,
+}
+
+fn kernels_for(n: usize) -> Kernels {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = super::qx8::isa();
+        let wide = isa.wide() && n >= super::qx8::PAIR_MIN_TOKENS;
+        Kernels { wide, tiles: wide && isa == super::qx8::Isa::Amx }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = n;
+        Kernels { wide: false, tiles: false }
+    }
 }
 
 /// `y[t, o] = Σ_k x[t, k] w[o, k]` (+ the row's low-rank term), `y` is `[n, rows]`.
@@ -432,8 +452,7 @@ fn factor_lines(j: &Job, n: usize, o0: usize, o1: usize) -> Pace {
     last = None;
     for l in j.lora.iter().flatten() {
         if let (Half::F16x8(v), false) = (l.bt, last.is_some_and(|p| p.same(&l.bt))) {
-            let r = l.a.len() / cols;
-            pace.push(&v[(o0 / 8 * r * 8).min(v.len())..(o1.div_ceil(8) * r * 8).min(v.len())]);
+            pace.push(bt_run(v, l.a.len() / cols, o0, o1));
         }
         last = Some(l.bt);
     }
@@ -449,17 +468,18 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
     if let (Kind::X8(f, data), Some(q)) = (&w.kind, q8) {
         #[allow(unused_mut)]
         let mut g0 = o0 / 8;
-        pf.over(x8_steps(o0, o1, n, nb));
+        let kernels = kernels_for(n);
+        pf.over(x8_steps(o1 / 8 - g0, n, nb, kernels));
         #[cfg(target_arch = "x86_64")]
         // 512-bit group pairs pay where several tokens share each weight load; a lone token is
         // bound by memory, where two interleaved group streams ran 0.6-0.7x the 256-bit kernel
         // (Zen 4). AMX tiles run chunks of 16 tokens: about even with AVX-512 at 16, up to 1.14x
         // at 32, behind it at 4-8 (`bench generate`'s kernel table). Every kernel gives the same
         // bits, so the choice is free to follow n.
-        if super::qx8::isa().wide() && n >= super::qx8::PAIR_MIN_TOKENS {
+        if kernels.wide {
             use super::qx8::PAIR_TOKENS as P;
             use super::qx8_amx::TILE_TOKENS as T;
-            let tiles = super::qx8::isa() == super::qx8::Isa::Amx;
+            let tiles = kernels.tiles;
             while g0 + 2 <= o1 / 8 {
                 let mut t = 0;
                 while tiles && n - t >= super::qx8::AMX_MIN_TOKENS {
@@ -554,19 +574,16 @@ fn chunk(w: &QWeight, x: &[f32], n: usize, q8: Option<&[Q8]>, y: &mut [f32], o0:
     }
 }
 
-/// The `Pace::step` calls `chunk` makes over repacked groups `o0 / 8..o1 / 8` for `n` tokens
-/// of `nb` blocks: one per AMX block, one per other kernel call.
-fn x8_steps(o0: usize, o1: usize, n: usize, nb: usize) -> usize {
-    let groups = o1 / 8 - o0 / 8;
-    #[cfg(target_arch = "x86_64")]
-    if super::qx8::isa().wide() && n >= super::qx8::PAIR_MIN_TOKENS {
-        use super::qx8::{AMX_MIN_TOKENS, PAIR_TOKENS};
-        let tiled = if super::qx8::isa() == super::qx8::Isa::Amx { n / AMX_MIN_TOKENS * AMX_MIN_TOKENS } else { 0 };
-        let per_pair = tiled / super::qx8_amx::TILE_TOKENS * nb + (n - tiled).div_ceil(PAIR_TOKENS);
-        return groups / 2 * per_pair + groups % 2 * n.div_ceil(4);
+/// The `Pace::step` calls `chunk` makes over `groups` repacked groups for `n` tokens of `nb`
+/// blocks on `kernels`: one per AMX block, one per other kernel call.
+fn x8_steps(groups: usize, n: usize, nb: usize, kernels: Kernels) -> usize {
+    if !kernels.wide {
+        return groups * n.div_ceil(4);
     }
-    let _ = nb;
-    groups * n.div_ceil(4)
+    use super::qx8::{AMX_MIN_TOKENS, PAIR_TOKENS};
+    let tiled = if kernels.tiles { n / AMX_MIN_TOKENS * AMX_MIN_TOKENS } else { 0 };
+    let per_pair = tiled / super::qx8_amx::TILE_TOKENS * nb + (n - tiled).div_ceil(PAIR_TOKENS);
+    groups / 2 * per_pair + groups % 2 * n.div_ceil(4)
 }
 
 /// `y[t, o0..o1] += Σ_j h_j bt[j, o0..o1]` for rows with a low-rank term, `h = A x[t]` (`o0`
@@ -602,20 +619,15 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
 
 /// Asks the CPU to start loading the blocked up-projection run for outputs `o0..o1` into L1.
 fn prefetch_run(bt: Half, r: usize, o0: usize, o1: usize) {
-    #[cfg(target_arch = "x86_64")]
     if let Half::F16x8(v) = bt {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let (a, b) = (o0 / 8 * r * 8, (o1.div_ceil(8) * r * 8).min(v.len()));
-        let mut i = a;
-        while i < b {
-            let p = v.as_ptr().wrapping_add(i) as *const i8;
-            // SAFETY: a prefetch is a hint; the address lies inside v.
-            unsafe { _mm_prefetch(p, _MM_HINT_T0) }
-            i += 32;
-        }
+        super::prefetch::now(bt_run(v, r, o0, o1));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (bt, r, o0, o1);
+}
+
+/// The part of a blocked rank-`r` up-projection (`Half::F16x8`) that outputs `o0..o1` read:
+/// one contiguous run.
+fn bt_run(v: &[u16], r: usize, o0: usize, o1: usize) -> &[u16] {
+    &v[(o0 / 8 * r * 8).min(v.len())..(o1.div_ceil(8) * r * 8).min(v.len())]
 }
 
 fn has_avx2() -> bool {
