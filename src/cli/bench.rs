@@ -75,6 +75,9 @@ pub enum Which {
         /// GGUF bases: native or f32
         #[arg(long, default_value = "native")]
         dtype: String,
+        /// LoRA factors beside a quantized base: f16 or int8
+        #[arg(long, default_value = "f16")]
+        lora_factors: loradex::model::factors8::FactorDtype,
         #[arg(long, default_value_t = 128)]
         tokens: usize,
         #[arg(long, value_delimiter = ',', default_value = "16,32")]
@@ -190,8 +193,8 @@ pub fn run(which: Which, _home: &Path) -> Result<i32> {
         }
         Which::Embed { base } => bench_embed(&base)?,
         Which::Serve { base, clients, adapters, requests_per_client } => bench_serve(&base, clients, adapters, requests_per_client)?,
-        Which::Generate { base, dtype, tokens, streams, reps, llamacpp, llamacpp_script, parts } => {
-            super::bench_generate::run(super::bench_generate::Args { base, dtype: dtype.parse()?, tokens, streams, reps, llamacpp, llamacpp_script, parts })?
+        Which::Generate { base, dtype, lora_factors, tokens, streams, reps, llamacpp, llamacpp_script, parts } => {
+            super::bench_generate::run(super::bench_generate::Args { base, dtype: dtype.parse()?, lora_factors, tokens, streams, reps, llamacpp, llamacpp_script, parts })?
         }
     }
     Ok(0)

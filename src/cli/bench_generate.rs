@@ -18,6 +18,7 @@ use std::time::Instant;
 pub struct Args {
     pub base: String,
     pub dtype: LoadDtype,
+    pub lora_factors: loradex::model::factors8::FactorDtype,
     pub tokens: usize,
     pub streams: Vec<usize>,
     pub reps: usize,
@@ -251,7 +252,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let threads = rayon::current_num_threads();
     let t = Instant::now();
-    let e = Engine::load_with(BaseDir::open(&a.base)?, candle_core::Device::Cpu, a.dtype)?;
+    let mut e = Engine::load_with(BaseDir::open(&a.base)?, candle_core::Device::Cpu, a.dtype)?;
+    e.set_lora_factors(a.lora_factors)?;
     let dec = e.decoder.clone().ok_or_else(|| Error::Model("bench generate needs a Llama-family base on the CPU".into()))?;
     println!(
         "base {} ({} weights, {:.1} MB), loaded in {:.2} s; {threads} threads",
@@ -268,7 +270,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     println!("prompt: {} tokens", prompt.len());
     let one = Arc::new(loradex::synth::decoder_adapter(&dec, 8, 1)?);
-    println!("adapters: rank 8 on all 7 projections ({:.1} MB each in f32; read in f16 beside a quantized base)", one.bytes as f64 / 1e6);
+    println!(
+        "adapters: rank 8 on all 7 projections ({:.1} MB each in f32; read in {} beside a quantized base, --lora-factors)",
+        one.bytes as f64 / 1e6,
+        dec.lora_factors()
+    );
 
     let on = |p: Part| a.parts.contains(&p);
     // the base's single-stream speed, for the llama.cpp comparison
@@ -409,7 +415,11 @@ fn adapters_vs_one(e: &Engine, tok: &Arc<Tok>, prompt: &[u32], a: &Args, one: &A
     streams(e, tok, prompt, 1, &same[..1])?;
     let t = Instant::now();
     streams(e, tok, prompt, 1, &many)?;
-    println!("first use of {n} adapters (each one's f16 factor copies made, then kept): {:.2} s for {n} one-token requests at once", t.elapsed().as_secs_f64());
+    println!(
+        "first use of {n} adapters (each one's {} factor copies made, then kept): {:.2} s for {n} one-token requests at once",
+        dec.lora_factors(),
+        t.elapsed().as_secs_f64()
+    );
     // one adapter and n adapters in alternating rounds, a ratio per round: the shared
     // machine's drift over a run (often 20-30%) then hits both sides of each ratio alike
     let (mut end, mut steady) = (vec![], vec![]);

@@ -12,9 +12,18 @@
 use super::kv_cache::{bytes_per_token, KvDtype, SeqCache};
 use super::llama::{Config, DecoderOpts, DecoderSpec};
 use super::lora::LoadedAdapter;
+use super::lora_slots::SlotCopies;
+use std::borrow::Cow;
 use super::quant::{attend_group, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
+use super::factors8::FactorDtype;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+
+/// A number no other decoder of this process has.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 pub use super::llama::SLOTS;
 /// The embedding's module name (an embedding LoRA attaches to it).
@@ -61,6 +70,8 @@ pub struct Decoder {
     /// This decoder among those the process made: adapters resolve their pairs by slot once
     /// per decoder (`LoadedAdapter::slot_terms`).
     id: u64,
+    /// The precision LoRA factors are read in beside a quantized base.
+    factors: FactorDtype,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -114,9 +125,8 @@ impl Decoder {
         let eos = cfg.eos_ids();
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts, id })
+        let (id, factors) = (next_id(), FactorDtype::F16);
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts, id, factors })
     }
 
     fn spec(&self) -> DecoderSpec {
@@ -144,6 +154,22 @@ impl Decoder {
         self.kv_dtype
     }
     /// Stores caches made from now on in `dtype` (caches already made keep theirs).
+    /// Reads LoRA factors in `f` beside its quantized weights (`factors8`). An f32 base reads
+    /// them in f32 whatever this says, so asking it for 8 bits is refused. Adapters that met
+    /// this decoder before keep their copies and look their pairs up the slow way: it counts
+    /// as a new decoder to them.
+    pub fn set_lora_factors(&mut self, f: FactorDtype) -> Result<()> {
+        if f != FactorDtype::F16 && self.layers.iter().flat_map(|l| l.lin.iter()).all(|w| w.is_f32()) {
+            return Err(Error::InvalidArgument(format!("LoRA factors in {f} apply beside a quantized base; this one is f32 (load a GGUF base without --dtype f32)")));
+        }
+        self.factors = f;
+        self.id = next_id();
+        Ok(())
+    }
+    /// The precision LoRA factors are read in beside quantized weights.
+    pub fn lora_factors(&self) -> FactorDtype {
+        self.factors
+    }
     pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
         self.kv_dtype = dtype;
     }
@@ -369,8 +395,11 @@ impl Decoder {
             for (t, a) in adapters.iter().enumerate() {
                 // beside a quantized base, a plain pair's copies by slot (no path hashed)
                 if let (Some(a), false) = (a, w.is_f32()) {
-                    if let Some(c) = a.slot_terms(self.id, l.names.len(), all_names)?.and_then(|s| s.get(l.index, *slot)) {
-                        copies.push(c.map(|c| Copies::F16(std::borrow::Cow::Borrowed(c))));
+                    if let Some(c) = a.slot_terms(self.id, l.names.len(), self.factors, all_names)?.and_then(|s| s.get(l.index, *slot)) {
+                        copies.push(c.map(|c| match c {
+                            SlotCopies::F16(c) => Copies::F16(Cow::Borrowed(c)),
+                            SlotCopies::I8(c) => Copies::I8(Cow::Borrowed(c)),
+                        }));
                         continue;
                     }
                 }
@@ -383,6 +412,7 @@ impl Decoder {
                     // one they are read in half precision (half the memory traffic; the base's
                     // own rounding is far larger)
                     Some(p) if w.is_f32() => Some(Copies::F32(p.host_copies()?)),
+                    Some(p) if self.factors == FactorDtype::Int8 => Some(Copies::I8(p.host_copies_i8()?)),
                     Some(p) => Some(Copies::F16(p.host_copies_f16()?)),
                     None => None,
                 });
@@ -426,6 +456,7 @@ impl Decoder {
 enum Copies<'a> {
     F32(std::borrow::Cow<'a, super::lora::HostCopies>),
     F16(std::borrow::Cow<'a, super::lora::HostCopies16>),
+    I8(std::borrow::Cow<'a, super::factors8::Factors8>),
 }
 
 impl Copies<'_> {
@@ -434,6 +465,7 @@ impl Copies<'_> {
         match self {
             Copies::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
             Copies::F16(c) => (Half::F16(&c.0), Half::F16x8(&c.1)),
+            Copies::I8(c) => (Half::I8 { q: &c.a, d: &c.a_d }, Half::I8x8 { q: &c.bt, d: &c.bt_d }),
         }
     }
 }

@@ -87,6 +87,7 @@ fn cached<T: Clone>(cell: Option<&std::sync::OnceLock<T>>, make: impl FnOnce() -
 pub struct HostCache {
     f32: std::sync::OnceLock<HostCopies>,
     f16: std::sync::OnceLock<HostCopies16>,
+    i8: std::sync::OnceLock<super::factors8::Factors8>,
     /// DoRA's `g` against the base weight, as a device tensor and in host memory, and against
     /// the CPU decoder's (possibly quantized) weight.
     dora: std::sync::OnceLock<Tensor>,
@@ -98,6 +99,10 @@ impl HostCache {
     /// The half-precision copies, once made.
     pub fn f16(&self) -> Option<&HostCopies16> {
         self.f16.get()
+    }
+    /// The 8-bit copies, once made.
+    pub fn i8(&self) -> Option<&super::factors8::Factors8> {
+        self.i8.get()
     }
 }
 
@@ -130,6 +135,14 @@ impl LoraPair {
             Ok((half(&c.0), super::quant::block8(&c.1, r, out)))
         };
         cached(self.host.as_ref().map(|c| &c.f16), copy)
+    }
+    /// `host_copies` in 8 bits (`factors8`), for decoders set to read factors so.
+    pub fn host_copies_i8(&self) -> Result<Cow<'_, super::factors8::Factors8>> {
+        let copy = || -> Result<super::factors8::Factors8> {
+            let c = self.host_copies()?;
+            Ok(super::factors8::Factors8::new(&c.0, &c.1, self.a.dim(0)?))
+        };
+        cached(self.host.as_ref().map(|c| &c.i8), copy)
     }
     /// DoRA's per-output scale `g = m / ‖W + s B A‖` (row norms of the updated weight, detached
     /// as PEFT detaches them) against base weight `w`; `None` for a plain LoRA pair. Made once
@@ -215,9 +228,9 @@ impl LoadedAdapter {
     /// Its pairs by slot of decoder `decoder` (`names`: every slot's module path, layer-major,
     /// `slots` a layer), resolved on first use; `None` when they were resolved for another
     /// decoder, whose rows then look their pairs up by path.
-    pub fn slot_terms(&self, decoder: u64, slots: usize, names: impl FnOnce() -> Vec<String>) -> Result<Option<&super::lora_slots::SlotTerms>> {
+    pub fn slot_terms(&self, decoder: u64, slots: usize, factors: super::factors8::FactorDtype, names: impl FnOnce() -> Vec<String>) -> Result<Option<&super::lora_slots::SlotTerms>> {
         if self.slots.get().is_none() {
-            let _ = self.slots.set(super::lora_slots::SlotTerms::build(decoder, slots, &names(), &self.modules)?);
+            let _ = self.slots.set(super::lora_slots::SlotTerms::build(decoder, slots, factors, &names(), &self.modules)?);
         }
         Ok(self.slots.get().filter(|s| s.is_for(decoder)))
     }

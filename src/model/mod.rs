@@ -8,6 +8,7 @@ pub mod bert_cpu;
 pub mod chat;
 pub mod decoder;
 pub mod encoder;
+pub mod factors8;
 pub mod family;
 pub mod generation;
 pub mod gguf;
@@ -313,6 +314,17 @@ impl Engine {
         let labels = base.labels();
         let chat = if !base.arch.is_encoder() && base.gguf.is_none() { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
         Ok(Engine { base, net, tok, device, labels, max_len, decoder, chat })
+    }
+
+    /// Has the CPU decoder read LoRA factors in `f` beside its quantized weights
+    /// (`Decoder::set_lora_factors`); before the engine is shared.
+    pub fn set_lora_factors(&mut self, f: factors8::FactorDtype) -> Result<()> {
+        match self.decoder.as_mut().map(Arc::get_mut) {
+            Some(Some(d)) => d.set_lora_factors(f),
+            Some(None) => Err(Error::Model("the decoder is already shared".into())),
+            None if f == factors8::FactorDtype::F16 => Ok(()),
+            None => Err(Error::InvalidArgument(format!("LoRA factors in {f} apply to a decoder base on the CPU"))),
+        }
     }
 
     /// Whether this base generates text.

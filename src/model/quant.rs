@@ -238,6 +238,11 @@ impl<'a> LowRank<'a> {
         let cols = x.len();
         let r = self.a.len() / cols.max(1);
         let mut h = vec![0f32; r];
+        if let Half::I8 { q, d } = self.a {
+            super::factors8::dot_rows(q, d, cols, x, &mut h);
+            let _ = self.h.set(h);
+            return self.h.get().expect("just set");
+        }
         let mut j = 0;
         if let (Half::F16(v), true) = (self.a, has_avx2()) {
             // four rows at a time, each with the bits `dot_half` gives it alone
@@ -251,6 +256,7 @@ impl<'a> LowRank<'a> {
             *hj = match self.a {
                 Half::F32(v) => dot_f32(&v[j * cols..][..cols], x),
                 Half::F16(v) | Half::F16x8(v) => dot_half(Half::F16(&v[j * cols..][..cols]), x),
+                Half::I8 { .. } | Half::I8x8 { .. } => unreachable!("8-bit factors are done above"),
             };
         }
         let _ = self.h.set(h);
@@ -260,12 +266,15 @@ impl<'a> LowRank<'a> {
 
 /// A vector in f32, or as half-precision bits; or an `[r, rows]` matrix as half-precision bits
 /// blocked by 8 columns (`F16x8`, made by `block8`): each run of 8 outputs holds its `r` rows
-/// of 8 values contiguously, so a range of outputs is one contiguous read.
+/// of 8 values contiguously, so a range of outputs is one contiguous read. `I8` and `I8x8` are
+/// a down- and an up-projection in 8 bits with their scales (`factors8`'s layout).
 #[derive(Clone, Copy)]
 pub enum Half<'a> {
     F32(&'a [f32]),
     F16(&'a [u16]),
     F16x8(&'a [u16]),
+    I8 { q: &'a [i8], d: &'a [f32] },
+    I8x8 { q: &'a [i8], d: &'a [f32] },
 }
 
 impl Half<'_> {
@@ -274,6 +283,7 @@ impl Half<'_> {
         match (self, other) {
             (Half::F32(a), Half::F32(b)) => std::ptr::eq(*a, *b),
             (Half::F16(a), Half::F16(b)) | (Half::F16x8(a), Half::F16x8(b)) => std::ptr::eq(*a, *b),
+            (Half::I8 { q: a, .. }, Half::I8 { q: b, .. }) | (Half::I8x8 { q: a, .. }, Half::I8x8 { q: b, .. }) => std::ptr::eq(*a, *b),
             _ => false,
         }
     }
@@ -281,6 +291,7 @@ impl Half<'_> {
         match self {
             Half::F32(v) => v.len(),
             Half::F16(v) | Half::F16x8(v) => v.len(),
+            Half::I8 { q, .. } | Half::I8x8 { q, .. } => q.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -290,6 +301,8 @@ impl Half<'_> {
     pub fn fits(&self, r: usize, rows: usize) -> bool {
         match self {
             Half::F16x8(v) => v.len() == r * rows.div_ceil(8) * 8,
+            Half::I8x8 { q, d } => q.len() == r * rows.div_ceil(8) * 8 && d.len() == rows.div_ceil(8),
+            Half::I8 { .. } => false,
             _ => self.len() == r * rows,
         }
     }
@@ -299,6 +312,8 @@ impl Half<'_> {
             Half::F32(v) => v[j * rows + o],
             Half::F16(v) => half::f16::from_bits(v[j * rows + o]).to_f32(),
             Half::F16x8(v) => half::f16::from_bits(v[block8_index(j, o, r)]).to_f32(),
+            Half::I8x8 { q, d } => d[o / 8] * q[block8_index(j, o, r)] as f32,
+            Half::I8 { q, d } => d[j * rows.div_ceil(super::factors8::A_BLOCK) + o / super::factors8::A_BLOCK] * q[j * rows + o] as f32,
         }
     }
 }
@@ -327,7 +342,12 @@ pub fn dot_half(a: Half, x: &[f32]) -> f32 {
             unsafe { avx::dot_f16(a, x) }
         }
         Half::F16(a) => a.iter().zip(x).map(|(w, v)| half::f16::from_bits(*w).to_f32() * v).sum(),
-        Half::F16x8(_) => unreachable!("a blocked matrix is not a vector"),
+        Half::I8 { q, d } => {
+            let mut out = [0f32];
+            super::factors8::dot_rows(q, d, q.len(), x, &mut out);
+            out[0]
+        }
+        Half::F16x8(_) | Half::I8x8 { .. } => unreachable!("a blocked matrix is not a vector"),
     }
 }
 
@@ -443,16 +463,31 @@ fn factor_lines(j: &Job, n: usize, o0: usize, o1: usize) -> Pace {
     let mut last: Option<Half> = None;
     for t in (start..n).chain(0..start) {
         if let Some(l) = &j.lora[t] {
-            if let (Half::F16(a), None, false) = (l.a, l.h.get(), last.is_some_and(|p| p.same(&l.a))) {
-                pace.push(a);
+            if let (None, false) = (l.h.get(), last.is_some_and(|p| p.same(&l.a))) {
+                match l.a {
+                    Half::F16(a) => pace.push(a),
+                    Half::I8 { q, d } => {
+                        pace.push(q);
+                        pace.push(d);
+                    }
+                    _ => {}
+                }
             }
             last = Some(l.a);
         }
     }
     last = None;
     for l in j.lora.iter().flatten() {
-        if let (Half::F16x8(v), false) = (l.bt, last.is_some_and(|p| p.same(&l.bt))) {
-            pace.push(bt_run(v, l.a.len() / cols, o0, o1));
+        if !last.is_some_and(|p| p.same(&l.bt)) {
+            let r = l.a.len() / cols;
+            match l.bt {
+                Half::F16x8(v) => pace.push(bt_run(v, r, o0, o1)),
+                Half::I8x8 { q, d } => {
+                    pace.push(bt_run(q, r, o0, o1));
+                    pace.push(&d[(o0 / 8).min(d.len())..o1.div_ceil(8).min(d.len())]);
+                }
+                _ => {}
+            }
         }
         last = Some(l.bt);
     }
@@ -604,6 +639,10 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
         let yt = &mut y[t * rows + o0..t * rows + o1];
         let r = h.len();
         assert!(l.bt.fits(r, rows) && o0.is_multiple_of(8), "a low-rank term of the wrong shape");
+        if let Half::I8x8 { q, d } = l.bt {
+            super::factors8::low_rank(h, q, d, o0, yt);
+            continue;
+        }
         if has_avx2() {
             // SAFETY: AVX2, FMA and F16C were detected; the assert bounds every read.
             unsafe { avx::low_rank(h, l.bt, rows, o0, yt) };
@@ -619,18 +658,20 @@ fn add_low_rank(lora: &[Option<LowRank>], x: &[f32], cols: usize, y: &mut [f32],
 
 /// Asks the CPU to start loading the blocked up-projection run for outputs `o0..o1` into L1.
 fn prefetch_run(bt: Half, r: usize, o0: usize, o1: usize) {
-    if let Half::F16x8(v) = bt {
-        super::prefetch::now(bt_run(v, r, o0, o1));
+    match bt {
+        Half::F16x8(v) => super::prefetch::now(bt_run(v, r, o0, o1)),
+        Half::I8x8 { q, .. } => super::prefetch::now(bt_run(q, r, o0, o1)),
+        _ => {}
     }
 }
 
-/// The part of a blocked rank-`r` up-projection (`Half::F16x8`) that outputs `o0..o1` read:
-/// one contiguous run.
-fn bt_run(v: &[u16], r: usize, o0: usize, o1: usize) -> &[u16] {
+/// The part of a blocked rank-`r` up-projection (`Half::F16x8`, or `Half::I8x8`'s values)
+/// that outputs `o0..o1` read: one contiguous run.
+fn bt_run<T>(v: &[T], r: usize, o0: usize, o1: usize) -> &[T] {
     &v[(o0 / 8 * r * 8).min(v.len())..(o1.div_ceil(8) * r * 8).min(v.len())]
 }
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -835,5 +876,5 @@ fn dot_q(f: BlockFmt, w: &[u8], x: &[Q8]) -> f32 {
 }
 
 #[path = "quant_avx.rs"]
-mod avx;
+pub(super) mod avx;
 

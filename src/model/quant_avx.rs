@@ -310,6 +310,7 @@ mod x86 {
                     Half::F32(v) => _mm256_loadu_ps(v.as_ptr().add(j * rows + o0 + i)),
                     Half::F16(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(j * rows + o0 + i) as *const __m128i)),
                     Half::F16x8(v) => _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(blk + j * 8) as *const __m128i)),
+                    Half::I8 { .. } | Half::I8x8 { .. } => unreachable!("8-bit factors have their own kernel"),
                 };
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(*hj), b, acc);
             }
@@ -358,6 +359,71 @@ mod x86 {
                 s += half::f16::from_bits(a[i * cols + kk]).to_f32() * x[kk];
             }
             out[i] = s;
+        }
+    }
+
+    /// Eight signed bytes at `p` as f32 lanes.
+    #[inline(always)]
+    unsafe fn widen_i8(p: *const i8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    /// `factors8::dot_rows` for `R` factor rows of `q` (`cols` values each, scales `d`), bit
+    /// for bit `dot_rows_portable`'s lanes; the rows run interleaved so that their chains and
+    /// their reads overlap.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // i indexes the rows' accumulators and their data
+    pub unsafe fn dot_i8_rows<const R: usize>(q: &[i8], d: &[f32], cols: usize, x: &[f32], out: &mut [f32]) {
+        use crate::model::factors8::A_BLOCK;
+        let nb = cols.div_ceil(A_BLOCK);
+        let full = cols / A_BLOCK;
+        assert!(q.len() >= R * cols && d.len() >= R * nb && x.len() >= cols && out.len() >= R, "dot_i8_rows slices");
+        let mut tot = [_mm256_setzero_ps(); R];
+        for b in 0..full {
+            let xb = x.as_ptr().add(b * A_BLOCK);
+            let xs = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(xb.add(o)));
+            for i in 0..R {
+                let p = q.as_ptr().add(i * cols + b * A_BLOCK);
+                let mut acc = _mm256_fmadd_ps(widen_i8(p), xs[0], _mm256_setzero_ps());
+                acc = _mm256_fmadd_ps(widen_i8(p.add(8)), xs[1], acc);
+                acc = _mm256_fmadd_ps(widen_i8(p.add(16)), xs[2], acc);
+                acc = _mm256_fmadd_ps(widen_i8(p.add(24)), xs[3], acc);
+                tot[i] = _mm256_fmadd_ps(_mm256_set1_ps(*d.get_unchecked(i * nb + b)), acc, tot[i]);
+            }
+        }
+        for i in 0..R {
+            let mut s = hsum(tot[i]);
+            if full < nb {
+                let mut t = 0f32;
+                for at in full * A_BLOCK..cols {
+                    t = (q[i * cols + at] as f32).mul_add(x[at], t);
+                }
+                s = d[i * nb + full].mul_add(t, s);
+            }
+            out[i] = s;
+        }
+    }
+
+    /// `factors8::low_rank`, bit for bit `low_rank_portable`: per run of 8 outputs the rank
+    /// terms in order from zero, then the run's scale times that added to the outputs.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn low_rank_i8(h: &[f32], q: &[i8], d: &[f32], o0: usize, y: &mut [f32]) {
+        let (n, r) = (y.len(), h.len());
+        assert!(o0.is_multiple_of(8) && q.len() >= (o0 + n).div_ceil(8) * r * 8 && d.len() >= (o0 + n).div_ceil(8), "low_rank_i8 slices");
+        let mut i = 0;
+        while i + 8 <= n {
+            let g = (o0 + i) / 8;
+            let p = q.as_ptr().add(g * r * 8);
+            let mut acc = _mm256_setzero_ps();
+            for (j, hj) in h.iter().enumerate() {
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(*hj), widen_i8(p.add(j * 8)), acc);
+            }
+            let yp = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(yp, _mm256_fmadd_ps(_mm256_set1_ps(*d.get_unchecked(g)), acc, _mm256_loadu_ps(yp)));
+            i += 8;
+        }
+        if i < n {
+            crate::model::factors8::low_rank_portable(h, q, d, o0 + i, &mut y[i..]);
         }
     }
 
@@ -445,6 +511,12 @@ mod portable_stubs {
     }
     pub unsafe fn widen_f16(_: &[u16], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
+    }
+    pub unsafe fn dot_i8_rows<const R: usize>(_: &[i8], _: &[f32], _: usize, _: &[f32], _: &mut [f32]) {
+        unreachable!()
+    }
+    pub unsafe fn low_rank_i8(_: &[f32], _: &[i8], _: &[f32], _: usize, _: &mut [f32]) {
+        unreachable!()
     }
     pub unsafe fn quantize_row(_: &[f32], _: &mut [Q8]) {
         unreachable!("AVX2 is only detected on x86-64")

@@ -15,11 +15,11 @@ use loradex::model::{Engine, Prompt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn cpu_engine(dir: &Path) -> Engine {
+pub(super) fn cpu_engine(dir: &Path) -> Engine {
     Engine::load(BaseDir::open(dir.to_str().unwrap()).unwrap(), Device::Cpu).unwrap()
 }
 
-fn load_adapter(e: &Engine, dir: &Path) -> Arc<LoadedAdapter> {
+pub(super) fn load_adapter(e: &Engine, dir: &Path) -> Arc<LoadedAdapter> {
     let f = loradex::peft::read_dir(dir).unwrap();
     e.adapter(&dir.display().to_string(), &f.config_bytes, &f.weights_bytes, vec![]).unwrap()
 }
@@ -30,7 +30,7 @@ fn scaled_adapter(tmp: &Path, k: f32) -> PathBuf {
 }
 
 /// Per-position logits of one token row fed `chunk` tokens per step.
-fn position_logits(e: &Engine, ids: &[u32], adapter: Option<&LoadedAdapter>, chunk: usize) -> Vec<Vec<f32>> {
+pub(super) fn position_logits(e: &Engine, ids: &[u32], adapter: Option<&LoadedAdapter>, chunk: usize) -> Vec<Vec<f32>> {
     let dec = e.decoder.as_ref().expect("a CPU decoder");
     let mut cache = dec.cache(ids.len(), None);
     let mut out = vec![];
@@ -137,7 +137,7 @@ fn a_continuous_batch_over_three_adapters_and_none_gives_each_sequence_its_solo_
     }
 }
 
-fn batch_invariance(e: &Engine, tmp: &Path) {
+pub(super) fn batch_invariance(e: &Engine, tmp: &Path) {
     let adapters: Vec<Option<Arc<LoadedAdapter>>> = vec![
         Some(load_adapter(e, &llama().join("adapter"))),
         Some(load_adapter(e, &scaled_adapter(tmp, -1.5))),
@@ -224,7 +224,7 @@ fn to_gguf_rows(t: &Tensor, heads: usize) -> Tensor {
 
 /// Writes the fixture Llama base as a GGUF file as llama.cpp's converter would, with its
 /// projections in `dtype`.
-fn write_gguf(out: &Path, dtype: GgmlDType) {
+pub(super) fn write_gguf(out: &Path, dtype: GgmlDType) {
     write_gguf_of(&llama().join("base"), "llama", out, dtype)
 }
 

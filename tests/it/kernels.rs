@@ -5,13 +5,13 @@ use loradex::model::quant::{dequantize_row, quantize_row, BlockFmt, Q8, QK};
 use loradex::model::prefetch::Pace;
 use loradex::model::qx8::{self, Isa};
 
-struct Lcg(u64);
+pub(super) struct Lcg(pub(super) u64);
 impl Lcg {
-    fn next(&mut self) -> u32 {
+    pub(super) fn next(&mut self) -> u32 {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
-    fn unit(&mut self) -> f32 {
+    pub(super) fn unit(&mut self) -> f32 {
         self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0
     }
 }

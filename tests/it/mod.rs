@@ -13,6 +13,7 @@ mod serve;
 mod serve_llm;
 mod spm;
 mod eval;
+mod factors8;
 mod families;
 mod peft_breadth;
 mod registry;
