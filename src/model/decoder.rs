@@ -178,8 +178,20 @@ impl Decoder {
         SeqCache::new(self.layers.len(), self.kv_dim(), self.kv_dtype, capacity, reservation)
     }
     /// The projections' storage, e.g. `Q4_1` (`f32` for unquantized bases).
+    /// The projections' formats, each once in order of first use, with how many projections
+    /// have it where they differ (a `Q4_K_M` file mixes several).
     pub fn weight_format(&self) -> String {
-        self.layers.first().map(|l| l.lin[0].format()).unwrap_or_default()
+        let mut seen: Vec<(String, usize)> = vec![];
+        for f in self.layers.iter().flat_map(|l| l.lin.iter()).map(QWeight::format) {
+            match seen.iter_mut().find(|(s, _)| *s == f) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((f, 1)),
+            }
+        }
+        match seen.len() {
+            1 => seen.remove(0).0,
+            _ => seen.iter().map(|(f, n)| format!("{f} x{n}")).collect::<Vec<_>>().join(", "),
+        }
     }
     /// Bytes of frozen weights held.
     pub fn weight_bytes(&self) -> usize {

@@ -373,18 +373,17 @@ impl GgufSource<'_> {
 impl Source for GgufSource<'_> {
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QWeight> {
         let t = self.load(name, &[rows, cols])?;
-        let is_embed = name == "model.embed_tokens.weight";
         let w = match (self.dtype, BlockFmt::of(t.dtype()), t.dtype()) {
             (LoadDtype::Native, Some(f), _) => QWeight::blocks(f, rows, cols, t.data().map_err(io(&self.g.path))?.into_owned())?,
             (LoadDtype::Native, None, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) | (LoadDtype::F32, _, _) => {
                 let v = t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
                 QWeight::f32(rows, cols, v)?
             }
-            // embedding rows are looked up one at a time: keep a format with row access
-            (LoadDtype::Native, None, _) if is_embed => {
-                QWeight::f32(rows, cols, t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)?
+            // other block types become native ones (exactly where the format allows)
+            (LoadDtype::Native, None, dt) => {
+                let (f, data, _) = super::ggml_convert::to_native(&t)?;
+                QWeight::converted(f, rows, cols, data, dt)?
             }
-            (LoadDtype::Native, None, _) => QWeight::candle(t)?,
         };
         Ok(w)
     }

@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod factors8;
 pub mod family;
 pub mod generation;
+pub mod ggml_convert;
 pub mod gguf;
 mod gguf_check;
 pub mod kv_cache;

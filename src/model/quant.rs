@@ -1,16 +1,15 @@
 //! Frozen weight matrices for the CPU decoder and the matrix-times-rows kernels over them:
 //! f32, and GGML's Q4_0 / Q4_1 / Q8_0 blocks kept quantized (activations are quantized per
 //! row to 8-bit blocks and multiplied in integers, as llama.cpp does), with an AVX2 build chosen
-//! at run time. Other GGML types run through candle's `QMatMul`. Every output element is one
+//! at run time (other GGML types are converted into these at load: `ggml_convert`; a weight
+//! remembers what it was converted from). Every output element is one
 //! row's dot product in a fixed order, whatever the number of rows: a sequence's result never
 //! depends on what else is in the batch. Knows nothing of models, adapters or files.
 
 use crate::error::{Error, Result};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::quantized::GgmlDType;
 use super::prefetch::Pace;
 use rayon::prelude::*;
-use std::sync::Arc;
 
 /// Values per quantized block (all the formats here).
 pub const QK: usize = 32;
@@ -46,7 +45,6 @@ enum Kind {
     Blocks(BlockFmt, Vec<u8>),
     /// Blocks repacked eight rows at a time (`qx8`), on CPUs with AVX2.
     X8(BlockFmt, Vec<u8>),
-    Candle(QMatMul),
 }
 
 /// A `[rows, cols]` weight (PyTorch layout: one row per output feature).
@@ -54,6 +52,8 @@ pub struct QWeight {
     pub rows: usize,
     pub cols: usize,
     kind: Kind,
+    /// The GGML type it was converted from at load, if any.
+    from: Option<GgmlDType>,
 }
 
 impl std::fmt::Debug for QWeight {
@@ -67,7 +67,7 @@ impl QWeight {
         if data.len() != rows * cols {
             return Err(Error::Model(format!("weight of {} values for {rows}x{cols}", data.len())));
         }
-        Ok(QWeight { rows, cols, kind: Kind::F32(data) })
+        Ok(QWeight { rows, cols, kind: Kind::F32(data), from: None })
     }
     /// Raw GGML blocks, row-major (`cols / 32` blocks per row).
     pub fn blocks(fmt: BlockFmt, rows: usize, cols: usize, data: Vec<u8>) -> Result<QWeight> {
@@ -76,29 +76,27 @@ impl QWeight {
         }
         if has_avx2() && rows.is_multiple_of(8) {
             let x8 = super::qx8::repack(fmt, rows, cols, &data);
-            return Ok(QWeight { rows, cols, kind: Kind::X8(fmt, x8) });
+            return Ok(QWeight { rows, cols, kind: Kind::X8(fmt, x8), from: None });
         }
-        Ok(QWeight { rows, cols, kind: Kind::Blocks(fmt, data) })
+        Ok(QWeight { rows, cols, kind: Kind::Blocks(fmt, data), from: None })
     }
-    /// Any other GGML type, through candle's kernels.
-    pub fn candle(t: QTensor) -> Result<QWeight> {
-        let (rows, cols) = t.shape().dims2()?;
-        Ok(QWeight { rows, cols, kind: Kind::Candle(QMatMul::from_arc(Arc::new(t))?) })
+    /// Blocks converted at load from GGML type `from` (`ggml_convert`).
+    pub fn converted(fmt: BlockFmt, rows: usize, cols: usize, data: Vec<u8>, from: GgmlDType) -> Result<QWeight> {
+        Ok(QWeight { from: Some(from), ..QWeight::blocks(fmt, rows, cols, data)? })
     }
     pub fn format(&self) -> String {
         match &self.kind {
             Kind::F32(_) => "f32".into(),
-            Kind::Blocks(f, _) | Kind::X8(f, _) => format!("{f:?}"),
-            Kind::Candle(QMatMul::QTensor(t)) => format!("{:?}", t.dtype()),
-            Kind::Candle(_) => "candle".into(),
+            Kind::Blocks(f, _) | Kind::X8(f, _) => match self.from {
+                Some(g) => format!("{f:?} from {g:?}"),
+                None => format!("{f:?}"),
+            },
         }
     }
     pub fn bytes(&self) -> usize {
         match &self.kind {
             Kind::F32(v) => v.len() * 4,
             Kind::Blocks(_, b) | Kind::X8(_, b) => b.len(),
-            Kind::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
-            Kind::Candle(_) => 0,
         }
     }
     pub fn is_f32(&self) -> bool {
@@ -117,7 +115,6 @@ impl QWeight {
                 dequantize_row(*f, &b[r * rb..][..rb], out);
             }
             Kind::X8(f, b) => super::qx8::dequantize_row(*f, b, self.cols, r, out),
-            Kind::Candle(_) => return Err(Error::Model("row lookup in a candle-quantized weight".into())),
         }
         Ok(())
     }
@@ -409,23 +406,11 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
         if act.cols != cols || j.y.len() != n * rows || j.lora.len() != n {
             return Err(Error::Model(format!("matmul of {n}x{} rows by a {rows}x{cols} weight", act.cols)));
         }
-        if let Kind::Candle(m) = &j.w.kind {
-            // one row at a time: candle's batched kernels may order sums by batch shape
-            for t in 0..n {
-                let x = Tensor::from_slice(&act.x[t * cols..][..cols], (1, cols), &Device::Cpu)?;
-                let r = m.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
-                j.y[t * rows..][..rows].copy_from_slice(&r);
-            }
-            add_low_rank(j.lora, act.x, cols, j.y, rows, 0, rows);
-        }
     }
     let q8 = jobs.iter().any(|j| matches!(j.w.kind, Kind::Blocks(..) | Kind::X8(..))).then(|| act.q8());
     let ptrs: Vec<SendPtr> = jobs.iter_mut().map(|j| SendPtr(j.y.as_mut_ptr())).collect();
     let mut tasks = vec![];
     for (ji, j) in jobs.iter().enumerate() {
-        if matches!(j.w.kind, Kind::Candle(_)) {
-            continue;
-        }
         let ch = chunk_rows(j.w.rows, n);
         tasks.extend((0..j.w.rows.div_ceil(ch)).map(|c| (ji, c * ch, ((c + 1) * ch).min(j.w.rows))));
     }

@@ -3,6 +3,7 @@ mod common;
 mod fixtures;
 mod fuzz_regressions;
 mod generate;
+mod ggml_convert;
 mod hardening;
 mod kernels;
 mod leases;
