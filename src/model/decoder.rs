@@ -47,6 +47,8 @@ struct Layer {
     names: Vec<String>,
     /// Its place in the stack (adapters' `SlotTerms` are indexed by it).
     index: usize,
+    /// Qwen3's per-head norm weights of q and k (`head_dim` each).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 pub struct Decoder {
@@ -116,7 +118,11 @@ impl Decoder {
             }
             let attn_norm = norm(src, &format!("{p}.input_layernorm.weight"))?;
             let ffn_norm = norm(src, &format!("{p}.post_attention_layernorm.weight"))?;
-            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i });
+            let qk_norm = match spec.opts.qk_norm {
+                true => Some((src.vector(&format!("{p}.self_attn.q_norm.weight"), hd)?, src.vector(&format!("{p}.self_attn.k_norm.weight"), hd)?)),
+                false => None,
+            };
+            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i, qk_norm });
         }
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
@@ -310,6 +316,12 @@ impl Decoder {
                 }
             }
             let (o_slot, mlp0) = if fused { (1, 2) } else { (3, 4) };
+            if let Some((qn, kn)) = &l.qk_norm {
+                // each head's hd values normalized on their own, before RoPE
+                let (q0, k0) = (q.clone(), k.clone());
+                rms_norm_rows(&q0, qn, eps, &mut q, hd);
+                rms_norm_rows(&k0, kn, eps, &mut k, hd);
+            }
             rope(&mut q, nh, hd, &cos, &sin);
             rope(&mut k, nkv, hd, &cos, &sin);
             for t in 0..n {

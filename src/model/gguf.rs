@@ -1,5 +1,5 @@
 //! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
-//! `gemma` and `phi3` architectures): the model's hyper-parameters as a Hugging Face
+//! `qwen3`, `gemma` and `phi3` architectures): the model's hyper-parameters as a Hugging Face
 //! `config.json`, its tensors under Hugging Face's names (with what llama.cpp's converters
 //! changed undone: a Llama's interleaved `q`/`k` rotary rows, Gemma's norms stored plus one),
 //! so PEFT adapters apply as trained,
@@ -64,9 +64,10 @@ pub struct GgufArch {
 /// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
 /// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
 /// are written as `llama`.
-pub const ARCHS: [GgufArch; 4] = [
+pub const ARCHS: [GgufArch; 5] = [
     GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, hidden_act: "silu" },
     GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, hidden_act: "silu" },
+    GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, hidden_act: "silu" },
     GgufArch {
         name: "gemma",
         model_type: "gemma",
@@ -238,6 +239,8 @@ impl Gguf {
             "attn_k" => "self_attn.k_proj",
             "attn_v" => "self_attn.v_proj",
             "attn_output" => "self_attn.o_proj",
+            "attn_q_norm" => "self_attn.q_norm",
+            "attn_k_norm" => "self_attn.k_norm",
             "attn_qkv" if self.arch.fused => "self_attn.qkv_proj",
             "ffn_gate" if !self.arch.fused => "mlp.gate_proj",
             "ffn_up" if self.arch.fused => "mlp.gate_up_proj",

@@ -1,8 +1,9 @@
 //! The one Llama-family decoder in candle (training, merging, accelerators): RMSNorm, RoPE
 //! (default type), grouped-query attention, gated MLP, tied or untied embeddings, a KV cache.
 //! A family (`model::family`) hands it a `DecoderSpec`: Llama's config plus the options that
-//! distinguish Mistral (sliding window), Qwen2 (q/k/v biases, read from the weights), Gemma
-//! (`(1 + w)` norms, scaled embeddings, GeGLU) and Phi-3 (fused `qkv_proj`/`gate_up_proj`).
+//! distinguish Mistral (sliding window), Qwen2 (q/k/v biases, read from the weights), Qwen3
+//! (per-head q/k norms), Gemma (`(1 + w)` norms, scaled embeddings, GeGLU) and Phi-3 (fused
+//! `qkv_proj`/`gate_up_proj`).
 //! Every projection sits behind the `LoraLinear` seam; a LoRA on a fused projection applies to
 //! its fused output, as PEFT's does. Owns only the architecture math.
 
@@ -99,6 +100,8 @@ pub struct DecoderOpts {
     pub sliding_window: Option<usize>,
     /// `qkv_proj` and `gate_up_proj` instead of separate projections (Phi-3).
     pub fused: bool,
+    /// An RMSNorm over each head of q and k before RoPE, `self_attn.{q,k}_norm` (Qwen3).
+    pub qk_norm: bool,
 }
 
 /// A decoder as a family describes it.
@@ -197,6 +200,8 @@ struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
     lin: Vec<LoraLinear>,
+    /// Qwen3's per-head norm weights of q and k (`head_dim` each).
+    qk_norm: Option<(Tensor, Tensor)>,
 }
 
 #[derive(Clone, Debug)]
@@ -251,7 +256,11 @@ impl Llama {
                 };
                 lin.push(LoraLinear::new(name, weight, bias));
             }
-            layers.push(Layer { input_norm: norm(&format!("{p}.input_layernorm.weight"))?, post_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?, lin });
+            let qk_norm = match spec.opts.qk_norm {
+                true => Some((super::bert::vector(w, &format!("{p}.self_attn.q_norm.weight"), head_dim)?, super::bert::vector(w, &format!("{p}.self_attn.k_norm.weight"), head_dim)?)),
+                false => None,
+            };
+            layers.push(Layer { input_norm: norm(&format!("{p}.input_layernorm.weight"))?, post_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?, lin, qk_norm });
         }
         let _ = (nh, inter);
         let embed = super::bert::matrix(w, "model.embed_tokens.weight", Some(cfg.vocab_size), h)?;
@@ -363,8 +372,13 @@ impl Llama {
             } else {
                 (l.lin[0].forward(&h, ctx)?, l.lin[1].forward(&h, ctx)?, l.lin[2].forward(&h, ctx)?, &l.lin[3], &l.lin[4..])
             };
-            let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
+            let (mut q, mut k) = (q.reshape((b, s, nh, hd))?, k.reshape((b, s, self.n_kv, hd))?);
+            if let Some((qn, kn)) = &l.qk_norm {
+                q = rms_norm(&q, qn, self.cfg.rms_norm_eps, ctx.train)?;
+                k = rms_norm(&k, kn, self.cfg.rms_norm_eps, ctx.train)?;
+            }
+            let q = q.transpose(1, 2)?.contiguous()?;
+            let k = k.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
             let q = self.rope(&q, pos0)?;
             let mut k = self.rope(&k, pos0)?;

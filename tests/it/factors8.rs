@@ -66,9 +66,9 @@ fn eight_bit_factor_kernels_give_the_portable_kernels_bits() {
             factors8::dot_rows_portable(&f.a, &f.a_d, cols, &x, &mut want);
             assert_eq!(bits(&got), bits(&want), "A x: rank {r}, {cols} columns");
             // and both are the dot of the rounded values, to f32's accuracy
-            for j in 0..r {
+            for (j, g) in got.iter().enumerate() {
                 let exact: f64 = (0..cols).map(|c| (f.a_d[j * cols.div_ceil(A_BLOCK) + c / A_BLOCK] * f.a[j * cols + c] as f32) as f64 * x[c] as f64).sum();
-                assert!((got[j] as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "A x row {j}: {} vs {exact}", got[j]);
+                assert!((*g as f64 - exact).abs() < 1e-4 * (1.0 + exact.abs()), "A x row {j}: {g} vs {exact}");
             }
         }
     }

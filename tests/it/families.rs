@@ -12,7 +12,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A case of the shared second set, or of loradex's own (`tests/fixtures/`, made the same way
+/// by `scripts/make-qwen3-fixture.py`).
 fn case(name: &str) -> PathBuf {
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    if own.is_dir() {
+        return own;
+    }
     fixtures().join("../peft2").join(name)
 }
 
@@ -204,6 +210,13 @@ fn qwen2_matches_peft() {
     decoder_case("qwen2-causal", "qwen2");
 }
 
+/// Qwen3's per-head q/k norms and explicit `head_dim`, on loradex's own fixture (made by
+/// transformers + PEFT, `scripts/make-qwen3-fixture.py`).
+#[test]
+fn qwen3_matches_peft() {
+    decoder_case("qwen3-causal", "qwen3");
+}
+
 #[test]
 fn mistral_matches_peft() {
     decoder_case("mistral-causal", "mistral");
@@ -284,7 +297,11 @@ fn encoder_families_cpu_step_matches_autograd() {
 #[test]
 fn decoder_families_train_every_lora_tensor() {
     use loradex::train::{Example, Task, Trainer};
-    for (name, targets) in [("qwen2-causal", &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"][..]), ("phi3-causal", &["qkv_proj", "gate_up_proj", "down_proj"][..])] {
+    for (name, targets) in [
+        ("qwen2-causal", &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"][..]),
+        ("qwen3-causal", &["q_proj", "k_proj", "v_proj", "o_proj"][..]),
+        ("phi3-causal", &["qkv_proj", "gate_up_proj", "down_proj"][..]),
+    ] {
         let case = case(name);
         let e = Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), candle_core::Device::Cpu).unwrap();
         let mut tr = Trainer::new(e, Task::CausalLm, lora_spec(targets, &[]), vec![]).unwrap();

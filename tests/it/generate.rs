@@ -255,6 +255,8 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
                     "self_attn.k_proj" => "attn_k",
                     "self_attn.v_proj" => "attn_v",
                     "self_attn.o_proj" => "attn_output",
+                    "self_attn.q_norm" => "attn_q_norm",
+                    "self_attn.k_norm" => "attn_k_norm",
                     "mlp.gate_proj" => "ffn_gate",
                     "mlp.up_proj" => "ffn_up",
                     "mlp.down_proj" => "ffn_down",
@@ -427,7 +429,51 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
     let mut bad = g2.clone();
     bad[at..at + 5].copy_from_slice(b"gpt2x");
     let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, gemma, phi3)"), "{err}");
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, phi3)"), "{err}");
+}
+
+/// A Qwen3 GGUF (llama.cpp keeps its q/k rows in Hugging Face's order and writes the per-head
+/// norms as `attn_q_norm` / `attn_k_norm`) loads as the Qwen3 family: bit for bit the
+/// safetensors base's logits in f32, with and without the PEFT fixture adapter, PEFT's greedy
+/// ids, and close with Q8_0 projections.
+#[test]
+fn a_qwen3_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal");
+    let st = cpu_engine(&case.join("base"));
+    let a_st = load_adapter(&st, &case.join("adapter"));
+    let exp = expected(&case);
+    let rows = valid_rows(&exp);
+    let p = tmp.path().join("qwen3-f32.gguf");
+    write_gguf_of(&case.join("base"), "qwen3", &p, GgmlDType::F32);
+    let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
+    assert_eq!(gb.arch.name(), "qwen3");
+    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
+    let a_g = load_adapter(&g, &case.join("adapter"));
+    for ids in &rows {
+        for ad in [None, Some((&a_st, &a_g))] {
+            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
+            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
+            assert_eq!(got, want, "qwen3: f32 GGUF vs safetensors, bit for bit");
+        }
+    }
+    let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
+    let want = ids_rows(&exp["greedy_ids"])[0].clone();
+    let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
+    let out = g.generate(prompt, params, Some(a_g.clone()), &mut |_| {}).unwrap();
+    assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "qwen3 GGUF: PEFT's greedy ids");
+    let q8 = tmp.path().join("qwen3-q8.gguf");
+    write_gguf_of(&case.join("base"), "qwen3", &q8, GgmlDType::Q8_0);
+    let q = cpu_engine(&q8);
+    let a_q = load_adapter(&q, &case.join("adapter"));
+    let mut worst = 0f32;
+    for ids in &rows {
+        let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
+        for (gv, wv) in got.iter().zip(&want) {
+            worst = worst.max(max_abs_diff(gv, wv));
+        }
+    }
+    assert!(worst > 0.0 && worst <= 0.02, "qwen3 Q8_0: logits differ by {worst}");
 }
 
 /// Gemma and Phi-3 GGUFs (and a Mistral, which llama.cpp writes as `llama`) load as their

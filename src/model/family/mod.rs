@@ -12,6 +12,7 @@ pub mod llama;
 pub mod mistral;
 pub mod phi3;
 pub mod qwen2;
+pub mod qwen3;
 pub mod roberta;
 pub mod xlm_roberta;
 
@@ -29,6 +30,7 @@ static FAMILIES: &[&Family] = &[
     &llama::FAMILY,
     &mistral::FAMILY,
     &qwen2::FAMILY,
+    &qwen3::FAMILY,
     &gemma::FAMILY,
     &phi3::FAMILY,
 ];
