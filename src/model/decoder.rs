@@ -47,8 +47,12 @@ struct Layer {
     names: Vec<String>,
     /// Its place in the stack (adapters' `SlotTerms` are indexed by it).
     index: usize,
-    /// Qwen3's per-head norm weights of q and k (`head_dim` each).
+    /// The per-head norm weights of q and k (`head_dim` each).
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Gemma 3's norms of the attention's and the MLP's outputs.
+    out_norms: Option<(Vec<f32>, Vec<f32>)>,
+    /// Whether it is a local layer (its window and RoPE base: `DecoderSpec::is_local`).
+    local: bool,
 }
 
 pub struct Decoder {
@@ -65,6 +69,8 @@ pub struct Decoder {
     /// f32 one (`set_kv_dtype` overrides).
     kv_dtype: KvDtype,
     inv_freq: Vec<f32>,
+    /// Local layers' inverse frequencies, where the spec has local layers.
+    inv_freq_local: Option<Vec<f32>>,
     embed: QWeight,
     lm_head: Option<QWeight>,
     norm: Vec<f32>,
@@ -94,17 +100,17 @@ impl Decoder {
         let cfg = spec.cfg.clone();
         let (hidden, nh) = (cfg.hidden_size, cfg.num_attention_heads);
         let (n_kv, hd) = cfg.dims()?;
-        let theta = cfg.theta()?;
         let (inter, vocab) = (cfg.intermediate_size, cfg.vocab_size);
         let shapes = super::llama::layer_shapes(&spec, n_kv, hd);
         let plus = spec.opts.norm_plus_one;
-        let norm = |src: &mut dyn Source, name: &str| -> Result<Vec<f32>> {
-            let mut v = src.vector(name, hidden)?;
+        let norm_of = |src: &mut dyn Source, name: &str, len: usize| -> Result<Vec<f32>> {
+            let mut v = src.vector(name, len)?;
             if plus {
                 v.iter_mut().for_each(|x| *x += 1.0);
             }
             Ok(v)
         };
+        let norm = |src: &mut dyn Source, name: &str| norm_of(src, name, hidden);
         // grown as layers load: a hostile layer count fails at its first missing tensor
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
@@ -117,22 +123,33 @@ impl Decoder {
                 bias.push(if src.has(&b) { Some(src.vector(&b, *r)?) } else { None });
             }
             let attn_norm = norm(src, &format!("{p}.input_layernorm.weight"))?;
-            let ffn_norm = norm(src, &format!("{p}.post_attention_layernorm.weight"))?;
+            let (ffn_norm, out_norms) = match spec.opts.sandwich_norms {
+                true => (
+                    norm(src, &format!("{p}.pre_feedforward_layernorm.weight"))?,
+                    Some((norm(src, &format!("{p}.post_attention_layernorm.weight"))?, norm(src, &format!("{p}.post_feedforward_layernorm.weight"))?)),
+                ),
+                false => (norm(src, &format!("{p}.post_attention_layernorm.weight"))?, None),
+            };
             let qk_norm = match spec.opts.qk_norm {
-                true => Some((src.vector(&format!("{p}.self_attn.q_norm.weight"), hd)?, src.vector(&format!("{p}.self_attn.k_norm.weight"), hd)?)),
+                true => Some((norm_of(src, &format!("{p}.self_attn.q_norm.weight"), hd)?, norm_of(src, &format!("{p}.self_attn.k_norm.weight"), hd)?)),
                 false => None,
             };
-            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i, qk_norm });
+            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i, qk_norm, out_norms, local: spec.is_local(i) });
         }
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
         let norm = norm(src, "model.norm.weight")?;
-        let inv_freq = (0..hd / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
+        let n_layers = cfg.num_hidden_layers;
+        let inv_freq = spec.inv_freq((0..n_layers).find(|l| !spec.is_local(*l)).unwrap_or(0), hd)?;
+        let inv_freq_local = match (0..n_layers).find(|l| spec.is_local(*l)) {
+            Some(l) => Some(spec.inv_freq(l, hd)?),
+            None => None,
+        };
         let eos = cfg.eos_ids();
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
         let (id, factors) = (next_id(), FactorDtype::F16);
-        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, embed, lm_head, norm, layers, cfg, opts: spec.opts, id, factors })
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, inv_freq_local, embed, lm_head, norm, layers, cfg, opts: spec.opts, id, factors })
     }
 
     fn spec(&self) -> DecoderSpec {
@@ -271,17 +288,21 @@ impl Decoder {
             let k = (h as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= k);
         }
-        // rotary tables for each token's position
+        // rotary tables for each token's position (and for local layers, where they differ)
         let half = hd / 2;
-        let mut cos = vec![0f32; n * half];
-        let mut sin = vec![0f32; n * half];
-        for t in 0..n {
-            for (i, f) in self.inv_freq.iter().enumerate() {
-                let a = tok_pos[t] as f32 * f;
-                cos[t * half + i] = a.cos();
-                sin[t * half + i] = a.sin();
+        let tables = |inv: &[f32]| {
+            let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
+            for t in 0..n {
+                for (i, f) in inv.iter().enumerate() {
+                    let a = tok_pos[t] as f32 * f;
+                    cos[t * half + i] = a.cos();
+                    sin[t * half + i] = a.sin();
+                }
             }
-        }
+            (cos, sin)
+        };
+        let global_rope = tables(&self.inv_freq);
+        let local_rope = self.inv_freq_local.as_deref().map(tables);
         let adapters: Vec<Option<&LoadedAdapter>> = tok_row.iter().map(|&r| rows[r].adapter).collect();
         let (mut xn, mut q, mut k, mut v) = (vec![0f32; n * h], vec![0f32; n * nh * hd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
         let (mut attn, mut tmp) = (vec![0f32; n * nh * hd], vec![0f32; n * h]);
@@ -292,7 +313,7 @@ impl Decoder {
         let spec = self.spec();
         let act_fn = self.opts.act;
         let eps = self.cfg.rms_norm_eps as f32;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = spec.attn_scale(hd) as f32;
         let rep = nh / nkv;
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
@@ -322,8 +343,12 @@ impl Decoder {
                 rms_norm_rows(&q0, qn, eps, &mut q, hd);
                 rms_norm_rows(&k0, kn, eps, &mut k, hd);
             }
-            rope(&mut q, nh, hd, &cos, &sin);
-            rope(&mut k, nkv, hd, &cos, &sin);
+            let (cos, sin) = match (&local_rope, l.local) {
+                (Some(t), true) => t,
+                _ => &global_rope,
+            };
+            rope(&mut q, nh, hd, cos, sin);
+            rope(&mut k, nkv, hd, cos, sin);
             for t in 0..n {
                 rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
             }
@@ -337,7 +362,7 @@ impl Decoder {
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
                     // a sliding window starts the keys later: attend over the cache from `lo`
-                    let lo = spec.window_start(p);
+                    let lo = spec.window_start(li, p);
                     let qg = &q[t * nh * hd + kvh * rep * hd..][..rep * hd];
                     attend_group(qg, hd, kc.rows(lo * kvd), vc.rows(lo * kvd), kvd, kvh * hd, p - lo, scale, out);
                 };
@@ -353,6 +378,10 @@ impl Decoder {
                 let act = Act::new(&attn, n, nh * hd);
                 self.linears(l, &act, &adapters, &mut [(o_slot, &mut tmp)])?;
                 add_bias(&mut tmp, l.bias[o_slot].as_deref());
+            }
+            if let Some((after_attn, _)) = &l.out_norms {
+                let o = tmp.clone();
+                rms_norm_rows(&o, after_attn, eps, &mut tmp, h);
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
@@ -386,6 +415,10 @@ impl Decoder {
                 let act = Act::new(&g, n, self.inter);
                 self.linears(l, &act, &adapters, &mut [(down, &mut tmp)])?;
                 add_bias(&mut tmp, l.bias[down].as_deref());
+            }
+            if let Some((_, after_mlp)) = &l.out_norms {
+                let m = tmp.clone();
+                rms_norm_rows(&m, after_mlp, eps, &mut tmp, h);
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }

@@ -2,8 +2,9 @@
 //! (default type), grouped-query attention, gated MLP, tied or untied embeddings, a KV cache.
 //! A family (`model::family`) hands it a `DecoderSpec`: Llama's config plus the options that
 //! distinguish Mistral (sliding window), Qwen2 (q/k/v biases, read from the weights), Qwen3
-//! (per-head q/k norms), Gemma (`(1 + w)` norms, scaled embeddings, GeGLU) and Phi-3 (fused
-//! `qkv_proj`/`gate_up_proj`).
+//! (per-head q/k norms), Gemma (`(1 + w)` norms, scaled embeddings, GeGLU), Gemma 3 (also
+//! norms after attention and around the MLP, a query scale, local layers with their own window
+//! and RoPE base) and Phi-3 (fused `qkv_proj`/`gate_up_proj`).
 //! Every projection sits behind the `LoraLinear` seam; a LoRA on a fused projection applies to
 //! its fused output, as PEFT's does. Owns only the architecture math.
 
@@ -89,7 +90,7 @@ pub fn silu(x: f32) -> f32 {
 }
 
 /// What distinguishes one decoder family from Llama.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DecoderOpts {
     /// RMSNorm scales by `1 + w` (Gemma).
     pub norm_plus_one: bool,
@@ -100,9 +101,31 @@ pub struct DecoderOpts {
     pub sliding_window: Option<usize>,
     /// `qkv_proj` and `gate_up_proj` instead of separate projections (Phi-3).
     pub fused: bool,
-    /// An RMSNorm over each head of q and k before RoPE, `self_attn.{q,k}_norm` (Qwen3).
+    /// An RMSNorm over each head of q and k before RoPE, `self_attn.{q,k}_norm` (Qwen3,
+    /// Gemma 3).
     pub qk_norm: bool,
+    /// Norms after attention and around the MLP (Gemma 3): `post_attention_layernorm`
+    /// normalizes the attention's output before the residual add, `pre_feedforward_layernorm`
+    /// the MLP's input and `post_feedforward_layernorm` its output.
+    pub sandwich_norms: bool,
+    /// Attention scores scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`.
+    pub query_scale: Option<u32>,
+    /// Layers of two kinds (Gemma 3): local ones use `sliding_window` and their own RoPE base,
+    /// the others see every key with the config's base. `None`: `sliding_window` (if any)
+    /// applies to every layer.
+    pub local: Option<LocalLayers>,
 }
+
+/// Which layers are local (sliding-window) ones, and their RoPE base.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalLayers {
+    /// Bit `i`: layer `i` is local.
+    pub mask: u128,
+    pub theta: f64,
+}
+
+/// The most layers a config with local layers may have (`LocalLayers::mask`'s bits).
+pub const MAX_LOCAL_LAYERS: usize = 128;
 
 /// A decoder as a family describes it.
 #[derive(Clone, Debug)]
@@ -129,9 +152,29 @@ impl DecoderSpec {
             &SLOTS
         }
     }
-    /// Whether a query at `q` may see the key at `k` (`k <= q`).
-    pub fn window_start(&self, q: usize) -> usize {
-        self.opts.sliding_window.map_or(0, |w| (q + 1).saturating_sub(w))
+    /// Whether layer `layer` is a local one (its own window and RoPE base).
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.opts.local.is_some_and(|l| layer < MAX_LOCAL_LAYERS && l.mask >> layer & 1 == 1)
+    }
+    /// The first key a query at `q` sees in layer `layer` (every key up to `q` from there).
+    pub fn window_start(&self, layer: usize, q: usize) -> usize {
+        let windowed = self.opts.local.is_none() || self.is_local(layer);
+        match self.opts.sliding_window.filter(|_| windowed) {
+            Some(w) => (q + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+    /// The attention scores' scale.
+    pub fn attn_scale(&self, head_dim: usize) -> f64 {
+        1.0 / (self.opts.query_scale.map_or(head_dim as f64, f64::from)).sqrt()
+    }
+    /// RoPE's inverse frequencies for layer `layer` (`head_dim / 2` of them).
+    pub fn inv_freq(&self, layer: usize, head_dim: usize) -> Result<Vec<f32>> {
+        let theta = match self.opts.local {
+            Some(l) if self.is_local(layer) => l.theta,
+            _ => self.cfg.theta()?,
+        };
+        Ok((0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect())
     }
 }
 
@@ -198,10 +241,16 @@ impl Config {
 #[derive(Clone, Debug)]
 struct Layer {
     input_norm: Tensor,
+    /// The norm before the MLP (`post_attention_layernorm`, or Gemma 3's
+    /// `pre_feedforward_layernorm`).
     post_norm: Tensor,
     lin: Vec<LoraLinear>,
-    /// Qwen3's per-head norm weights of q and k (`head_dim` each).
+    /// The per-head norm weights of q and k (`head_dim` each).
     qk_norm: Option<(Tensor, Tensor)>,
+    /// Gemma 3's norms of the attention's and the MLP's outputs.
+    out_norms: Option<(Tensor, Tensor)>,
+    /// Its RoPE tables, when its kind has its own base.
+    local: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -214,6 +263,8 @@ pub struct Llama {
     lm_head: Tensor,
     cos: Tensor,
     sin: Tensor,
+    /// Local layers' tables (their own RoPE base), where the spec has them.
+    local_rope: Option<(Tensor, Tensor)>,
     n_kv: usize,
     head_dim: usize,
 }
@@ -239,10 +290,11 @@ impl Llama {
         let cfg = &spec.cfg;
         let (h, nh, inter) = (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size);
         let shapes = layer_shapes(&spec, n_kv, head_dim);
-        let norm = |name: &str| -> Result<Tensor> {
-            let t = super::bert::vector(w, name, h)?;
+        let norm_of = |name: &str, len: usize| -> Result<Tensor> {
+            let t = super::bert::vector(w, name, len)?;
             Ok(if spec.opts.norm_plus_one { (t + 1.0)? } else { t })
         };
+        let norm = |name: &str| norm_of(name, h);
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -257,10 +309,18 @@ impl Llama {
                 lin.push(LoraLinear::new(name, weight, bias));
             }
             let qk_norm = match spec.opts.qk_norm {
-                true => Some((super::bert::vector(w, &format!("{p}.self_attn.q_norm.weight"), head_dim)?, super::bert::vector(w, &format!("{p}.self_attn.k_norm.weight"), head_dim)?)),
+                true => Some((norm_of(&format!("{p}.self_attn.q_norm.weight"), head_dim)?, norm_of(&format!("{p}.self_attn.k_norm.weight"), head_dim)?)),
                 false => None,
             };
-            layers.push(Layer { input_norm: norm(&format!("{p}.input_layernorm.weight"))?, post_norm: norm(&format!("{p}.post_attention_layernorm.weight"))?, lin, qk_norm });
+            let input_norm = norm(&format!("{p}.input_layernorm.weight"))?;
+            let (post_norm, out_norms) = match spec.opts.sandwich_norms {
+                true => (
+                    norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
+                    Some((norm(&format!("{p}.post_attention_layernorm.weight"))?, norm(&format!("{p}.post_feedforward_layernorm.weight"))?)),
+                ),
+                false => (norm(&format!("{p}.post_attention_layernorm.weight"))?, None),
+            };
+            layers.push(Layer { input_norm, post_norm, lin, qk_norm, out_norms, local: spec.is_local(i) });
         }
         let _ = (nh, inter);
         let embed = super::bert::matrix(w, "model.embed_tokens.weight", Some(cfg.vocab_size), h)?;
@@ -268,15 +328,22 @@ impl Llama {
             true => super::bert::matrix(w, "lm_head.weight", Some(cfg.vocab_size), h)?,
             false => embed.clone(),
         };
-        let theta = cfg.theta()?;
         let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
-        let inv = Tensor::from_vec(inv, (1, half), device)?;
         let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-        let freqs = t.broadcast_mul(&inv)?;
-        let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
+        let tables = |inv: Vec<f32>| -> Result<(Tensor, Tensor)> {
+            let freqs = t.broadcast_mul(&Tensor::from_vec(inv, (1, half), device)?)?;
+            let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
+            Ok((freqs.cos()?, freqs.sin()?))
+        };
+        // layer 0's kind may be either: the global tables come from a global layer's base
+        let global = (0..cfg.num_hidden_layers.max(1)).find(|l| !spec.is_local(*l)).unwrap_or(0);
+        let (cos, sin) = tables(spec.inv_freq(global, head_dim)?)?;
+        let local_rope = match (0..cfg.num_hidden_layers).find(|l| spec.is_local(*l)) {
+            Some(l) => Some(tables(spec.inv_freq(l, head_dim)?)?),
+            None => None,
+        };
         let norm_w = norm("model.norm.weight")?;
-        Ok(Llama { cos: freqs.cos()?, sin: freqs.sin()?, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })
+        Ok(Llama { cos, sin, local_rope, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })
     }
 
     pub fn spec(&self) -> DecoderSpec {
@@ -305,10 +372,14 @@ impl Llama {
         &self.lm_head
     }
 
-    fn rope(&self, x: &Tensor, pos0: usize) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, pos0: usize, local: bool) -> Result<Tensor> {
         let (_, _, s, d) = x.dims4()?;
-        let cos = self.cos.narrow(0, pos0, s)?;
-        let sin = self.sin.narrow(0, pos0, s)?;
+        let (cos, sin) = match (&self.local_rope, local) {
+            (Some((c, s)), true) => (c, s),
+            _ => (&self.cos, &self.sin),
+        };
+        let cos = cos.narrow(0, pos0, s)?;
+        let sin = sin.narrow(0, pos0, s)?;
         let x1 = x.narrow(D::Minus1, 0, d / 2)?;
         let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
         let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
@@ -329,17 +400,27 @@ impl Llama {
         let rep = nh / self.n_kv;
         // additive mask [b, 1, s, total]: causal, and padding keys masked out
         let spec = self.spec();
-        let causal: Vec<f32> = (0..s)
-            .flat_map(|i| {
-                let lo = spec.window_start(pos0 + i);
-                (0..total).map(move |j| if j <= pos0 + i && j >= lo { 0.0 } else { -1e9 })
-            })
-            .collect();
-        let mut bias = Tensor::from_vec(causal, (1, 1, s, total), dev)?;
-        if let Some(m) = mask {
-            let pad = ((m.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, total))?;
-            bias = bias.broadcast_add(&pad)?;
-        }
+        // one mask per kind of layer (global and local differ only with local layers)
+        let bias_of = |layer: usize| -> Result<Tensor> {
+            let causal: Vec<f32> = (0..s)
+                .flat_map(|i| {
+                    let lo = spec.window_start(layer, pos0 + i);
+                    (0..total).map(move |j| if j <= pos0 + i && j >= lo { 0.0 } else { -1e9 })
+                })
+                .collect();
+            let mut bias = Tensor::from_vec(causal, (1, 1, s, total), dev)?;
+            if let Some(m) = mask {
+                let pad = ((m.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, total))?;
+                bias = bias.broadcast_add(&pad)?;
+            }
+            Ok(bias)
+        };
+        let n_layers = self.layers.len();
+        let global_bias = bias_of((0..n_layers).find(|l| !spec.is_local(*l)).unwrap_or(0))?;
+        let local_bias = match (0..n_layers).find(|l| spec.is_local(*l)) {
+            Some(l) => Some(bias_of(l)?),
+            None => None,
+        };
         if let Some(c) = cache.as_deref_mut() {
             if c.kv.len() != self.layers.len() {
                 c.kv = vec![None; self.layers.len()];
@@ -362,7 +443,7 @@ impl Llama {
         if self.opts.embed_scale {
             x = (x * (self.cfg.hidden_size as f64).sqrt() as f32 as f64)?;
         }
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = spec.attn_scale(hd);
         let kvd = self.n_kv * hd;
         for (li, l) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &l.input_norm, self.cfg.rms_norm_eps, ctx.train)?;
@@ -380,8 +461,12 @@ impl Llama {
             let q = q.transpose(1, 2)?.contiguous()?;
             let k = k.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = self.rope(&q, pos0)?;
-            let mut k = self.rope(&k, pos0)?;
+            let q = self.rope(&q, pos0, l.local)?;
+            let mut k = self.rope(&k, pos0, l.local)?;
+            let bias = match (&local_bias, l.local) {
+                (Some(b), true) => b,
+                _ => &global_bias,
+            };
             let mut v = v;
             if let Some(c) = cache.as_deref_mut() {
                 if let Some((pk, pv)) = &c.kv[li] {
@@ -402,10 +487,14 @@ impl Llama {
             } else {
                 (k, v)
             };
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
             let probs = softmax(&scores, ctx.train)?;
             let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-            x = (x + o.forward(&attn, ctx)?)?;
+            let mut a = o.forward(&attn, ctx)?;
+            if let Some((after_attn, _)) = &l.out_norms {
+                a = rms_norm(&a, after_attn, self.cfg.rms_norm_eps, ctx.train)?;
+            }
+            x = (x + a)?;
             let h = rms_norm(&x, &l.post_norm, self.cfg.rms_norm_eps, ctx.train)?;
             let (g, u, down) = if self.opts.fused {
                 let gu = mlp[0].forward(&h, ctx)?;
@@ -418,7 +507,11 @@ impl Llama {
                 MlpAct::Silu => g.silu()?,
                 MlpAct::GeluTanh => g.gelu()?,
             };
-            x = (x + down.forward(&(g * u)?, ctx)?)?;
+            let mut m = down.forward(&(g * u)?, ctx)?;
+            if let Some((_, after_mlp)) = &l.out_norms {
+                m = rms_norm(&m, after_mlp, self.cfg.rms_norm_eps, ctx.train)?;
+            }
+            x = (x + m)?;
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, ctx.train)
     }

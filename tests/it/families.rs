@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A case of the shared second set, or of loradex's own (`tests/fixtures/`, made the same way
-/// by `scripts/make-qwen3-fixture.py`).
+/// by `scripts/make-fixtures3.py`).
 fn case(name: &str) -> PathBuf {
     let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     if own.is_dir() {
@@ -215,6 +215,13 @@ fn qwen2_matches_peft() {
 #[test]
 fn qwen3_matches_peft() {
     decoder_case("qwen3-causal", "qwen3");
+}
+
+/// Gemma 3's per-head norms, sandwich norms, query scaling, and local layers with their own
+/// window and RoPE base (window 4, shorter than the texts), on loradex's own fixture.
+#[test]
+fn gemma3_matches_peft() {
+    decoder_case("gemma3-causal", "gemma3");
 }
 
 #[test]

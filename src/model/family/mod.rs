@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod gemma;
+pub mod gemma3;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -32,6 +33,7 @@ static FAMILIES: &[&Family] = &[
     &qwen2::FAMILY,
     &qwen3::FAMILY,
     &gemma::FAMILY,
+    &gemma3::FAMILY,
     &phi3::FAMILY,
 ];
 
