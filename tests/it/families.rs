@@ -211,7 +211,7 @@ fn qwen2_matches_peft() {
 }
 
 /// Qwen3's per-head q/k norms and explicit `head_dim`, on loradex's own fixture (made by
-/// transformers + PEFT, `scripts/make-qwen3-fixture.py`).
+/// transformers + PEFT, `scripts/make-fixtures3.py`).
 #[test]
 fn qwen3_matches_peft() {
     decoder_case("qwen3-causal", "qwen3");
