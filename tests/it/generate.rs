@@ -381,89 +381,34 @@ fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_q
     }
 }
 
-/// A Qwen2 GGUF (llama.cpp keeps its q/k rows in Hugging Face's order and writes its q/k/v
-/// biases) loads as the Qwen2 family: bit for bit the safetensors base's logits in f32, with
-/// and without the PEFT fixture adapter, its greedy ids, and close when quantized.
-#[test]
-fn a_qwen2_gguf_base_matches_its_safetensors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let case = fixtures().join("../peft2/qwen2-causal");
+/// A GGUF of fixture `case` written as llama.cpp's converter for `arch` would loads as
+/// `family`: bit for bit the safetensors base's logits in f32, with and without the PEFT
+/// fixture adapter, PEFT's greedy ids, and within 0.02 with Q8_0 projections.
+fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path) -> PathBuf {
     let st = cpu_engine(&case.join("base"));
     let a_st = load_adapter(&st, &case.join("adapter"));
-    let exp = expected(&case);
+    let exp = expected(case);
     let rows = valid_rows(&exp);
-    let p = tmp.path().join("qwen2-f32.gguf");
-    write_gguf_of(&case.join("base"), "qwen2", &p, GgmlDType::F32);
+    let p = tmp.join(format!("{arch}-f32.gguf"));
+    write_gguf_of(&case.join("base"), arch, &p, GgmlDType::F32);
     let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
-    assert_eq!(gb.arch.name(), "qwen2");
+    assert_eq!(gb.arch.name(), family);
     let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
     let a_g = load_adapter(&g, &case.join("adapter"));
     for ids in &rows {
         for ad in [None, Some((&a_st, &a_g))] {
             let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
             let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
-            assert_eq!(got, want, "qwen2: f32 GGUF vs safetensors, bit for bit");
+            assert_eq!(got, want, "{arch}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
         }
     }
     let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
     let want = ids_rows(&exp["greedy_ids"])[0].clone();
     let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
     let out = g.generate(prompt, params, Some(a_g.clone()), &mut |_| {}).unwrap();
-    assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "qwen2 GGUF: PEFT's greedy ids");
-    // Q8_0 projections: close to f32 (biases stay f32)
-    let q8 = tmp.path().join("qwen2-q8.gguf");
-    write_gguf_of(&case.join("base"), "qwen2", &q8, GgmlDType::Q8_0);
-    let q = Engine::load(BaseDir::open(q8.to_str().unwrap()).unwrap(), Device::Cpu).unwrap();
-    let a_q = load_adapter(&q, &case.join("adapter"));
-    let mut worst = 0f32;
-    for ids in &rows {
-        let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
-        for (gv, wv) in got.iter().zip(&want) {
-            worst = worst.max(max_abs_diff(gv, wv));
-        }
-    }
-    assert!(worst > 0.0 && worst <= 0.02, "qwen2 Q8_0: logits differ by {worst}");
-    // a GGUF of another architecture is refused by name
-    let g2 = std::fs::read(&p).unwrap();
-    let at = g2.windows(5).position(|w| w == b"qwen2").unwrap();
-    let mut bad = g2.clone();
-    bad[at..at + 5].copy_from_slice(b"gpt2x");
-    let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, phi3)"), "{err}");
-}
-
-/// A Qwen3 GGUF (llama.cpp keeps its q/k rows in Hugging Face's order and writes the per-head
-/// norms as `attn_q_norm` / `attn_k_norm`) loads as the Qwen3 family: bit for bit the
-/// safetensors base's logits in f32, with and without the PEFT fixture adapter, PEFT's greedy
-/// ids, and close with Q8_0 projections.
-#[test]
-fn a_qwen3_gguf_base_matches_its_safetensors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal");
-    let st = cpu_engine(&case.join("base"));
-    let a_st = load_adapter(&st, &case.join("adapter"));
-    let exp = expected(&case);
-    let rows = valid_rows(&exp);
-    let p = tmp.path().join("qwen3-f32.gguf");
-    write_gguf_of(&case.join("base"), "qwen3", &p, GgmlDType::F32);
-    let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
-    assert_eq!(gb.arch.name(), "qwen3");
-    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
-    let a_g = load_adapter(&g, &case.join("adapter"));
-    for ids in &rows {
-        for ad in [None, Some((&a_st, &a_g))] {
-            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
-            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
-            assert_eq!(got, want, "qwen3: f32 GGUF vs safetensors, bit for bit");
-        }
-    }
-    let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
-    let want = ids_rows(&exp["greedy_ids"])[0].clone();
-    let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
-    let out = g.generate(prompt, params, Some(a_g.clone()), &mut |_| {}).unwrap();
-    assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "qwen3 GGUF: PEFT's greedy ids");
-    let q8 = tmp.path().join("qwen3-q8.gguf");
-    write_gguf_of(&case.join("base"), "qwen3", &q8, GgmlDType::Q8_0);
+    assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "{arch} GGUF: PEFT's greedy ids");
+    let q8 = tmp.join(format!("{arch}-q8.gguf"));
+    write_gguf_of(&case.join("base"), arch, &q8, GgmlDType::Q8_0);
     let q = cpu_engine(&q8);
     let a_q = load_adapter(&q, &case.join("adapter"));
     let mut worst = 0f32;
@@ -473,7 +418,30 @@ fn a_qwen3_gguf_base_matches_its_safetensors() {
             worst = worst.max(max_abs_diff(gv, wv));
         }
     }
-    assert!(worst > 0.0 && worst <= 0.02, "qwen3 Q8_0: logits differ by {worst}");
+    assert!(worst > 0.0 && worst <= 0.02, "{arch} Q8_0: logits differ by {worst}");
+    p
+}
+
+/// A Qwen2 GGUF (llama.cpp keeps its q/k rows in Hugging Face's order and writes its q/k/v
+/// biases) loads as the Qwen2 family; a GGUF of an unknown architecture is refused by name.
+#[test]
+fn a_qwen2_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = gguf_matches_safetensors(&fixtures().join("../peft2/qwen2-causal"), "qwen2", "qwen2", tmp.path());
+    let g2 = std::fs::read(&p).unwrap();
+    let at = g2.windows(5).position(|w| w == b"qwen2").unwrap();
+    let mut bad = g2.clone();
+    bad[at..at + 5].copy_from_slice(b"gpt2x");
+    let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, phi3)"), "{err}");
+}
+
+/// A Qwen3 GGUF (q/k rows in Hugging Face's order, the per-head norms as `attn_q_norm` /
+/// `attn_k_norm`) loads as the Qwen3 family.
+#[test]
+fn a_qwen3_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal"), "qwen3", "qwen3", tmp.path());
 }
 
 /// Gemma and Phi-3 GGUFs (and a Mistral, which llama.cpp writes as `llama`) load as their
@@ -485,40 +453,7 @@ fn a_qwen3_gguf_base_matches_its_safetensors() {
 fn gemma_phi3_and_mistral_gguf_bases_match_their_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     for (case, arch, family) in [("gemma-causal", "gemma", "gemma"), ("phi3-causal", "phi3", "phi3"), ("mistral-causal", "llama", "llama")] {
-        let case = fixtures().join("../peft2").join(case);
-        let st = cpu_engine(&case.join("base"));
-        let a_st = load_adapter(&st, &case.join("adapter"));
-        let exp = expected(&case);
-        let p = tmp.path().join(format!("{arch}-f32.gguf"));
-        write_gguf_of(&case.join("base"), arch, &p, GgmlDType::F32);
-        let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
-        assert_eq!(gb.arch.name(), family);
-        let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
-        let a_g = load_adapter(&g, &case.join("adapter"));
-        for ids in &valid_rows(&exp) {
-            for ad in [None, Some((&a_st, &a_g))] {
-                let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
-                let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
-                assert_eq!(got, want, "{arch}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
-            }
-        }
-        let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
-        let want = ids_rows(&exp["greedy_ids"])[0].clone();
-        let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
-        let out = g.generate(prompt, params, Some(a_g.clone()), &mut |_| {}).unwrap();
-        assert_eq!([out.prompt_ids, out.new_ids].concat(), want, "{arch} GGUF: PEFT's greedy ids");
-        let q8 = tmp.path().join(format!("{arch}-q8.gguf"));
-        write_gguf_of(&case.join("base"), arch, &q8, GgmlDType::Q8_0);
-        let q = Engine::load(BaseDir::open(q8.to_str().unwrap()).unwrap(), Device::Cpu).unwrap();
-        let a_q = load_adapter(&q, &case.join("adapter"));
-        let mut worst = 0f32;
-        for ids in &valid_rows(&exp) {
-            let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
-            for (gv, wv) in got.iter().zip(&want) {
-                worst = worst.max(max_abs_diff(gv, wv));
-            }
-        }
-        assert!(worst > 0.0 && worst <= 0.02, "{arch} Q8_0: logits differ by {worst}");
+        gguf_matches_safetensors(&fixtures().join("../peft2").join(case), arch, family, tmp.path());
     }
 }
 

@@ -22,12 +22,18 @@ pub struct Config {
 }
 
 fn spec(v: &Value) -> Result<DecoderSpec> {
-    let c: Config = parse("qwen2", v)?;
+    spec_as("qwen2", v)
+}
+
+/// The spec of a config read as Qwen2's (Qwen3's adds per-head norms to it), `name` naming it
+/// in errors.
+pub(super) fn spec_as(name: &str, v: &Value) -> Result<DecoderSpec> {
+    let c: Config = parse(name, v)?;
     let mut opts = DecoderOpts { act: MlpAct::parse(c.common.hidden_act.as_deref())?, ..Default::default() };
     if c.use_sliding_window && c.sliding_window.is_some() {
         // transformers windows layers from max_window_layers on: all of them only when it is 0
         if c.max_window_layers.unwrap_or(0) != 0 {
-            return Err(Error::Model("qwen2 config: a sliding window on only some layers (max_window_layers) is not supported".into()));
+            return Err(Error::Model(format!("{name} config: a sliding window on only some layers (max_window_layers) is not supported")));
         }
         opts.sliding_window = c.sliding_window.filter(|w| *w > 0);
     }
