@@ -159,6 +159,9 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         "gguf" => vec![
             loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q4_1),
             loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q8_0),
+            // types converted at load (`ggml_convert`): exactly, and by rounding
+            loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q5_0),
+            loradex::fuzzing::tiny_gguf(candle_core::quantized::GgmlDType::Q5_1),
             loradex::fuzzing::tiny_gguf_spm(candle_core::quantized::GgmlDType::Q4_1),
         ],
         other => panic!("no seeds for target {other}"),
