@@ -14,7 +14,8 @@ use super::llama::{Config, DecoderOpts, DecoderSpec};
 use super::lora::LoadedAdapter;
 use super::lora_slots::SlotCopies;
 use std::borrow::Cow;
-use super::quant::{attend_group, matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
+use super::attention::attend_group;
+use super::quant::{matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
 use super::factors8::FactorDtype;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -176,7 +177,6 @@ impl Decoder {
     pub fn kv_dtype(&self) -> KvDtype {
         self.kv_dtype
     }
-    /// Stores caches made from now on in `dtype` (caches already made keep theirs).
     /// Reads LoRA factors in `f` beside its quantized weights (`factors8`). An f32 base reads
     /// them in f32 whatever this says, so asking it for 8 bits is refused. Adapters that met
     /// this decoder before keep their copies and look their pairs up the slow way: it counts
@@ -193,6 +193,7 @@ impl Decoder {
     pub fn lora_factors(&self) -> FactorDtype {
         self.factors
     }
+    /// Stores caches made from now on in `dtype` (caches already made keep theirs).
     pub fn set_kv_dtype(&mut self, dtype: KvDtype) {
         self.kv_dtype = dtype;
     }
@@ -200,9 +201,9 @@ impl Decoder {
     pub fn cache(&self, capacity: usize, reservation: Option<super::kv_cache::KvReservation>) -> SeqCache {
         SeqCache::new(self.layers.len(), self.kv_dim(), self.kv_dtype, capacity, reservation)
     }
-    /// The projections' storage, e.g. `Q4_1` (`f32` for unquantized bases).
-    /// The projections' formats, each once in order of first use, with how many projections
-    /// have it where they differ (a `Q4_K_M` file mixes several).
+    /// The projections' storage, e.g. `Q4_1` (`f32` for unquantized bases): each format once
+    /// in order of first use, with how many projections have it where they differ (a `Q4_K_M`
+    /// file mixes several).
     pub fn weight_format(&self) -> String {
         let mut seen: Vec<(String, usize)> = vec![];
         for f in self.layers.iter().flat_map(|l| l.lin.iter()).map(QWeight::format) {

@@ -1,4 +1,4 @@
-//! The AVX2 + FMA + F16C builds of `quant`'s kernels (row-at-a-time block dots, f32 and f16
+//! The AVX2 + FMA + F16C builds of `quant`'s and `attention`'s kernels (row-at-a-time block dots, f32 and f16
 //! dots, the fused low-rank add, one head's attention). Callers check the CPU first; nothing here
 //! is reached without those features.
 
@@ -218,7 +218,7 @@ mod x86 {
             }
         }
         for h in 0..H {
-            super::super::softmax_in_place(&mut s[h * np..][..np]);
+            crate::model::attention::softmax_in_place(&mut s[h * np..][..np]);
         }
         // values in passes of 16 outputs for every head; each output sums positions in order
         let mut c = 0;
@@ -249,7 +249,7 @@ mod x86 {
         for (i, e) in s.iter_mut().enumerate() {
             *e = dot_inline(q.as_ptr(), k.as_ptr().add(i * stride + off), hd) * scale;
         }
-        super::super::softmax_in_place(s);
+        crate::model::attention::softmax_in_place(s);
         // values in passes of 64 outputs (8 independent accumulators: FMA throughput, not its
         // latency), then 32; each output sums positions in order
         let (mut j, n8) = (0, hd / 8 * 8);
