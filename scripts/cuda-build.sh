@@ -36,6 +36,8 @@ fi
 (cd "$root/lib" && for l in cublas cublasLt nvrtc cudart; do ln -sf "lib$l.so.13" "lib$l.so"; done && ln -sf libcurand.so.10 libcurand.so)
 if [ ! -f "$root/lib/stubs/libcuda.so" ]; then
   mkdir -p "$root/lib/stubs"
+  # the stub lists cudarc's driver functions: its source must be in the registry first
+  cargo fetch --locked -q
   sys=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | tail -1)
   grep -o 'fn cu[A-Za-z0-9_]*(' "$sys" | sort -u | sed 's/fn \(.*\)(/void \1(void){}/' > "$cu/stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so" "$cu/stub.c"
