@@ -526,6 +526,7 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
             if let Some(s) = seed {
                 r.train.seed = s;
             }
+            loradex::util::flush_denormals();
             let mut s = open_store(&home)?;
             let bar = (!quiet && !js).then(progress::TrainBar::new);
             let report = loradex::train::train_and_store(&r, &mut s, &loradex::model::device(cuda)?, &mut |p| {
