@@ -140,12 +140,7 @@ impl Decoder {
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
         let norm = norm(src, "model.norm.weight")?;
-        let n_layers = cfg.num_hidden_layers;
-        let inv_freq = spec.inv_freq((0..n_layers).find(|l| !spec.is_local(*l)).unwrap_or(0), hd)?;
-        let inv_freq_local = match (0..n_layers).find(|l| spec.is_local(*l)) {
-            Some(l) => Some(spec.inv_freq(l, hd)?),
-            None => None,
-        };
+        let (inv_freq, inv_freq_local) = spec.inv_freqs(hd)?;
         let eos = cfg.eos_ids();
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
@@ -340,9 +335,8 @@ impl Decoder {
             let (o_slot, mlp0) = if fused { (1, 2) } else { (3, 4) };
             if let Some((qn, kn)) = &l.qk_norm {
                 // each head's hd values normalized on their own, before RoPE
-                let (q0, k0) = (q.clone(), k.clone());
-                rms_norm_rows(&q0, qn, eps, &mut q, hd);
-                rms_norm_rows(&k0, kn, eps, &mut k, hd);
+                rms_norm_in_place(&mut q, qn, eps, hd);
+                rms_norm_in_place(&mut k, kn, eps, hd);
             }
             let (cos, sin) = match (&local_rope, l.local) {
                 (Some(t), true) => t,
@@ -363,7 +357,7 @@ impl Decoder {
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
                     // a sliding window starts the keys later: attend over the cache from `lo`
-                    let lo = spec.window_start(li, p);
+                    let lo = spec.window_start(l.local, p);
                     let qg = &q[t * nh * hd + kvh * rep * hd..][..rep * hd];
                     attend_group(qg, hd, kc.rows(lo * kvd), vc.rows(lo * kvd), kvd, kvh * hd, p - lo, scale, out);
                 };
@@ -381,8 +375,7 @@ impl Decoder {
                 add_bias(&mut tmp, l.bias[o_slot].as_deref());
             }
             if let Some((after_attn, _)) = &l.out_norms {
-                let o = tmp.clone();
-                rms_norm_rows(&o, after_attn, eps, &mut tmp, h);
+                rms_norm_in_place(&mut tmp, after_attn, eps, h);
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
@@ -418,8 +411,7 @@ impl Decoder {
                 add_bias(&mut tmp, l.bias[down].as_deref());
             }
             if let Some((_, after_mlp)) = &l.out_norms {
-                let m = tmp.clone();
-                rms_norm_rows(&m, after_mlp, eps, &mut tmp, h);
+                rms_norm_in_place(&mut tmp, after_mlp, eps, h);
             }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
@@ -550,13 +542,31 @@ fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
 /// RMSNorm of each `h`-wide row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)`.
 fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize) {
     let one = |(o, xr): (&mut [f32], &[f32])| {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / h as f32;
-        let r = 1.0 / (ms + eps).sqrt();
+        let r = rms_scale(xr, eps);
         for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {
             *o = wv * (v * r);
         }
     };
     zip_rows(out, x, h, one);
+}
+
+/// `rms_norm_rows` of `x` into itself, the same bits.
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32, h: usize) {
+    let one = |xr: &mut [f32]| {
+        let r = rms_scale(xr, eps);
+        xr.iter_mut().zip(w).for_each(|(v, wv)| *v = wv * (*v * r));
+    };
+    if x.len() / h >= PAR_MIN_ROWS {
+        x.par_chunks_mut(h).for_each(one);
+    } else {
+        x.chunks_mut(h).for_each(one);
+    }
+}
+
+/// `1 / sqrt(mean(x²) + eps)` of one row.
+fn rms_scale(xr: &[f32], eps: f32) -> f32 {
+    let ms = xr.iter().map(|v| v * v).sum::<f32>() / xr.len() as f32;
+    1.0 / (ms + eps).sqrt()
 }
 
 /// `f` over the matching `w`-wide rows of `a` and `b`, in parallel from `PAR_MIN_ROWS` rows.

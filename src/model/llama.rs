@@ -156,9 +156,14 @@ impl DecoderSpec {
     pub fn is_local(&self, layer: usize) -> bool {
         self.opts.local.is_some_and(|l| layer < MAX_LOCAL_LAYERS && l.mask >> layer & 1 == 1)
     }
-    /// The first key a query at `q` sees in layer `layer` (every key up to `q` from there).
-    pub fn window_start(&self, layer: usize, q: usize) -> usize {
-        let windowed = self.opts.local.is_none() || self.is_local(layer);
+    /// Whether any layer is a local one.
+    pub fn has_local_layers(&self) -> bool {
+        (0..self.cfg.num_hidden_layers).any(|l| self.is_local(l))
+    }
+    /// The first key a query at `q` sees in a local layer (`local`) or a global one (every key
+    /// up to `q` from there).
+    pub fn window_start(&self, local: bool, q: usize) -> usize {
+        let windowed = self.opts.local.is_none() || local;
         match self.opts.sliding_window.filter(|_| windowed) {
             Some(w) => (q + 1).saturating_sub(w),
             None => 0,
@@ -168,13 +173,12 @@ impl DecoderSpec {
     pub fn attn_scale(&self, head_dim: usize) -> f64 {
         1.0 / (self.opts.query_scale.map_or(head_dim as f64, f64::from)).sqrt()
     }
-    /// RoPE's inverse frequencies for layer `layer` (`head_dim / 2` of them).
-    pub fn inv_freq(&self, layer: usize, head_dim: usize) -> Result<Vec<f32>> {
-        let theta = match self.opts.local {
-            Some(l) if self.is_local(layer) => l.theta,
-            _ => self.cfg.theta()?,
-        };
-        Ok((0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect())
+    /// RoPE's inverse frequencies (`head_dim / 2` of them): the global layers', and the local
+    /// layers' (their own base) where there are any.
+    pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let inv = |theta: f64| (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
+        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| inv(l.theta));
+        Ok((inv(self.cfg.theta()?), local))
     }
 }
 
@@ -335,13 +339,9 @@ impl Llama {
             let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
             Ok((freqs.cos()?, freqs.sin()?))
         };
-        // layer 0's kind may be either: the global tables come from a global layer's base
-        let global = (0..cfg.num_hidden_layers.max(1)).find(|l| !spec.is_local(*l)).unwrap_or(0);
-        let (cos, sin) = tables(spec.inv_freq(global, head_dim)?)?;
-        let local_rope = match (0..cfg.num_hidden_layers).find(|l| spec.is_local(*l)) {
-            Some(l) => Some(tables(spec.inv_freq(l, head_dim)?)?),
-            None => None,
-        };
+        let (global, local) = spec.inv_freqs(head_dim)?;
+        let (cos, sin) = tables(global)?;
+        let local_rope = local.map(tables).transpose()?;
         let norm_w = norm("model.norm.weight")?;
         Ok(Llama { cos, sin, local_rope, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })
     }
@@ -401,10 +401,10 @@ impl Llama {
         // additive mask [b, 1, s, total]: causal, and padding keys masked out
         let spec = self.spec();
         // one mask per kind of layer (global and local differ only with local layers)
-        let bias_of = |layer: usize| -> Result<Tensor> {
+        let bias_of = |local: bool| -> Result<Tensor> {
             let causal: Vec<f32> = (0..s)
                 .flat_map(|i| {
-                    let lo = spec.window_start(layer, pos0 + i);
+                    let lo = spec.window_start(local, pos0 + i);
                     (0..total).map(move |j| if j <= pos0 + i && j >= lo { 0.0 } else { -1e9 })
                 })
                 .collect();
@@ -415,12 +415,8 @@ impl Llama {
             }
             Ok(bias)
         };
-        let n_layers = self.layers.len();
-        let global_bias = bias_of((0..n_layers).find(|l| !spec.is_local(*l)).unwrap_or(0))?;
-        let local_bias = match (0..n_layers).find(|l| spec.is_local(*l)) {
-            Some(l) => Some(bias_of(l)?),
-            None => None,
-        };
+        let global_bias = bias_of(false)?;
+        let local_bias = if spec.has_local_layers() { Some(bias_of(true)?) } else { None };
         if let Some(c) = cache.as_deref_mut() {
             if c.kv.len() != self.layers.len() {
                 c.kv = vec![None; self.layers.len()];
