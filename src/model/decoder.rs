@@ -12,10 +12,9 @@
 use super::kv_cache::{bytes_per_token, KvDtype, SeqCache};
 use super::llama::{Config, DecoderOpts, DecoderSpec};
 use super::lora::LoadedAdapter;
-use super::lora_slots::SlotCopies;
-use std::borrow::Cow;
+use super::lora_slots::Copies;
 use super::attention::attend_group;
-use super::quant::{matmul, matmul_many, Act, Half, Job, LowRank, QWeight};
+use super::quant::{matmul, matmul_many, Act, Job, LowRank, QWeight};
 use super::factors8::FactorDtype;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -446,10 +445,7 @@ impl Decoder {
                 // beside a quantized base, a plain pair's copies by slot (no path hashed)
                 if let (Some(a), false) = (a, w.is_f32()) {
                     if let Some(c) = a.slot_terms(self.id, l.names.len(), self.factors, all_names)?.and_then(|s| s.get(l.index, *slot)) {
-                        copies.push(c.map(|c| match c {
-                            SlotCopies::F16(c) => Copies::F16(Cow::Borrowed(c)),
-                            SlotCopies::I8(c) => Copies::I8(Cow::Borrowed(c)),
-                        }));
+                        copies.push(c);
                         continue;
                     }
                 }
@@ -459,11 +455,10 @@ impl Decoder {
                 }
                 copies.push(match pair {
                     // beside an f32 base the factors stay f32 (PEFT-exact); beside a quantized
-                    // one they are read in half precision (half the memory traffic; the base's
-                    // own rounding is far larger)
+                    // one they are read in the decoder's precision, f16 unless set to 8 bits
+                    // (less memory traffic; the base's own rounding is far larger)
                     Some(p) if w.is_f32() => Some(Copies::F32(p.host_copies()?)),
-                    Some(p) if self.factors == FactorDtype::Int8 => Some(Copies::I8(p.host_copies_i8()?)),
-                    Some(p) => Some(Copies::F16(p.host_copies_f16()?)),
+                    Some(p) => Some(Copies::quantized(p, self.factors)?),
                     None => None,
                 });
             }
@@ -499,24 +494,6 @@ impl Decoder {
             y[t * rows..][..rows].iter_mut().zip(g.iter()).for_each(|(v, g)| *v *= g);
         }
         Ok(())
-    }
-}
-
-/// A pair's host copies as the decoder reads them.
-enum Copies<'a> {
-    F32(std::borrow::Cow<'a, super::lora::HostCopies>),
-    F16(std::borrow::Cow<'a, super::lora::HostCopies16>),
-    I8(std::borrow::Cow<'a, super::factors8::Factors8>),
-}
-
-impl Copies<'_> {
-    /// `(A, (s·B)ᵀ)`.
-    fn parts(&self) -> (Half<'_>, Half<'_>) {
-        match self {
-            Copies::F32(c) => (Half::F32(&c.0), Half::F32(&c.1)),
-            Copies::F16(c) => (Half::F16(&c.0), Half::F16x8(&c.1)),
-            Copies::I8(c) => (Half::I8 { q: &c.a, d: &c.a_d }, Half::I8x8 { q: &c.bt, d: &c.bt_d }),
-        }
     }
 }
 
