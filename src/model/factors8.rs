@@ -17,14 +17,11 @@
 //! Each scale is the block's largest magnitude over 127 and each value its quotient rounded half
 //! to even, so a value's error is at most half a step of its own block.
 
-use serde::{Deserialize, Serialize};
-
 /// Values of a factor row sharing one scale.
 pub const A_BLOCK: usize = 32;
 
 /// What precision the CPU decoder reads LoRA factors in beside a quantized base.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FactorDtype {
     /// Half precision: the default (rounding far below the base's own).
     #[default]
@@ -54,7 +51,7 @@ impl std::fmt::Display for FactorDtype {
 }
 
 /// A pair's `(A, (s·B)ᵀ)` in 8 bits (see the module's layout).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Factors8 {
     pub a: Vec<i8>,
     pub a_d: Vec<f32>,
@@ -78,20 +75,13 @@ impl Factors8 {
         let mut run = vec![0f32; r * 8];
         for g in 0..runs {
             run.fill(0.0);
+            let width = (rows - g * 8).min(8);
             for j in 0..r {
-                for i in 0..8 {
-                    if let Some(v) = bt.get(j * rows + g * 8 + i).filter(|_| g * 8 + i < rows) {
-                        run[j * 8 + i] = *v;
-                    }
-                }
+                run[j * 8..][..width].copy_from_slice(&bt[j * rows + g * 8..][..width]);
             }
             bt_d.push(round_block(&run, &mut qb));
         }
         Factors8 { a: qa, a_d, bt: qb, bt_d }
-    }
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.a.len() + self.bt.len() + 4 * (self.a_d.len() + self.bt_d.len())
     }
 }
 

@@ -309,8 +309,7 @@ impl Half<'_> {
             Half::F32(v) => v[j * rows + o],
             Half::F16(v) => half::f16::from_bits(v[j * rows + o]).to_f32(),
             Half::F16x8(v) => half::f16::from_bits(v[block8_index(j, o, r)]).to_f32(),
-            Half::I8x8 { q, d } => d[o / 8] * q[block8_index(j, o, r)] as f32,
-            Half::I8 { q, d } => d[j * rows.div_ceil(super::factors8::A_BLOCK) + o / super::factors8::A_BLOCK] * q[j * rows + o] as f32,
+            Half::I8 { .. } | Half::I8x8 { .. } => unreachable!("8-bit factors go through factors8's kernels"),
         }
     }
 }
@@ -339,12 +338,8 @@ pub fn dot_half(a: Half, x: &[f32]) -> f32 {
             unsafe { avx::dot_f16(a, x) }
         }
         Half::F16(a) => a.iter().zip(x).map(|(w, v)| half::f16::from_bits(*w).to_f32() * v).sum(),
-        Half::I8 { q, d } => {
-            let mut out = [0f32];
-            super::factors8::dot_rows(q, d, q.len(), x, &mut out);
-            out[0]
-        }
-        Half::F16x8(_) | Half::I8x8 { .. } => unreachable!("a blocked matrix is not a vector"),
+        Half::F16x8(_) => unreachable!("a blocked matrix is not a vector"),
+        Half::I8 { .. } | Half::I8x8 { .. } => unreachable!("8-bit factors go through factors8's kernels"),
     }
 }
 
