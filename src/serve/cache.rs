@@ -41,19 +41,19 @@ impl Cache {
     pub fn insert(&mut self, d: Digest, a: Arc<LoadedAdapter>) -> Vec<Digest> {
         self.tick += 1;
         self.entries.insert(d, Entry { adapter: a, last_use: self.tick });
-        self.trim(&d)
+        self.trim(Some(&d))
     }
 
     /// Evicts idle adapters (least recently used first, never `keep`) until within budget.
-    /// Adapters busy at one call are retried at the next, so the budget holds once they finish.
-    pub fn trim(&mut self, keep: &Digest) -> Vec<Digest> {
-        let d = *keep;
+    /// Adapters busy at one call are retried at the next; the server also calls it (with no
+    /// `keep`) whenever requests let their adapters go, so the budget holds once they finish.
+    pub fn trim(&mut self, keep: Option<&Digest>) -> Vec<Digest> {
         let mut evicted = vec![];
         while self.resident_bytes() > self.budget {
             let victim = self
                 .entries
                 .iter()
-                .filter(|(k, e)| **k != d && Arc::strong_count(&e.adapter) == 1)
+                .filter(|(k, e)| Some(*k) != keep && Arc::strong_count(&e.adapter) == 1)
                 .min_by_key(|(_, e)| e.last_use)
                 .map(|(k, _)| *k);
             match victim {

@@ -91,12 +91,16 @@ pub fn batcher(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
             }
             Err(e) => vec![Err(e)],
         };
+        // the jobs let their adapters go before anyone hears, so a client's next request (or a
+        // listing) finds the cache back within its budget
+        let replies: Vec<_> = jobs.into_iter().map(|j| j.reply).collect();
         if let Some(s) = shared.upgrade() {
             s.metrics.forward_batches.fetch_add(forwards as u64, Ordering::Relaxed);
             s.metrics.forward_rows.fetch_add(rows as u64, Ordering::Relaxed);
+            s.trim_idle();
         }
-        for (j, r) in jobs.into_iter().zip(results) {
-            let _ = j.reply.send(r);
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
         }
     }
 }

@@ -66,9 +66,14 @@ struct Queue {
     closed: bool,
 }
 
+/// What the scheduler calls after sequences leave and drop their adapters (the server trims
+/// its adapter cache there); set once, after the server that owns the cache exists.
+type OnRelease = Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>>;
+
 /// The handle the HTTP side holds.
 pub struct Llm {
     queue: Arc<(Mutex<Queue>, Condvar)>,
+    on_release: OnRelease,
     pub budget: KvBudget,
     pub running: Arc<AtomicUsize>,
     alive: Arc<AtomicBool>,
@@ -84,8 +89,10 @@ impl Llm {
         let budget = KvBudget::new(limits.kv_bytes);
         let running = Arc::new(AtomicUsize::new(0));
         let alive = Arc::new(AtomicBool::new(true));
+        let on_release = OnRelease::default();
         let llm = Llm {
             queue: queue.clone(),
+            on_release: on_release.clone(),
             budget: budget.clone(),
             running: running.clone(),
             alive: alive.clone(),
@@ -93,7 +100,7 @@ impl Llm {
             max_positions: dec.max_positions(),
             bytes_per_token: dec.kv_bytes_per_token(),
         };
-        let s = Scheduler { dec, tok, queue, budget, running, limits, metrics, seqs: vec![] };
+        let s = Scheduler { dec, tok, queue, budget, running, limits, metrics, on_release, seqs: vec![] };
         std::thread::Builder::new()
             .name("loradex-scheduler".into())
             .spawn(move || {
@@ -106,6 +113,12 @@ impl Llm {
 
     pub fn max_positions(&self) -> usize {
         self.max_positions
+    }
+
+    /// Sets what runs each time finished or cancelled sequences have let their adapters go
+    /// (at most once; a second call is ignored).
+    pub fn on_release(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_release.set(Box::new(f));
     }
 
     pub fn waiting(&self) -> usize {
@@ -188,6 +201,7 @@ struct Scheduler {
     running: Arc<AtomicUsize>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    on_release: OnRelease,
     seqs: Vec<Running>,
 }
 
@@ -244,6 +258,9 @@ impl Scheduler {
         let before = self.seqs.len();
         self.seqs.retain(|r| !r.events.is_closed());
         self.metrics.llm_cancelled.fetch_add((before - self.seqs.len()) as u64, Ordering::Relaxed);
+        if self.seqs.len() < before {
+            self.released();
+        }
         if self.seqs.is_empty() {
             return;
         }
@@ -277,8 +294,10 @@ impl Scheduler {
                 let failed: Vec<usize> = inputs.iter().map(|(i, _)| *i).collect();
                 for &i in failed.iter().rev() {
                     let r = self.seqs.remove(i);
+                    drop(r.adapter);
                     let _ = r.events.send(GenEvent::Error(msg.clone()));
                 }
+                self.released();
                 return;
             }
         };
@@ -334,6 +353,9 @@ impl Scheduler {
         for &i in done.iter().rev() {
             self.seqs.remove(i);
         }
+        if !done.is_empty() {
+            self.released();
+        }
         self.running.store(self.seqs.len(), Ordering::Release);
         let mut gone = vec![];
         for (i, ev) in outbox {
@@ -346,6 +368,14 @@ impl Scheduler {
             let closed: Vec<UnboundedSender<GenEvent>> = gone.iter().map(|&i| senders[i].clone()).collect();
             self.seqs.retain(|r| !closed.iter().any(|c| c.same_channel(&r.events)));
             self.metrics.llm_cancelled.fetch_add(closed.len() as u64, Ordering::Relaxed);
+            self.released();
+        }
+    }
+
+    /// Sequences have left the batch and dropped their adapters.
+    fn released(&self) {
+        if let Some(f) = self.on_release.get() {
+            f();
         }
     }
 }

@@ -204,7 +204,7 @@ impl Shared {
         };
         let hit = {
             let mut c = self.cache.lock().expect("cache lock");
-            c.get(&d).map(|a| (a, c.trim(&d)))
+            c.get(&d).map(|a| (a, c.trim(Some(&d))))
         };
         if let Some((a, evicted)) = hit {
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +250,13 @@ impl Shared {
         let p = crate::registry::save(&mut self.store.lock().expect("store lock"), artifact, Some(&r))?;
         self.metrics.registry_pulls.fetch_add(1, Ordering::Relaxed);
         Ok(p.digest)
+    }
+
+    /// Evicts what the budget no longer has room for now that requests let their adapters go
+    /// (called after a batch or a sequence drops its `Arc`s, before its client hears).
+    pub(crate) fn trim_idle(&self) {
+        let evicted = self.cache.lock().expect("cache lock").trim(None);
+        self.evicted(evicted);
     }
 
     /// Counts evictions and releases their store leases (prune may take them again).
@@ -444,6 +451,14 @@ fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<classify::Job>)>
         registry: opts.registry.clone(),
         pulling: Mutex::new(()),
     });
+    if let Some(llm) = &shared.llm {
+        let weak = Arc::downgrade(&shared);
+        llm.on_release(move || {
+            if let Some(s) = weak.upgrade() {
+                s.trim_idle();
+            }
+        });
+    }
     Ok((shared, rx))
 }
 

@@ -253,6 +253,38 @@ fn a_cancelled_stream_frees_its_slot_and_a_full_queue_answers_503() {
     assert!(b.contains("KV cache"), "{b}");
 }
 
+/// Adapters that were all in use at once, over a cache with room for one, are trimmed back to
+/// the budget as soon as their sequences finish, with no later request to trigger it.
+#[test]
+fn the_adapter_cache_is_back_within_budget_once_generation_lets_go() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let base = llama().join("base");
+    import(&home, &llama().join("adapter"), "gen/a", &base);
+    import(&home, &scaled(tmp.path(), -1.5), "gen/b", &base);
+    let e = Engine::load(BaseDir::open_dir(&base).unwrap(), Device::Cpu).unwrap();
+    let f = loradex::peft::read_dir(&llama().join("adapter")).unwrap();
+    let one = e.adapter("x", &f.config_bytes, &f.weights_bytes, vec![]).unwrap().bytes;
+    let budget = one + one / 2;
+    let srv = Server::start(&home, &base, &["--max-running", "8", "--cache-bytes", &budget.to_string()]);
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = srv.addr.clone();
+            let model = if i % 2 == 0 { "base:gen/a" } else { "base:gen/b" };
+            std::thread::spawn(move || post(&addr, "/v1/completions", &json!({"model": model, "prompt": "the delivery", "max_tokens": 24}).to_string(), &[]))
+        })
+        .collect();
+    for h in handles {
+        let (st, b) = h.join().unwrap();
+        assert_eq!(st, 200, "{b}");
+    }
+    let (_, l) = http(&srv.addr, "GET", "/v1/adapters", None, None);
+    let l = json(&l);
+    let resident: usize = l["resident"].as_array().unwrap().iter().map(|r| r["bytes"].as_u64().unwrap() as usize).sum();
+    assert!(resident <= budget, "{resident} bytes resident over the {budget}-byte budget after every request ended: {l}");
+    assert!(resident > 0, "the budget has room for one adapter: {l}");
+}
+
 /// `"adapters": [{"ref", "weight"}, ...]` on the completion endpoint gives the greedy ids of
 /// the stored `cat` combination of the same adapters; a mix beside a single adapter, or of
 /// an unknown ref, is a clear error, not a 500.
