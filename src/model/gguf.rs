@@ -1,7 +1,9 @@
 //! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
-//! `qwen3`, `gemma` and `phi3` architectures): the model's hyper-parameters as a Hugging Face
-//! `config.json`, its tensors under Hugging Face's names (with what llama.cpp's converters
-//! changed undone: a Llama's interleaved `q`/`k` rotary rows, Gemma's norms stored plus one),
+//! `qwen3`, `gemma`, `gemma3` and `phi3` architectures): the model's hyper-parameters as a
+//! Hugging Face `config.json` (with what llama.cpp fixes in code rather than in the file made
+//! explicit: Gemma 3's layer pattern, local RoPE base and query scale), its tensors under
+//! Hugging Face's names (with what llama.cpp's converters changed undone: a Llama's
+//! interleaved `q`/`k` rotary rows, Gemma's norms stored plus one),
 //! so PEFT adapters apply as trained,
 //! a `Source` that keeps GGML blocks quantized or dequantizes them, and the tokenizer and chat
 //! template from `tokenizer.ggml.*` (the tokenizer is built in `tokenizer`). Owns no model math
@@ -57,6 +59,9 @@ pub struct GgufArch {
     /// Gemma's converter stores RMSNorm weights plus one (llama.cpp multiplies by the weight,
     /// Gemma by `1 + w`); they are read back minus one.
     pub norm_plus_one: bool,
+    /// Gemma 3's four norms a layer: `post_attention_norm` after attention, `ffn_norm` before
+    /// the MLP (not after attention, as in Llama) and `post_ffw_norm` after it.
+    pub sandwich_norms: bool,
     /// `hidden_act` of the `config.json`.
     pub hidden_act: &'static str,
 }
@@ -64,10 +69,10 @@ pub struct GgufArch {
 /// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
 /// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
 /// are written as `llama`.
-pub const ARCHS: [GgufArch; 5] = [
-    GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, hidden_act: "silu" },
-    GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, hidden_act: "silu" },
-    GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, hidden_act: "silu" },
+pub const ARCHS: [GgufArch; 6] = [
+    GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
+    GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
+    GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch {
         name: "gemma",
         model_type: "gemma",
@@ -75,9 +80,20 @@ pub const ARCHS: [GgufArch; 5] = [
         permuted_qk: false,
         fused: false,
         norm_plus_one: true,
+        sandwich_norms: false,
         hidden_act: "gelu_pytorch_tanh",
     },
-    GgufArch { name: "phi3", model_type: "phi3", hf_class: "Phi3ForCausalLM", permuted_qk: false, fused: true, norm_plus_one: false, hidden_act: "silu" },
+    GgufArch {
+        name: "gemma3",
+        model_type: "gemma3_text",
+        hf_class: "Gemma3ForCausalLM",
+        permuted_qk: false,
+        fused: false,
+        norm_plus_one: true,
+        sandwich_norms: true,
+        hidden_act: "gelu_pytorch_tanh",
+    },
+    GgufArch { name: "phi3", model_type: "phi3", hf_class: "Phi3ForCausalLM", permuted_qk: false, fused: true, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
 ];
 
 pub struct Gguf {
@@ -208,6 +224,9 @@ impl Gguf {
         if let Some(w) = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0) {
             c["sliding_window"] = w.into();
         }
+        if self.arch.name == "gemma3" {
+            self.gemma3_config(&mut c, head_dim)?;
+        }
         if let Some(b) = self.tok_u32("bos_token_id") {
             c["bos_token_id"] = b.into();
         }
@@ -215,6 +234,26 @@ impl Gguf {
             c["eos_token_id"] = e.into();
         }
         Ok(c)
+    }
+
+    /// What llama.cpp fixes for `gemma3` in code, not in the file: with a sliding window, every
+    /// sixth layer global and the rest local with an unscaled RoPE base of 10,000 (without one,
+    /// every layer global); queries scaled by `1/√head_dim`, except the 27B (62 layers) by
+    /// `1/√(hidden/heads)`. A final-logit soft-cap in the file is passed on (and refused by the
+    /// family, as from a `config.json`).
+    fn gemma3_config(&self, c: &mut serde_json::Value, head_dim: usize) -> Result<()> {
+        let layers = self.arch_req("block_count")?;
+        let window = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0);
+        let types: Vec<&str> = (0..layers).map(|i| if window.is_some() && (i + 1) % 6 != 0 { "sliding_attention" } else { "full_attention" }).collect();
+        c["layer_types"] = json!(types);
+        c["rope_local_base_freq"] = json!(10000.0);
+        let scalar = if layers == 62 { self.arch_req("embedding_length")? / self.arch_req("attention.head_count")?.max(1) } else { head_dim };
+        c["query_pre_attn_scalar"] = scalar.into();
+        c["hidden_activation"] = "gelu_pytorch_tanh".into();
+        if let Some(cap) = self.arch_f("final_logit_softcapping").filter(|v| *v != 0.0) {
+            c["final_logit_softcapping"] = cap.into();
+        }
+        Ok(())
     }
 
     /// GGUF tensor name → Hugging Face name, for this file's architecture.
@@ -234,6 +273,9 @@ impl Gguf {
         let (module, param) = t.rsplit_once('.')?;
         let hf = match module {
             "attn_norm" => "input_layernorm",
+            "ffn_norm" if self.arch.sandwich_norms => "pre_feedforward_layernorm",
+            "post_attention_norm" if self.arch.sandwich_norms => "post_attention_layernorm",
+            "post_ffw_norm" if self.arch.sandwich_norms => "post_feedforward_layernorm",
             "ffn_norm" => "post_attention_layernorm",
             "attn_q" => "self_attn.q_proj",
             "attn_k" => "self_attn.k_proj",

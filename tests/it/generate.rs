@@ -250,6 +250,10 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
                 let (m, param) = m.rsplit_once('.').unwrap();
                 let short = match m {
                     "input_layernorm" => "attn_norm",
+                    // Gemma 3's sandwich norms (llama.cpp's names)
+                    "post_attention_layernorm" if arch == "gemma3" => "post_attention_norm",
+                    "pre_feedforward_layernorm" => "ffn_norm",
+                    "post_feedforward_layernorm" => "post_ffw_norm",
                     "post_attention_layernorm" => "ffn_norm",
                     "self_attn.q_proj" => "attn_q",
                     "self_attn.k_proj" => "attn_k",
@@ -272,7 +276,7 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
             to_gguf_rows(t, heads)
         } else if permute && g.ends_with("attn_k.weight") {
             to_gguf_rows(t, kv)
-        } else if arch == "gemma" && g.ends_with("norm.weight") {
+        } else if arch.starts_with("gemma") && g.ends_with("norm.weight") {
             (t + 1.0).unwrap()
         } else {
             t.clone()
@@ -291,7 +295,8 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
     }
     let merges: Vec<V> = tj["model"]["merges"].as_array().unwrap().iter().map(|m| V::String(format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))).collect();
     let types: Vec<V> = (0..tokens.len()).map(|i| V::I32(if special.contains(&(i as u64)) { 3 } else { 1 })).collect();
-    let rope = cfg["rope_parameters"]["rope_theta"].as_f64().unwrap() as f32;
+    let rp = &cfg["rope_parameters"];
+    let rope = rp["rope_theta"].as_f64().or(rp["full_attention"]["rope_theta"].as_f64()).unwrap() as f32;
     let head_dim = cfg["head_dim"].as_u64().map_or(u("hidden_size") / heads as u32, |d| d as u32);
     let a = |k: &str| format!("{arch}.{k}");
     let md: Vec<(String, V)> = vec![
@@ -315,6 +320,10 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
         ("tokenizer.ggml.add_bos_token".into(), V::Bool(true)),
         ("tokenizer.chat_template".into(), V::String("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into())),
     ];
+    let mut md = md;
+    if let Some(w) = cfg["sliding_window"].as_u64() {
+        md.push((a("attention.sliding_window"), V::U32(w as u32)));
+    }
     let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tr: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out).unwrap();
@@ -433,7 +442,7 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
     let mut bad = g2.clone();
     bad[at..at + 5].copy_from_slice(b"gpt2x");
     let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, phi3)"), "{err}");
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma3, phi3)"), "{err}");
 }
 
 /// A Qwen3 GGUF (q/k rows in Hugging Face's order, the per-head norms as `attn_q_norm` /
@@ -455,6 +464,72 @@ fn gemma_phi3_and_mistral_gguf_bases_match_their_safetensors() {
     for (case, arch, family) in [("gemma-causal", "gemma", "gemma"), ("phi3-causal", "phi3", "phi3"), ("mistral-causal", "llama", "llama")] {
         gguf_matches_safetensors(&fixtures().join("../peft2").join(case), arch, family, tmp.path());
     }
+}
+
+/// A Gemma 3 GGUF, written as llama.cpp's converter writes one (norms plus one, the sandwich
+/// norms under llama.cpp's names, only the sliding window in the metadata), loads as the Gemma
+/// 3 family with what llama.cpp fixes in code: every sixth layer global, local layers at RoPE
+/// base 10,000, queries scaled by `1/√head_dim`. The fixture grown to six layers (layers 3-5
+/// copies of 0-2, so that layer 5 is global) with that config is the safetensors reference:
+/// bit for bit in f32, with and without the fixture adapter, and within 0.02 in Q8_0.
+#[test]
+fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-causal");
+    let base = tmp.path().join("base6");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(case.join("base").join(f), base.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(case.join("base/config.json")).unwrap()).unwrap();
+    let hd = cfg["head_dim"].clone();
+    cfg["num_hidden_layers"] = 6.into();
+    cfg["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]);
+    cfg["query_pre_attn_scalar"] = hd;
+    std::fs::write(base.join("config.json"), cfg.to_string()).unwrap();
+    let mut tensors = candle_core::safetensors::load(case.join("base/model.safetensors"), &Device::Cpu).unwrap();
+    let copies: Vec<(String, candle_core::Tensor)> = tensors
+        .iter()
+        .filter_map(|(n, t)| {
+            let rest = n.strip_prefix("model.layers.")?;
+            let (l, m) = rest.split_once('.')?;
+            Some((format!("model.layers.{}.{m}", l.parse::<usize>().ok()? + 3), (t * 0.75).unwrap()))
+        })
+        .collect();
+    tensors.extend(copies);
+    candle_core::safetensors::save(&tensors, base.join("model.safetensors")).unwrap();
+    let st = cpu_engine(&base);
+    let a_st = load_adapter(&st, &case.join("adapter"));
+    let rows = valid_rows(&expected(&case));
+    let p = tmp.path().join("gemma3-f32.gguf");
+    write_gguf_of(&base, "gemma3", &p, GgmlDType::F32);
+    let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
+    assert_eq!(gb.arch.name(), "gemma3");
+    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
+    let a_g = load_adapter(&g, &case.join("adapter"));
+    for ids in &rows {
+        assert!(ids.len() > 4, "rows longer than the sliding window of 4 exercise it");
+        for ad in [None, Some((&a_st, &a_g))] {
+            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
+            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
+            assert_eq!(got, want, "gemma3: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
+        }
+    }
+    let q8 = tmp.path().join("gemma3-q8.gguf");
+    write_gguf_of(&base, "gemma3", &q8, GgmlDType::Q8_0);
+    let q = cpu_engine(&q8);
+    let a_q = load_adapter(&q, &case.join("adapter"));
+    let (mut worst, mut scale) = (0f32, 0f32);
+    for ids in &rows {
+        let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
+        for (gv, wv) in got.iter().zip(&want) {
+            worst = worst.max(max_abs_diff(gv, wv));
+            scale = scale.max(wv.iter().fold(0f32, |m, v| m.max(v.abs())));
+        }
+    }
+    // six layers of norms on random weights: Q8_0's rounding of the weights alone moves these
+    // logits (at most about 0.5) by 0.07, measured by running the same file dequantized
+    assert!(worst > 0.0 && worst <= 0.1 && scale > 0.2, "gemma3 Q8_0: logits differ by {worst} (largest {scale})");
 }
 
 /// A GGUF whose tokenizer loradex cannot build from the metadata (an unknown model name
