@@ -73,6 +73,23 @@ impl BaseDir {
         Ok(BaseDir { dir, arch, config, config_bytes, weight_files: vec![path.clone()], gguf: Some(path) })
     }
 
+    /// `eos_token_id` of `generation_config.json` (a number or a list), where a directory has
+    /// one: instruction-tuned models list their end-of-turn tokens there (Gemma's
+    /// `<end_of_turn>`, Llama 3's `<|eot_id|>`) beside `config.json`'s end of text.
+    pub fn generation_eos(&self) -> Result<Vec<u32>> {
+        let p = self.dir.join("generation_config.json");
+        if self.gguf.is_some() || !p.is_file() {
+            return Ok(vec![]);
+        }
+        let bytes = crate::util::read_bounded(&p, crate::util::MAX_CONFIG_BYTES)?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::json(p.display().to_string(), e))?;
+        Ok(match &v["eos_token_id"] {
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).into_iter().collect(),
+            Value::Array(a) => a.iter().filter_map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok())).collect(),
+            _ => vec![],
+        })
+    }
+
     /// A short name for the base: the directory's or the GGUF file's, without `.gguf`.
     pub fn name(&self) -> String {
         let p = self.gguf.as_deref().unwrap_or(&self.dir);

@@ -139,7 +139,7 @@ const GGUF_LOAD_CAP: usize = 4 << 20;
 
 /// A GGUF base as `--base model.gguf` reads it, from memory: the header (`Gguf::from_bytes`,
 /// candle's reader plus loradex's alignment and tensor-extent checks), the tensor shapes
-/// adapters are checked against, the config, the tokenizer and chat template from
+/// adapters are checked against, the config, the end tokens, the tokenizer and chat template from
 /// `tokenizer.ggml.*`, and the whole decoder load in both dtypes. Properties: never a panic;
 /// a parsed file's every tensor lies inside it; a tokenizer built from it encodes text.
 pub fn gguf(data: &[u8]) {
@@ -150,6 +150,7 @@ pub fn gguf(data: &[u8]) {
         assert!(g.content.tensor_data_offset as usize + t.offset as usize + bytes <= data.len(), "{name} passes the end");
     }
     let _ = g.hf_shapes();
+    let _ = g.end_ids();
     if let Ok((tok, _)) = g.tokenizer() {
         let _ = tok.encode("Hello, 안녕하세요 123!", true);
     }

@@ -101,6 +101,13 @@ impl decoder::Source for WeightsSource<'_> {
     }
 }
 
+/// `a` then the ids of `b` it lacks.
+fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut v = a.to_vec();
+    v.extend(b.iter().filter(|i| !a.contains(i)));
+    v
+}
+
 /// A GGUF file's tokenizer and chat template, from its metadata; where the metadata's
 /// tokenizer is one loradex cannot build (SentencePiece `llama`, …), the `tokenizer.json`
 /// beside the file, if there is one, as the error says.
@@ -272,7 +279,8 @@ impl Engine {
             };
             let spec = spec(&base.config)?;
             let max_len = spec.cfg.max_position_embeddings;
-            let dec = decoder::Decoder::new(spec, &mut g.source(dtype)?)?;
+            let mut dec = decoder::Decoder::new(spec, &mut g.source(dtype)?)?;
+            dec.eos = union(&dec.eos, &g.end_ids());
             let (tok, chat) = gguf_text(&g, &base.tokenizer_path())?;
             return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
         }
@@ -308,7 +316,11 @@ impl Engine {
             }
         };
         let decoder = match &net {
-            Net::CausalLm(l) if device.is_cpu() && with_decoder => Some(Arc::new(decoder::Decoder::new(l.spec(), &mut WeightsSource(&w))?)),
+            Net::CausalLm(l) if device.is_cpu() && with_decoder => {
+                let mut d = decoder::Decoder::new(l.spec(), &mut WeightsSource(&w))?;
+                d.eos = union(&d.eos, &base.generation_eos()?);
+                Some(Arc::new(d))
+            }
             _ => None,
         };
         let tp = base.tokenizer_path();
@@ -334,11 +346,13 @@ impl Engine {
         matches!(self.net, Net::CausalLm(_) | Net::Gguf)
     }
 
-    /// End-of-sequence ids of a causal LM.
+    /// The ids that end a causal LM's generation: `config.json`'s end of sequence, plus
+    /// `generation_config.json`'s (transformers' `generate` stops at those too), or for a GGUF
+    /// base the end tokens llama.cpp stops at (`gguf::Gguf::end_ids`).
     pub fn eos_ids(&self) -> Vec<u32> {
         match (&self.decoder, &self.net) {
             (Some(d), _) => d.eos.clone(),
-            (None, Net::CausalLm(l)) => l.cfg.eos_ids(),
+            (None, Net::CausalLm(l)) => union(&l.cfg.eos_ids(), &self.base.generation_eos().unwrap_or_default()),
             _ => vec![],
         }
     }

@@ -532,6 +532,42 @@ fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
     assert!(worst > 0.0 && worst <= 0.1 && scale > 0.2, "gemma3 Q8_0: logits differ by {worst} (largest {scale})");
 }
 
+/// Generation ends where llama.cpp and transformers end it: a GGUF's control tokens with a
+/// chat format's turn-end text count beside its end-of-sequence id (here the control token
+/// `<unk>` renamed `<EOT>`), and a directory's `generation_config.json` adds its list to `config.json`'s.
+#[test]
+fn end_tokens_come_from_gguf_turn_ends_and_generation_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("eot.gguf");
+    write_gguf(&p, GgmlDType::F32);
+    let plain = Engine::load_with(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu, LoadDtype::F32).unwrap();
+    assert_eq!(plain.eos_ids(), vec![2], "the fixture's GGUF names only </s>");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"<unk>").unwrap();
+    bytes[at..at + 5].copy_from_slice(b"<EOT>");
+    std::fs::write(&p, &bytes).unwrap();
+    let g = Engine::load_with(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu, LoadDtype::F32).unwrap();
+    assert_eq!(g.eos_ids(), vec![2, 0]);
+    assert_eq!(g.decoder.as_ref().unwrap().eos, vec![2, 0], "the serving scheduler stops there too");
+    // a directory: generation_config.json's list joins config.json's id
+    let base = tmp.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in std::fs::read_dir(llama().join("base")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, base.join(f.file_name().unwrap())).unwrap();
+    }
+    assert_eq!(cpu_engine(&base).eos_ids(), vec![2]);
+    std::fs::write(base.join("generation_config.json"), r#"{"eos_token_id": [2, 7]}"#).unwrap();
+    let e = cpu_engine(&base);
+    assert_eq!(e.eos_ids(), vec![2, 7]);
+    let ids = e.prompt_ids(&Prompt::Text("the delivery".into())).unwrap();
+    let free = e.generate(ids.clone(), SamplingParams { max_tokens: 40, ..Default::default() }, None, &mut |_| {}).unwrap();
+    // stopping at the first 7 the model emits, if it emits one, and never going past it
+    if let Some(i) = free.new_ids.iter().position(|&t| t == 7 || t == 2) {
+        assert_eq!(free.new_ids.len(), i + 1, "{:?}", free.new_ids);
+    }
+}
+
 /// A GGUF whose tokenizer loradex cannot build from the metadata (an unknown model name
 /// here) is refused with a message pointing at tokenizer.json, and with that file beside it
 /// loads and tokenizes as that file does.

@@ -54,6 +54,31 @@ impl Gguf {
         arr.iter().map(|x| of(x).ok_or_else(|| Error::Tokenizer(format!("tokenizer.ggml.{key}: a value of the wrong type")))).collect()
     }
 
+    /// The tokens that end a generation, as llama.cpp finds them: the end-of-sequence,
+    /// end-of-turn and end-of-message ids the metadata names, and every control token whose
+    /// text is one of the chat formats' turn ends (Gemma's `<end_of_turn>`, ChatML's
+    /// `<|im_end|>`, Llama 3's `<|eot_id|>`, ...), which many files leave unnamed. Sorted,
+    /// without repeats; only the named ids where the token list is unreadable (the tokenizer
+    /// then comes from a `tokenizer.json` beside the file).
+    pub fn end_ids(&self) -> Vec<u32> {
+        const TURN_ENDS: [&str; 10] =
+            ["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>", "_<EOT>", "<\u{ff5c}end\u{2581}of\u{2581}sentence\u{ff5c}>"];
+        let mut ids: Vec<u32> = ["eos_token_id", "eot_token_id", "eom_token_id"].iter().filter_map(|k| self.tok_u32(k)).collect();
+        let tokens = self.tokens().unwrap_or_default();
+        let types = self.per_token("token_type", tokens.len(), |v| v.to_i32().ok().map(i64::from).or_else(|| v.to_u32().ok().map(i64::from))).unwrap_or_default();
+        for (i, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            if *ty == CONTROL && TURN_ENDS.contains(&t.as_str()) {
+                ids.push(i as u32);
+            }
+        }
+        if !tokens.is_empty() {
+            ids.retain(|&i| (i as usize) < tokens.len());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// The tokenizer `tokenizer.ggml.*` describes (module docs), and the padding id.
     pub fn tokenizer(&self) -> Result<(Tokenizer, Option<u32>)> {
         let model = self.tok_str("model").unwrap_or_default();
