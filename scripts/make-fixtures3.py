@@ -9,11 +9,13 @@ texts, tokenizer recipe and tolerance.
   per-head q/k norms, norms after attention and around the MLP, scores scaled by
   `query_pre_attn_scalar`, and sliding-window layers (window 4, shorter than the texts) with
   their own RoPE base beside a global one.
+- gemma3-linear-causal: the same, its global layers' RoPE scaled linearly (factor 8, as
+  Gemma 3 4B and up have it; local layers unscaled).
 
 Every norm weight is moved off its initial value, as training would, so that each matters.
 
 Usage (a scratch venv with torch, transformers >= 5 and peft; never in CI):
-    python scripts/make-fixtures3.py tests/fixtures
+    python scripts/make-fixtures3.py tests/fixtures [CASE ...]   (every case when none is named)
 """
 import json
 import os
@@ -29,6 +31,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 OUT = sys.argv[1]
+ONLY = set(sys.argv[2:])
 CORPUS = [
     "배송이 늦어서 불편합니다", "상담사님 친절하시네요", "씨발 빨리 보내라", "미친놈들 진짜 짜증나네",
     "예쁘네요 남자친구 있어요?", "몸매 좋으신데 같이 저녁 드실래요?", "환불 언제 되나요",
@@ -53,6 +56,8 @@ def bpe(vocab_size, bos="<s>", eos="</s>", pad="<pad>"):
 
 
 def case(out, seed, model_cls, cfg, fast, lora, norm_suffixes, norm_scale):
+    if ONLY and os.path.basename(out) not in ONLY:
+        return
     torch.manual_seed(seed)
     os.makedirs(out, exist_ok=True)
     base = model_cls(cfg).eval()
@@ -100,6 +105,14 @@ def main():
                              sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"], **ids)
     # Gemma's norms scale by 1 + w from w = 0
     case(os.path.join(OUT, "gemma3-causal"), 29, T.Gemma3ForCausalLM, cfg, fast, dict(r=4, lora_alpha=8, target_modules=all7),
+         ("norm.weight", "layernorm.weight"), lambda p: 0.5 * torch.randn_like(p))
+    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    cfg = T.Gemma3TextConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                             intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
+                             sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                             rope_parameters=rope, **ids)
+    case(os.path.join(OUT, "gemma3-linear-causal"), 30, T.Gemma3ForCausalLM, cfg, fast, dict(r=4, lora_alpha=8, target_modules=all7),
          ("norm.weight", "layernorm.weight"), lambda p: 0.5 * torch.randn_like(p))
 
 

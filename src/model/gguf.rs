@@ -184,11 +184,16 @@ impl Gguf {
 
     /// The hyper-parameters as the `config.json` transformers would write for this model.
     pub fn hf_config(&self) -> Result<serde_json::Value> {
-        if let Some(t) = self.meta(&format!("{}.rope.scaling.type", self.arch.name)).and_then(|v| v.to_string().ok()) {
-            if t != "none" {
-                return Err(Error::Model(format!("{}: rope scaling {t:?} is not supported", self.path.display())));
-            }
-        }
+        // llama.cpp's linear scaling (positions times 1/factor) is transformers' `linear`; on
+        // gemma3 it applies to the global layers only, as transformers applies it
+        let scaling = match self.meta(&format!("{}.rope.scaling.type", self.arch.name)).and_then(|v| v.to_string().ok()).map(String::as_str) {
+            None | Some("none") => None,
+            Some("linear") => match self.arch_f("rope.scaling.factor") {
+                Some(f) if f > 0.0 && f.is_finite() => (f != 1.0).then(|| json!({"rope_type": "linear", "factor": f})),
+                other => return Err(Error::Model(format!("{}: linear rope scaling with factor {other:?}", self.path.display()))),
+            },
+            Some(t) => return Err(Error::Model(format!("{}: rope scaling {t:?} is not supported (linear only)", self.path.display()))),
+        };
         let heads = self.arch_req("attention.head_count")?;
         let hidden = self.arch_req("embedding_length")?;
         let vocab = match self.arch_u("vocab_size")? {
@@ -210,6 +215,9 @@ impl Gguf {
             "rope_theta": self.arch_f("rope.freq_base").unwrap_or(10000.0),
             "tie_word_embeddings": !self.content.tensor_infos.contains_key("output.weight"),
         });
+        if let Some(sc) = scaling {
+            c["rope_scaling"] = sc;
+        }
         let (key_length, rotary) = (self.arch_u("attention.key_length")?, self.arch_u("rope.dimension_count")?);
         if let Some(hd) = key_length.or(rotary) {
             c["head_dim"] = hd.into();

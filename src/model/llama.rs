@@ -176,9 +176,25 @@ impl DecoderSpec {
     /// RoPE's inverse frequencies (`head_dim / 2` of them): the global layers', and the local
     /// layers' (their own base) where there are any.
     pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        let inv = |theta: f64| (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect();
-        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| inv(l.theta));
-        Ok((inv(self.cfg.theta()?), local))
+        // transformers divides each f32 inverse frequency by a linear factor
+        let inv = |theta: f64, factor: f64| (0..head_dim / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32) / factor as f32).collect();
+        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| inv(l.theta, 1.0));
+        let (theta, factor) = self.cfg.rope()?;
+        Ok((inv(theta, factor), local))
+    }
+}
+
+/// The linear factor of one RoPE parameter set (`rope_type` or the older `type`): 1 for
+/// `default`, `factor` (positive) for `linear`; other types are refused by name.
+pub(crate) fn rope_factor(p: &Value) -> Result<f64> {
+    let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    match ty {
+        "default" => Ok(1.0),
+        "linear" => match p.get("factor").and_then(Value::as_f64) {
+            Some(f) if f > 0.0 && f.is_finite() => Ok(f),
+            other => Err(Error::Model(format!("linear rope scaling needs a positive factor, not {other:?}"))),
+        },
+        other => Err(Error::Model(format!("rope_type {other:?} is not supported (default or linear)"))),
     }
 }
 
@@ -193,21 +209,17 @@ pub const FUSED_SLOTS: [&str; 4] = ["self_attn.qkv_proj", "self_attn.o_proj", "m
 pub const MAX_POSITIONS: usize = 1 << 24;
 
 impl Config {
-    pub(crate) fn theta(&self) -> Result<f64> {
+    /// RoPE's base and linear scaling factor (1 where there is none): `rope_parameters`
+    /// (transformers 5) or `rope_scaling`, of type `default` or `linear` (positions divided by
+    /// `factor`, i.e. every inverse frequency); other types are refused.
+    pub(crate) fn rope(&self) -> Result<(f64, f64)> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        if let Some(p) = params {
-            let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
-            if ty != "default" {
-                return Err(Error::Model(format!("rope_type {ty:?} is not supported (default only)")));
-            }
-        }
-        Ok(self
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or(self.rope_theta)
-            .unwrap_or(10000.0))
+        let factor = match params {
+            None => 1.0,
+            Some(p) => rope_factor(p)?,
+        };
+        let theta = self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10000.0);
+        Ok((theta, factor))
     }
     /// `(num_key_value_heads, head_dim)`, after checking the activation and that the head counts
     /// and sizes fit.

@@ -224,6 +224,13 @@ fn gemma3_matches_peft() {
     decoder_case("gemma3-causal", "gemma3");
 }
 
+/// Gemma 3 4B and up scale their global layers' RoPE linearly (factor 8 here), their local
+/// layers' not at all: PEFT's logits and greedy ids on such a config.
+#[test]
+fn gemma3_with_linear_rope_scaling_matches_peft() {
+    decoder_case("gemma3-linear-causal", "gemma3");
+}
+
 #[test]
 fn mistral_matches_peft() {
     decoder_case("mistral-causal", "mistral");

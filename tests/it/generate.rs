@@ -324,6 +324,10 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
     if let Some(w) = cfg["sliding_window"].as_u64() {
         md.push((a("attention.sliding_window"), V::U32(w as u32)));
     }
+    if rp["full_attention"]["rope_type"] == "linear" {
+        md.push((a("rope.scaling.type"), V::String("linear".into())));
+        md.push((a("rope.scaling.factor"), V::F32(rp["full_attention"]["factor"].as_f64().unwrap() as f32)));
+    }
     let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tr: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::fs::File::create(out).unwrap();
@@ -470,13 +474,22 @@ fn gemma_phi3_and_mistral_gguf_bases_match_their_safetensors() {
 /// norms under llama.cpp's names, only the sliding window in the metadata), loads as the Gemma
 /// 3 family with what llama.cpp fixes in code: every sixth layer global, local layers at RoPE
 /// base 10,000, queries scaled by `1/√head_dim`. The fixture grown to six layers (layers 3-5
-/// copies of 0-2, so that layer 5 is global) with that config is the safetensors reference:
-/// bit for bit in f32, with and without the fixture adapter, and within 0.02 in Q8_0.
+/// copies of 0-2 with halved matrices, so that layer 5 is global) with that config is the
+/// safetensors reference: bit for bit in f32, with and without the fixture adapter, and the
+/// base within 0.05 in Q8_0. The same
+/// for a file whose global layers' RoPE is scaled linearly (`rope.scaling.*`, as in Gemma 3
+/// 4B and up).
 #[test]
 fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
     let tmp = tempfile::tempdir().unwrap();
-    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-causal");
-    let base = tmp.path().join("base6");
+    for name in ["gemma3-causal", "gemma3-linear-causal"] {
+        gemma3_gguf_case(name, &tmp.path().join(name));
+    }
+}
+
+fn gemma3_gguf_case(name: &str, tmp: &Path) {
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let base = tmp.join("base6");
     std::fs::create_dir_all(&base).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         std::fs::copy(case.join("base").join(f), base.join(f)).unwrap();
@@ -493,7 +506,8 @@ fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
         .filter_map(|(n, t)| {
             let rest = n.strip_prefix("model.layers.")?;
             let (l, m) = rest.split_once('.')?;
-            Some((format!("model.layers.{}.{m}", l.parse::<usize>().ok()? + 3), (t * 0.75).unwrap()))
+            let t = if t.rank() == 2 { (t * 0.5).unwrap() } else { t.clone() };
+            Some((format!("model.layers.{}.{m}", l.parse::<usize>().ok()? + 3), t))
         })
         .collect();
     tensors.extend(copies);
@@ -501,7 +515,7 @@ fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
     let st = cpu_engine(&base);
     let a_st = load_adapter(&st, &case.join("adapter"));
     let rows = valid_rows(&expected(&case));
-    let p = tmp.path().join("gemma3-f32.gguf");
+    let p = tmp.join("gemma3-f32.gguf");
     write_gguf_of(&base, "gemma3", &p, GgmlDType::F32);
     let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
     assert_eq!(gb.arch.name(), "gemma3");
@@ -512,24 +526,24 @@ fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
         for ad in [None, Some((&a_st, &a_g))] {
             let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
             let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
-            assert_eq!(got, want, "gemma3: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
+            assert_eq!(got, want, "{name}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
         }
     }
-    let q8 = tmp.path().join("gemma3-q8.gguf");
+    let q8 = tmp.join("gemma3-q8.gguf");
     write_gguf_of(&base, "gemma3", &q8, GgmlDType::Q8_0);
+    // quantized, the base alone: this grown model with the fixture's random adapter is
+    // chaotic enough that Q8_0's rounding of the base moves its logits by 0.16-0.30 in
+    // transformers too; without it, by about 0.03 in both
     let q = cpu_engine(&q8);
-    let a_q = load_adapter(&q, &case.join("adapter"));
     let (mut worst, mut scale) = (0f32, 0f32);
     for ids in &rows {
-        let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
+        let (want, got) = (position_logits(&st, ids, None, 1), position_logits(&q, ids, None, 1));
         for (gv, wv) in got.iter().zip(&want) {
             worst = worst.max(max_abs_diff(gv, wv));
             scale = scale.max(wv.iter().fold(0f32, |m, v| m.max(v.abs())));
         }
     }
-    // six layers of norms on random weights: Q8_0's rounding of the weights alone moves these
-    // logits (at most about 0.5) by 0.07, measured by running the same file dequantized
-    assert!(worst > 0.0 && worst <= 0.1 && scale > 0.2, "gemma3 Q8_0: logits differ by {worst} (largest {scale})");
+    assert!(worst > 0.0 && worst <= 0.05 && scale > 0.2, "{name} Q8_0: logits differ by {worst} (largest {scale})");
 }
 
 /// Generation ends where llama.cpp and transformers end it: a GGUF's control tokens with a

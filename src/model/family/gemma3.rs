@@ -8,12 +8,13 @@
 //!   see `sliding_window` keys with their own RoPE base, beside global ones.
 //!
 //! Both config styles are read: transformers 5's `rope_parameters` per layer type, and the
-//! earlier `rope_theta` + `rope_local_base_freq`. Logit soft-capping (Gemma 2's) and
+//! earlier `rope_theta` + `rope_local_base_freq`. The global layers' RoPE may be scaled
+//! linearly (Gemma 3 4B and up: factor 8); the local layers' never is. Logit soft-capping (Gemma 2's) and
 //! bidirectional attention are refused rather than ignored.
 
 use super::{parse, Family};
 use crate::error::{Error, Result};
-use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, MAX_LOCAL_LAYERS};
+use crate::model::llama::{rope_factor, Config as Common, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, MAX_LOCAL_LAYERS};
 use serde_json::Value;
 
 pub static FAMILY: Family = Family::decoder("gemma3", &["gemma3_text"], "Gemma3ForCausalLM", spec);
@@ -94,19 +95,23 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
     let per_type = c.common.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some()).cloned();
     let (global, local) = match per_type {
         Some(p) => {
-            let theta = |kind: &str, default: f64| -> Result<f64> {
-                let Some(k) = p.get(kind) else { return Ok(default) };
-                let ty = k.get("rope_type").and_then(Value::as_str).unwrap_or("default");
-                if ty != "default" {
-                    return Err(bad(format!("{kind} rope_type {ty:?} is not supported (default only)")));
-                }
-                Ok(k.get("rope_theta").and_then(Value::as_f64).unwrap_or(default))
+            let set = |kind: &str, default: f64| -> Result<(f64, f64)> {
+                let Some(k) = p.get(kind) else { return Ok((default, 1.0)) };
+                Ok((k.get("rope_theta").and_then(Value::as_f64).unwrap_or(default), rope_factor(k).map_err(|e| bad(format!("{kind}: {e}")))?))
             };
-            (theta("full_attention", 1_000_000.0)?, theta("sliding_attention", 10_000.0)?)
+            let (l, lf) = set("sliding_attention", 10_000.0)?;
+            if lf != 1.0 {
+                return Err(bad("rope scaling on the local layers is not supported".into()));
+            }
+            (set("full_attention", 1_000_000.0)?, l)
         }
-        None => (c.common.theta()?, c.rope_local_base_freq.unwrap_or(10_000.0)),
+        // the older style: `rope_scaling` is the global layers' only
+        None => (c.common.rope()?, c.rope_local_base_freq.unwrap_or(10_000.0)),
     };
-    (c.common.rope_theta, c.common.rope_parameters, c.common.rope_scaling) = (Some(global), None, None);
+    let ((theta, factor), local) = (global, local);
+    c.common.rope_theta = Some(theta);
+    c.common.rope_parameters = None;
+    c.common.rope_scaling = (factor != 1.0).then(|| serde_json::json!({"rope_type": "linear", "factor": factor}));
     let query_scale = match c.query_pre_attn_scalar {
         None => None,
         Some(s) if s > 0.0 && s.fract() == 0.0 && s <= u32::MAX as f64 => Some(s as u32),
