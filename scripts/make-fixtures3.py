@@ -11,6 +11,11 @@ texts, tokenizer recipe and tolerance.
   their own RoPE base beside a global one.
 - gemma3-linear-causal: the same, its global layers' RoPE scaled linearly (factor 8, as
   Gemma 3 4B and up have it; local layers unscaled).
+- gemma2-causal: Gemma's norms, embeddings and GeGLU, the sandwich norms, local layers
+  alternating with global ones (one RoPE base), and soft-capped attention scores and final
+  logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
+  scale is head_dim's and its layer pattern llama.cpp's (even layers local), so that a GGUF
+  of it means the same.
 
 Every norm weight is moved off its initial value, as training would, so that each matters.
 
@@ -105,6 +110,12 @@ def main():
                              sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"], **ids)
     # Gemma's norms scale by 1 + w from w = 0
     case(os.path.join(OUT, "gemma3-causal"), 29, T.Gemma3ForCausalLM, cfg, fast, dict(r=4, lora_alpha=8, target_modules=all7),
+         ("norm.weight", "layernorm.weight"), lambda p: 0.5 * torch.randn_like(p))
+    cfg = T.Gemma2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
+                         sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                         attn_logit_softcapping=0.5, final_logit_softcapping=0.4, **ids)
+    case(os.path.join(OUT, "gemma2-causal"), 31, T.Gemma2ForCausalLM, cfg, fast, dict(r=4, lora_alpha=8, target_modules=all7),
          ("norm.weight", "layernorm.weight"), lambda p: 0.5 * torch.randn_like(p))
     rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}

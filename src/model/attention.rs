@@ -7,6 +7,21 @@
 
 use super::quant::{avx, dot_f32_portable, has_avx2};
 
+/// How a query's dot products become scores before the softmax: times `scale`, then soft-capped
+/// as `cap·tanh(s/cap)` where there is a cap (Gemma 2).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scores {
+    pub scale: f32,
+    pub cap: Option<f32>,
+}
+
+impl Scores {
+    /// Scaled, not capped.
+    pub fn scaled(scale: f32) -> Scores {
+        Scores { scale, cap: None }
+    }
+}
+
 /// One layer's cached keys or values from the first attended position on, `[position][stride]`.
 #[derive(Clone, Copy, Debug)]
 pub enum KvRows<'a> {
@@ -50,7 +65,7 @@ pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
 /// heads (`avx::attend_f16`); otherwise its rows are widened into a contiguous scratch that
 /// every head then reads from the CPU's cache.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, off: usize, hi: usize, scale: f32, out: &mut [f32]) {
+pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, off: usize, hi: usize, scale: Scores, out: &mut [f32]) {
     let heads = q.len() / hd.max(1);
     assert!(hd > 0 && q.len() == heads * hd && out.len() == q.len() && off + hd <= stride && (hi + 1) * stride <= k.len().min(v.len()), "attention slices");
     match (k, v) {
@@ -101,7 +116,7 @@ pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, o
 /// and value are `k[j·stride + off..][..q.len()]` and likewise in `v`; writes the weighted sum of
 /// values into `out`. One call per (token, head), with its loops inside one AVX2 function.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, hi: usize, scale: f32, out: &mut [f32]) {
+pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, hi: usize, scale: Scores, out: &mut [f32]) {
     let hd = q.len();
     assert!(hi < k.len().div_ceil(stride.max(1)) && (hi * stride + off + hd) <= k.len().min(v.len()) && out.len() == hd, "attention slices");
     let mut s = vec![0f32; hi + 1];
@@ -111,9 +126,9 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, hi: us
         return;
     }
     for (j, e) in s.iter_mut().enumerate() {
-        *e = dot_f32_portable(q, &k[j * stride + off..][..hd]) * scale;
+        *e = dot_f32_portable(q, &k[j * stride + off..][..hd]) * scale.scale;
     }
-    softmax_in_place(&mut s);
+    softmax_in_place(&mut s, scale.cap);
     out.fill(0.0);
     for (j, e) in s.iter().enumerate() {
         for (o, x) in out.iter_mut().zip(&v[j * stride + off..][..hd]) {
@@ -122,10 +137,14 @@ pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, hi: us
     }
 }
 
-/// Softmax in place; `exp` is the polynomial `bert_cpu` uses (max error ~1e-7), which
-/// vectorizes where libm's is a call per score.
+/// Softmax in place, after soft-capping each score where there is a cap; `exp` is the
+/// polynomial `bert_cpu` uses (max error ~1e-7), which vectorizes where libm's is a call per
+/// score.
 #[inline(always)]
-pub(crate) fn softmax_in_place(s: &mut [f32]) {
+pub(crate) fn softmax_in_place(s: &mut [f32], cap: Option<f32>) {
+    if let Some(c) = cap {
+        s.iter_mut().for_each(|e| *e = super::llama::softcap(*e, c));
+    }
     let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     for e in s.iter_mut() {
         *e = super::bert_cpu::exp_neg(*e - m);

@@ -308,7 +308,7 @@ impl Decoder {
         let spec = self.spec();
         let act_fn = self.opts.act;
         let eps = self.cfg.rms_norm_eps as f32;
-        let scale = spec.attn_scale(hd) as f32;
+        let scale = super::attention::Scores { scale: spec.attn_scale(hd) as f32, cap: self.opts.attn_softcap };
         let rep = nh / nkv;
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
@@ -427,6 +427,9 @@ impl Decoder {
         let mut logits = vec![0f32; nr * self.vocab];
         let none: Vec<Option<LowRank>> = (0..nr).map(|_| None).collect();
         matmul(self.head(), &Act::new(&ln, nr, h), &none, &mut logits)?;
+        if let Some(c) = self.opts.final_softcap {
+            logits.iter_mut().for_each(|l| *l = super::llama::softcap(*l, c));
+        }
         Ok(logits.chunks(self.vocab).map(<[f32]>::to_vec).collect())
     }
 

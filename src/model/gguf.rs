@@ -1,7 +1,7 @@
 //! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
-//! `qwen3`, `gemma`, `gemma3` and `phi3` architectures): the model's hyper-parameters as a
-//! Hugging Face `config.json` (with what llama.cpp fixes in code rather than in the file made
-//! explicit: Gemma 3's layer pattern, local RoPE base and query scale), its tensors under
+//! `qwen3`, `gemma`, `gemma2`, `gemma3` and `phi3` architectures): the model's hyper-parameters
+//! as a Hugging Face `config.json` (with what llama.cpp fixes in code rather than in the file
+//! made explicit: Gemma 2 and 3's layer patterns and query scales, Gemma 3's local RoPE base), its tensors under
 //! Hugging Face's names (with what llama.cpp's converters changed undone: a Llama's
 //! interleaved `q`/`k` rotary rows, Gemma's norms stored plus one),
 //! so PEFT adapters apply as trained,
@@ -69,7 +69,7 @@ pub struct GgufArch {
 /// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
 /// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
 /// are written as `llama`.
-pub const ARCHS: [GgufArch; 6] = [
+pub const ARCHS: [GgufArch; 7] = [
     GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
@@ -81,6 +81,16 @@ pub const ARCHS: [GgufArch; 6] = [
         fused: false,
         norm_plus_one: true,
         sandwich_norms: false,
+        hidden_act: "gelu_pytorch_tanh",
+    },
+    GgufArch {
+        name: "gemma2",
+        model_type: "gemma2",
+        hf_class: "Gemma2ForCausalLM",
+        permuted_qk: false,
+        fused: false,
+        norm_plus_one: true,
+        sandwich_norms: true,
         hidden_act: "gelu_pytorch_tanh",
     },
     GgufArch {
@@ -232,8 +242,13 @@ impl Gguf {
         if let Some(w) = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0) {
             c["sliding_window"] = w.into();
         }
-        if self.arch.name == "gemma3" {
-            self.gemma3_config(&mut c, head_dim)?;
+        match self.arch.name {
+            "gemma2" => self.gemma_config(&mut c, head_dim, |i| i % 2 == 0, 46)?,
+            "gemma3" => {
+                self.gemma_config(&mut c, head_dim, |i| (i + 1) % 6 != 0, 62)?;
+                c["rope_local_base_freq"] = json!(10000.0);
+            }
+            _ => {}
         }
         if let Some(b) = self.tok_u32("bos_token_id") {
             c["bos_token_id"] = b.into();
@@ -244,22 +259,23 @@ impl Gguf {
         Ok(c)
     }
 
-    /// What llama.cpp fixes for `gemma3` in code, not in the file: with a sliding window, every
-    /// sixth layer global and the rest local with an unscaled RoPE base of 10,000 (without one,
-    /// every layer global); queries scaled by `1/√head_dim`, except the 27B (62 layers) by
-    /// `1/√(hidden/heads)`. A final-logit soft-cap in the file is passed on (and refused by the
-    /// family, as from a `config.json`).
-    fn gemma3_config(&self, c: &mut serde_json::Value, head_dim: usize) -> Result<()> {
+    /// What llama.cpp fixes for `gemma2` and `gemma3` in code, not in the file: with a sliding
+    /// window, the local layers `local` picks (Gemma 2: every other one from the first; Gemma
+    /// 3: all but every sixth, whose RoPE base is an unscaled 10,000, set by the caller), and
+    /// without one every layer global; queries scaled by `1/√head_dim`, except the 27B
+    /// (`big_layers` layers) by `1/√(hidden/heads)`. Soft caps in the file are passed on.
+    fn gemma_config(&self, c: &mut serde_json::Value, head_dim: usize, local: impl Fn(usize) -> bool, big_layers: usize) -> Result<()> {
         let layers = self.arch_req("block_count")?;
         let window = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0);
-        let types: Vec<&str> = (0..layers).map(|i| if window.is_some() && (i + 1) % 6 != 0 { "sliding_attention" } else { "full_attention" }).collect();
+        let types: Vec<&str> = (0..layers).map(|i| if window.is_some() && local(i) { "sliding_attention" } else { "full_attention" }).collect();
         c["layer_types"] = json!(types);
-        c["rope_local_base_freq"] = json!(10000.0);
-        let scalar = if layers == 62 { self.arch_req("embedding_length")? / self.arch_req("attention.head_count")?.max(1) } else { head_dim };
+        let scalar = if layers == big_layers { self.arch_req("embedding_length")? / self.arch_req("attention.head_count")?.max(1) } else { head_dim };
         c["query_pre_attn_scalar"] = scalar.into();
         c["hidden_activation"] = "gelu_pytorch_tanh".into();
-        if let Some(cap) = self.arch_f("final_logit_softcapping").filter(|v| *v != 0.0) {
-            c["final_logit_softcapping"] = cap.into();
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if let Some(cap) = self.arch_f(key).filter(|v| *v != 0.0) {
+                c[key] = cap.into();
+            }
         }
         Ok(())
     }

@@ -110,10 +110,22 @@ pub struct DecoderOpts {
     pub sandwich_norms: bool,
     /// Attention scores scaled by `query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2`.
     pub query_scale: Option<u32>,
-    /// Layers of two kinds (Gemma 3): local ones use `sliding_window` and their own RoPE base,
-    /// the others see every key with the config's base. `None`: `sliding_window` (if any)
-    /// applies to every layer.
+    /// Layers of two kinds (Gemma 2 and 3): local ones use `sliding_window` and their own
+    /// RoPE base, the others see every key with the config's base. `None`: `sliding_window`
+    /// (if any) applies to every layer.
     pub local: Option<LocalLayers>,
+    /// Attention scores (after scaling, before the mask) become `c·tanh(s/c)` (Gemma 2's
+    /// `attn_logit_softcapping`).
+    pub attn_softcap: Option<f32>,
+    /// The final logits become `c·tanh(l/c)` (Gemma 2's `final_logit_softcapping`).
+    pub final_softcap: Option<f32>,
+}
+
+/// `c·tanh(x/c)`: Gemma 2's soft cap, one value at a time (every attention path and the
+/// logits use this one function, so their bits agree).
+#[inline]
+pub fn softcap(x: f32, c: f32) -> f32 {
+    (x / c).tanh() * c
 }
 
 /// Which layers are local (sliding-window) ones, and their RoPE base.
@@ -495,7 +507,11 @@ impl Llama {
             } else {
                 (k, v)
             };
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(c) = self.opts.attn_softcap {
+                scores = ((scores / c as f64)?.tanh()? * c as f64)?;
+            }
+            let scores = scores.broadcast_add(bias)?;
             let probs = softmax(&scores, ctx.train)?;
             let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
             let mut a = o.forward(&attn, ctx)?;
@@ -528,7 +544,11 @@ impl Llama {
     pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, pos0: usize, cache: Option<&mut Cache>, ctx: &Ctx) -> Result<Tensor> {
         let h = self.hidden(ids, mask, pos0, cache, ctx)?;
         let (b, s, d) = h.dims3()?;
-        Ok(h.reshape((b * s, d))?.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?)
+        let logits = h.reshape((b * s, d))?.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?;
+        Ok(match self.opts.final_softcap {
+            Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
+            None => logits,
+        })
     }
 }
 

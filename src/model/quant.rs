@@ -731,5 +731,5 @@ fn dot_q(f: BlockFmt, w: &[u8], x: &[Q8]) -> f32 {
 pub(super) mod avx;
 
 // attention lives in its own module; its public names stay reachable from here
-pub use super::attention::{attend, attend_group, widen_f16, KvRows};
+pub use super::attention::{attend, attend_group, widen_f16, KvRows, Scores};
 

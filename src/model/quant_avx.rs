@@ -185,7 +185,7 @@ mod x86 {
     /// `H` rows of `hi + 1` scores; `out` is `[H, hd]`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend_f16<const H: usize>(q: &[f32], hd: usize, k: &[u16], v: &[u16], stride: usize, off: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+    pub unsafe fn attend_f16<const H: usize>(q: &[f32], hd: usize, k: &[u16], v: &[u16], stride: usize, off: usize, scale: crate::model::attention::Scores, s: &mut [f32], out: &mut [f32]) {
         let np = s.len() / H;
         let wide = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
         // scores: dot_inline's two accumulators (even and odd 8-lane runs), then its reduction
@@ -214,11 +214,11 @@ mod x86 {
                 c += 16;
             }
             for h in 0..H {
-                s[h * np + j] = hsum(_mm256_add_ps(s0[h], s1[h])) * scale;
+                s[h * np + j] = hsum(_mm256_add_ps(s0[h], s1[h])) * scale.scale;
             }
         }
         for h in 0..H {
-            crate::model::attention::softmax_in_place(&mut s[h * np..][..np]);
+            crate::model::attention::softmax_in_place(&mut s[h * np..][..np], scale.cap);
         }
         // values in passes of 16 outputs for every head; each output sums positions in order
         let mut c = 0;
@@ -244,12 +244,12 @@ mod x86 {
     /// `attend`'s AVX2 build; `s` holds one score per position.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, s: &mut [f32], out: &mut [f32]) {
+    pub unsafe fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, scale: crate::model::attention::Scores, s: &mut [f32], out: &mut [f32]) {
         let hd = q.len();
         for (i, e) in s.iter_mut().enumerate() {
-            *e = dot_inline(q.as_ptr(), k.as_ptr().add(i * stride + off), hd) * scale;
+            *e = dot_inline(q.as_ptr(), k.as_ptr().add(i * stride + off), hd) * scale.scale;
         }
-        crate::model::attention::softmax_in_place(s);
+        crate::model::attention::softmax_in_place(s, scale.cap);
         // values in passes of 64 outputs (8 independent accumulators: FMA throughput, not its
         // latency), then 32; each output sums positions in order
         let (mut j, n8) = (0, hd / 8 * 8);
@@ -493,7 +493,7 @@ mod portable_stubs {
         unreachable!("AVX2 is only detected on x86-64")
     }
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
+    pub unsafe fn attend(_: &[f32], _: &[f32], _: &[f32], _: usize, _: usize, _: crate::model::attention::Scores, _: &mut [f32], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn low_rank(_: &[f32], _: super::super::Half, _: usize, _: usize, _: &mut [f32]) {
@@ -506,7 +506,7 @@ mod portable_stubs {
         unreachable!("AVX2 is only detected on x86-64")
     }
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend_f16<const H: usize>(_: &[f32], _: usize, _: &[u16], _: &[u16], _: usize, _: usize, _: f32, _: &mut [f32], _: &mut [f32]) {
+    pub unsafe fn attend_f16<const H: usize>(_: &[f32], _: usize, _: &[u16], _: &[u16], _: usize, _: usize, _: crate::model::attention::Scores, _: &mut [f32], _: &mut [f32]) {
         unreachable!("AVX2 is only detected on x86-64")
     }
     pub unsafe fn widen_f16(_: &[u16], _: &mut [f32]) {

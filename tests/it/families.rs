@@ -224,6 +224,14 @@ fn gemma3_matches_peft() {
     decoder_case("gemma3-causal", "gemma3");
 }
 
+/// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
+/// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
+/// fixture.
+#[test]
+fn gemma2_matches_peft() {
+    decoder_case("gemma2-causal", "gemma2");
+}
+
 /// Gemma 3 4B and up scale their global layers' RoPE linearly (factor 8 here), their local
 /// layers' not at all: PEFT's logits and greedy ids on such a config.
 #[test]

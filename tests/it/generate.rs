@@ -251,7 +251,7 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
                 let short = match m {
                     "input_layernorm" => "attn_norm",
                     // Gemma 3's sandwich norms (llama.cpp's names)
-                    "post_attention_layernorm" if arch == "gemma3" => "post_attention_norm",
+                    "post_attention_layernorm" if arch == "gemma2" || arch == "gemma3" => "post_attention_norm",
                     "pre_feedforward_layernorm" => "ffn_norm",
                     "post_feedforward_layernorm" => "post_ffw_norm",
                     "post_attention_layernorm" => "ffn_norm",
@@ -323,6 +323,11 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
     let mut md = md;
     if let Some(w) = cfg["sliding_window"].as_u64() {
         md.push((a("attention.sliding_window"), V::U32(w as u32)));
+    }
+    for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(c) = cfg[cap].as_f64() {
+            md.push((a(cap), V::F32(c as f32)));
+        }
     }
     if rp["full_attention"]["rope_type"] == "linear" {
         md.push((a("rope.scaling.type"), V::String("linear".into())));
@@ -396,8 +401,8 @@ fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_q
 
 /// A GGUF of fixture `case` written as llama.cpp's converter for `arch` would loads as
 /// `family`: bit for bit the safetensors base's logits in f32, with and without the PEFT
-/// fixture adapter, PEFT's greedy ids, and within 0.02 with Q8_0 projections.
-fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path) -> PathBuf {
+/// fixture adapter, PEFT's greedy ids, and within `q8_tol` with Q8_0 projections.
+fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path, q8_tol: f32) -> PathBuf {
     let st = cpu_engine(&case.join("base"));
     let a_st = load_adapter(&st, &case.join("adapter"));
     let exp = expected(case);
@@ -431,7 +436,7 @@ fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path) -
             worst = worst.max(max_abs_diff(gv, wv));
         }
     }
-    assert!(worst > 0.0 && worst <= 0.02, "{arch} Q8_0: logits differ by {worst}");
+    assert!(worst > 0.0 && worst <= q8_tol, "{arch} Q8_0: logits differ by {worst}");
     p
 }
 
@@ -440,13 +445,13 @@ fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path) -
 #[test]
 fn a_qwen2_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = gguf_matches_safetensors(&fixtures().join("../peft2/qwen2-causal"), "qwen2", "qwen2", tmp.path());
+    let p = gguf_matches_safetensors(&fixtures().join("../peft2/qwen2-causal"), "qwen2", "qwen2", tmp.path(), 0.02);
     let g2 = std::fs::read(&p).unwrap();
     let at = g2.windows(5).position(|w| w == b"qwen2").unwrap();
     let mut bad = g2.clone();
     bad[at..at + 5].copy_from_slice(b"gpt2x");
     let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma3, phi3)"), "{err}");
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3, phi3)"), "{err}");
 }
 
 /// A Qwen3 GGUF (q/k rows in Hugging Face's order, the per-head norms as `attn_q_norm` /
@@ -454,7 +459,19 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
 #[test]
 fn a_qwen3_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal"), "qwen3", "qwen3", tmp.path());
+    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal"), "qwen3", "qwen3", tmp.path(), 0.02);
+}
+
+/// A Gemma 2 GGUF (its sandwich norms under llama.cpp's names, the soft caps as
+/// `gemma2.*_logit_softcapping`, every other layer local from the first as llama.cpp fixes
+/// it) loads as the Gemma 2 family: the fixture's safetensors logits bit for bit, PEFT's
+/// greedy ids, and within 0.1 in Q8_0.
+#[test]
+fn a_gemma2_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Q8_0's rounding of this base moves its logits with the fixture's random adapter by
+    // 0.077 in transformers too (measured); the soft caps keep them within 0.4
+    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2-causal"), "gemma2", "gemma2", tmp.path(), 0.1);
 }
 
 /// Gemma and Phi-3 GGUFs (and a Mistral, which llama.cpp writes as `llama`) load as their
@@ -466,7 +483,7 @@ fn a_qwen3_gguf_base_matches_its_safetensors() {
 fn gemma_phi3_and_mistral_gguf_bases_match_their_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     for (case, arch, family) in [("gemma-causal", "gemma", "gemma"), ("phi3-causal", "phi3", "phi3"), ("mistral-causal", "llama", "llama")] {
-        gguf_matches_safetensors(&fixtures().join("../peft2").join(case), arch, family, tmp.path());
+        gguf_matches_safetensors(&fixtures().join("../peft2").join(case), arch, family, tmp.path(), 0.02);
     }
 }
 

@@ -205,35 +205,38 @@ fn amx_tiles_give_the_avx2_bits_for_1_to_16_tokens() {
 
 #[test]
 fn attention_matches_a_plain_softmax_over_every_length() {
-    use loradex::model::quant::attend;
+    use loradex::model::quant::{attend, Scores};
     let mut rng = Lcg(17);
     let (hd, stride, off) = (64, 192, 64);
-    for len in [1usize, 5, 8, 9, 47, 64] {
+    // with and without Gemma 2's soft cap (0.3: well inside tanh's bend for these scores)
+    for (len, cap) in [1usize, 5, 8, 9, 47, 64].into_iter().flat_map(|l| [(l, None), (l, Some(0.3f32))]) {
         let q: Vec<f32> = (0..hd).map(|_| rng.unit()).collect();
         let k: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
         let v: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
         let scale = 0.125f32;
         let mut out = vec![0f32; hd];
-        attend(&q, &k, &v, stride, off, len - 1, scale, &mut out);
-        let s: Vec<f64> = (0..len).map(|p| (0..hd).map(|d| q[d] as f64 * k[p * stride + off + d] as f64).sum::<f64>() * scale as f64).collect();
+        attend(&q, &k, &v, stride, off, len - 1, Scores { scale, cap }, &mut out);
+        let capped = |x: f64| cap.map_or(x, |c| (x / c as f64).tanh() * c as f64);
+        let s: Vec<f64> = (0..len).map(|p| capped((0..hd).map(|d| q[d] as f64 * k[p * stride + off + d] as f64).sum::<f64>() * scale as f64)).collect();
         let m = s.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
         let z: f64 = e.iter().sum();
         for d in 0..hd {
             let want: f64 = (0..len).map(|p| e[p] / z * v[p * stride + off + d] as f64).sum();
-            assert!((out[d] as f64 - want).abs() < 1e-5, "len {len} dim {d}: {} vs {want}", out[d]);
+            assert!((out[d] as f64 - want).abs() < 1e-5, "len {len} cap {cap:?} dim {d}: {} vs {want}", out[d]);
         }
     }
 }
 
 #[test]
 fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches() {
-    use loradex::model::quant::{attend, attend_group, KvRows};
+    use loradex::model::quant::{attend, attend_group, KvRows, Scores};
     let mut rng = Lcg(23);
     // (head dim, query heads per key/value head): the register-widening path takes head dims
     // that are multiples of 16 and 1 to 4 heads; the others go through the widened scratch
     let shapes = [(64, 3), (64, 1), (32, 4), (128, 2), (64, 5), (40, 3)];
-    for (len, (hd, rep)) in [1usize, 7, 8, 33].into_iter().flat_map(|l| shapes.map(|s| (l, s))) {
+    let scores = [Scores::scaled(0.125), Scores { scale: 0.125, cap: Some(0.5) }];
+    for ((len, (hd, rep)), sc) in [1usize, 7, 8, 33].into_iter().flat_map(|l| shapes.map(|s| (l, s))).flat_map(|c| scores.map(|sc| (c, sc))) {
         let (kvh, stride) = (2, 3 * hd);
         let q: Vec<f32> = (0..rep * hd).map(|_| rng.unit()).collect();
         let k: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
@@ -242,19 +245,19 @@ fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches()
         let one = |k: &[f32], v: &[f32]| -> Vec<u32> {
             let mut out = vec![0f32; rep * hd];
             for (qh, o) in q.chunks(hd).zip(out.chunks_mut(hd)) {
-                attend(qh, k, v, stride, off, len - 1, 0.125, o);
+                attend(qh, k, v, stride, off, len - 1, sc, o);
             }
             out.iter().map(|x| x.to_bits()).collect()
         };
         let mut got = vec![0f32; rep * hd];
-        attend_group(&q, hd, KvRows::F32(&k), KvRows::F32(&v), stride, off, len - 1, 0.125, &mut got);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&k, &v), "f32 cache, {len} positions, hd {hd} x {rep}");
+        attend_group(&q, hd, KvRows::F32(&k), KvRows::F32(&v), stride, off, len - 1, sc, &mut got);
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&k, &v), "f32 cache, {len} positions, hd {hd} x {rep}, {sc:?}");
         // an f16 cache gives what the same rounded values give in f32
         let h = |x: &[f32]| -> Vec<u16> { x.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect() };
         let w = |x: &[u16]| -> Vec<f32> { x.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect() };
         let (k16, v16) = (h(&k), h(&v));
-        attend_group(&q, hd, KvRows::F16(&k16), KvRows::F16(&v16), stride, off, len - 1, 0.125, &mut got);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&w(&k16), &w(&v16)), "f16 cache, {len} positions, hd {hd} x {rep}");
+        attend_group(&q, hd, KvRows::F16(&k16), KvRows::F16(&v16), stride, off, len - 1, sc, &mut got);
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&w(&k16), &w(&v16)), "f16 cache, {len} positions, hd {hd} x {rep}, {sc:?}");
     }
 }
 

@@ -9,8 +9,9 @@
 //!
 //! Both config styles are read: transformers 5's `rope_parameters` per layer type, and the
 //! earlier `rope_theta` + `rope_local_base_freq`. The global layers' RoPE may be scaled
-//! linearly (Gemma 3 4B and up: factor 8); the local layers' never is. Logit soft-capping (Gemma 2's) and
-//! bidirectional attention are refused rather than ignored.
+//! linearly (Gemma 3 4B and up: factor 8); the local layers' never is. Soft-capped scores and
+//! logits (Gemma 2's, off in Gemma 3's releases) are applied where a config asks for them;
+//! bidirectional attention is refused rather than ignored.
 
 use super::{parse, Family};
 use crate::error::{Error, Result};
@@ -47,24 +48,21 @@ fn bad(what: String) -> Error {
     Error::Model(format!("gemma3 config: {what}"))
 }
 
-fn spec(v: &Value) -> Result<DecoderSpec> {
-    let mut c: Config = parse("gemma3_text", v)?;
-    let act = MlpAct::parse(Some(c.hidden_activation.as_deref().or(c.common.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh")))?;
-    if act != MlpAct::GeluTanh {
-        return Err(bad(format!("activation {act:?} is not Gemma's (gelu_pytorch_tanh)")));
-    }
-    if c.final_logit_softcapping.is_some() || c.attn_logit_softcapping.is_some() {
-        return Err(bad("logit soft-capping is not supported".into()));
-    }
-    if c.use_bidirectional_attention {
-        return Err(bad("bidirectional attention is not supported (causal LMs only)".into()));
-    }
-    let layers = c.common.num_hidden_layers;
+/// Which layers are local (bit `i` set): from `layer_types` where the config lists them,
+/// else those `default_local` picks; every local layer needs a positive `sliding_window`
+/// (returned). Shared with Gemma 2.
+pub(super) fn local_layers(
+    layer_types: Option<&[String]>,
+    layers: usize,
+    sliding_window: Option<usize>,
+    default_local: impl Fn(usize) -> bool,
+    bad: impl Fn(String) -> Error,
+) -> Result<(u128, Option<usize>)> {
     if layers > MAX_LOCAL_LAYERS {
         return Err(bad(format!("{layers} layers (at most {MAX_LOCAL_LAYERS})")));
     }
     let mut mask = 0u128;
-    match &c.layer_types {
+    match layer_types {
         Some(types) => {
             if types.len() != layers {
                 return Err(bad(format!("{} layer_types for {layers} layers", types.len())));
@@ -78,19 +76,53 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
             }
         }
         None => {
-            let p = c.sliding_window_pattern.unwrap_or(6);
-            if p == 0 {
-                return Err(bad("sliding_window_pattern 0".into()));
-            }
-            for i in (0..layers).filter(|i| (i + 1) % p != 0) {
+            for i in (0..layers).filter(|&i| default_local(i)) {
                 mask |= 1 << i;
             }
         }
     }
-    let window = c.sliding_window.filter(|w| *w > 0);
+    let window = sliding_window.filter(|w| *w > 0);
     if mask != 0 && window.is_none() {
         return Err(bad("local layers without a positive sliding_window".into()));
     }
+    Ok((mask, window))
+}
+
+/// `query_pre_attn_scalar` as the whole number the spec keeps (`None`: `head_dim`'s).
+pub(super) fn query_scale(s: Option<f64>, bad: impl Fn(String) -> Error) -> Result<Option<u32>> {
+    match s {
+        None => Ok(None),
+        Some(s) if s > 0.0 && s.fract() == 0.0 && s <= u32::MAX as f64 => Ok(Some(s as u32)),
+        Some(s) => Err(bad(format!("query_pre_attn_scalar {s} is not a positive whole number"))),
+    }
+}
+
+/// A soft cap (`attn_logit_softcapping`, `final_logit_softcapping`): none where absent or 0,
+/// else a positive finite value.
+pub(super) fn cap(v: Option<f64>, what: &str, bad: impl Fn(String) -> Error) -> Result<Option<f32>> {
+    match v {
+        None => Ok(None),
+        Some(c) if c == 0.0 => Ok(None),
+        Some(c) if c > 0.0 && c.is_finite() => Ok(Some(c as f32)),
+        Some(c) => Err(bad(format!("{what} {c} is not positive"))),
+    }
+}
+
+fn spec(v: &Value) -> Result<DecoderSpec> {
+    let mut c: Config = parse("gemma3_text", v)?;
+    let act = MlpAct::parse(Some(c.hidden_activation.as_deref().or(c.common.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh")))?;
+    if act != MlpAct::GeluTanh {
+        return Err(bad(format!("activation {act:?} is not Gemma's (gelu_pytorch_tanh)")));
+    }
+    if c.use_bidirectional_attention {
+        return Err(bad("bidirectional attention is not supported (causal LMs only)".into()));
+    }
+    let layers = c.common.num_hidden_layers;
+    let p = c.sliding_window_pattern.unwrap_or(6);
+    if p == 0 && c.layer_types.is_none() {
+        return Err(bad("sliding_window_pattern 0".into()));
+    }
+    let (mask, window) = local_layers(c.layer_types.as_deref(), layers, c.sliding_window, |i| (i + 1) % p.max(1) != 0, bad)?;
     // RoPE bases: per layer type (transformers 5), or rope_theta and rope_local_base_freq
     let per_type = c.common.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some()).cloned();
     let (global, local) = match per_type {
@@ -112,11 +144,9 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
     c.common.rope_theta = Some(theta);
     c.common.rope_parameters = None;
     c.common.rope_scaling = (factor != 1.0).then(|| serde_json::json!({"rope_type": "linear", "factor": factor}));
-    let query_scale = match c.query_pre_attn_scalar {
-        None => None,
-        Some(s) if s > 0.0 && s.fract() == 0.0 && s <= u32::MAX as f64 => Some(s as u32),
-        Some(s) => return Err(bad(format!("query_pre_attn_scalar {s} is not a positive whole number"))),
-    };
+    let query_scale = query_scale(c.query_pre_attn_scalar, bad)?;
+    let (attn_softcap, final_softcap) =
+        (cap(c.attn_logit_softcapping, "attn_logit_softcapping", bad)?, cap(c.final_logit_softcapping, "final_logit_softcapping", bad)?);
     c.common.dims()?;
     let opts = DecoderOpts {
         norm_plus_one: true,
@@ -127,6 +157,8 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
         sandwich_norms: true,
         query_scale,
         local: Some(LocalLayers { mask, theta: local }),
+        attn_softcap,
+        final_softcap,
         ..Default::default()
     };
     Ok(DecoderSpec { cfg: c.common, opts })

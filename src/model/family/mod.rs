@@ -8,6 +8,7 @@
 pub mod bert;
 pub mod distilbert;
 pub mod gemma;
+pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
 pub mod mistral;
@@ -33,6 +34,7 @@ static FAMILIES: &[&Family] = &[
     &qwen2::FAMILY,
     &qwen3::FAMILY,
     &gemma::FAMILY,
+    &gemma2::FAMILY,
     &gemma3::FAMILY,
     &phi3::FAMILY,
 ];
