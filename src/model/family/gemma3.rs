@@ -102,7 +102,7 @@ pub(super) fn query_scale(s: Option<f64>, bad: impl Fn(String) -> Error) -> Resu
 pub(super) fn cap(v: Option<f64>, what: &str, bad: impl Fn(String) -> Error) -> Result<Option<f32>> {
     match v {
         None => Ok(None),
-        Some(c) if c == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(c) if c > 0.0 && c.is_finite() => Ok(Some(c as f32)),
         Some(c) => Err(bad(format!("{what} {c} is not positive"))),
     }
