@@ -11,6 +11,9 @@ texts, tokenizer recipe and tolerance.
   their own RoPE base beside a global one.
 - gemma3-linear-causal: the same, its global layers' RoPE scaled linearly (factor 8, as
   Gemma 3 4B and up have it; local layers unscaled).
+- llama3-rope-causal: a Llama whose RoPE is Llama 3.1's (`rope_type` `llama3`: low
+  frequencies divided by `factor`, high ones kept, a smooth blend between), with an original
+  context of 16 so that the fixture's 16-wide heads have frequencies of all three kinds.
 - gemma2-causal: Gemma's norms, embeddings and GeGLU, the sandwich norms, local layers
   alternating with global ones (one RoPE base), and soft-capped attention scores and final
   logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
@@ -111,6 +114,13 @@ def main():
     # Gemma's norms scale by 1 + w from w = 0
     case(os.path.join(OUT, "gemma3-causal"), 29, T.Gemma3ForCausalLM, cfg, fast, dict(r=4, lora_alpha=8, target_modules=all7),
          ("norm.weight", "layernorm.weight"), lambda p: 0.5 * torch.randn_like(p))
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16}
+    cfg = T.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=96, max_position_embeddings=128, rms_norm_eps=1e-6, rope_parameters=rope,
+                        tie_word_embeddings=False, **ids)
+    case(os.path.join(OUT, "llama3-rope-causal"), 32, T.LlamaForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
+         ("norm.weight",), None)
     cfg = T.Gemma2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
                          sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],

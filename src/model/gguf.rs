@@ -236,8 +236,18 @@ impl Gguf {
         if let Some(r) = rotary.filter(|r| *r != head_dim) {
             return Err(Error::Model(format!("{}: rotary embeddings over {r} of {head_dim} head dimensions are not supported", self.path.display())));
         }
-        if ["rope_factors_long.weight", "rope_factors_short.weight", "rope_freqs.weight"].iter().any(|t| self.content.tensor_infos.contains_key(*t)) {
-            return Err(Error::Model(format!("{}: per-frequency rope factors (long-context scaling) are not supported", self.path.display())));
+        if ["rope_factors_long.weight", "rope_factors_short.weight"].iter().any(|t| self.content.tensor_infos.contains_key(*t)) {
+            return Err(Error::Model(format!("{}: long/short rope factors (Phi-3's long-context scaling) are not supported", self.path.display())));
+        }
+        // Llama 3.1's scaling, as llama.cpp's converter bakes it: one divisor per frequency
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            let mut r = self.reader()?;
+            let t = self.content.tensor(&mut r, "rope_freqs.weight", &Device::Cpu).map_err(io(&self.path))?;
+            let d = t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            if d.len() != head_dim / 2 {
+                return Err(Error::Model(format!("{}: rope_freqs.weight has {} values for {} frequencies", self.path.display(), d.len(), head_dim / 2)));
+            }
+            c["rope_freq_factors"] = json!(d);
         }
         if let Some(w) = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0) {
             c["sliding_window"] = w.into();

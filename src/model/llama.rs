@@ -33,6 +33,10 @@ pub struct Config {
     pub rope_parameters: Option<Value>,
     #[serde(default)]
     pub rope_scaling: Option<Value>,
+    /// llama.cpp's per-frequency divisors of a GGUF (`rope_freqs.weight`, Llama 3.1's scaling
+    /// as the converter bakes it), carried into the config a GGUF base is read as.
+    #[serde(default)]
+    pub rope_freq_factors: Option<Vec<f64>>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default = "max_pos")]
@@ -188,25 +192,97 @@ impl DecoderSpec {
     /// RoPE's inverse frequencies (`head_dim / 2` of them): the global layers', and the local
     /// layers' (their own base) where there are any.
     pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        // transformers divides each f32 inverse frequency by a linear factor
-        let inv = |theta: f64, factor: f64| (0..head_dim / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32) / factor as f32).collect();
-        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| inv(l.theta, 1.0));
-        let (theta, factor) = self.cfg.rope()?;
-        Ok((inv(theta, factor), local))
+        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| rope_inv_freqs(l.theta, head_dim));
+        let (theta, scaling) = self.cfg.rope()?;
+        Ok((scaling.apply(rope_inv_freqs(theta, head_dim))?, local))
     }
 }
 
-/// The linear factor of one RoPE parameter set (`rope_type` or the older `type`): 1 for
-/// `default`, `factor` (positive) for `linear`; other types are refused by name.
-pub(crate) fn rope_factor(p: &Value) -> Result<f64> {
+/// How RoPE's inverse frequencies are scaled from the plain `θ^(-2i/d)`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RopeScaling {
+    None,
+    /// Every frequency divided by the factor (positions stretched).
+    Linear(f64),
+    /// Llama 3.1's: wavelengths shorter than `original / high` kept, longer than
+    /// `original / low` divided by `factor`, a smooth blend between.
+    Llama3 { factor: f64, low: f64, high: f64, original: f64 },
+    /// Frequency `i` divided by divisor `i` (llama.cpp's `rope_freqs`).
+    Divisors(Vec<f64>),
+}
+
+impl RopeScaling {
+    /// `inv` (one f32 per frequency) scaled: transformers divides the f32 values by a linear
+    /// factor; Llama 3's blend divides each by an f32 divisor (`llama3_divisors`), which is
+    /// how llama.cpp's converter stores it, so a GGUF of the same model gives the same bits.
+    pub(crate) fn apply(&self, mut inv: Vec<f32>) -> Result<Vec<f32>> {
+        match self {
+            RopeScaling::None => {}
+            RopeScaling::Linear(f) => inv.iter_mut().for_each(|v| *v /= *f as f32),
+            RopeScaling::Llama3 { factor, low, high, original } => {
+                let d = llama3_divisors(&inv, *factor, *low, *high, *original);
+                inv.iter_mut().zip(&d).for_each(|(v, x)| *v = (*v as f64 / *x as f64) as f32);
+            }
+            RopeScaling::Divisors(d) => {
+                if d.len() != inv.len() || d.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
+                    return Err(Error::Model(format!("rope_freq_factors: {} positive divisors for {} frequencies", d.len(), inv.len())));
+                }
+                // the divisors are f32 values (a GGUF tensor), whatever the config text kept
+                inv.iter_mut().zip(d).for_each(|(v, x)| *v = (*v as f64 / (*x as f32) as f64) as f32);
+            }
+        }
+        Ok(inv)
+    }
+}
+
+/// Llama 3.1's RoPE scaling as one divisor per frequency of `inv`, the way llama.cpp's converter
+/// writes `rope_freqs.weight`: 1 where the wavelength is shorter than `original / high`,
+/// `factor` where it is longer than `original / low`, and `1 / ((1 - s) / factor + s)` between,
+/// with `s = (original / wavelength - low) / (high - low)` (f64 arithmetic, f32 results).
+pub fn llama3_divisors(inv: &[f32], factor: f64, low: f64, high: f64, original: f64) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (original / low, original / high);
+    inv.iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f as f64;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor as f32
+            } else {
+                let s = (original / wavelen - low) / (high - low);
+                (1.0 / ((1.0 - s) / factor + s)) as f32
+            }
+        })
+        .collect()
+}
+
+/// RoPE's plain inverse frequencies `θ^(-2i/d)` as f32, `d / 2` of them.
+pub fn rope_inv_freqs(theta: f64, head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect()
+}
+
+/// One RoPE parameter set (`rope_type`, or the older `type`): `default`, `linear` (a positive
+/// `factor`) or `llama3` (`factor`, `low_freq_factor` < `high_freq_factor`,
+/// `original_max_position_embeddings`); other types are refused by name.
+pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
     let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
-    match ty {
-        "default" => Ok(1.0),
-        "linear" => match p.get("factor").and_then(Value::as_f64) {
+    let num = |k: &str| -> Result<f64> {
+        match p.get(k).and_then(Value::as_f64) {
             Some(f) if f > 0.0 && f.is_finite() => Ok(f),
-            other => Err(Error::Model(format!("linear rope scaling needs a positive factor, not {other:?}"))),
-        },
-        other => Err(Error::Model(format!("rope_type {other:?} is not supported (default or linear)"))),
+            other => Err(Error::Model(format!("{ty} rope scaling needs a positive {k}, not {other:?}"))),
+        }
+    };
+    match ty {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear(num("factor")?)),
+        "llama3" => {
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            if high <= low {
+                return Err(Error::Model(format!("llama3 rope scaling: high_freq_factor {high} is not above low_freq_factor {low}")));
+            }
+            Ok(RopeScaling::Llama3 { factor: num("factor")?, low, high, original: num("original_max_position_embeddings")? })
+        }
+        other => Err(Error::Model(format!("rope_type {other:?} is not supported (default, linear or llama3)"))),
     }
 }
 
@@ -221,17 +297,18 @@ pub const FUSED_SLOTS: [&str; 4] = ["self_attn.qkv_proj", "self_attn.o_proj", "m
 pub const MAX_POSITIONS: usize = 1 << 24;
 
 impl Config {
-    /// RoPE's base and linear scaling factor (1 where there is none): `rope_parameters`
-    /// (transformers 5) or `rope_scaling`, of type `default` or `linear` (positions divided by
-    /// `factor`, i.e. every inverse frequency); other types are refused.
-    pub(crate) fn rope(&self) -> Result<(f64, f64)> {
+    /// RoPE's base and scaling: `rope_parameters` (transformers 5) or `rope_scaling`, of type
+    /// `default`, `linear` or `llama3`, or a GGUF's per-frequency divisors; other types are
+    /// refused.
+    pub(crate) fn rope(&self) -> Result<(f64, RopeScaling)> {
         let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        let factor = match params {
-            None => 1.0,
-            Some(p) => rope_factor(p)?,
+        let scaling = match (&self.rope_freq_factors, params) {
+            (Some(f), _) => RopeScaling::Divisors(f.clone()),
+            (None, None) => RopeScaling::None,
+            (None, Some(p)) => rope_scaling(p)?,
         };
         let theta = self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10000.0);
-        Ok((theta, factor))
+        Ok((theta, scaling))
     }
     /// `(num_key_value_heads, head_dim)`, after checking the activation and that the head counts
     /// and sizes fit.

@@ -224,6 +224,14 @@ fn gemma3_matches_peft() {
     decoder_case("gemma3-causal", "gemma3");
 }
 
+/// Llama 3.1's RoPE scaling (`rope_type` `llama3`): low frequencies divided by the factor,
+/// high ones kept, the middle blended; the fixture's original context of 16 gives its heads
+/// frequencies of all three kinds.
+#[test]
+fn llama3_rope_scaling_matches_peft() {
+    decoder_case("llama3-rope-causal", "llama");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

@@ -284,6 +284,16 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
         let dt = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
         q.push((g, QTensor::quantize(&t, dt).unwrap()));
     }
+    // Llama 3.1's RoPE scaling as llama.cpp's converter writes it: one divisor per frequency
+    let rp0 = &cfg["rope_parameters"];
+    if rp0["rope_type"] == "llama3" {
+        let f = |k: &str| rp0[k].as_f64().unwrap();
+        let hd = cfg["head_dim"].as_u64().map_or(u("hidden_size") as usize / heads, |d| d as usize);
+        let inv = loradex::model::llama::rope_inv_freqs(f("rope_theta"), hd);
+        let d = loradex::model::llama::llama3_divisors(&inv, f("factor"), f("low_freq_factor"), f("high_freq_factor"), f("original_max_position_embeddings"));
+        let t = candle_core::Tensor::new(d, &Device::Cpu).unwrap();
+        q.push(("rope_freqs.weight".into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
     let tj: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("tokenizer.json")).unwrap()).unwrap();
     let mut tokens = vec![String::new(); u("vocab_size") as usize];
     for (t, id) in tj["model"]["vocab"].as_object().unwrap() {
@@ -460,6 +470,15 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
 fn a_qwen3_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal"), "qwen3", "qwen3", tmp.path(), 0.02);
+}
+
+/// A Llama 3.1-style GGUF (its RoPE scaling baked into `rope_freqs.weight`, as llama.cpp's
+/// converter writes it) loads with that scaling: the safetensors logits (`rope_type` `llama3`)
+/// bit for bit, PEFT's greedy ids, and close in Q8_0.
+#[test]
+fn a_llama3_rope_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3-rope-causal"), "llama", "llama", tmp.path(), 0.02);
 }
 
 /// A Gemma 2 GGUF (its sandwich norms under llama.cpp's names, the soft caps as

@@ -13,7 +13,7 @@
 use super::gemma3::{cap, local_layers, query_scale};
 use super::{parse, Family};
 use crate::error::{Error, Result};
-use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, LocalLayers, MlpAct};
+use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, RopeScaling};
 use serde_json::Value;
 
 pub static FAMILY: Family = Family::decoder("gemma2", &["gemma2"], "Gemma2ForCausalLM", spec);
@@ -48,9 +48,9 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
     }
     // transformers' default: layer 0 local, then every other one
     let (mask, window) = local_layers(c.layer_types.as_deref(), c.common.num_hidden_layers, c.sliding_window, |i| i % 2 == 0, bad)?;
-    let (theta, factor) = c.common.rope()?;
-    if factor != 1.0 {
-        return Err(bad("rope scaling is not supported".into()));
+    let (theta, scaling) = c.common.rope()?;
+    if scaling != RopeScaling::None {
+        return Err(bad(format!("rope scaling {scaling:?} is not supported")));
     }
     c.common.dims()?;
     let opts = DecoderOpts {

@@ -15,7 +15,7 @@
 
 use super::{parse, Family};
 use crate::error::{Error, Result};
-use crate::model::llama::{rope_factor, Config as Common, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, MAX_LOCAL_LAYERS};
+use crate::model::llama::{rope_scaling, Config as Common, RopeScaling, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, MAX_LOCAL_LAYERS};
 use serde_json::Value;
 
 pub static FAMILY: Family = Family::decoder("gemma3", &["gemma3_text"], "Gemma3ForCausalLM", spec);
@@ -129,7 +129,12 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
         Some(p) => {
             let set = |kind: &str, default: f64| -> Result<(f64, f64)> {
                 let Some(k) = p.get(kind) else { return Ok((default, 1.0)) };
-                Ok((k.get("rope_theta").and_then(Value::as_f64).unwrap_or(default), rope_factor(k).map_err(|e| bad(format!("{kind}: {e}")))?))
+                let theta = k.get("rope_theta").and_then(Value::as_f64).unwrap_or(default);
+                match rope_scaling(k).map_err(|e| bad(format!("{kind}: {e}")))? {
+                    RopeScaling::None => Ok((theta, 1.0)),
+                    RopeScaling::Linear(f) => Ok((theta, f)),
+                    other => Err(bad(format!("{kind}: rope scaling {other:?} (default or linear)"))),
+                }
             };
             let (l, lf) = set("sliding_attention", 10_000.0)?;
             if lf != 1.0 {
@@ -138,7 +143,15 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
             (set("full_attention", 1_000_000.0)?, l)
         }
         // the older style: `rope_scaling` is the global layers' only
-        None => (c.common.rope()?, c.rope_local_base_freq.unwrap_or(10_000.0)),
+        None => {
+            let (theta, scaling) = c.common.rope()?;
+            let factor = match scaling {
+                RopeScaling::None => 1.0,
+                RopeScaling::Linear(f) => f,
+                other => return Err(bad(format!("rope scaling {other:?} (default or linear)"))),
+            };
+            ((theta, factor), c.rope_local_base_freq.unwrap_or(10_000.0))
+        }
     };
     let ((theta, factor), local) = (global, local);
     c.common.rope_theta = Some(theta);
