@@ -14,6 +14,10 @@ texts, tokenizer recipe and tolerance.
 - llama3-rope-causal: a Llama whose RoPE is Llama 3.1's (`rope_type` `llama3`: low
   frequencies divided by `factor`, high ones kept, a smooth blend between), with an original
   context of 16 so that the fixture's 16-wide heads have frequencies of all three kinds.
+- phi3-longrope-causal: Phi-3.5's `longrope` RoPE (per-frequency short and long factors, cos
+  and sin scaled by the attention factor), an original context of 64 under a declared 128, so
+  the fixture's texts (37 positions) run on the short factors, as every sequence loradex
+  admits for such a base does.
 - gemma2-causal: Gemma's norms, embeddings and GeGLU, the sandwich norms, local layers
   alternating with global ones (one RoPE base), and soft-capped attention scores and final
   logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
@@ -121,6 +125,15 @@ def main():
                         tie_word_embeddings=False, **ids)
     case(os.path.join(OUT, "llama3-rope-causal"), 32, T.LlamaForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
          ("norm.weight",), None)
+    short = [1.0, 1.05, 1.2, 1.5, 2.0, 2.6, 3.1, 3.5]
+    long_ = [1.0, 1.3, 2.0, 3.0, 5.0, 8.0, 12.0, 16.0]
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short, "long_factor": long_,
+            "original_max_position_embeddings": 64}
+    cfg = T.Phi3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=96, max_position_embeddings=128, original_max_position_embeddings=64,
+                       rms_norm_eps=1e-6, rope_parameters=rope, tie_word_embeddings=False, **ids)
+    case(os.path.join(OUT, "phi3-longrope-causal"), 33, T.Phi3ForCausalLM, cfg, fast,
+         dict(r=8, lora_alpha=16, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]), ("norm.weight",), None)
     cfg = T.Gemma2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
                          sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],

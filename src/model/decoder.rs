@@ -285,19 +285,21 @@ impl Decoder {
         }
         // rotary tables for each token's position (and for local layers, where they differ)
         let half = hd / 2;
-        let tables = |inv: &[f32]| {
+        let tables = |inv: &[f32], mscale: Option<f32>| {
             let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
             for t in 0..n {
                 for (i, f) in inv.iter().enumerate() {
                     let a = tok_pos[t] as f32 * f;
-                    cos[t * half + i] = a.cos();
-                    sin[t * half + i] = a.sin();
+                    (cos[t * half + i], sin[t * half + i]) = match mscale {
+                        Some(m) => (a.cos() * m, a.sin() * m),
+                        None => (a.cos(), a.sin()),
+                    };
                 }
             }
             (cos, sin)
         };
-        let global_rope = tables(&self.inv_freq);
-        let local_rope = self.inv_freq_local.as_deref().map(tables);
+        let global_rope = tables(&self.inv_freq, self.opts.rope_mscale);
+        let local_rope = self.inv_freq_local.as_deref().map(|l| tables(l, None));
         let adapters: Vec<Option<&LoadedAdapter>> = tok_row.iter().map(|&r| rows[r].adapter).collect();
         let (mut xn, mut q, mut k, mut v) = (vec![0f32; n * h], vec![0f32; n * nh * hd], vec![0f32; n * kvd], vec![0f32; n * kvd]);
         let (mut attn, mut tmp) = (vec![0f32; n * nh * hd], vec![0f32; n * h]);

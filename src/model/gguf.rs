@@ -236,18 +236,28 @@ impl Gguf {
         if let Some(r) = rotary.filter(|r| *r != head_dim) {
             return Err(Error::Model(format!("{}: rotary embeddings over {r} of {head_dim} head dimensions are not supported", self.path.display())));
         }
-        if ["rope_factors_long.weight", "rope_factors_short.weight"].iter().any(|t| self.content.tensor_infos.contains_key(*t)) {
-            return Err(Error::Model(format!("{}: long/short rope factors (Phi-3's long-context scaling) are not supported", self.path.display())));
+        let has = |t: &str| self.content.tensor_infos.contains_key(t);
+        if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
+            // Phi-3.5's long rope: llama.cpp runs the short factors within the original context
+            if self.arch.name != "phi3" || !has("rope_factors_short.weight") {
+                return Err(Error::Model(format!("{}: long/short rope factors are supported on phi3 files with short factors only", self.path.display())));
+            }
+            let short = self.vector_tensor("rope_factors_short.weight", head_dim / 2)?;
+            let mut p = json!({"rope_type": "longrope", "rope_theta": c["rope_theta"], "short_factor": short});
+            if has("rope_factors_long.weight") {
+                p["long_factor"] = json!(self.vector_tensor("rope_factors_long.weight", head_dim / 2)?);
+            }
+            if let Some(a) = self.arch_f("rope.scaling.attn_factor") {
+                p["attention_factor"] = json!(a);
+            }
+            if let Some(o) = self.arch_u("rope.scaling.original_context_length")? {
+                c["original_max_position_embeddings"] = o.into();
+            }
+            c["rope_scaling"] = p;
         }
         // Llama 3.1's scaling, as llama.cpp's converter bakes it: one divisor per frequency
-        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
-            let mut r = self.reader()?;
-            let t = self.content.tensor(&mut r, "rope_freqs.weight", &Device::Cpu).map_err(io(&self.path))?;
-            let d = t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-            if d.len() != head_dim / 2 {
-                return Err(Error::Model(format!("{}: rope_freqs.weight has {} values for {} frequencies", self.path.display(), d.len(), head_dim / 2)));
-            }
-            c["rope_freq_factors"] = json!(d);
+        if has("rope_freqs.weight") {
+            c["rope_freq_factors"] = json!(self.vector_tensor("rope_freqs.weight", head_dim / 2)?);
         }
         if let Some(w) = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0) {
             c["sliding_window"] = w.into();
@@ -267,6 +277,17 @@ impl Gguf {
             c["eos_token_id"] = e.into();
         }
         Ok(c)
+    }
+
+    /// A small f32 tensor of the file (RoPE factors) as its `len` values.
+    fn vector_tensor(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let mut r = self.reader()?;
+        let t = self.content.tensor(&mut r, name, &Device::Cpu).map_err(io(&self.path))?;
+        let v = t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        if v.len() != len {
+            return Err(Error::Model(format!("{}: {name} has {} values for {len} frequencies", self.path.display(), v.len())));
+        }
+        Ok(v)
     }
 
     /// What llama.cpp fixes for `gemma2` and `gemma3` in code, not in the file: with a sliding

@@ -123,6 +123,9 @@ pub struct DecoderOpts {
     pub attn_softcap: Option<f32>,
     /// The final logits become `c·tanh(l/c)` (Gemma 2's `final_logit_softcapping`).
     pub final_softcap: Option<f32>,
+    /// RoPE's cos and sin (the global layers') scaled by this (Phi-3.5's long-rope attention
+    /// factor).
+    pub rope_mscale: Option<f32>,
 }
 
 /// `c·tanh(x/c)`: Gemma 2's soft cap, one value at a time (every attention path and the
@@ -435,14 +438,17 @@ impl Llama {
         };
         let half = head_dim / 2;
         let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
-        let tables = |inv: Vec<f32>| -> Result<(Tensor, Tensor)> {
+        let tables = |inv: Vec<f32>, mscale: Option<f32>| -> Result<(Tensor, Tensor)> {
             let freqs = t.broadcast_mul(&Tensor::from_vec(inv, (1, half), device)?)?;
             let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
-            Ok((freqs.cos()?, freqs.sin()?))
+            Ok(match mscale {
+                Some(m) => ((freqs.cos()? * m as f64)?, (freqs.sin()? * m as f64)?),
+                None => (freqs.cos()?, freqs.sin()?),
+            })
         };
         let (global, local) = spec.inv_freqs(head_dim)?;
-        let (cos, sin) = tables(global)?;
-        let local_rope = local.map(tables).transpose()?;
+        let (cos, sin) = tables(global, spec.opts.rope_mscale)?;
+        let local_rope = local.map(|l| tables(l, None)).transpose()?;
         let norm_w = norm("model.norm.weight")?;
         Ok(Llama { cos, sin, local_rope, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })
     }

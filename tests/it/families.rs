@@ -232,6 +232,13 @@ fn llama3_rope_scaling_matches_peft() {
     decoder_case("llama3-rope-causal", "llama");
 }
 
+/// Phi-3.5's `longrope` RoPE: the short factors and the attention factor on cos and sin, the
+/// context held to the original 64 positions (the texts use 37).
+#[test]
+fn phi3_longrope_matches_peft() {
+    decoder_case("phi3-longrope-causal", "phi3");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

@@ -284,8 +284,20 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
         let dt = if t.rank() == 2 { dtype } else { GgmlDType::F32 };
         q.push((g, QTensor::quantize(&t, dt).unwrap()));
     }
-    // Llama 3.1's RoPE scaling as llama.cpp's converter writes it: one divisor per frequency
+    // Phi-3.5's long rope as llama.cpp's converter writes it: both factor lists as tensors,
+    // the attention factor and the original context in the metadata
     let rp0 = &cfg["rope_parameters"];
+    let mut extra_md: Vec<(String, V)> = vec![];
+    if rp0["rope_type"] == "longrope" {
+        for (key, name) in [("short_factor", "rope_factors_short.weight"), ("long_factor", "rope_factors_long.weight")] {
+            let f: Vec<f32> = rp0[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            q.push((name.into(), QTensor::quantize(&candle_core::Tensor::new(f, &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()));
+        }
+        let (max, orig) = (u("max_position_embeddings") as f64, rp0["original_max_position_embeddings"].as_u64().unwrap());
+        extra_md.push((format!("{arch}.rope.scaling.attn_factor"), V::F32((1.0 + (max / orig as f64).ln() / (orig as f64).ln()).sqrt() as f32)));
+        extra_md.push((format!("{arch}.rope.scaling.original_context_length"), V::U32(orig as u32)));
+    }
+    // Llama 3.1's RoPE scaling as llama.cpp's converter writes it: one divisor per frequency
     if rp0["rope_type"] == "llama3" {
         let f = |k: &str| rp0[k].as_f64().unwrap();
         let hd = cfg["head_dim"].as_u64().map_or(u("hidden_size") as usize / heads, |d| d as usize);
@@ -331,6 +343,7 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
         ("tokenizer.chat_template".into(), V::String("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into())),
     ];
     let mut md = md;
+    md.extend(extra_md);
     if let Some(w) = cfg["sliding_window"].as_u64() {
         md.push((a("attention.sliding_window"), V::U32(w as u32)));
     }
@@ -479,6 +492,19 @@ fn a_qwen3_gguf_base_matches_its_safetensors() {
 fn a_llama3_rope_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3-rope-causal"), "llama", "llama", tmp.path(), 0.02);
+}
+
+/// A Phi-3.5-style GGUF (long-rope factors as `rope_factors_short/long.weight`, the attention
+/// factor and original context in the metadata) runs its short factors within the original
+/// context: the safetensors logits bit for bit, PEFT's greedy ids, close in Q8_0, and the
+/// context held to the original 64 positions.
+#[test]
+fn a_phi3_longrope_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // (Q8_0: this wider base with its random adapter moves by 0.023; the 32-wide Phi-3 by 0.015)
+    let p = gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phi3-longrope-causal"), "phi3", "phi3", tmp.path(), 0.03);
+    let g = Engine::load_with(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu, LoadDtype::F32).unwrap();
+    assert_eq!(g.decoder.as_ref().unwrap().max_positions(), 64, "past the original context the long factors would take over");
 }
 
 /// A Gemma 2 GGUF (its sandwich norms under llama.cpp's names, the soft caps as

@@ -1,6 +1,9 @@
 //! Phi-3 (`Phi3ForCausalLM`): fused `qkv_proj` (`[q; k; v]` rows) and `gate_up_proj`
-//! (`[gate; up]`). A LoRA on a fused projection applies to the fused output, as PEFT's does;
-//! partial rotary embeddings and long-rope scaling are refused.
+//! (`[gate; up]`). A LoRA on a fused projection applies to the fused output, as PEFT's does.
+//! Phi-3.5's `longrope` RoPE runs on its short factors, with cos and sin scaled by the
+//! attention factor, and the context is held to `original_max_position_embeddings`: past it
+//! transformers and llama.cpp switch to the long factors, which would change the rotation of
+//! keys already cached. Partial rotary embeddings are refused.
 
 use super::{parse, Family};
 use crate::error::{Error, Result};
@@ -17,18 +20,62 @@ pub struct Config {
     pub partial_rotary_factor: Option<f64>,
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+fn bad(what: String) -> Error {
+    Error::Model(format!("phi3 config: {what}"))
+}
+
+/// A `longrope` (or `su`) parameter set as `(short factors, attention factor, original
+/// context)`; `None` for any other type.
+fn longrope(p: &Value, max_positions: usize, top_original: Option<usize>) -> Result<Option<(Vec<f64>, f64, usize)>> {
+    let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    if ty != "longrope" && ty != "su" {
+        return Ok(None);
+    }
+    let short: Vec<f64> = p
+        .get("short_factor")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .ok_or_else(|| bad("longrope without short_factor".into()))?;
+    let original = p.get("original_max_position_embeddings").and_then(Value::as_u64).map(|v| v as usize).or(top_original).unwrap_or(max_positions);
+    if original == 0 {
+        return Err(bad("original_max_position_embeddings 0".into()));
+    }
+    // transformers' default: from the context's stretch
+    let attention = match p.get("attention_factor").and_then(Value::as_f64) {
+        Some(a) if a > 0.0 && a.is_finite() => a,
+        Some(a) => return Err(bad(format!("attention_factor {a}"))),
+        None => {
+            let factor = max_positions as f64 / original as f64;
+            if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / (original as f64).ln()).sqrt() }
+        }
+    };
+    Ok(Some((short, attention, original)))
 }
 
 fn spec(v: &Value) -> Result<DecoderSpec> {
-    let c: Config = parse("phi3", v)?;
+    let mut c: Config = parse("phi3", v)?;
     let partial = c
         .partial_rotary_factor
         .or_else(|| c.common.rope_parameters.as_ref().and_then(|p| p.get("partial_rotary_factor")).and_then(Value::as_f64))
         .unwrap_or(1.0);
     if partial != 1.0 {
-        return Err(Error::Model(format!("phi3 config: partial_rotary_factor {partial} is not supported (1.0)")));
+        return Err(bad(format!("partial_rotary_factor {partial} is not supported (1.0)")));
     }
     let act = MlpAct::parse(c.common.hidden_act.as_deref())?;
+    let params = c.common.rope_parameters.as_ref().or(c.common.rope_scaling.as_ref()).cloned();
+    let mut rope_mscale = None;
+    if let Some((short, attention, original)) = params.as_ref().map(|p| longrope(p, c.common.max_position_embeddings, c.original_max_position_embeddings)).transpose()?.flatten() {
+        let theta = params.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(c.common.rope_theta).unwrap_or(10000.0);
+        c.common.rope_theta = Some(theta);
+        (c.common.rope_parameters, c.common.rope_scaling, c.common.rope_freq_factors) = (None, None, Some(short));
+        c.common.max_position_embeddings = c.common.max_position_embeddings.min(original);
+        rope_mscale = (attention != 1.0).then_some(attention as f32);
+    }
     c.common.dims()?;
-    Ok(DecoderSpec { cfg: c.common, opts: DecoderOpts { fused: true, act, sliding_window: c.sliding_window.filter(|w| *w > 0), ..Default::default() } })
+    let opts = DecoderOpts { fused: true, act, sliding_window: c.sliding_window.filter(|w| *w > 0), rope_mscale, ..Default::default() };
+    Ok(DecoderSpec { cfg: c.common, opts })
 }
