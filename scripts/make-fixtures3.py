@@ -18,6 +18,8 @@ texts, tokenizer recipe and tolerance.
   and sin scaled by the attention factor), an original context of 64 under a declared 128, so
   the fixture's texts (37 positions) run on the short factors, as every sequence loradex
   admits for such a base does.
+- phi3-partial-causal: Phi-4-mini's shape of RoPE, on half of each head
+  (`partial_rotary_factor` 0.5; the rest passes through), with long rope as above.
 - gemma2-causal: Gemma's norms, embeddings and GeGLU, the sandwich norms, local layers
   alternating with global ones (one RoPE base), and soft-capped attention scores and final
   logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
@@ -133,6 +135,13 @@ def main():
                        intermediate_size=96, max_position_embeddings=128, original_max_position_embeddings=64,
                        rms_norm_eps=1e-6, rope_parameters=rope, tie_word_embeddings=False, **ids)
     case(os.path.join(OUT, "phi3-longrope-causal"), 33, T.Phi3ForCausalLM, cfg, fast,
+         dict(r=8, lora_alpha=16, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]), ("norm.weight",), None)
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.3, 2.1, 3.4], "long_factor": [1.0, 2.0, 6.0, 16.0],
+            "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5}
+    cfg = T.Phi3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=96, max_position_embeddings=128, original_max_position_embeddings=64,
+                       partial_rotary_factor=0.5, rms_norm_eps=1e-6, rope_parameters=rope, tie_word_embeddings=False, **ids)
+    case(os.path.join(OUT, "phi3-partial-causal"), 34, T.Phi3ForCausalLM, cfg, fast,
          dict(r=8, lora_alpha=16, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]), ("norm.weight",), None)
     cfg = T.Gemma2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,

@@ -284,7 +284,7 @@ impl Decoder {
             x.iter_mut().for_each(|v| *v *= k);
         }
         // rotary tables for each token's position (and for local layers, where they differ)
-        let half = hd / 2;
+        let half = self.inv_freq.len();
         let tables = |inv: &[f32], mscale: Option<f32>| {
             let (mut cos, mut sin) = (vec![0f32; n * half], vec![0f32; n * half]);
             for t in 0..n {
@@ -343,8 +343,8 @@ impl Decoder {
                 (Some(t), true) => t,
                 _ => &global_rope,
             };
-            rope(&mut q, nh, hd, cos, sin);
-            rope(&mut k, nkv, hd, cos, sin);
+            rope(&mut q, nh, hd, half, cos, sin);
+            rope(&mut k, nkv, hd, half, cos, sin);
             for t in 0..n {
                 rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
             }
@@ -566,13 +566,14 @@ fn zip_rows(a: &mut [f32], b: &[f32], w: usize, f: impl Fn((&mut [f32], &[f32]))
 /// second thread off the CPU a fifth of the time).
 const PAR_MIN_ROWS: usize = 4;
 
-/// Rotary embedding (the rotate-half form of Hugging Face's Llama) on `[n, heads, hd]` rows.
-fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32]) {
-    let half = hd / 2;
+/// Rotary embedding (the rotate-half form of Hugging Face's Llama) on `[n, heads, hd]` rows:
+/// `cos` and `sin` hold `half` values a token, which turn each head's first `2·half`
+/// dimensions (all of them, or a partial rotary's share; the rest pass through).
+fn rope(x: &mut [f32], heads: usize, hd: usize, half: usize, cos: &[f32], sin: &[f32]) {
     let one = |(t, row): (usize, &mut [f32])| {
         let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
         for head in row.chunks_mut(hd) {
-            let (a, b) = head.split_at_mut(half);
+            let (a, b) = head[..2 * half].split_at_mut(half);
             for i in 0..half {
                 let (x1, x2) = (a[i], b[i]);
                 a[i] = x1 * c[i] - x2 * s[i];

@@ -233,8 +233,13 @@ impl Gguf {
             c["head_dim"] = hd.into();
         }
         let head_dim = key_length.unwrap_or(hidden / heads.max(1));
-        if let Some(r) = rotary.filter(|r| *r != head_dim) {
-            return Err(Error::Model(format!("{}: rotary embeddings over {r} of {head_dim} head dimensions are not supported", self.path.display())));
+        // a partial rotary (Phi-4-mini) turns the first `rot` dimensions of each head
+        let rot = rotary.unwrap_or(head_dim);
+        if rot != head_dim {
+            if self.arch.name != "phi3" || rot == 0 || rot > head_dim || rot % 2 != 0 {
+                return Err(Error::Model(format!("{}: rotary embeddings over {rot} of {head_dim} head dimensions are supported on phi3 files only", self.path.display())));
+            }
+            c["partial_rotary_factor"] = json!(rot as f64 / head_dim as f64);
         }
         let has = |t: &str| self.content.tensor_infos.contains_key(t);
         if has("rope_factors_long.weight") || has("rope_factors_short.weight") {
@@ -242,10 +247,10 @@ impl Gguf {
             if self.arch.name != "phi3" || !has("rope_factors_short.weight") {
                 return Err(Error::Model(format!("{}: long/short rope factors are supported on phi3 files with short factors only", self.path.display())));
             }
-            let short = self.vector_tensor("rope_factors_short.weight", head_dim / 2)?;
+            let short = self.vector_tensor("rope_factors_short.weight", rot / 2)?;
             let mut p = json!({"rope_type": "longrope", "rope_theta": c["rope_theta"], "short_factor": short});
             if has("rope_factors_long.weight") {
-                p["long_factor"] = json!(self.vector_tensor("rope_factors_long.weight", head_dim / 2)?);
+                p["long_factor"] = json!(self.vector_tensor("rope_factors_long.weight", rot / 2)?);
             }
             if let Some(a) = self.arch_f("rope.scaling.attn_factor") {
                 p["attention_factor"] = json!(a);
@@ -257,7 +262,7 @@ impl Gguf {
         }
         // Llama 3.1's scaling, as llama.cpp's converter bakes it: one divisor per frequency
         if has("rope_freqs.weight") {
-            c["rope_freq_factors"] = json!(self.vector_tensor("rope_freqs.weight", head_dim / 2)?);
+            c["rope_freq_factors"] = json!(self.vector_tensor("rope_freqs.weight", rot / 2)?);
         }
         if let Some(w) = self.arch_u("attention.sliding_window")?.filter(|w| *w > 0) {
             c["sliding_window"] = w.into();

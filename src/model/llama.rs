@@ -126,6 +126,9 @@ pub struct DecoderOpts {
     /// RoPE's cos and sin (the global layers') scaled by this (Phi-3.5's long-rope attention
     /// factor).
     pub rope_mscale: Option<f32>,
+    /// RoPE turns only the first this-many dimensions of each head (even; Phi-4-mini's
+    /// `partial_rotary_factor`); the rest pass through. `None`: the whole head.
+    pub rotary_dims: Option<usize>,
 }
 
 /// `c·tanh(x/c)`: Gemma 2's soft cap, one value at a time (every attention path and the
@@ -192,12 +195,17 @@ impl DecoderSpec {
     pub fn attn_scale(&self, head_dim: usize) -> f64 {
         1.0 / (self.opts.query_scale.map_or(head_dim as f64, f64::from)).sqrt()
     }
-    /// RoPE's inverse frequencies (`head_dim / 2` of them): the global layers', and the local
-    /// layers' (their own base) where there are any.
+    /// RoPE's inverse frequencies (one per pair of rotated dimensions): the global layers',
+    /// and the local layers' (their own base) where there are any.
     pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| rope_inv_freqs(l.theta, head_dim));
+        let rot = self.rotary_dims(head_dim);
+        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| rope_inv_freqs(l.theta, rot));
         let (theta, scaling) = self.cfg.rope()?;
-        Ok((scaling.apply(rope_inv_freqs(theta, head_dim))?, local))
+        Ok((scaling.apply(rope_inv_freqs(theta, rot))?, local))
+    }
+    /// The dimensions of each head RoPE turns (the first ones).
+    pub fn rotary_dims(&self, head_dim: usize) -> usize {
+        self.opts.rotary_dims.unwrap_or(head_dim).min(head_dim)
     }
 }
 
@@ -436,9 +444,9 @@ impl Llama {
             true => super::bert::matrix(w, "lm_head.weight", Some(cfg.vocab_size), h)?,
             false => embed.clone(),
         };
-        let half = head_dim / 2;
         let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?.to_dtype(DType::F32)?.unsqueeze(1)?;
         let tables = |inv: Vec<f32>, mscale: Option<f32>| -> Result<(Tensor, Tensor)> {
+            let half = inv.len();
             let freqs = t.broadcast_mul(&Tensor::from_vec(inv, (1, half), device)?)?;
             let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
             Ok(match mscale {
@@ -487,10 +495,17 @@ impl Llama {
         };
         let cos = cos.narrow(0, pos0, s)?;
         let sin = sin.narrow(0, pos0, s)?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        // a partial rotary turns the first `r` dimensions and passes the rest through
+        let r = cos.dim(1)?;
+        let (xr, pass) = if r < d { (x.narrow(D::Minus1, 0, r)?, Some(x.narrow(D::Minus1, r, d - r)?)) } else { (x.clone(), None) };
+        let x1 = xr.narrow(D::Minus1, 0, r / 2)?;
+        let x2 = xr.narrow(D::Minus1, r / 2, r / 2)?;
         let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+        let turned = (xr.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?;
+        Ok(match pass {
+            Some(p) => Tensor::cat(&[&turned, &p], D::Minus1)?,
+            None => turned,
+        })
     }
 
     /// Hidden states after the final norm, `[b, s, h]`. `ids`: u32 `[b, s]` at positions

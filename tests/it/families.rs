@@ -239,6 +239,13 @@ fn phi3_longrope_matches_peft() {
     decoder_case("phi3-longrope-causal", "phi3");
 }
 
+/// Phi-4-mini's partial rotary (`partial_rotary_factor` 0.5: RoPE on the first half of each
+/// head, the rest passed through), with its long rope over the rotated dimensions only.
+#[test]
+fn phi3_partial_rotary_matches_peft() {
+    decoder_case("phi3-partial-causal", "phi3");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

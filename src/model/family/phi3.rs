@@ -3,7 +3,8 @@
 //! Phi-3.5's `longrope` RoPE runs on its short factors, with cos and sin scaled by the
 //! attention factor, and the context is held to `original_max_position_embeddings`: past it
 //! transformers and llama.cpp switch to the long factors, which would change the rotation of
-//! keys already cached. Partial rotary embeddings are refused.
+//! keys already cached. A partial rotary (Phi-4-mini's `partial_rotary_factor`) turns the
+//! first dimensions of each head and passes the rest through.
 
 use super::{parse, Family};
 use crate::error::{Error, Result};
@@ -62,9 +63,14 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
         .partial_rotary_factor
         .or_else(|| c.common.rope_parameters.as_ref().and_then(|p| p.get("partial_rotary_factor")).and_then(Value::as_f64))
         .unwrap_or(1.0);
-    if partial != 1.0 {
-        return Err(bad(format!("partial_rotary_factor {partial} is not supported (1.0)")));
+    let hd = c.common.head_dim.unwrap_or(c.common.hidden_size / c.common.num_attention_heads.max(1));
+    // transformers: the first int(head_dim · factor) dimensions of each head turn
+    let x = hd as f64 * partial;
+    let rot = if (x - x.round()).abs() < 1e-6 { x.round() } else { x.floor() } as usize;
+    if !(partial > 0.0 && partial <= 1.0) || rot == 0 || !rot.is_multiple_of(2) {
+        return Err(bad(format!("partial_rotary_factor {partial} does not give an even number of rotated dimensions of {hd}")));
     }
+    let rotary_dims = (rot < hd).then_some(rot);
     let act = MlpAct::parse(c.common.hidden_act.as_deref())?;
     let params = c.common.rope_parameters.as_ref().or(c.common.rope_scaling.as_ref()).cloned();
     let mut rope_mscale = None;
@@ -76,6 +82,6 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
         rope_mscale = (attention != 1.0).then_some(attention as f32);
     }
     c.common.dims()?;
-    let opts = DecoderOpts { fused: true, act, sliding_window: c.sliding_window.filter(|w| *w > 0), rope_mscale, ..Default::default() };
+    let opts = DecoderOpts { fused: true, act, sliding_window: c.sliding_window.filter(|w| *w > 0), rope_mscale, rotary_dims, ..Default::default() };
     Ok(DecoderSpec { cfg: c.common, opts })
 }
