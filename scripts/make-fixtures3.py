@@ -20,6 +20,8 @@ texts, tokenizer recipe and tolerance.
   admits for such a base does.
 - phi3-partial-causal: Phi-4-mini's shape of RoPE, on half of each head
   (`partial_rotary_factor` 0.5; the rest passes through), with long rope as above.
+- smollm3-causal: SmolLM3's Llama layout with RoPE left out of every fourth layer
+  (`no_rope_layers`), four layers so that one of them has none.
 - gemma2-causal: Gemma's norms, embeddings and GeGLU, the sandwich norms, local layers
   alternating with global ones (one RoPE base), and soft-capped attention scores and final
   logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
@@ -143,6 +145,10 @@ def main():
                        partial_rotary_factor=0.5, rms_norm_eps=1e-6, rope_parameters=rope, tie_word_embeddings=False, **ids)
     case(os.path.join(OUT, "phi3-partial-causal"), 34, T.Phi3ForCausalLM, cfg, fast,
          dict(r=8, lora_alpha=16, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]), ("norm.weight",), None)
+    cfg = T.SmolLM3Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=96, max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, **ids)
+    case(os.path.join(OUT, "smollm3-causal"), 35, T.SmolLM3ForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
+         ("norm.weight",), None)
     cfg = T.Gemma2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
                          sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],

@@ -343,8 +343,10 @@ impl Decoder {
                 (Some(t), true) => t,
                 _ => &global_rope,
             };
-            rope(&mut q, nh, hd, half, cos, sin);
-            rope(&mut k, nkv, hd, half, cos, sin);
+            if !(li < super::llama::MAX_LOCAL_LAYERS && self.opts.nope_layers >> li & 1 == 1) {
+                rope(&mut q, nh, hd, half, cos, sin);
+                rope(&mut k, nkv, hd, half, cos, sin);
+            }
             for t in 0..n {
                 rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
             }

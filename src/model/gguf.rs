@@ -1,5 +1,6 @@
 //! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
-//! `qwen3`, `gemma`, `gemma2`, `gemma3` and `phi3` architectures): the model's hyper-parameters
+//! `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3` and `smollm3` architectures; SmolLM3's layers
+//! without RoPE are llama.cpp's fixed every fourth, the family's default): the model's hyper-parameters
 //! as a Hugging Face `config.json` (with what llama.cpp fixes in code rather than in the file
 //! made explicit: Gemma 2 and 3's layer patterns and query scales, Gemma 3's local RoPE base), its tensors under
 //! Hugging Face's names (with what llama.cpp's converters changed undone: a Llama's
@@ -69,7 +70,7 @@ pub struct GgufArch {
 /// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
 /// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
 /// are written as `llama`.
-pub const ARCHS: [GgufArch; 7] = [
+pub const ARCHS: [GgufArch; 8] = [
     GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
@@ -103,6 +104,7 @@ pub const ARCHS: [GgufArch; 7] = [
         sandwich_norms: true,
         hidden_act: "gelu_pytorch_tanh",
     },
+    GgufArch { name: "smollm3", model_type: "smollm3", hf_class: "SmolLM3ForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "phi3", model_type: "phi3", hf_class: "Phi3ForCausalLM", permuted_qk: false, fused: true, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
 ];
 

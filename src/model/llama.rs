@@ -129,6 +129,8 @@ pub struct DecoderOpts {
     /// RoPE turns only the first this-many dimensions of each head (even; Phi-4-mini's
     /// `partial_rotary_factor`); the rest pass through. `None`: the whole head.
     pub rotary_dims: Option<usize>,
+    /// Bit `i`: layer `i` applies no RoPE at all (SmolLM3's `no_rope_layers` zeros).
+    pub nope_layers: u128,
 }
 
 /// `c·tanh(x/c)`: Gemma 2's soft cap, one value at a time (every attention path and the
@@ -579,8 +581,9 @@ impl Llama {
             let q = q.transpose(1, 2)?.contiguous()?;
             let k = k.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = self.rope(&q, pos0, l.local)?;
-            let mut k = self.rope(&k, pos0, l.local)?;
+            let nope = li < MAX_LOCAL_LAYERS && self.opts.nope_layers >> li & 1 == 1;
+            let q = if nope { q } else { self.rope(&q, pos0, l.local)? };
+            let mut k = if nope { k } else { self.rope(&k, pos0, l.local)? };
             let bias = match (&local_bias, l.local) {
                 (Some(b), true) => b,
                 _ => &global_bias,

@@ -246,6 +246,12 @@ fn phi3_partial_rotary_matches_peft() {
     decoder_case("phi3-partial-causal", "phi3");
 }
 
+/// SmolLM3: Llama with RoPE left out of every fourth layer (the fixture's layer 3).
+#[test]
+fn smollm3_matches_peft() {
+    decoder_case("smollm3-causal", "smollm3");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

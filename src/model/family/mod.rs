@@ -16,6 +16,7 @@ pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod roberta;
+pub mod smollm3;
 pub mod xlm_roberta;
 
 use crate::error::{Error, Result};
@@ -37,6 +38,7 @@ static FAMILIES: &[&Family] = &[
     &gemma2::FAMILY,
     &gemma3::FAMILY,
     &phi3::FAMILY,
+    &smollm3::FAMILY,
 ];
 
 /// How a family's config becomes a model.
