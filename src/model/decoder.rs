@@ -283,6 +283,10 @@ impl Decoder {
             let k = (h as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= k);
         }
+        if let Some(m) = self.opts.scales {
+            x.iter_mut().for_each(|v| *v *= m.embedding);
+        }
+        let residual = self.opts.scales.map(|m| m.residual);
         // rotary tables for each token's position (and for local layers, where they differ)
         let half = self.inv_freq.len();
         let tables = |inv: &[f32], mscale: Option<f32>| {
@@ -380,7 +384,7 @@ impl Decoder {
             if let Some((after_attn, _)) = &l.out_norms {
                 rms_norm_in_place(&mut tmp, after_attn, eps, h);
             }
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            add_residual(&mut x, &tmp, residual);
             rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
@@ -416,7 +420,7 @@ impl Decoder {
             if let Some((_, after_mlp)) = &l.out_norms {
                 rms_norm_in_place(&mut tmp, after_mlp, eps, h);
             }
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            add_residual(&mut x, &tmp, residual);
         }
         // logits for each row's last token only
         let mut last = Vec::with_capacity(rows.len() * h);
@@ -431,6 +435,9 @@ impl Decoder {
         let mut logits = vec![0f32; nr * self.vocab];
         let none: Vec<Option<LowRank>> = (0..nr).map(|_| None).collect();
         matmul(self.head(), &Act::new(&ln, nr, h), &none, &mut logits)?;
+        if let Some(m) = self.opts.scales {
+            logits.iter_mut().for_each(|l| *l /= m.logits);
+        }
         if let Some(c) = self.opts.final_softcap {
             logits.iter_mut().for_each(|l| *l = super::llama::softcap(*l, c));
         }
@@ -567,6 +574,14 @@ fn zip_rows(a: &mut [f32], b: &[f32], w: usize, f: impl Fn((&mut [f32], &[f32]))
 /// asleep between products, and waking it cost more than the step (perf, 16 streams: the
 /// second thread off the CPU a fifth of the time).
 const PAR_MIN_ROWS: usize = 4;
+
+/// `x += b`, or `x += b·r` with a residual multiplier (Granite).
+fn add_residual(x: &mut [f32], b: &[f32], r: Option<f32>) {
+    match r {
+        Some(r) => x.iter_mut().zip(b).for_each(|(a, b)| *a += b * r),
+        None => x.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+    }
+}
 
 /// Rotary embedding (the rotate-half form of Hugging Face's Llama) on `[n, heads, hd]` rows:
 /// `cos` and `sin` hold `half` values a token, which turn each head's first `2·half`

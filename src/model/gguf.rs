@@ -1,5 +1,5 @@
 //! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
-//! `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3` and `smollm3` architectures; SmolLM3's layers
+//! `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3`, `smollm3` and `granite` architectures; SmolLM3's layers
 //! without RoPE are llama.cpp's fixed every fourth, the family's default): the model's hyper-parameters
 //! as a Hugging Face `config.json` (with what llama.cpp fixes in code rather than in the file
 //! made explicit: Gemma 2 and 3's layer patterns and query scales, Gemma 3's local RoPE base), its tensors under
@@ -70,7 +70,7 @@ pub struct GgufArch {
 /// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
 /// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
 /// are written as `llama`.
-pub const ARCHS: [GgufArch; 8] = [
+pub const ARCHS: [GgufArch; 9] = [
     GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
@@ -105,6 +105,7 @@ pub const ARCHS: [GgufArch; 8] = [
         hidden_act: "gelu_pytorch_tanh",
     },
     GgufArch { name: "smollm3", model_type: "smollm3", hf_class: "SmolLM3ForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
+    GgufArch { name: "granite", model_type: "granite", hf_class: "GraniteForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "phi3", model_type: "phi3", hf_class: "Phi3ForCausalLM", permuted_qk: false, fused: true, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
 ];
 
@@ -270,6 +271,19 @@ impl Gguf {
             c["sliding_window"] = w.into();
         }
         match self.arch.name {
+            // Granite's multipliers, under llama.cpp's names
+            "granite" => {
+                for (key, hf) in [
+                    ("embedding_scale", "embedding_multiplier"),
+                    ("residual_scale", "residual_multiplier"),
+                    ("attention.scale", "attention_multiplier"),
+                    ("logit_scale", "logits_scaling"),
+                ] {
+                    if let Some(v) = self.arch_f(key) {
+                        c[hf] = json!(v);
+                    }
+                }
+            }
             "gemma2" => self.gemma_config(&mut c, head_dim, |i| i % 2 == 0, 46)?,
             "gemma3" => {
                 self.gemma_config(&mut c, head_dim, |i| (i + 1) % 6 != 0, 62)?;

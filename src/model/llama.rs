@@ -131,6 +131,19 @@ pub struct DecoderOpts {
     pub rotary_dims: Option<usize>,
     /// Bit `i`: layer `i` applies no RoPE at all (SmolLM3's `no_rope_layers` zeros).
     pub nope_layers: u128,
+    /// Granite's multipliers: embeddings times `embedding_multiplier`, each attention and MLP
+    /// output times `residual_multiplier` before its residual add, scores scaled by
+    /// `attention_multiplier` (instead of `1/√head_dim`), logits divided by `logits_scaling`.
+    pub scales: Option<Multipliers>,
+}
+
+/// Granite's four scalars (see `DecoderOpts::scales`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Multipliers {
+    pub embedding: f32,
+    pub residual: f32,
+    pub attention: f32,
+    pub logits: f32,
 }
 
 /// `c·tanh(x/c)`: Gemma 2's soft cap, one value at a time (every attention path and the
@@ -195,6 +208,9 @@ impl DecoderSpec {
     }
     /// The attention scores' scale.
     pub fn attn_scale(&self, head_dim: usize) -> f64 {
+        if let Some(m) = self.opts.scales {
+            return m.attention as f64;
+        }
         1.0 / (self.opts.query_scale.map_or(head_dim as f64, f64::from)).sqrt()
     }
     /// RoPE's inverse frequencies (one per pair of rotated dimensions): the global layers',
@@ -563,6 +579,10 @@ impl Llama {
         if self.opts.embed_scale {
             x = (x * (self.cfg.hidden_size as f64).sqrt() as f32 as f64)?;
         }
+        if let Some(m) = self.opts.scales {
+            x = (x * m.embedding as f64)?;
+        }
+        let residual = self.opts.scales.map(|m| m.residual as f64);
         let scale = spec.attn_scale(hd);
         let kvd = self.n_kv * hd;
         for (li, l) in self.layers.iter().enumerate() {
@@ -619,7 +639,10 @@ impl Llama {
             if let Some((after_attn, _)) = &l.out_norms {
                 a = rms_norm(&a, after_attn, self.cfg.rms_norm_eps, ctx.train)?;
             }
-            x = (x + a)?;
+            x = match residual {
+                Some(r) => (x + (a * r)?)?,
+                None => (x + a)?,
+            };
             let h = rms_norm(&x, &l.post_norm, self.cfg.rms_norm_eps, ctx.train)?;
             let (g, u, down) = if self.opts.fused {
                 let gu = mlp[0].forward(&h, ctx)?;
@@ -636,7 +659,10 @@ impl Llama {
             if let Some((_, after_mlp)) = &l.out_norms {
                 m = rms_norm(&m, after_mlp, self.cfg.rms_norm_eps, ctx.train)?;
             }
-            x = (x + m)?;
+            x = match residual {
+                Some(r) => (x + (m * r)?)?,
+                None => (x + m)?,
+            };
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, ctx.train)
     }
@@ -646,6 +672,10 @@ impl Llama {
         let h = self.hidden(ids, mask, pos0, cache, ctx)?;
         let (b, s, d) = h.dims3()?;
         let logits = h.reshape((b * s, d))?.matmul(&self.lm_head.t()?)?.reshape((b, s, ()))?;
+        let logits = match self.opts.scales {
+            Some(m) => (logits / m.logits as f64)?,
+            None => logits,
+        };
         Ok(match self.opts.final_softcap {
             Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
             None => logits,

@@ -252,6 +252,13 @@ fn smollm3_matches_peft() {
     decoder_case("smollm3-causal", "smollm3");
 }
 
+/// IBM Granite: its embedding, residual, attention and logit multipliers, each set away
+/// from its neutral value in the fixture.
+#[test]
+fn granite_matches_peft() {
+    decoder_case("granite-causal", "granite");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

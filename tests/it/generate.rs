@@ -271,7 +271,7 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
                 format!("blk.{l}.{short}.{param}")
             }
         };
-        let permute = arch == "llama" || arch == "smollm3";
+        let permute = arch == "llama" || arch == "smollm3" || arch == "granite";
         let t = if permute && g.ends_with("attn_q.weight") {
             to_gguf_rows(t, heads)
         } else if permute && g.ends_with("attn_k.weight") {
@@ -350,6 +350,11 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
     }
     if let Some(w) = cfg["sliding_window"].as_u64() {
         md.push((a("attention.sliding_window"), V::U32(w as u32)));
+    }
+    for (hf, key) in [("embedding_multiplier", "embedding_scale"), ("residual_multiplier", "residual_scale"), ("attention_multiplier", "attention.scale"), ("logits_scaling", "logit_scale")] {
+        if let Some(v) = cfg[hf].as_f64().filter(|_| arch == "granite") {
+            md.push((a(key), V::F32(v as f32)));
+        }
     }
     for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
         if let Some(c) = cfg[cap].as_f64() {
@@ -478,7 +483,7 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
     let mut bad = g2.clone();
     bad[at..at + 5].copy_from_slice(b"gpt2x");
     let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3, smollm3, phi3)"), "{err}");
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3, smollm3, granite, phi3)"), "{err}");
 }
 
 /// A Qwen3 GGUF (q/k rows in Hugging Face's order, the per-head norms as `attn_q_norm` /
@@ -529,6 +534,15 @@ fn a_smollm3_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     // (Q8_0: 0.022 here, the 64-wide fixtures' level, against 0.015 for the 32-wide ones)
     gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm3-causal"), "smollm3", "smollm3", tmp.path(), 0.03);
+}
+
+/// A Granite GGUF (the four multipliers as `granite.embedding_scale`, `residual_scale`,
+/// `attention.scale` and `logit_scale`) matches its safetensors bit for bit and gives PEFT's
+/// greedy ids.
+#[test]
+fn a_granite_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/granite-causal"), "granite", "granite", tmp.path(), 0.03);
 }
 
 /// A Gemma 2 GGUF (its sandwich norms under llama.cpp's names, the soft caps as

@@ -10,6 +10,7 @@ pub mod distilbert;
 pub mod gemma;
 pub mod gemma2;
 pub mod gemma3;
+pub mod granite;
 pub mod llama;
 pub mod mistral;
 pub mod phi3;
@@ -39,6 +40,7 @@ static FAMILIES: &[&Family] = &[
     &gemma3::FAMILY,
     &phi3::FAMILY,
     &smollm3::FAMILY,
+    &granite::FAMILY,
 ];
 
 /// How a family's config becomes a model.
