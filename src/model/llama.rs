@@ -9,6 +9,8 @@
 //! its fused output, as PEFT's does. Owns only the architecture math.
 
 use super::lora::{embed, rms_norm, softmax, Ctx, LoraLinear};
+pub use super::rope::{llama3_divisors, rope_inv_freqs};
+pub(crate) use super::rope::{rope_scaling, RopeScaling};
 use super::Weights;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -224,94 +226,6 @@ impl DecoderSpec {
     /// The dimensions of each head RoPE turns (the first ones).
     pub fn rotary_dims(&self, head_dim: usize) -> usize {
         self.opts.rotary_dims.unwrap_or(head_dim).min(head_dim)
-    }
-}
-
-/// How RoPE's inverse frequencies are scaled from the plain `θ^(-2i/d)`.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum RopeScaling {
-    None,
-    /// Every frequency divided by the factor (positions stretched).
-    Linear(f64),
-    /// Llama 3.1's: wavelengths shorter than `original / high` kept, longer than
-    /// `original / low` divided by `factor`, a smooth blend between.
-    Llama3 { factor: f64, low: f64, high: f64, original: f64 },
-    /// Frequency `i` divided by divisor `i` (llama.cpp's `rope_freqs`).
-    Divisors(Vec<f64>),
-}
-
-impl RopeScaling {
-    /// `inv` (one f32 per frequency) scaled: transformers divides the f32 values by a linear
-    /// factor; Llama 3's blend divides each by an f32 divisor (`llama3_divisors`), which is
-    /// how llama.cpp's converter stores it, so a GGUF of the same model gives the same bits.
-    pub(crate) fn apply(&self, mut inv: Vec<f32>) -> Result<Vec<f32>> {
-        match self {
-            RopeScaling::None => {}
-            RopeScaling::Linear(f) => inv.iter_mut().for_each(|v| *v /= *f as f32),
-            RopeScaling::Llama3 { factor, low, high, original } => {
-                let d = llama3_divisors(&inv, *factor, *low, *high, *original);
-                inv.iter_mut().zip(&d).for_each(|(v, x)| *v = (*v as f64 / *x as f64) as f32);
-            }
-            RopeScaling::Divisors(d) => {
-                if d.len() != inv.len() || d.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
-                    return Err(Error::Model(format!("rope_freq_factors: {} positive divisors for {} frequencies", d.len(), inv.len())));
-                }
-                // the divisors are f32 values (a GGUF tensor), whatever the config text kept
-                inv.iter_mut().zip(d).for_each(|(v, x)| *v = (*v as f64 / (*x as f32) as f64) as f32);
-            }
-        }
-        Ok(inv)
-    }
-}
-
-/// Llama 3.1's RoPE scaling as one divisor per frequency of `inv`, the way llama.cpp's converter
-/// writes `rope_freqs.weight`: 1 where the wavelength is shorter than `original / high`,
-/// `factor` where it is longer than `original / low`, and `1 / ((1 - s) / factor + s)` between,
-/// with `s = (original / wavelength - low) / (high - low)` (f64 arithmetic, f32 results).
-pub fn llama3_divisors(inv: &[f32], factor: f64, low: f64, high: f64, original: f64) -> Vec<f32> {
-    let (low_wavelen, high_wavelen) = (original / low, original / high);
-    inv.iter()
-        .map(|&f| {
-            let wavelen = 2.0 * std::f64::consts::PI / f as f64;
-            if wavelen < high_wavelen {
-                1.0
-            } else if wavelen > low_wavelen {
-                factor as f32
-            } else {
-                let s = (original / wavelen - low) / (high - low);
-                (1.0 / ((1.0 - s) / factor + s)) as f32
-            }
-        })
-        .collect()
-}
-
-/// RoPE's plain inverse frequencies `θ^(-2i/d)` as f32, `d / 2` of them.
-pub fn rope_inv_freqs(theta: f64, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64) as f32).collect()
-}
-
-/// One RoPE parameter set (`rope_type`, or the older `type`): `default`, `linear` (a positive
-/// `factor`) or `llama3` (`factor`, `low_freq_factor` < `high_freq_factor`,
-/// `original_max_position_embeddings`); other types are refused by name.
-pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
-    let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
-    let num = |k: &str| -> Result<f64> {
-        match p.get(k).and_then(Value::as_f64) {
-            Some(f) if f > 0.0 && f.is_finite() => Ok(f),
-            other => Err(Error::Model(format!("{ty} rope scaling needs a positive {k}, not {other:?}"))),
-        }
-    };
-    match ty {
-        "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear(num("factor")?)),
-        "llama3" => {
-            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
-            if high <= low {
-                return Err(Error::Model(format!("llama3 rope scaling: high_freq_factor {high} is not above low_freq_factor {low}")));
-            }
-            Ok(RopeScaling::Llama3 { factor: num("factor")?, low, high, original: num("original_max_position_embeddings")? })
-        }
-        other => Err(Error::Model(format!("rope_type {other:?} is not supported (default, linear or llama3)"))),
     }
 }
 

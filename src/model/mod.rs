@@ -17,6 +17,7 @@ pub mod gguf;
 mod gguf_check;
 pub mod kv_cache;
 pub mod llama;
+pub mod rope;
 pub mod lora;
 pub mod lora_slots;
 pub mod quant;
