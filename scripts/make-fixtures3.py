@@ -24,6 +24,8 @@ texts, tokenizer recipe and tolerance.
   (`no_rope_layers`), four layers so that one of them has none.
 - granite-causal: IBM Granite's Llama layout with its four multipliers set away from 1
   (embeddings 3, residual branches 0.5, scores 0.2 against 1/sqrt(16) = 0.25, logits / 2.5).
+- olmo2-causal: OLMo 2's norms after the attention and the MLP only (no pre-norms), and
+  q/k norms over all heads at once.
 - gemma2-causal: Gemma's norms, embeddings and GeGLU, the sandwich norms, local layers
   alternating with global ones (one RoPE base), and soft-capped attention scores and final
   logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
@@ -156,6 +158,10 @@ def main():
                           embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2, logits_scaling=2.5, **ids)
     case(os.path.join(OUT, "granite-causal"), 36, T.GraniteForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
          ("norm.weight",), None)
+    cfg = T.Olmo2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=96, max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, **ids)
+    case(os.path.join(OUT, "olmo2-causal"), 37, T.Olmo2ForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
+         ("norm.weight", "layernorm.weight"), None)
     cfg = T.Gemma2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, max_position_embeddings=128, rms_norm_eps=1e-6, query_pre_attn_scalar=16,
                          sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],

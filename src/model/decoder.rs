@@ -40,16 +40,18 @@ pub trait Source {
 
 /// A layer's projections in `DecoderSpec::slots` order, with their PEFT names and biases.
 struct Layer {
-    attn_norm: Vec<f32>,
-    ffn_norm: Vec<f32>,
+    /// The norms before the attention and the MLP (`None`: none, OLMo 2).
+    attn_norm: Option<Vec<f32>>,
+    ffn_norm: Option<Vec<f32>>,
     lin: Vec<QWeight>,
     bias: Vec<Option<Vec<f32>>>,
     names: Vec<String>,
     /// Its place in the stack (adapters' `SlotTerms` are indexed by it).
     index: usize,
-    /// The per-head norm weights of q and k (`head_dim` each).
+    /// The norm weights of q and k: `head_dim` each (per head), or a token's whole q and k
+    /// (OLMo 2).
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
-    /// Gemma 3's norms of the attention's and the MLP's outputs.
+    /// Gemma 2/3's and OLMo 2's norms of the attention's and the MLP's outputs.
     out_norms: Option<(Vec<f32>, Vec<f32>)>,
     /// Whether it is a local layer (its window and RoPE base: `DecoderSpec::is_local`).
     local: bool,
@@ -122,16 +124,17 @@ impl Decoder {
                 let b = format!("{n}.bias");
                 bias.push(if src.has(&b) { Some(src.vector(&b, *r)?) } else { None });
             }
-            let attn_norm = norm(src, &format!("{p}.input_layernorm.weight"))?;
-            let (ffn_norm, out_norms) = match spec.opts.sandwich_norms {
-                true => (
-                    norm(src, &format!("{p}.pre_feedforward_layernorm.weight"))?,
-                    Some((norm(src, &format!("{p}.post_attention_layernorm.weight"))?, norm(src, &format!("{p}.post_feedforward_layernorm.weight"))?)),
-                ),
-                false => (norm(src, &format!("{p}.post_attention_layernorm.weight"))?, None),
+            let post_norms = |src: &mut dyn Source| -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+                Ok(Some((norm(src, &format!("{p}.post_attention_layernorm.weight"))?, norm(src, &format!("{p}.post_feedforward_layernorm.weight"))?)))
             };
+            let (attn_norm, ffn_norm, out_norms) = match (spec.opts.post_norms_only, spec.opts.sandwich_norms) {
+                (true, _) => (None, None, post_norms(src)?),
+                (false, true) => (Some(norm(src, &format!("{p}.input_layernorm.weight"))?), Some(norm(src, &format!("{p}.pre_feedforward_layernorm.weight"))?), post_norms(src)?),
+                (false, false) => (Some(norm(src, &format!("{p}.input_layernorm.weight"))?), Some(norm(src, &format!("{p}.post_attention_layernorm.weight"))?), None),
+            };
+            let (qw, kw) = if spec.opts.qk_norm_full { (nh * hd, n_kv * hd) } else { (hd, hd) };
             let qk_norm = match spec.opts.qk_norm {
-                true => Some((norm_of(src, &format!("{p}.self_attn.q_norm.weight"), hd)?, norm_of(src, &format!("{p}.self_attn.k_norm.weight"), hd)?)),
+                true => Some((norm_of(src, &format!("{p}.self_attn.q_norm.weight"), qw)?, norm_of(src, &format!("{p}.self_attn.k_norm.weight"), kw)?)),
                 false => None,
             };
             layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i, qk_norm, out_norms, local: spec.is_local(i) });
@@ -317,7 +320,7 @@ impl Decoder {
         let scale = super::attention::Scores { scale: spec.attn_scale(hd) as f32, cap: self.opts.attn_softcap };
         let rep = nh / nkv;
         for (li, l) in self.layers.iter().enumerate() {
-            rms_norm_rows(&x, &l.attn_norm, eps, &mut xn, h);
+            pre_norm(&x, l.attn_norm.as_deref(), eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
                 if fused {
@@ -339,9 +342,9 @@ impl Decoder {
             }
             let (o_slot, mlp0) = if fused { (1, 2) } else { (3, 4) };
             if let Some((qn, kn)) = &l.qk_norm {
-                // each head's hd values normalized on their own, before RoPE
-                rms_norm_in_place(&mut q, qn, eps, hd);
-                rms_norm_in_place(&mut k, kn, eps, hd);
+                // each head's hd values (OLMo 2: a token's whole q and k) normalized, before RoPE
+                rms_norm_in_place(&mut q, qn, eps, qn.len());
+                rms_norm_in_place(&mut k, kn, eps, kn.len());
             }
             let (cos, sin) = match (&local_rope, l.local) {
                 (Some(t), true) => t,
@@ -385,7 +388,7 @@ impl Decoder {
                 rms_norm_in_place(&mut tmp, after_attn, eps, h);
             }
             add_residual(&mut x, &tmp, residual);
-            rms_norm_rows(&x, &l.ffn_norm, eps, &mut xn, h);
+            pre_norm(&x, l.ffn_norm.as_deref(), eps, &mut xn, h);
             {
                 let act = Act::new(&xn, n, h);
                 let it = self.inter;
@@ -574,6 +577,14 @@ fn zip_rows(a: &mut [f32], b: &[f32], w: usize, f: impl Fn((&mut [f32], &[f32]))
 /// asleep between products, and waking it cost more than the step (perf, 16 streams: the
 /// second thread off the CPU a fifth of the time).
 const PAR_MIN_ROWS: usize = 4;
+
+/// `out` = `x` normalized by `w` row by row, or `x` itself where a layer has no such norm.
+fn pre_norm(x: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32], h: usize) {
+    match w {
+        Some(w) => rms_norm_rows(x, w, eps, out, h),
+        None => out.copy_from_slice(x),
+    }
+}
 
 /// `x += b`, or `x += b·r` with a residual multiplier (Granite).
 fn add_residual(x: &mut [f32], b: &[f32], r: Option<f32>) {

@@ -1,5 +1,5 @@
 //! GGUF files as bases (llama.cpp's format, read with candle's `gguf_file`; `llama`, `qwen2`,
-//! `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3`, `smollm3` and `granite` architectures; SmolLM3's layers
+//! `qwen3`, `gemma`, `gemma2`, `gemma3`, `phi3`, `smollm3`, `granite` and `olmo2` architectures; SmolLM3's layers
 //! without RoPE are llama.cpp's fixed every fourth, the family's default): the model's hyper-parameters
 //! as a Hugging Face `config.json` (with what llama.cpp fixes in code rather than in the file
 //! made explicit: Gemma 2 and 3's layer patterns and query scales, Gemma 3's local RoPE base), its tensors under
@@ -60,8 +60,9 @@ pub struct GgufArch {
     /// Gemma's converter stores RMSNorm weights plus one (llama.cpp multiplies by the weight,
     /// Gemma by `1 + w`); they are read back minus one.
     pub norm_plus_one: bool,
-    /// Gemma 3's four norms a layer: `post_attention_norm` after attention, `ffn_norm` before
-    /// the MLP (not after attention, as in Llama) and `post_ffw_norm` after it.
+    /// Gemma 2/3's norms after attention (`post_attention_norm`) and after the MLP
+    /// (`post_ffw_norm`), with `ffn_norm` before the MLP (not after attention, as in Llama);
+    /// OLMo 2 has the first two only.
     pub sandwich_norms: bool,
     /// `hidden_act` of the `config.json`.
     pub hidden_act: &'static str,
@@ -70,7 +71,7 @@ pub struct GgufArch {
 /// The architectures a GGUF base may have. All keep Llama's tensor names (Phi-3 with its two
 /// fused projections); Qwen2's q/k/v biases come as `blk.N.attn_{q,k,v}.bias`. Mistral files
 /// are written as `llama`.
-pub const ARCHS: [GgufArch; 9] = [
+pub const ARCHS: [GgufArch; 10] = [
     GgufArch { name: "llama", model_type: "llama", hf_class: "LlamaForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen2", model_type: "qwen2", hf_class: "Qwen2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "qwen3", model_type: "qwen3", hf_class: "Qwen3ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
@@ -106,6 +107,7 @@ pub const ARCHS: [GgufArch; 9] = [
     },
     GgufArch { name: "smollm3", model_type: "smollm3", hf_class: "SmolLM3ForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
     GgufArch { name: "granite", model_type: "granite", hf_class: "GraniteForCausalLM", permuted_qk: true, fused: false, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
+    GgufArch { name: "olmo2", model_type: "olmo2", hf_class: "Olmo2ForCausalLM", permuted_qk: false, fused: false, norm_plus_one: false, sandwich_norms: true, hidden_act: "silu" },
     GgufArch { name: "phi3", model_type: "phi3", hf_class: "Phi3ForCausalLM", permuted_qk: false, fused: true, norm_plus_one: false, sandwich_norms: false, hidden_act: "silu" },
 ];
 

@@ -133,6 +133,12 @@ pub struct DecoderOpts {
     pub rotary_dims: Option<usize>,
     /// Bit `i`: layer `i` applies no RoPE at all (SmolLM3's `no_rope_layers` zeros).
     pub nope_layers: u128,
+    /// The q/k norms (`qk_norm`) run over all heads of a token at once (OLMo 2: weights of
+    /// `heads · head_dim`), not over each head.
+    pub qk_norm_full: bool,
+    /// No norm before the attention or the MLP, only `post_attention_layernorm` and
+    /// `post_feedforward_layernorm` on their outputs before the residual adds (OLMo 2).
+    pub post_norms_only: bool,
     /// Granite's multipliers: embeddings times `embedding_multiplier`, each attention and MLP
     /// output times `residual_multiplier` before its residual add, scores scaled by
     /// `attention_multiplier` (instead of `1/√head_dim`), logits divided by `logits_scaling`.
@@ -288,10 +294,11 @@ impl Config {
 /// A layer's projections, in the order of `DecoderSpec::slots`.
 #[derive(Clone, Debug)]
 struct Layer {
-    input_norm: Tensor,
+    /// `None`: no norm before the attention (OLMo 2).
+    input_norm: Option<Tensor>,
     /// The norm before the MLP (`post_attention_layernorm`, or Gemma 3's
     /// `pre_feedforward_layernorm`).
-    post_norm: Tensor,
+    post_norm: Option<Tensor>,
     lin: Vec<LoraLinear>,
     /// The per-head norm weights of q and k (`head_dim` each).
     qk_norm: Option<(Tensor, Tensor)>,
@@ -356,17 +363,18 @@ impl Llama {
                 };
                 lin.push(LoraLinear::new(name, weight, bias));
             }
+            let (qw, kw) = if spec.opts.qk_norm_full { (nh * head_dim, n_kv * head_dim) } else { (head_dim, head_dim) };
             let qk_norm = match spec.opts.qk_norm {
-                true => Some((norm_of(&format!("{p}.self_attn.q_norm.weight"), head_dim)?, norm_of(&format!("{p}.self_attn.k_norm.weight"), head_dim)?)),
+                true => Some((norm_of(&format!("{p}.self_attn.q_norm.weight"), qw)?, norm_of(&format!("{p}.self_attn.k_norm.weight"), kw)?)),
                 false => None,
             };
-            let input_norm = norm(&format!("{p}.input_layernorm.weight"))?;
-            let (post_norm, out_norms) = match spec.opts.sandwich_norms {
-                true => (
-                    norm(&format!("{p}.pre_feedforward_layernorm.weight"))?,
-                    Some((norm(&format!("{p}.post_attention_layernorm.weight"))?, norm(&format!("{p}.post_feedforward_layernorm.weight"))?)),
-                ),
-                false => (norm(&format!("{p}.post_attention_layernorm.weight"))?, None),
+            let post_norms = || -> Result<Option<(Tensor, Tensor)>> {
+                Ok(Some((norm(&format!("{p}.post_attention_layernorm.weight"))?, norm(&format!("{p}.post_feedforward_layernorm.weight"))?)))
+            };
+            let (input_norm, post_norm, out_norms) = match (spec.opts.post_norms_only, spec.opts.sandwich_norms) {
+                (true, _) => (None, None, post_norms()?),
+                (false, true) => (Some(norm(&format!("{p}.input_layernorm.weight"))?), Some(norm(&format!("{p}.pre_feedforward_layernorm.weight"))?), post_norms()?),
+                (false, false) => (Some(norm(&format!("{p}.input_layernorm.weight"))?), Some(norm(&format!("{p}.post_attention_layernorm.weight"))?), None),
             };
             layers.push(Layer { input_norm, post_norm, lin, qk_norm, out_norms, local: spec.is_local(i) });
         }
@@ -500,15 +508,23 @@ impl Llama {
         let scale = spec.attn_scale(hd);
         let kvd = self.n_kv * hd;
         for (li, l) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &l.input_norm, self.cfg.rms_norm_eps, ctx.train)?;
+            let h = match &l.input_norm {
+                Some(n) => rms_norm(&x, n, self.cfg.rms_norm_eps, ctx.train)?,
+                None => x.clone(),
+            };
             let (q, k, v, o, mlp) = if self.opts.fused {
                 let qkv = l.lin[0].forward(&h, ctx)?;
                 (qkv.narrow(2, 0, nh * hd)?, qkv.narrow(2, nh * hd, kvd)?, qkv.narrow(2, nh * hd + kvd, kvd)?, &l.lin[1], &l.lin[2..])
             } else {
                 (l.lin[0].forward(&h, ctx)?, l.lin[1].forward(&h, ctx)?, l.lin[2].forward(&h, ctx)?, &l.lin[3], &l.lin[4..])
             };
+            let (q, k) = match (&l.qk_norm, self.opts.qk_norm_full) {
+                // over a token's heads at once, before they are split
+                (Some((qn, kn)), true) => (rms_norm(&q, qn, self.cfg.rms_norm_eps, ctx.train)?, rms_norm(&k, kn, self.cfg.rms_norm_eps, ctx.train)?),
+                _ => (q, k),
+            };
             let (mut q, mut k) = (q.reshape((b, s, nh, hd))?, k.reshape((b, s, self.n_kv, hd))?);
-            if let Some((qn, kn)) = &l.qk_norm {
+            if let (Some((qn, kn)), false) = (&l.qk_norm, self.opts.qk_norm_full) {
                 q = rms_norm(&q, qn, self.cfg.rms_norm_eps, ctx.train)?;
                 k = rms_norm(&k, kn, self.cfg.rms_norm_eps, ctx.train)?;
             }
@@ -557,7 +573,10 @@ impl Llama {
                 Some(r) => (x + (a * r)?)?,
                 None => (x + a)?,
             };
-            let h = rms_norm(&x, &l.post_norm, self.cfg.rms_norm_eps, ctx.train)?;
+            let h = match &l.post_norm {
+                Some(n) => rms_norm(&x, n, self.cfg.rms_norm_eps, ctx.train)?,
+                None => x.clone(),
+            };
             let (g, u, down) = if self.opts.fused {
                 let gu = mlp[0].forward(&h, ctx)?;
                 let i = gu.dim(2)? / 2;

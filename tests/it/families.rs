@@ -259,6 +259,12 @@ fn granite_matches_peft() {
     decoder_case("granite-causal", "granite");
 }
 
+/// OLMo 2: norms only after the attention and the MLP, q/k norms over all heads at once.
+#[test]
+fn olmo2_matches_peft() {
+    decoder_case("olmo2-causal", "olmo2");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

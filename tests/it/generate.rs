@@ -251,7 +251,7 @@ fn write_gguf_of(base: &Path, arch: &str, out: &Path, dtype: GgmlDType) {
                 let short = match m {
                     "input_layernorm" => "attn_norm",
                     // Gemma 3's sandwich norms (llama.cpp's names)
-                    "post_attention_layernorm" if arch == "gemma2" || arch == "gemma3" => "post_attention_norm",
+                    "post_attention_layernorm" if arch == "gemma2" || arch == "gemma3" || arch == "olmo2" => "post_attention_norm",
                     "pre_feedforward_layernorm" => "ffn_norm",
                     "post_feedforward_layernorm" => "post_ffw_norm",
                     "post_attention_layernorm" => "ffn_norm",
@@ -483,7 +483,7 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
     let mut bad = g2.clone();
     bad[at..at + 5].copy_from_slice(b"gpt2x");
     let err = loradex::model::gguf::Gguf::from_bytes("bad.gguf", bad).err().unwrap().to_string();
-    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3, smollm3, granite, phi3)"), "{err}");
+    assert!(err.contains("\"gpt2x\" is not supported (llama, qwen2, qwen3, gemma, gemma2, gemma3, smollm3, granite, olmo2, phi3)"), "{err}");
 }
 
 /// A Qwen3 GGUF (q/k rows in Hugging Face's order, the per-head norms as `attn_q_norm` /
@@ -543,6 +543,15 @@ fn a_smollm3_gguf_base_matches_its_safetensors() {
 fn a_granite_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/granite-causal"), "granite", "granite", tmp.path(), 0.03);
+}
+
+/// An OLMo 2 GGUF (`post_attention_norm` and `post_ffw_norm` only, whole-width
+/// `attn_q_norm`/`attn_k_norm`, q/k rows in Hugging Face's order) loads as the OLMo 2 family:
+/// bit for bit, PEFT's greedy ids.
+#[test]
+fn an_olmo2_gguf_base_matches_its_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmo2-causal"), "olmo2", "olmo2", tmp.path(), 0.03);
 }
 
 /// A Gemma 2 GGUF (its sandwich norms under llama.cpp's names, the soft caps as

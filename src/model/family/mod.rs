@@ -13,6 +13,7 @@ pub mod gemma3;
 pub mod granite;
 pub mod llama;
 pub mod mistral;
+pub mod olmo2;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -41,6 +42,7 @@ static FAMILIES: &[&Family] = &[
     &phi3::FAMILY,
     &smollm3::FAMILY,
     &granite::FAMILY,
+    &olmo2::FAMILY,
 ];
 
 /// How a family's config becomes a model.
