@@ -252,6 +252,8 @@ pub struct Engine {
     /// The CPU decoder of a Llama-family base (serving, generation); `None` on an accelerator.
     pub decoder: Option<Arc<decoder::Decoder>>,
     pub chat: Option<chat::ChatTemplate>,
+    /// The ids that end a generation (`eos_ids`), gathered once at load.
+    end_ids: Vec<u32>,
 }
 
 pub fn device(cuda: bool) -> Result<Device> {
@@ -281,9 +283,10 @@ impl Engine {
             let spec = spec(&base.config)?;
             let max_len = spec.cfg.max_position_embeddings;
             let mut dec = decoder::Decoder::new(spec, &mut g.source(dtype)?)?;
-            dec.eos = union(&dec.eos, &g.end_ids());
+            let end_ids = union(&dec.eos, &g.end_ids());
+            dec.eos = end_ids.clone();
             let (tok, chat) = gguf_text(&g, &base.tokenizer_path())?;
-            return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat });
+            return Ok(Engine { base, net: Net::Gguf, tok: Some(tok), device, labels: vec![], max_len, decoder: Some(Arc::new(dec)), chat, end_ids });
         }
         let w = Weights::load(&base, &device)?;
         Engine::from_weights(base, w, device, true)
@@ -299,7 +302,7 @@ impl Engine {
         let beside = base.tokenizer_path();
         let mut e = Engine::from_weights(base, w, device, false)?;
         let (tok, chat) = gguf_text(&g, &beside)?;
-        (e.tok, e.chat) = (Some(tok), chat);
+        (e.tok, e.chat, e.end_ids) = (Some(tok), chat, union(&e.end_ids, &g.end_ids()));
         Ok(e)
     }
 
@@ -316,10 +319,14 @@ impl Engine {
                 (Net::CausalLm(llama::Llama::new(spec, &w, &device)?), m, p)
             }
         };
+        let end_ids = match &net {
+            Net::CausalLm(l) => union(&l.cfg.eos_ids(), &base.generation_eos()?),
+            _ => vec![],
+        };
         let decoder = match &net {
             Net::CausalLm(l) if device.is_cpu() && with_decoder => {
                 let mut d = decoder::Decoder::new(l.spec(), &mut WeightsSource(&w))?;
-                d.eos = union(&d.eos, &base.generation_eos()?);
+                d.eos = end_ids.clone();
                 Some(Arc::new(d))
             }
             _ => None,
@@ -328,7 +335,7 @@ impl Engine {
         let tok = if tp.is_file() && base.gguf.is_none() { Some(Tok::load(&tp, pad)?) } else { None };
         let labels = base.labels();
         let chat = if !base.arch.is_encoder() && base.gguf.is_none() { chat::ChatTemplate::from_dir(&base.dir)? } else { None };
-        Ok(Engine { base, net, tok, device, labels, max_len, decoder, chat })
+        Ok(Engine { base, net, tok, device, labels, max_len, decoder, chat, end_ids })
     }
 
     /// Has the CPU decoder read LoRA factors in `f` beside its quantized weights
@@ -351,11 +358,7 @@ impl Engine {
     /// `generation_config.json`'s (transformers' `generate` stops at those too), or for a GGUF
     /// base the end tokens llama.cpp stops at (`gguf::Gguf::end_ids`).
     pub fn eos_ids(&self) -> Vec<u32> {
-        match (&self.decoder, &self.net) {
-            (Some(d), _) => d.eos.clone(),
-            (None, Net::CausalLm(l)) => union(&l.cfg.eos_ids(), &self.base.generation_eos().unwrap_or_default()),
-            _ => vec![],
-        }
+        self.end_ids.clone()
     }
 
     /// Token ids of a prompt: plain text (with the tokenizer's special tokens), or chat
