@@ -55,6 +55,8 @@ struct Layer {
     out_norms: Option<(Vec<f32>, Vec<f32>)>,
     /// Whether it is a local layer (its window and RoPE base: `DecoderSpec::is_local`).
     local: bool,
+    /// Whether it applies RoPE at all (`DecoderSpec::has_rope`).
+    rope: bool,
 }
 
 pub struct Decoder {
@@ -124,20 +126,20 @@ impl Decoder {
                 let b = format!("{n}.bias");
                 bias.push(if src.has(&b) { Some(src.vector(&b, *r)?) } else { None });
             }
-            let post_norms = |src: &mut dyn Source| -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-                Ok(Some((norm(src, &format!("{p}.post_attention_layernorm.weight"))?, norm(src, &format!("{p}.post_feedforward_layernorm.weight"))?)))
+            let norms = spec.layer_norms();
+            let named = |src: &mut dyn Source, n: &str| norm(src, &format!("{p}.{n}.weight"));
+            let attn_norm = norms.before_attn.map(|n| named(src, n)).transpose()?;
+            let ffn_norm = norms.before_mlp.map(|n| named(src, n)).transpose()?;
+            let out_norms = match norms.after {
+                Some((a, m)) => Some((named(src, a)?, named(src, m)?)),
+                None => None,
             };
-            let (attn_norm, ffn_norm, out_norms) = match (spec.opts.post_norms_only, spec.opts.sandwich_norms) {
-                (true, _) => (None, None, post_norms(src)?),
-                (false, true) => (Some(norm(src, &format!("{p}.input_layernorm.weight"))?), Some(norm(src, &format!("{p}.pre_feedforward_layernorm.weight"))?), post_norms(src)?),
-                (false, false) => (Some(norm(src, &format!("{p}.input_layernorm.weight"))?), Some(norm(src, &format!("{p}.post_attention_layernorm.weight"))?), None),
-            };
-            let (qw, kw) = if spec.opts.qk_norm_full { (nh * hd, n_kv * hd) } else { (hd, hd) };
+            let (qw, kw) = spec.qk_norm_widths(nh, n_kv, hd);
             let qk_norm = match spec.opts.qk_norm {
                 true => Some((norm_of(src, &format!("{p}.self_attn.q_norm.weight"), qw)?, norm_of(src, &format!("{p}.self_attn.k_norm.weight"), kw)?)),
                 false => None,
             };
-            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i, qk_norm, out_norms, local: spec.is_local(i) });
+            layers.push(Layer { attn_norm, ffn_norm, lin, bias, names, index: i, qk_norm, out_norms, local: spec.is_local(i), rope: spec.has_rope(i) });
         }
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
@@ -350,7 +352,7 @@ impl Decoder {
                 (Some(t), true) => t,
                 _ => &global_rope,
             };
-            if !(li < super::llama::MAX_LOCAL_LAYERS && self.opts.nope_layers >> li & 1 == 1) {
+            if l.rope {
                 rope(&mut q, nh, hd, half, cos, sin);
                 rope(&mut k, nkv, hd, half, cos, sin);
             }

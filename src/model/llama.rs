@@ -233,6 +233,37 @@ impl DecoderSpec {
     pub fn rotary_dims(&self, head_dim: usize) -> usize {
         self.opts.rotary_dims.unwrap_or(head_dim).min(head_dim)
     }
+    /// Whether layer `layer` applies RoPE (SmolLM3 leaves it out of some).
+    pub fn has_rope(&self, layer: usize) -> bool {
+        !(layer < MAX_LOCAL_LAYERS && self.opts.nope_layers >> layer & 1 == 1)
+    }
+    /// The names (under `model.layers.N.`, without `.weight`) of a layer's norms: before the
+    /// attention, before the MLP, and after each of them (Gemma 2/3, OLMo 2).
+    pub fn layer_norms(&self) -> LayerNorms {
+        const AFTER: Option<(&str, &str)> = Some(("post_attention_layernorm", "post_feedforward_layernorm"));
+        match (self.opts.post_norms_only, self.opts.sandwich_norms) {
+            (true, _) => LayerNorms { before_attn: None, before_mlp: None, after: AFTER },
+            (false, true) => LayerNorms { before_attn: Some("input_layernorm"), before_mlp: Some("pre_feedforward_layernorm"), after: AFTER },
+            (false, false) => LayerNorms { before_attn: Some("input_layernorm"), before_mlp: Some("post_attention_layernorm"), after: None },
+        }
+    }
+    /// The lengths of the q and k norm weights: a head's (`head_dim`), or a token's whole q
+    /// and k (OLMo 2).
+    pub fn qk_norm_widths(&self, heads: usize, kv_heads: usize, head_dim: usize) -> (usize, usize) {
+        if self.opts.qk_norm_full {
+            (heads * head_dim, kv_heads * head_dim)
+        } else {
+            (head_dim, head_dim)
+        }
+    }
+}
+
+/// A layer's norm weights by name (`DecoderSpec::layer_norms`); `None` where it has none.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorms {
+    pub before_attn: Option<&'static str>,
+    pub before_mlp: Option<&'static str>,
+    pub after: Option<(&'static str, &'static str)>,
 }
 
 /// The seven projections of a layer, by their PEFT module names.
@@ -296,16 +327,40 @@ impl Config {
 struct Layer {
     /// `None`: no norm before the attention (OLMo 2).
     input_norm: Option<Tensor>,
-    /// The norm before the MLP (`post_attention_layernorm`, or Gemma 3's
-    /// `pre_feedforward_layernorm`).
+    /// The norm before the MLP (`post_attention_layernorm`, or Gemma 2/3's
+    /// `pre_feedforward_layernorm`; `None` in OLMo 2).
     post_norm: Option<Tensor>,
     lin: Vec<LoraLinear>,
-    /// The per-head norm weights of q and k (`head_dim` each).
+    /// The norm weights of q and k: `head_dim` each (per head), or a token's whole q and k
+    /// (OLMo 2).
     qk_norm: Option<(Tensor, Tensor)>,
-    /// Gemma 3's norms of the attention's and the MLP's outputs.
+    /// Gemma 2/3's and OLMo 2's norms of the attention's and the MLP's outputs.
     out_norms: Option<(Tensor, Tensor)>,
     /// Its RoPE tables, when its kind has its own base.
     local: bool,
+    /// Whether it applies RoPE at all (`DecoderSpec::has_rope`).
+    rope: bool,
+}
+
+/// `x` normalized by `w`, or `x` itself where the layer has no such norm.
+fn norm_opt(x: &Tensor, w: Option<&Tensor>, eps: f64, train: bool) -> Result<Tensor> {
+    match w {
+        Some(w) => rms_norm(x, w, eps, train),
+        None => Ok(x.clone()),
+    }
+}
+
+/// `x + b`, or `x + b·r` with a residual multiplier (Granite).
+fn add_residual(x: Tensor, b: Tensor, r: Option<f64>) -> Result<Tensor> {
+    Ok(match r {
+        Some(r) => (x + (b * r)?)?,
+        None => (x + b)?,
+    })
+}
+
+/// `c·tanh(t/c)` element by element (Gemma 2's soft cap; `softcap` one value at a time).
+fn softcap_tensor(t: Tensor, c: f32) -> Result<Tensor> {
+    Ok(((t / c as f64)?.tanh()? * c as f64)?)
 }
 
 #[derive(Clone, Debug)]
@@ -363,20 +418,20 @@ impl Llama {
                 };
                 lin.push(LoraLinear::new(name, weight, bias));
             }
-            let (qw, kw) = if spec.opts.qk_norm_full { (nh * head_dim, n_kv * head_dim) } else { (head_dim, head_dim) };
+            let (qw, kw) = spec.qk_norm_widths(nh, n_kv, head_dim);
             let qk_norm = match spec.opts.qk_norm {
                 true => Some((norm_of(&format!("{p}.self_attn.q_norm.weight"), qw)?, norm_of(&format!("{p}.self_attn.k_norm.weight"), kw)?)),
                 false => None,
             };
-            let post_norms = || -> Result<Option<(Tensor, Tensor)>> {
-                Ok(Some((norm(&format!("{p}.post_attention_layernorm.weight"))?, norm(&format!("{p}.post_feedforward_layernorm.weight"))?)))
+            let names = spec.layer_norms();
+            let named = |n: &str| norm(&format!("{p}.{n}.weight"));
+            let input_norm = names.before_attn.map(named).transpose()?;
+            let post_norm = names.before_mlp.map(named).transpose()?;
+            let out_norms = match names.after {
+                Some((a, m)) => Some((named(a)?, named(m)?)),
+                None => None,
             };
-            let (input_norm, post_norm, out_norms) = match (spec.opts.post_norms_only, spec.opts.sandwich_norms) {
-                (true, _) => (None, None, post_norms()?),
-                (false, true) => (Some(norm(&format!("{p}.input_layernorm.weight"))?), Some(norm(&format!("{p}.pre_feedforward_layernorm.weight"))?), post_norms()?),
-                (false, false) => (Some(norm(&format!("{p}.input_layernorm.weight"))?), Some(norm(&format!("{p}.post_attention_layernorm.weight"))?), None),
-            };
-            layers.push(Layer { input_norm, post_norm, lin, qk_norm, out_norms, local: spec.is_local(i) });
+            layers.push(Layer { input_norm, post_norm, lin, qk_norm, out_norms, local: spec.is_local(i), rope: spec.has_rope(i) });
         }
         let _ = (nh, inter);
         let embed = super::bert::matrix(w, "model.embed_tokens.weight", Some(cfg.vocab_size), h)?;
@@ -508,10 +563,7 @@ impl Llama {
         let scale = spec.attn_scale(hd);
         let kvd = self.n_kv * hd;
         for (li, l) in self.layers.iter().enumerate() {
-            let h = match &l.input_norm {
-                Some(n) => rms_norm(&x, n, self.cfg.rms_norm_eps, ctx.train)?,
-                None => x.clone(),
-            };
+            let h = norm_opt(&x, l.input_norm.as_ref(), self.cfg.rms_norm_eps, ctx.train)?;
             let (q, k, v, o, mlp) = if self.opts.fused {
                 let qkv = l.lin[0].forward(&h, ctx)?;
                 (qkv.narrow(2, 0, nh * hd)?, qkv.narrow(2, nh * hd, kvd)?, qkv.narrow(2, nh * hd + kvd, kvd)?, &l.lin[1], &l.lin[2..])
@@ -531,9 +583,8 @@ impl Llama {
             let q = q.transpose(1, 2)?.contiguous()?;
             let k = k.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, s, self.n_kv, hd))?.transpose(1, 2)?.contiguous()?;
-            let nope = li < MAX_LOCAL_LAYERS && self.opts.nope_layers >> li & 1 == 1;
-            let q = if nope { q } else { self.rope(&q, pos0, l.local)? };
-            let mut k = if nope { k } else { self.rope(&k, pos0, l.local)? };
+            let q = if l.rope { self.rope(&q, pos0, l.local)? } else { q };
+            let mut k = if l.rope { self.rope(&k, pos0, l.local)? } else { k };
             let bias = match (&local_bias, l.local) {
                 (Some(b), true) => b,
                 _ => &global_bias,
@@ -560,7 +611,7 @@ impl Llama {
             };
             let mut scores = (q.matmul(&k.t()?)? * scale)?;
             if let Some(c) = self.opts.attn_softcap {
-                scores = ((scores / c as f64)?.tanh()? * c as f64)?;
+                scores = softcap_tensor(scores, c)?;
             }
             let scores = scores.broadcast_add(bias)?;
             let probs = softmax(&scores, ctx.train)?;
@@ -569,14 +620,8 @@ impl Llama {
             if let Some((after_attn, _)) = &l.out_norms {
                 a = rms_norm(&a, after_attn, self.cfg.rms_norm_eps, ctx.train)?;
             }
-            x = match residual {
-                Some(r) => (x + (a * r)?)?,
-                None => (x + a)?,
-            };
-            let h = match &l.post_norm {
-                Some(n) => rms_norm(&x, n, self.cfg.rms_norm_eps, ctx.train)?,
-                None => x.clone(),
-            };
+            x = add_residual(x, a, residual)?;
+            let h = norm_opt(&x, l.post_norm.as_ref(), self.cfg.rms_norm_eps, ctx.train)?;
             let (g, u, down) = if self.opts.fused {
                 let gu = mlp[0].forward(&h, ctx)?;
                 let i = gu.dim(2)? / 2;
@@ -592,10 +637,7 @@ impl Llama {
             if let Some((_, after_mlp)) = &l.out_norms {
                 m = rms_norm(&m, after_mlp, self.cfg.rms_norm_eps, ctx.train)?;
             }
-            x = match residual {
-                Some(r) => (x + (m * r)?)?,
-                None => (x + m)?,
-            };
+            x = add_residual(x, m, residual)?;
         }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, ctx.train)
     }
@@ -609,10 +651,10 @@ impl Llama {
             Some(m) => (logits / m.logits as f64)?,
             None => logits,
         };
-        Ok(match self.opts.final_softcap {
-            Some(c) => ((logits / c as f64)?.tanh()? * c as f64)?,
-            None => logits,
-        })
+        match self.opts.final_softcap {
+            Some(c) => softcap_tensor(logits, c),
+            None => Ok(logits),
+        }
     }
 }
 

@@ -74,7 +74,7 @@ pub fn rope_inv_freqs(theta: f64, head_dim: usize) -> Vec<f32> {
 /// `factor`) or `llama3` (`factor`, `low_freq_factor` < `high_freq_factor`,
 /// `original_max_position_embeddings`); other types are refused by name.
 pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
-    let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let ty = rope_type(p);
     let num = |k: &str| -> Result<f64> {
         match p.get(k).and_then(Value::as_f64) {
             Some(f) if f > 0.0 && f.is_finite() => Ok(f),
@@ -93,4 +93,9 @@ pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
         }
         other => Err(Error::Model(format!("rope_type {other:?} is not supported (default, linear or llama3)"))),
     }
+}
+
+/// A RoPE parameter set's type: `rope_type`, or the older `type`; `default` where neither is.
+pub(crate) fn rope_type(p: &Value) -> &str {
+    p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default")
 }

@@ -32,8 +32,7 @@ fn bad(what: String) -> Error {
 /// A `longrope` (or `su`) parameter set as `(short factors, attention factor, original
 /// context)`; `None` for any other type.
 fn longrope(p: &Value, max_positions: usize, top_original: Option<usize>) -> Result<Option<(Vec<f64>, f64, usize)>> {
-    let ty = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
-    if ty != "longrope" && ty != "su" {
+    if !matches!(crate::model::rope::rope_type(p), "longrope" | "su") {
         return Ok(None);
     }
     let short: Vec<f64> = p
