@@ -418,17 +418,42 @@ fn a_gguf_base_written_here_matches_its_safetensors_exactly_in_f32_and_closely_q
         assert_eq!(dec.kv_dtype(), KvDtype::F16);
         assert_eq!(dec.kv_bytes_per_token() * 2, g.decoder.as_ref().unwrap().kv_bytes_per_token());
         let a_q = load_adapter(&q, &case.join("adapter"));
-        let mut worst = 0f32;
-        for ids in &rows {
-            let want = position_logits(&st, ids, Some(&a_st), 1);
-            let got = position_logits(&q, ids, Some(&a_q), 1);
-            for (gv, wv) in got.iter().zip(&want) {
-                worst = worst.max(max_abs_diff(gv, wv));
-            }
-        }
+        let worst = worst_logit_diff((&st, Some(&a_st)), (&q, Some(&a_q)), &rows);
         assert!(worst <= bound, "{dt:?}: logits differ by {worst} > {bound}");
         assert!(worst > 0.0, "{dt:?}: quantization should change something");
     }
+}
+
+/// The largest difference between two engines' logits over `rows`, each with its adapter.
+fn worst_logit_diff(a: (&Engine, Option<&LoadedAdapter>), b: (&Engine, Option<&LoadedAdapter>), rows: &[Vec<u32>]) -> f32 {
+    let mut worst = 0f32;
+    for ids in rows {
+        let (want, got) = (position_logits(a.0, ids, a.1, 1), position_logits(b.0, ids, b.1, 1));
+        for (gv, wv) in got.iter().zip(&want) {
+            worst = worst.max(max_abs_diff(gv, wv));
+        }
+    }
+    worst
+}
+
+/// Writes `base` as an f32 GGUF of `arch` at `out`, loads it (it must read as `family`), and
+/// asserts its logits are `st`'s bit for bit over `rows`, without and with the adapter in
+/// `adapter` (`a_st` on `st`). Returns the GGUF engine and its adapter.
+#[allow(clippy::too_many_arguments)]
+fn f32_gguf_matches(base: &Path, adapter: &Path, arch: &str, family: &str, out: &Path, st: &Engine, a_st: &LoadedAdapter, rows: &[Vec<u32>]) -> (Engine, Arc<LoadedAdapter>) {
+    write_gguf_of(base, arch, out, GgmlDType::F32);
+    let gb = BaseDir::open(out.to_str().unwrap()).unwrap();
+    assert_eq!(gb.arch.name(), family);
+    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
+    let a_g = load_adapter(&g, adapter);
+    for ids in rows {
+        for ad in [None, Some((a_st, a_g.as_ref()))] {
+            let want = position_logits(st, ids, ad.map(|a| a.0), 1);
+            let got = position_logits(&g, ids, ad.map(|a| a.1), 1);
+            assert_eq!(got, want, "{arch}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
+        }
+    }
+    (g, a_g)
 }
 
 /// A GGUF of fixture `case` written as llama.cpp's converter for `arch` would loads as
@@ -440,18 +465,7 @@ fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path, q
     let exp = expected(case);
     let rows = valid_rows(&exp);
     let p = tmp.join(format!("{arch}-f32.gguf"));
-    write_gguf_of(&case.join("base"), arch, &p, GgmlDType::F32);
-    let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
-    assert_eq!(gb.arch.name(), family);
-    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
-    let a_g = load_adapter(&g, &case.join("adapter"));
-    for ids in &rows {
-        for ad in [None, Some((&a_st, &a_g))] {
-            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
-            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
-            assert_eq!(got, want, "{arch}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
-        }
-    }
+    let (g, a_g) = f32_gguf_matches(&case.join("base"), &case.join("adapter"), arch, family, &p, &st, &a_st, &rows);
     let prompt = ids_rows(&exp["prompt_ids"])[0].clone();
     let want = ids_rows(&exp["greedy_ids"])[0].clone();
     let params = SamplingParams { max_tokens: want.len() - prompt.len(), ..Default::default() };
@@ -461,13 +475,7 @@ fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path, q
     write_gguf_of(&case.join("base"), arch, &q8, GgmlDType::Q8_0);
     let q = cpu_engine(&q8);
     let a_q = load_adapter(&q, &case.join("adapter"));
-    let mut worst = 0f32;
-    for ids in &rows {
-        let (want, got) = (position_logits(&st, ids, Some(&a_st), 1), position_logits(&q, ids, Some(&a_q), 1));
-        for (gv, wv) in got.iter().zip(&want) {
-            worst = worst.max(max_abs_diff(gv, wv));
-        }
-    }
+    let worst = worst_logit_diff((&st, Some(&a_st)), (&q, Some(&a_q)), &rows);
     assert!(worst > 0.0 && worst <= q8_tol, "{arch} Q8_0: logits differ by {worst}");
     p
 }
@@ -624,34 +632,16 @@ fn gemma3_gguf_case(name: &str, tmp: &Path) {
     let st = cpu_engine(&base);
     let a_st = load_adapter(&st, &case.join("adapter"));
     let rows = valid_rows(&expected(&case));
-    let p = tmp.join("gemma3-f32.gguf");
-    write_gguf_of(&base, "gemma3", &p, GgmlDType::F32);
-    let gb = BaseDir::open(p.to_str().unwrap()).unwrap();
-    assert_eq!(gb.arch.name(), "gemma3");
-    let g = Engine::load_with(gb, Device::Cpu, LoadDtype::F32).unwrap();
-    let a_g = load_adapter(&g, &case.join("adapter"));
-    for ids in &rows {
-        assert!(ids.len() > 4, "rows longer than the sliding window of 4 exercise it");
-        for ad in [None, Some((&a_st, &a_g))] {
-            let want = position_logits(&st, ids, ad.map(|a| a.0.as_ref()), 1);
-            let got = position_logits(&g, ids, ad.map(|a| a.1.as_ref()), 1);
-            assert_eq!(got, want, "{name}: f32 GGUF vs safetensors, bit for bit (adapter: {})", ad.is_some());
-        }
-    }
+    assert!(rows.iter().all(|ids| ids.len() > 4), "rows longer than the sliding window of 4 exercise it");
+    f32_gguf_matches(&base, &case.join("adapter"), "gemma3", "gemma3", &tmp.join("gemma3-f32.gguf"), &st, &a_st, &rows);
     let q8 = tmp.join("gemma3-q8.gguf");
     write_gguf_of(&base, "gemma3", &q8, GgmlDType::Q8_0);
     // quantized, the base alone: this grown model with the fixture's random adapter is
     // chaotic enough that Q8_0's rounding of the base moves its logits by 0.16-0.30 in
     // transformers too; without it, by about 0.03 in both
     let q = cpu_engine(&q8);
-    let (mut worst, mut scale) = (0f32, 0f32);
-    for ids in &rows {
-        let (want, got) = (position_logits(&st, ids, None, 1), position_logits(&q, ids, None, 1));
-        for (gv, wv) in got.iter().zip(&want) {
-            worst = worst.max(max_abs_diff(gv, wv));
-            scale = scale.max(wv.iter().fold(0f32, |m, v| m.max(v.abs())));
-        }
-    }
+    let worst = worst_logit_diff((&st, None), (&q, None), &rows);
+    let scale = rows.iter().flat_map(|ids| position_logits(&st, ids, None, 1)).flatten().fold(0f32, |m, v| m.max(v.abs()));
     assert!(worst > 0.0 && worst <= 0.05 && scale > 0.2, "{name} Q8_0: logits differ by {worst} (largest {scale})");
 }
 
