@@ -127,22 +127,24 @@ impl LoraPair {
 
     /// `host_copies` rounded to half precision.
     pub fn host_copies_f16(&self) -> Result<Cow<'_, HostCopies16>> {
+        cached(self.host.as_ref().map(|c| &c.f16), || self.copies_f16())
+    }
+    /// `host_copies` rounded to half precision, made for the caller (not kept).
+    pub fn copies_f16(&self) -> Result<HostCopies16> {
         let half = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect::<Vec<u16>>();
-        let copy = || -> Result<HostCopies16> {
-            let c = self.host_copies()?;
-            let r = self.a.dim(0)?;
-            let out = c.1.len() / r.max(1);
-            Ok((half(&c.0), super::quant::block8(&c.1, r, out)))
-        };
-        cached(self.host.as_ref().map(|c| &c.f16), copy)
+        let c = self.host_copies()?;
+        let r = self.a.dim(0)?;
+        let out = c.1.len() / r.max(1);
+        Ok((half(&c.0), super::quant::block8(&c.1, r, out)))
     }
     /// `host_copies` in 8 bits (`factors8`), for decoders set to read factors so.
     pub fn host_copies_i8(&self) -> Result<Cow<'_, super::factors8::Factors8>> {
-        let copy = || -> Result<super::factors8::Factors8> {
-            let c = self.host_copies()?;
-            Ok(super::factors8::Factors8::new(&c.0, &c.1, self.a.dim(0)?))
-        };
-        cached(self.host.as_ref().map(|c| &c.i8), copy)
+        cached(self.host.as_ref().map(|c| &c.i8), || self.copies_i8())
+    }
+    /// `host_copies` in 8 bits, made for the caller (not kept).
+    pub fn copies_i8(&self) -> Result<super::factors8::Factors8> {
+        let c = self.host_copies()?;
+        Ok(super::factors8::Factors8::new(&c.0, &c.1, self.a.dim(0)?))
     }
     /// DoRA's per-output scale `g = m / ‖W + s B A‖` (row norms of the updated weight, detached
     /// as PEFT detaches them) against base weight `w`; `None` for a plain LoRA pair. Made once

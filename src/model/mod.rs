@@ -9,6 +9,7 @@ pub mod bert_cpu;
 pub mod chat;
 pub mod decoder;
 pub mod encoder;
+pub mod factor_arena;
 pub mod factors8;
 pub mod family;
 pub mod generation;

@@ -7,6 +7,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use loradex::base::BaseDir;
 use loradex::model::decoder::Row;
+use loradex::model::factors8::FactorDtype;
 use loradex::model::generation::{Event, Finish, SamplingParams, Sequence};
 use loradex::model::gguf::LoadDtype;
 use loradex::model::kv_cache::KvDtype;
@@ -161,24 +162,53 @@ pub(super) fn batch_invariance(e: &Engine, tmp: &Path) {
     assert!(firsts.len() >= 3, "adapters should change the output: {alone:?}");
 }
 
-/// An adapter resolves its pairs by projection slot for the first decoder that runs it; on
-/// another decoder its rows look their pairs up by module path. Both ways give the same bits.
+/// An adapter resolves its pairs by projection slot for the first decoder that runs it, its
+/// copies laid out in one arena; on another decoder its rows look their pairs up by module path
+/// and read each pair's own cached copies. Both ways give the same bits, in both precisions
+/// factors are read in beside a quantized base.
 #[test]
 fn an_adapters_pairs_by_slot_give_the_bits_of_its_pairs_by_path() {
     let tmp = tempfile::tempdir().unwrap();
     let q = tmp.path().join("q4_1.gguf");
     write_gguf(&q, GgmlDType::Q4_1);
-    let (first, second) = (cpu_engine(&q), cpu_engine(&q));
-    let a = load_adapter(&first, &llama().join("adapter"));
-    let ids = first.prompt_ids(&Prompt::Text("hello there, how are you".into())).unwrap();
-    let by_slot = position_logits(&first, &ids, Some(&a), 1);
-    let id = |e: &Engine| e.decoder.as_ref().unwrap().id();
-    let slots = a.slots.get().expect("resolved by slot on first use");
-    assert!(slots.is_for(id(&first)) && !slots.is_for(id(&second)));
-    assert!((0..4).any(|s| matches!(slots.get(0, s), Some(Some(_)))), "the fixture adapter has pairs on layer 0");
-    let by_path = position_logits(&second, &ids, Some(&a), 1);
-    assert_eq!(by_slot, by_path);
-    assert_ne!(by_slot, position_logits(&first, &ids, None, 1), "the adapter changes the logits");
+    for factors in [FactorDtype::F16, FactorDtype::Int8] {
+        let (mut first, mut second) = (cpu_engine(&q), cpu_engine(&q));
+        first.set_lora_factors(factors).unwrap();
+        second.set_lora_factors(factors).unwrap();
+        let a = load_adapter(&first, &llama().join("adapter"));
+        let ids = first.prompt_ids(&Prompt::Text("hello there, how are you".into())).unwrap();
+        let by_slot = position_logits(&first, &ids, Some(&a), 1);
+        let id = |e: &Engine| e.decoder.as_ref().unwrap().id();
+        let slots = a.slots.get().expect("resolved by slot on first use");
+        assert!(slots.is_for(id(&first)) && !slots.is_for(id(&second)));
+        assert!((0..4).any(|s| matches!(slots.get(0, s), Some(Some(_)))), "the fixture adapter has pairs on layer 0");
+        let by_path = position_logits(&second, &ids, Some(&a), 1);
+        assert_eq!(by_slot, by_path, "{factors}");
+        assert_ne!(by_slot, position_logits(&first, &ids, None, 1), "the adapter changes the logits");
+    }
+}
+
+/// Pieces of several element types come back from an arena as they went in, each on a cache
+/// line, whatever offset from its huge page the arena starts at (arenas start at different
+/// ones), and an empty layout still builds.
+#[test]
+fn a_factor_arena_gives_back_each_piece_aligned() {
+    use loradex::model::factor_arena::Layout;
+    let (a, b, c) = ((0..300).map(|i| (i % 251 - 125) as i8).collect::<Vec<i8>>(), vec![0x3c00u16, 7, 0xffff], vec![1.5f32, -0.25, f32::MAX]);
+    for _ in 0..3 {
+        let mut l = Layout::default();
+        let (pa, pb, pc, pe) = (l.piece(&a), l.piece(&b), l.piece(&c), l.piece::<f32>(&[]));
+        let arena = l.build().unwrap();
+        assert_eq!(arena.get::<i8>(pa), &a[..]);
+        assert_eq!(arena.get::<u16>(pb), &b[..]);
+        assert_eq!(arena.get::<f32>(pc), &c[..]);
+        assert!(arena.get::<f32>(pe).is_empty());
+        for p in [arena.get::<i8>(pa).as_ptr() as usize, arena.get::<u16>(pb).as_ptr() as usize, arena.get::<f32>(pc).as_ptr() as usize] {
+            assert_eq!(p % 64, 0, "a piece off its cache line");
+        }
+        assert_eq!(arena.bytes(), 384 + 12, "300 bytes, 6 from 320, 12 from 384");
+    }
+    assert_eq!(Layout::default().build().unwrap().bytes(), 0);
 }
 
 #[test]
