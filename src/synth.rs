@@ -153,6 +153,12 @@ pub fn sentiment_data(n: usize, seed: u64) -> Vec<(String, &'static str)> {
 /// A random LoRA adapter (rank `r`, `lora_alpha = 2r`) on every projection of a decoder,
 /// resident in memory: for benchmarks of serving many adapters.
 pub fn decoder_adapter(dec: &crate::model::decoder::Decoder, r: usize, seed: u64) -> Result<crate::model::lora::LoadedAdapter> {
+    decoder_adapter_scaled(dec, r, seed, 1.0)
+}
+
+/// `decoder_adapter` with every up-projection value times `b_scale`: the same adapter nudged,
+/// for measuring how far a small change in the factors moves a decoder's outputs.
+pub fn decoder_adapter_scaled(dec: &crate::model::decoder::Decoder, r: usize, seed: u64, b_scale: f32) -> Result<crate::model::lora::LoadedAdapter> {
     use crate::model::decoder::SLOTS;
     use crate::model::lora::{LoadedAdapter, LoraPair};
     use candle_core::{Device, Tensor};
@@ -164,7 +170,7 @@ pub fn decoder_adapter(dec: &crate::model::decoder::Decoder, r: usize, seed: u64
     for l in 0..dec.layers() {
         for (slot, (d_in, d_out)) in SLOTS.iter().zip(shapes) {
             let a: Vec<f32> = (0..r * d_in).map(|_| rng.normal(0.02)).collect();
-            let b: Vec<f32> = (0..d_out * r).map(|_| rng.normal(0.02)).collect();
+            let b: Vec<f32> = (0..d_out * r).map(|_| rng.normal(0.02) * b_scale).collect();
             bytes += (a.len() + b.len()) * 4;
             let pair = LoraPair {
                 a: Tensor::from_vec(a, (r, d_in), &Device::Cpu)?,

@@ -75,9 +75,9 @@ pub enum Which {
         /// GGUF bases: native or f32
         #[arg(long, default_value = "native")]
         dtype: String,
-        /// LoRA factors beside a quantized base: f16 or int8
-        #[arg(long, default_value = "f16")]
-        lora_factors: loradex::model::factors8::FactorDtype,
+        /// LoRA factors beside a quantized base: int8 (the default), f16 or f32
+        #[arg(long)]
+        lora_factors: Option<loradex::model::factors8::FactorDtype>,
         #[arg(long, default_value_t = 128)]
         tokens: usize,
         #[arg(long, value_delimiter = ',', default_value = "16,32")]
@@ -89,8 +89,8 @@ pub enum Which {
         llamacpp: Option<PathBuf>,
         #[arg(long, default_value = "benches/llamacpp_generate.py")]
         llamacpp_script: PathBuf,
-        /// Which measurements to run (comma-separated): single, kernels, streams, adapters
-        #[arg(long, value_delimiter = ',', default_value = "single,kernels,streams,adapters")]
+        /// Which measurements to run (comma-separated): single, kernels, streams, adapters, factors
+        #[arg(long, value_delimiter = ',', default_value = "single,kernels,streams,adapters,factors")]
         parts: Vec<super::bench_generate::Part>,
     },
     /// HTTP load: 32 concurrent clients over 16 adapters vs 1 adapter

@@ -18,7 +18,7 @@ use std::time::Instant;
 pub struct Args {
     pub base: String,
     pub dtype: LoadDtype,
-    pub lora_factors: loradex::model::factors8::FactorDtype,
+    pub lora_factors: Option<loradex::model::factors8::FactorDtype>,
     pub tokens: usize,
     pub streams: Vec<usize>,
     pub reps: usize,
@@ -39,6 +39,8 @@ pub enum Part {
     Streams,
     /// N streams on N adapters against N streams on one adapter.
     Adapters,
+    /// How far f16 and int8 factors move the outputs from f32 factors (`bench_factors`).
+    Factors,
 }
 
 const PROMPT: &str = "Write a long story about a dragon who learns to bake bread in a small village.";
@@ -253,7 +255,9 @@ pub fn run(a: Args) -> Result<()> {
     let threads = rayon::current_num_threads();
     let t = Instant::now();
     let mut e = Engine::load_with(BaseDir::open(&a.base)?, candle_core::Device::Cpu, a.dtype)?;
-    e.set_lora_factors(a.lora_factors)?;
+    if let Some(f) = a.lora_factors {
+        e.set_lora_factors(f)?;
+    }
     let dec = e.decoder.clone().ok_or_else(|| Error::Model("bench generate needs a Llama-family base on the CPU".into()))?;
     println!(
         "base {} ({} weights, {:.1} MB), loaded in {:.2} s; {threads} threads",
@@ -344,6 +348,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if on(Part::Adapters) {
         adapters_vs_one(&e, &tok, &prompt, &a, &one)?;
+    }
+    if on(Part::Factors) {
+        super::bench_factors::run(&a.base, a.dtype, &prompt, 48)?;
     }
     if let (Some(py), Some(base_tps)) = (&a.llamacpp, base_tps) {
         println!("llama.cpp (llama-cpp-python) on the same file, {threads} threads, same run:");

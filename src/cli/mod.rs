@@ -2,6 +2,7 @@
 //! (human tables, or `--json`). The only place (with `bench`) that writes to stdout/stderr.
 
 mod bench;
+mod bench_factors;
 mod bench_generate;
 mod progress;
 mod bench_store;
@@ -171,10 +172,10 @@ enum Cmd {
         /// GGUF bases: native (keep quantized blocks) or f32 (dequantize at load)
         #[arg(long, default_value = "native")]
         dtype: String,
-        /// Beside a quantized base, read LoRA factors in f16, or in int8 (a scale per block:
-        /// about half the memory traffic a step, for many adapters at once)
-        #[arg(long, default_value = "f16")]
-        lora_factors: loradex::model::factors8::FactorDtype,
+        /// Beside a quantized base, read LoRA factors in int8 (the default: a scale per block,
+        /// a quarter of f32's memory traffic a step), f16 or f32
+        #[arg(long)]
+        lora_factors: Option<loradex::model::factors8::FactorDtype>,
         #[arg(long)]
         cuda: bool,
     },
@@ -276,10 +277,10 @@ enum Cmd {
         /// GGUF bases: native (keep quantized blocks) or f32 (dequantize at load)
         #[arg(long, default_value = "native")]
         dtype: String,
-        /// Beside a quantized base, read LoRA factors in f16, or in int8 (a scale per block:
-        /// about half the memory traffic a step, for many adapters at once)
-        #[arg(long, default_value = "f16")]
-        lora_factors: loradex::model::factors8::FactorDtype,
+        /// Beside a quantized base, read LoRA factors in int8 (the default: a scale per block,
+        /// a quarter of f32's memory traffic a step), f16 or f32
+        #[arg(long)]
+        lora_factors: Option<loradex::model::factors8::FactorDtype>,
         /// Request log lines on stderr: text, or json (one object per line) for machines
         #[arg(long, default_value = "text")]
         log_format: String,
@@ -464,7 +465,9 @@ fn run(cli: Cli, home: PathBuf) -> Result<i32> {
             let b = BaseDir::open(&base)?;
             let fp = s.base_fingerprint(&b)?;
             let mut e = Engine::load_with(b, loradex::model::device(cuda)?, dtype.parse()?)?;
-            e.set_lora_factors(lora_factors)?;
+            if let Some(f) = lora_factors {
+                e.set_lora_factors(f)?;
+            }
             let a = adapter.as_deref().map(|spec| use_adapter(spec, &s, &e, &fp)).transpose()?;
             let ids = e.prompt_ids(&prompt)?;
             let live = stream && !js;

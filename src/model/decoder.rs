@@ -148,7 +148,7 @@ impl Decoder {
         let eos = cfg.eos_ids();
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
-        let (id, factors) = (next_id(), FactorDtype::F16);
+        let (id, factors) = (next_id(), if quantized { FactorDtype::Int8 } else { FactorDtype::F32 });
         Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, inv_freq_local, embed, lm_head, norm, layers, cfg, opts: spec.opts, id, factors })
     }
 
@@ -177,18 +177,18 @@ impl Decoder {
         self.kv_dtype
     }
     /// Reads LoRA factors in `f` beside its quantized weights (`factors8`). An f32 base reads
-    /// them in f32 whatever this says, so asking it for 8 bits is refused. Adapters that met
-    /// this decoder before keep their copies and look their pairs up the slow way: it counts
-    /// as a new decoder to them.
+    /// them in f32, so asking it for less is refused. Adapters that met this decoder before
+    /// keep their copies and look their pairs up the slow way: it counts as a new decoder to
+    /// them.
     pub fn set_lora_factors(&mut self, f: FactorDtype) -> Result<()> {
-        if f != FactorDtype::F16 && self.layers.iter().flat_map(|l| l.lin.iter()).all(|w| w.is_f32()) {
+        if f != FactorDtype::F32 && self.layers.iter().flat_map(|l| l.lin.iter()).all(|w| w.is_f32()) {
             return Err(Error::InvalidArgument(format!("LoRA factors in {f} apply beside a quantized base; this one is f32 (load a GGUF base without --dtype f32)")));
         }
         self.factors = f;
         self.id = next_id();
         Ok(())
     }
-    /// The precision LoRA factors are read in beside quantized weights.
+    /// The precision LoRA factors are read in.
     pub fn lora_factors(&self) -> FactorDtype {
         self.factors
     }
@@ -474,8 +474,7 @@ impl Decoder {
                 }
                 copies.push(match pair {
                     // beside an f32 base the factors stay f32 (PEFT-exact); beside a quantized
-                    // one they are read in the decoder's precision, f16 unless set to 8 bits
-                    // (less memory traffic; the base's own rounding is far larger)
+                    // one they are read in the decoder's precision (`factors8::FactorDtype`)
                     Some(p) if w.is_f32() => Some(Copies::F32(p.host_copies()?)),
                     Some(p) => Some(Copies::quantized(p, self.factors)?),
                     None => None,

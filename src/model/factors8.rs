@@ -20,13 +20,18 @@
 /// Values of a factor row sharing one scale.
 pub const A_BLOCK: usize = 32;
 
-/// What precision the CPU decoder reads LoRA factors in beside a quantized base.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What precision the CPU decoder reads LoRA factors in. Beside an f32 base they are read in
+/// f32 (PEFT-exact); beside a quantized one, in 8 bits unless asked otherwise: the base's own
+/// 8-bit activations make its outputs move as much under a relative change of 1e-4 in an
+/// adapter's factors as under either rounding (`bench generate --parts factors` measures it),
+/// and 8 bits halve the bytes a step reads for each adapter in the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FactorDtype {
-    /// Half precision: the default (rounding far below the base's own).
-    #[default]
+    /// Single precision: the factors as loaded (four times the bytes of `Int8`).
+    F32,
+    /// Half precision.
     F16,
-    /// 8 bits with a scale a block: about half the bytes a step, for many adapters at once.
+    /// 8 bits with a scale a block: the default beside a quantized base.
     Int8,
 }
 
@@ -34,9 +39,10 @@ impl std::str::FromStr for FactorDtype {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "f32" => Ok(FactorDtype::F32),
             "f16" => Ok(FactorDtype::F16),
             "int8" => Ok(FactorDtype::Int8),
-            _ => Err(format!("unknown LoRA factor precision {s:?} (f16 or int8)")),
+            _ => Err(format!("unknown LoRA factor precision {s:?} (f32, f16 or int8)")),
         }
     }
 }
@@ -44,6 +50,7 @@ impl std::str::FromStr for FactorDtype {
 impl std::fmt::Display for FactorDtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            FactorDtype::F32 => "f32",
             FactorDtype::F16 => "f16",
             FactorDtype::Int8 => "int8",
         })

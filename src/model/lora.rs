@@ -117,12 +117,13 @@ impl LoraPair {
     /// `(A, (s·B)ᵀ)` in host memory: borrowed from the pair's cache (made on first use), or
     /// copied for this call when the pair's tensors change in place.
     pub fn host_copies(&self) -> Result<Cow<'_, HostCopies>> {
-        let copy = || -> Result<HostCopies> {
-            let a = self.a.flatten_all()?.to_vec1::<f32>()?;
-            let bt = self.scaled_bt()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            Ok((a, bt))
-        };
-        cached(self.host.as_ref().map(|c| &c.f32), copy)
+        cached(self.host.as_ref().map(|c| &c.f32), || self.copies_f32())
+    }
+    /// `host_copies` made for the caller (not kept).
+    pub fn copies_f32(&self) -> Result<HostCopies> {
+        let a = self.a.flatten_all()?.to_vec1::<f32>()?;
+        let bt = self.scaled_bt()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((a, bt))
     }
 
     /// `host_copies` rounded to half precision.
@@ -132,7 +133,7 @@ impl LoraPair {
     /// `host_copies` rounded to half precision, made for the caller (not kept).
     pub fn copies_f16(&self) -> Result<HostCopies16> {
         let half = |v: &[f32]| v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect::<Vec<u16>>();
-        let c = self.host_copies()?;
+        let c = self.copies_f32()?;
         let r = self.a.dim(0)?;
         let out = c.1.len() / r.max(1);
         Ok((half(&c.0), super::quant::block8(&c.1, r, out)))
@@ -143,7 +144,7 @@ impl LoraPair {
     }
     /// `host_copies` in 8 bits, made for the caller (not kept).
     pub fn copies_i8(&self) -> Result<super::factors8::Factors8> {
-        let c = self.host_copies()?;
+        let c = self.copies_f32()?;
         Ok(super::factors8::Factors8::new(&c.0, &c.1, self.a.dim(0)?))
     }
     /// DoRA's per-output scale `g = m / ‖W + s B A‖` (row norms of the updated weight, detached

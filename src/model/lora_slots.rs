@@ -17,8 +17,8 @@ use crate::error::Result;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-/// A pair's host copies `(A, (s·B)ᵀ)` as the decoder reads them: f32 beside an f32 base, half
-/// precision or 8 bits beside a quantized one.
+/// A pair's host copies `(A, (s·B)ᵀ)` as the decoder reads them: f32 beside an f32 base; f32,
+/// half precision or 8 bits beside a quantized one.
 pub enum Copies<'a> {
     F32(Cow<'a, HostCopies>),
     F16(Cow<'a, HostCopies16>),
@@ -32,6 +32,7 @@ impl<'a> Copies<'a> {
     /// use).
     pub fn quantized(p: &'a LoraPair, factors: FactorDtype) -> Result<Copies<'a>> {
         Ok(match factors {
+            FactorDtype::F32 => Copies::F32(p.host_copies()?),
             FactorDtype::F16 => Copies::F16(p.host_copies_f16()?),
             FactorDtype::Int8 => Copies::I8(p.host_copies_i8()?),
         })
@@ -71,6 +72,7 @@ pub struct SlotTerms {
 
 /// A plain pair's copies as made, before they go into the arena.
 enum Made {
+    F32(HostCopies),
     F16(HostCopies16),
     I8(Factors8),
 }
@@ -84,6 +86,7 @@ impl SlotTerms {
         for name in names {
             made.push(match modules.get(name) {
                 Some(p) if p.host.is_some() && p.magnitude.is_none() => Some(match factors {
+                    FactorDtype::F32 => Made::F32(p.copies_f32()?),
                     FactorDtype::F16 => Made::F16(p.copies_f16()?),
                     FactorDtype::Int8 => Made::I8(p.copies_i8()?),
                 }),
@@ -95,6 +98,7 @@ impl SlotTerms {
             .iter()
             .zip(&made)
             .map(|(name, m)| match (m, modules.contains_key(name)) {
+                (Some(Made::F32((a, bt))), _) => SlotTerm::Plain([layout.piece(a), layout.piece::<f32>(&[]), layout.piece(bt), layout.piece::<f32>(&[])]),
                 (Some(Made::F16((a, bt))), _) => SlotTerm::Plain([layout.piece(a), layout.piece::<f32>(&[]), layout.piece(bt), layout.piece::<f32>(&[])]),
                 (Some(Made::I8(c)), _) => SlotTerm::Plain([layout.piece(&c.a), layout.piece(&c.a_d), layout.piece(&c.bt), layout.piece(&c.bt_d)]),
                 (None, false) => SlotTerm::Absent,
@@ -115,6 +119,7 @@ impl SlotTerms {
             SlotTerm::Plain([a, a_d, bt, bt_d]) => {
                 let m = &self.arena;
                 let (a, bt) = match self.factors {
+                    FactorDtype::F32 => (Half::F32(m.get(*a)), Half::F32(m.get(*bt))),
                     FactorDtype::F16 => (Half::F16(m.get(*a)), Half::F16x8(m.get(*bt))),
                     FactorDtype::Int8 => (Half::I8 { q: m.get(*a), d: m.get(*a_d) }, Half::I8x8 { q: m.get(*bt), d: m.get(*bt_d) }),
                 };

@@ -345,7 +345,6 @@ impl Engine {
         match self.decoder.as_mut().map(Arc::get_mut) {
             Some(Some(d)) => d.set_lora_factors(f),
             Some(None) => Err(Error::Model("the decoder is already shared".into())),
-            None if f == factors8::FactorDtype::F16 => Ok(()),
             None => Err(Error::InvalidArgument(format!("LoRA factors in {f} apply to a decoder base on the CPU"))),
         }
     }

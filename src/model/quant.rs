@@ -445,6 +445,7 @@ fn factor_lines(j: &Job, n: usize, o0: usize, o1: usize) -> Pace {
         if let Some(l) = &j.lora[t] {
             if let (None, false) = (l.h.get(), last.is_some_and(|p| p.same(&l.a))) {
                 match l.a {
+                    Half::F32(a) => pace.push(a),
                     Half::F16(a) => pace.push(a),
                     Half::I8 { q, d } => {
                         pace.push(q);
@@ -461,6 +462,8 @@ fn factor_lines(j: &Job, n: usize, o0: usize, o1: usize) -> Pace {
         if !last.is_some_and(|p| p.same(&l.bt)) {
             let r = l.a.len() / cols;
             match l.bt {
+                // `[r, rows]` unblocked: a run of outputs in each of the `r` factor rows
+                Half::F32(v) => (0..r).for_each(|k| pace.push(&v[(k * rows + o0).min(v.len())..(k * rows + o1).min(v.len())])),
                 Half::F16x8(v) => pace.push(bt_run(v, r, o0, o1)),
                 Half::I8x8 { q, d } => {
                     pace.push(bt_run(q, r, o0, o1));

@@ -59,8 +59,9 @@ pub struct Options {
     pub prefill_tokens: usize,
     /// GGUF bases: keep quantized or dequantize to f32.
     pub dtype: crate::model::gguf::LoadDtype,
-    /// Generation beside a quantized base: the precision LoRA factors are read in.
-    pub lora_factors: crate::model::factors8::FactorDtype,
+    /// Generation beside a quantized base: the precision LoRA factors are read in (`None`: the
+    /// decoder's default).
+    pub lora_factors: Option<crate::model::factors8::FactorDtype>,
     /// Pull refs missing from the store from `PREFIX/NAME:TAG` of this registry.
     pub registry: Option<(String, crate::registry::Remote)>,
 }
@@ -82,7 +83,7 @@ impl Options {
             max_waiting: 256,
             prefill_tokens: 512,
             dtype: Default::default(),
-            lora_factors: Default::default(),
+            lora_factors: None,
             registry: None,
         }
     }
@@ -419,7 +420,9 @@ fn build(opts: &Options) -> Result<(Arc<Shared>, mpsc::Receiver<classify::Job>)>
     let base_fp = store.base_fingerprint(&base)?;
     let base_id = base.name();
     let mut engine = Engine::load_with(base, crate::model::device(opts.cuda)?, opts.dtype)?;
-    engine.set_lora_factors(opts.lora_factors)?;
+    if let Some(f) = opts.lora_factors {
+        engine.set_lora_factors(f)?;
+    }
     let engine = Arc::new(engine);
     let (tx, rx) = mpsc::channel(opts.max_queue.max(1));
     let metrics: Arc<metrics::Metrics> = Default::default();

@@ -9,7 +9,7 @@ use super::kernels::Lcg;
 use candle_core::quantized::GgmlDType;
 use loradex::model::factors8::{self, FactorDtype, Factors8, A_BLOCK};
 use loradex::model::quant::{matmul, Act, Half, LowRank, QWeight};
-use loradex::model::Prompt;
+use loradex::model::{Engine, Prompt};
 
 /// Each value comes back within half a step of its own block's scale, the blocks are where the
 /// layout says (a short last block of a factor row; the up-projection's last run zero-padded),
@@ -114,34 +114,44 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// A decoder reading 8-bit factors beside a Q4_1 base: a continuous batch over three adapters
-/// and none still gives each sequence its solo ids; its logits differ from the half-precision
-/// factors' (the setting took) by a small fraction of what the adapter adds; and an f32 base
-/// refuses the setting.
+/// A decoder reading 8-bit factors beside a Q4_1 base, its default there: a continuous batch
+/// over three adapters and none still gives each sequence its solo ids; its logits, and those
+/// of half-precision factors, differ from f32 factors' (each setting took) by a small fraction
+/// of what the adapter adds; and an f32 base reads f32 factors and refuses less.
 #[test]
-fn a_decoder_on_eight_bit_factors_keeps_batch_invariance_and_stays_near_f16_factors() {
+fn a_decoder_on_eight_bit_factors_keeps_batch_invariance_and_stays_near_f32_factors() {
     let tmp = tempfile::tempdir().unwrap();
     let q = tmp.path().join("q4_1.gguf");
     write_gguf(&q, GgmlDType::Q4_1);
-    let mut e8 = cpu_engine(&q);
-    e8.set_lora_factors(FactorDtype::Int8).unwrap();
+    // 8 bits is the default beside a quantized base
+    let e8 = cpu_engine(&q);
     assert_eq!(e8.decoder.as_ref().unwrap().lora_factors(), FactorDtype::Int8);
     batch_invariance(&e8, tmp.path());
 
-    let e16 = cpu_engine(&q);
+    let mut e16 = cpu_engine(&q);
+    e16.set_lora_factors(FactorDtype::F16).unwrap();
+    let mut e32 = cpu_engine(&q);
+    e32.set_lora_factors(FactorDtype::F32).unwrap();
     let ids = e16.prompt_ids(&Prompt::Text("hello there, how are you".into())).unwrap();
-    let a16 = load_adapter(&e16, &llama().join("adapter"));
-    let a8 = load_adapter(&e8, &llama().join("adapter"));
+    let logits = |e: &Engine| position_logits(e, &ids, Some(&load_adapter(e, &llama().join("adapter"))), 1);
     let base = position_logits(&e16, &ids, None, 1);
-    let l16 = position_logits(&e16, &ids, Some(&a16), 1);
-    let l8 = position_logits(&e8, &ids, Some(&a8), 1);
+    let (l32, l16, l8) = (logits(&e32), logits(&e16), logits(&e8));
     let max_diff = |x: &[Vec<f32>], y: &[Vec<f32>]| x.iter().flatten().zip(y.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let (delta, err) = (max_diff(&l16, &base), max_diff(&l8, &l16));
-    assert!(err > 0.0, "the 8-bit factors were not used");
-    assert!(err <= 0.03 * delta, "8-bit factors moved the logits by {err}, against the adapter's own {delta}");
+    let delta = max_diff(&l32, &base);
+    for (name, l) in [("8-bit", &l8), ("half-precision", &l16)] {
+        let err = max_diff(l, &l32);
+        assert!(err > 0.0, "the {name} factors were not used");
+        assert!(err <= 0.03 * delta, "{name} factors moved the logits by {err}, against the adapter's own {delta}");
+    }
 
+    // an f32 base reads f32 factors, and refuses less
     let mut f32_base = cpu_engine(&llama().join("base"));
-    let e = f32_base.set_lora_factors(FactorDtype::Int8).unwrap_err().to_string();
-    assert!(e.contains("quantized base"), "{e}");
-    f32_base.set_lora_factors(FactorDtype::F16).unwrap();
+    assert_eq!(f32_base.decoder.as_ref().unwrap().lora_factors(), FactorDtype::F32);
+    for f in [FactorDtype::Int8, FactorDtype::F16] {
+        let e = f32_base.set_lora_factors(f).unwrap_err().to_string();
+        assert!(e.contains("quantized base"), "{e}");
+    }
+    f32_base.set_lora_factors(FactorDtype::F32).unwrap();
+    assert_eq!(["f32", "f16", "int8"].map(|s| s.parse::<FactorDtype>().unwrap()), [FactorDtype::F32, FactorDtype::F16, FactorDtype::Int8]);
+    assert!("bf16".parse::<FactorDtype>().unwrap_err().contains("f32, f16 or int8"));
 }
