@@ -248,7 +248,7 @@ enum Cmd {
         base: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Bound on resident adapter bytes (LRU)
+        /// Bound on resident adapter bytes (LRU): tensors, plus the copies decoders make of them
         #[arg(long, default_value_t = 256 << 20)]
         cache_bytes: usize,
         /// Most rows in one forward

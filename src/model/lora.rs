@@ -96,6 +96,15 @@ pub struct HostCache {
 }
 
 impl HostCache {
+    /// Bytes of the copies made so far.
+    pub fn bytes(&self) -> usize {
+        let f32 = self.f32.get().map_or(0, |c| (c.0.len() + c.1.len()) * 4);
+        let f16 = self.f16.get().map_or(0, |c| (c.0.len() + c.1.len()) * 2);
+        let i8 = self.i8.get().map_or(0, |c| c.a.len() + c.bt.len() + (c.a_d.len() + c.bt_d.len()) * 4);
+        let dora = self.dora.get().map_or(0, |t| t.elem_count() * 4);
+        let host = [&self.dora_host, &self.dora_q].iter().map(|c| c.get().map_or(0, |v| v.len() * 4)).sum::<usize>();
+        f32 + f16 + i8 + dora + host
+    }
     /// The half-precision copies, once made.
     pub fn f16(&self) -> Option<&HostCopies16> {
         self.f16.get()
@@ -210,6 +219,7 @@ pub struct LoadedAdapter {
     pub modules: HashMap<String, LoraPair>,
     pub saved: HashMap<String, Tensor>,
     pub labels: Vec<String>,
+    /// Bytes of its tensors as loaded (`resident_bytes` adds the copies made since).
     pub bytes: usize,
     /// The flat tensors this adapter contributes to a `Bank`, by module list; filled only when
     /// its pairs are cacheable (see `LoraPair::host`).
@@ -228,6 +238,12 @@ pub struct Flat {
 }
 
 impl LoadedAdapter {
+    /// Bytes it holds now: its tensors, plus the copies decoders made of its factors as they
+    /// met it (an arena of them per decoder slot list, and each pair's own cached copies).
+    pub fn resident_bytes(&self) -> usize {
+        let pairs: usize = self.modules.values().filter_map(|p| p.host.as_ref()).map(|c| c.bytes()).sum();
+        self.bytes + pairs + self.slots.get().map_or(0, |s| s.bytes())
+    }
     /// Its pairs by slot of decoder `decoder` (`names`: every slot's module path, layer-major,
     /// `slots` a layer), resolved on first use; `None` when they were resolved for another
     /// decoder, whose rows then look their pairs up by path.

@@ -107,6 +107,10 @@ impl SlotTerms {
             .collect();
         Ok(SlotTerms { decoder, slots, factors, terms, arena: layout.build()? })
     }
+    /// Bytes of the copies it holds.
+    pub fn bytes(&self) -> usize {
+        self.arena.bytes()
+    }
     /// Whether these were resolved for decoder `decoder`.
     pub fn is_for(&self, decoder: u64) -> bool {
         self.decoder == decoder

@@ -23,8 +23,9 @@ impl Cache {
         Cache { entries: HashMap::new(), budget, tick: 0 }
     }
 
+    /// Bytes its adapters hold, copies made since they loaded included.
     pub fn resident_bytes(&self) -> usize {
-        self.entries.values().map(|e| e.adapter.bytes).sum()
+        self.entries.values().map(|e| e.adapter.resident_bytes()).sum()
     }
 
     pub fn get(&mut self, d: &Digest) -> Option<Arc<LoadedAdapter>> {

@@ -299,7 +299,7 @@ async fn list_adapters(s: Arc<Shared>) -> Result<Value, ApiError> {
             let mut v: Vec<Value> = c
                 .entries
                 .iter()
-                .map(|(d, e)| json!({"digest": d.to_string(), "bytes": e.adapter.bytes, "in_use": Arc::strong_count(&e.adapter) > 1}))
+                .map(|(d, e)| json!({"digest": d.to_string(), "bytes": e.adapter.resident_bytes(), "in_use": Arc::strong_count(&e.adapter) > 1}))
                 .collect();
             v.sort_by(|a, b| a["digest"].as_str().cmp(&b["digest"].as_str()));
             v
@@ -314,7 +314,7 @@ async fn adapter_action(s: Arc<Shared>, spec: String, action: String) -> Result<
     blocking(move || match action.as_str() {
         "load" => {
             let (d, a) = s.adapter(&spec)?;
-            Ok(json!({"ref": spec, "digest": d.to_string(), "bytes": a.bytes, "resident": true}))
+            Ok(json!({"ref": spec, "digest": d.to_string(), "bytes": a.resident_bytes(), "resident": true}))
         }
         "unload" => {
             let d = s.store.lock().expect("store lock").resolve(&spec)?;

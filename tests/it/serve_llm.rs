@@ -264,7 +264,13 @@ fn the_adapter_cache_is_back_within_budget_once_generation_lets_go() {
     import(&home, &scaled(tmp.path(), -1.5), "gen/b", &base);
     let e = Engine::load(BaseDir::open_dir(&base).unwrap(), Device::Cpu).unwrap();
     let f = loradex::peft::read_dir(&llama().join("adapter")).unwrap();
-    let one = e.adapter("x", &f.config_bytes, &f.weights_bytes, vec![]).unwrap().bytes;
+    // an adapter's bytes once a decoder has run it: its tensors and the copies it made
+    let a = e.adapter("x", &f.config_bytes, &f.weights_bytes, vec![]).unwrap();
+    let ids = e.prompt_ids(&Prompt::Text("the delivery".into())).unwrap();
+    let params = SamplingParams { max_tokens: 1, ..Default::default() };
+    e.generate(ids, params, Some(a.clone()), &mut |_| {}).unwrap();
+    let one = a.resident_bytes();
+    assert!(one > a.bytes, "the copies made for the decoder count: {one} against {}", a.bytes);
     let budget = one + one / 2;
     let srv = Server::start(&home, &base, &["--max-running", "8", "--cache-bytes", &budget.to_string()]);
     let handles: Vec<_> = (0..6)
