@@ -105,14 +105,6 @@ impl HostCache {
         let host = [&self.dora_host, &self.dora_q].iter().map(|c| c.get().map_or(0, |v| v.len() * 4)).sum::<usize>();
         f32 + f16 + i8 + dora + host
     }
-    /// The half-precision copies, once made.
-    pub fn f16(&self) -> Option<&HostCopies16> {
-        self.f16.get()
-    }
-    /// The 8-bit copies, once made.
-    pub fn i8(&self) -> Option<&super::factors8::Factors8> {
-        self.i8.get()
-    }
 }
 
 impl LoraPair {
