@@ -31,6 +31,13 @@ texts, tokenizer recipe and tolerance.
   logits (caps 0.5 and 0.4, small enough to bend these small scores and logits). Its query
   scale is head_dim's and its layer pattern llama.cpp's (even layers local), so that a GGUF
   of it means the same.
+- qwen2-yarn-causal: Qwen2 (q/k/v biases) with YaRN RoPE (`rope_type` `yarn`, factor 4, an
+  original context of 2048 so that the 16-wide heads have kept, blended and interpolated
+  frequencies; cos and sin scaled by the default attention factor 0.1·ln 4 + 1).
+- olmo3-causal: OLMo 3, OLMo 2's norms with sliding-window layers (window 4, shorter than the
+  texts) beside every fourth full one, the full layers' RoPE scaled by YaRN (explicit
+  `attention_factor`, `beta_fast` 8) and the sliding ones plain, as the long-context
+  releases have it.
 
 Every norm weight is moved off its initial value, as training would, so that each matters.
 
@@ -176,6 +183,20 @@ def main():
                              rope_parameters=rope, **ids)
     case(os.path.join(OUT, "gemma3-linear-causal"), 30, T.Gemma3ForCausalLM, cfg, fast, dict(r=4, lora_alpha=8, target_modules=all7),
          ("norm.weight", "layernorm.weight"), lambda p: 0.5 * torch.randn_like(p))
+    rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 2048}
+    cfg = T.Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=96, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_parameters=rope,
+                        tie_word_embeddings=False, **ids)
+    case(os.path.join(OUT, "qwen2-yarn-causal"), 38, T.Qwen2ForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
+         ("norm.weight",), None)
+    yarn = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 1024,
+            "attention_factor": 1.2079441541679836, "beta_fast": 8, "beta_slow": 1}
+    rope = {"full_attention": yarn, "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}
+    cfg = T.Olmo3Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=96, max_position_embeddings=8192, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                        sliding_window=4, rope_parameters=rope, **ids)
+    case(os.path.join(OUT, "olmo3-causal"), 39, T.Olmo3ForCausalLM, cfg, fast, dict(r=8, lora_alpha=16, target_modules=all7),
+         ("norm.weight", "layernorm.weight"), None)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,9 @@ impl Decoder {
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
         let (id, factors) = (next_id(), if quantized { FactorDtype::Int8 } else { FactorDtype::F32 });
-        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, inv_freq_local, embed, lm_head, norm, layers, cfg, opts: spec.opts, id, factors })
+        // the scaling's attention factor (YaRN) kept as the family's would be
+        let opts = DecoderOpts { rope_mscale: spec.rope_mscale()?, ..spec.opts };
+        Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, inv_freq_local, embed, lm_head, norm, layers, cfg, opts, id, factors })
     }
 
     fn spec(&self) -> DecoderSpec {

@@ -227,7 +227,15 @@ impl DecoderSpec {
         let rot = self.rotary_dims(head_dim);
         let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| rope_inv_freqs(l.theta, rot));
         let (theta, scaling) = self.cfg.rope()?;
-        Ok((scaling.apply(rope_inv_freqs(theta, rot))?, local))
+        Ok((scaling.apply(theta, rope_inv_freqs(theta, rot))?, local))
+    }
+    /// What the global layers' cos and sin are multiplied by: the family's (Phi-3.5's long
+    /// rope), else the RoPE scaling's (YaRN's attention factor).
+    pub fn rope_mscale(&self) -> Result<Option<f32>> {
+        Ok(match self.opts.rope_mscale {
+            Some(m) => Some(m),
+            None => self.cfg.rope()?.1.attention(),
+        })
     }
     /// The dimensions of each head RoPE turns (the first ones).
     pub fn rotary_dims(&self, head_dim: usize) -> usize {
@@ -450,7 +458,7 @@ impl Llama {
             })
         };
         let (global, local) = spec.inv_freqs(head_dim)?;
-        let (cos, sin) = tables(global, spec.opts.rope_mscale)?;
+        let (cos, sin) = tables(global, spec.rope_mscale()?)?;
         let local_rope = local.map(|l| tables(l, None)).transpose()?;
         let norm_w = norm("model.norm.weight")?;
         Ok(Llama { cos, sin, local_rope, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })

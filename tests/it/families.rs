@@ -265,6 +265,14 @@ fn olmo2_matches_peft() {
     decoder_case("olmo2-causal", "olmo2");
 }
 
+/// YaRN RoPE (`rope_type` `yarn`) on Qwen2: the fixture's original context of 2048 gives its
+/// heads kept, blended and interpolated frequencies, and cos and sin carry the default
+/// attention factor (0.1·ln 4 + 1).
+#[test]
+fn qwen2_yarn_rope_scaling_matches_peft() {
+    decoder_case("qwen2-yarn-causal", "qwen2");
+}
+
 /// Gemma 2's sandwich norms, alternating local and global layers, and soft-capped attention
 /// scores and final logits (caps small enough to bend the fixture's values), on loradex's own
 /// fixture.

@@ -751,6 +751,10 @@ fn malformed_decoder_configs_are_errors_naming_the_problem() {
         ("num_attention_heads", serde_json::json!(0), "num_attention_heads"),
         ("num_key_value_heads", serde_json::json!(3), "num_key_value_heads"),
         ("hidden_size", serde_json::json!(48), "shape"),
+        ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 4.0}), "original_max_position_embeddings"),
+        ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "truncate": "yes"}), "truncate"),
+        ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": -2.0, "original_max_position_embeddings": 16}), "factor"),
+        ("rope_parameters", serde_json::json!({"rope_type": "dynamic", "factor": 2.0}), "\"dynamic\" is not supported"),
     ] {
         let d = tmp.path().join(key);
         std::fs::create_dir_all(&d).unwrap();
