@@ -265,6 +265,13 @@ fn olmo2_matches_peft() {
     decoder_case("olmo2-causal", "olmo2");
 }
 
+/// OLMo 3: OLMo 2's norms with sliding-window layers (window 4, shorter than the texts) beside
+/// every fourth full one, whose RoPE alone is YaRN-scaled (explicit attention factor).
+#[test]
+fn olmo3_matches_peft() {
+    decoder_case("olmo3-causal", "olmo3");
+}
+
 /// YaRN RoPE (`rope_type` `yarn`) on Qwen2: the fixture's original context of 2048 gives its
 /// heads kept, blended and interpolated frequencies, and cos and sin carry the default
 /// attention factor (0.1·ln 4 + 1).

@@ -14,6 +14,7 @@ pub mod granite;
 pub mod llama;
 pub mod mistral;
 pub mod olmo2;
+pub mod olmo3;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -43,6 +44,7 @@ static FAMILIES: &[&Family] = &[
     &smollm3::FAMILY,
     &granite::FAMILY,
     &olmo2::FAMILY,
+    &olmo3::FAMILY,
 ];
 
 /// How a family's config becomes a model.

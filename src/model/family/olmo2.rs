@@ -29,9 +29,14 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
         return Err(Error::Model("olmo2 config: clip_qkv is not supported".into()));
     }
     if c.sliding_window.is_some_and(|w| w > 0) {
-        return Err(Error::Model("olmo2 config: sliding-window layers (OLMo 3) are not supported".into()));
+        return Err(Error::Model("olmo2 config: sliding-window layers (OLMo 3) are read from an olmo3 config.json, not from an olmo2 one or GGUF".into()));
     }
-    let act = MlpAct::parse(c.common.hidden_act.as_deref())?;
-    c.common.dims()?;
-    Ok(DecoderSpec { cfg: c.common, opts: DecoderOpts { act, qk_norm: true, qk_norm_full: true, post_norms_only: true, ..Default::default() } })
+    spec_of(c.common)
+}
+
+/// OLMo 2's layers over `common` (OLMo 3 adds its sliding-window layers to this).
+pub(super) fn spec_of(common: Common) -> Result<DecoderSpec> {
+    let act = MlpAct::parse(common.hidden_act.as_deref())?;
+    common.dims()?;
+    Ok(DecoderSpec { cfg: common, opts: DecoderOpts { act, qk_norm: true, qk_norm_full: true, post_norms_only: true, ..Default::default() } })
 }
