@@ -225,7 +225,11 @@ impl DecoderSpec {
     /// and the local layers' (their own base) where there are any.
     pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let rot = self.rotary_dims(head_dim);
-        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| rope_inv_freqs(l.theta, rot));
+        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| l.theta);
+        if let Some(t) = local.filter(|t| !(*t > 1.0 && t.is_finite())) {
+            return Err(Error::Model(format!("config: the local layers' rope_theta {t} must be a finite number above 1")));
+        }
+        let local = local.map(|t| rope_inv_freqs(t, rot));
         let (theta, scaling) = self.cfg.rope()?;
         Ok((scaling.apply(theta, rope_inv_freqs(theta, rot))?, local))
     }
@@ -296,6 +300,10 @@ impl Config {
             (None, Some(p)) => rope_scaling(p)?,
         };
         let theta = self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10000.0);
+        // θ ≤ 1 gives no rotation or NaN frequencies, never a model
+        if !(theta > 1.0 && theta.is_finite()) {
+            return Err(Error::Model(format!("config: rope_theta {theta} must be a finite number above 1")));
+        }
         Ok((theta, scaling))
     }
     /// `(num_key_value_heads, head_dim)`, after checking the activation and that the head counts

@@ -422,6 +422,21 @@ fn load_err(dir: &Path) -> String {
     }
 }
 
+/// OLMo 3 configs the decoder cannot run are refused by name: RoPE scaling on the sliding
+/// layers, a sliding RoPE base that cannot rotate, layer types of an unknown kind.
+#[test]
+fn olmo3_configs_that_cannot_run_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = case("olmo3-causal").join("base");
+    let sliding = |v: serde_json::Value| move |cfg: &mut serde_json::Value, _: &mut HashMap<String, Tensor>| cfg["rope_parameters"]["sliding_attention"] = v;
+    let d = edited_base(&src, &tmp.path().join("scaled"), sliding(serde_json::json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0})));
+    assert!(load_err(&d).contains("rope scaling on the sliding-window layers"), "{}", load_err(&d));
+    let d = edited_base(&src, &tmp.path().join("theta"), sliding(serde_json::json!({"rope_type": "default", "rope_theta": 0.5})));
+    assert!(load_err(&d).contains("local layers' rope_theta"), "{}", load_err(&d));
+    let d = edited_base(&src, &tmp.path().join("types"), |cfg, _| cfg["layer_types"][0] = "chunked_attention".into());
+    assert!(load_err(&d).contains("chunked_attention"), "{}", load_err(&d));
+}
+
 /// A malformed base is an error that names the tensor or the config field, never a panic.
 #[test]
 fn malformed_bases_are_errors_naming_the_tensor() {

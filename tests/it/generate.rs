@@ -755,6 +755,8 @@ fn malformed_decoder_configs_are_errors_naming_the_problem() {
         ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "truncate": "yes"}), "truncate"),
         ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": -2.0, "original_max_position_embeddings": 16}), "factor"),
         ("rope_parameters", serde_json::json!({"rope_type": "dynamic", "factor": 2.0}), "\"dynamic\" is not supported"),
+        ("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": -5.0}), "rope_theta"),
+        ("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": 1.0}), "rope_theta"),
     ] {
         let d = tmp.path().join(key);
         std::fs::create_dir_all(&d).unwrap();
