@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_PER=${1:-600}
 shift || true
-ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies oci_manifest gguf)
+ALL=(safetensors adapter_config ref_digest recipe dataset http_bodies oci_manifest gguf base_config)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 FIXTURES=${FIXTURES:-$ROOT/../shared/fixtures}
 [ -d "$FIXTURES" ] || FIXTURES=/work/shared/fixtures
@@ -63,6 +63,12 @@ seed_all() {
         i=$((i + 1))
         seed adapter_config "$f" "config$i.json"
     done < <(find "$FIXTURES" -name adapter_config.json | sort)
+    # base configs: every fixture base's config.json (the shared sets' and loradex's own)
+    i=0
+    while IFS= read -r f; do
+        i=$((i + 1))
+        seed base_config "$f" "base$i.json"
+    done < <(find "$FIXTURES" "$ROOT/tests/fixtures" -path '*/base/config.json' | sort)
     # refs and digests: the recipes' names, the fixtures' digests, and a few edge spellings
     {
         sed -n 's/^name = "\(.*\)"$/\1/p' adapters/*/recipe.toml

@@ -1,7 +1,10 @@
-//! Fuzz bodies for the text inputs: `adapter_config.json`, refs and digests, training recipes
-//! and data, HTTP request bodies, and what an OCI registry sends. See the parent module.
+//! Fuzz bodies for the text inputs: `adapter_config.json`, a base's `config.json`, refs and
+//! digests, training recipes and data, HTTP request bodies, and what an OCI registry sends.
+//! See the parent module.
 
+use crate::base::Arch;
 use crate::digest::Digest;
+use crate::model::family::Build;
 use crate::peft::{classify_key, new_config_json, LoraConfig, NewConfig, KEY_PREFIX};
 use crate::registry::{check_manifest, ArtifactConfig};
 use crate::serve::request::{parse_chat, parse_classify, parse_completion, query_adapter, PromptIn, MAX_TEXTS};
@@ -65,6 +68,43 @@ fn check_ref(s: &str) {
     assert!(r.name.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
     assert!(!r.name.contains(['\\', '\0', ':']) && !r.tag.contains(['/', '\\', '\0', ':']));
     assert!(Path::new(&r.tag).components().all(|c| matches!(c, Component::Normal(_))) && !r.tag.is_empty());
+}
+
+/// A base's `config.json` as loading reads it, before any tensor: the family it names, its
+/// typed config and spec, and what a decoder derives from the spec (head sizes, RoPE
+/// frequencies and their cos/sin scale, which layers are local, windows, the score scale).
+/// Properties: never a panic; a decoder spec whose RoPE loads has finite, non-negative
+/// frequencies and a finite, positive scale.
+pub fn base_config(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+    let Ok(arch) = Arch::detect(&v) else { return };
+    let spec = match arch.family().build {
+        Build::Encoder(spec) => {
+            let _ = spec(&v);
+            return;
+        }
+        Build::Decoder(spec) => spec,
+    };
+    let Ok(s) = spec(&v) else { return };
+    let Ok((_, hd)) = s.cfg.dims() else { return };
+    // a decoder builds its tables once the weights' shapes agree, so a head this wide never
+    // gets that far; the frequencies are not worth gigabytes here
+    if hd > 1 << 16 {
+        return;
+    }
+    if let Ok((global, local)) = s.inv_freqs(hd) {
+        for f in global.iter().chain(local.iter().flatten()) {
+            assert!(f.is_finite() && *f >= 0.0, "a RoPE frequency of {f}");
+        }
+    }
+    if let Ok(Some(m)) = s.rope_mscale() {
+        assert!(m.is_finite() && m > 0.0, "cos and sin scaled by {m}");
+    }
+    for l in 0..s.cfg.num_hidden_layers.min(300) {
+        let local = s.is_local(l);
+        let _ = (s.has_rope(l), s.window_start(local, 7));
+    }
+    let _ = (s.attn_scale(hd), s.slots(), s.rotary_dims(hd), s.layer_norms());
 }
 
 /// Adapter references (`store::Ref::parse`) and digests (`digest::Digest::parse`).

@@ -8,7 +8,7 @@
 mod inputs;
 pub mod mutate;
 
-pub use inputs::{adapter_config, dataset, http_bodies, oci_manifest, recipe, ref_digest};
+pub use inputs::{adapter_config, base_config, dataset, http_bodies, oci_manifest, recipe, ref_digest};
 
 use crate::base::{check_adapter, Arch};
 use crate::model::gguf::{Gguf, LoadDtype};
@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name `scripts/fuzz.sh` and `fuzz/Cargo.toml` give it.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("safetensors", safetensors),
     ("adapter_config", adapter_config),
     ("ref_digest", ref_digest),
@@ -31,6 +31,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("http_bodies", http_bodies),
     ("oci_manifest", oci_manifest),
     ("gguf", gguf),
+    ("base_config", base_config),
 ];
 
 const CONFIG: &[u8] = br#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["query", "value", "q_proj", "v_proj"],

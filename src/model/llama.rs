@@ -231,7 +231,11 @@ impl DecoderSpec {
         }
         let local = local.map(|t| rope_inv_freqs(t, rot));
         let (theta, scaling) = self.cfg.rope()?;
-        Ok((scaling.apply(theta, rope_inv_freqs(theta, rot))?, local))
+        let global = scaling.apply(theta, rope_inv_freqs(theta, rot))?;
+        if let Some(f) = global.iter().chain(local.iter().flatten()).find(|f| !(f.is_finite() && **f >= 0.0)) {
+            return Err(Error::Model(format!("config: these RoPE parameters give a frequency of {f}")));
+        }
+        Ok((global, local))
     }
     /// What the global layers' cos and sin are multiplied by: the family's (Phi-3.5's long
     /// rope), else the RoPE scaling's (YaRN's attention factor).

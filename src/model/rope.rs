@@ -120,10 +120,11 @@ pub fn rope_inv_freqs(theta: f64, head_dim: usize) -> Vec<f32> {
 /// refused by name.
 pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
     let ty = rope_type(p);
+    // the arithmetic runs in f32: a value it cannot hold (0 or infinite there) is refused
     let num = |k: &str| -> Result<f64> {
         match p.get(k).and_then(Value::as_f64) {
-            Some(f) if f > 0.0 && f.is_finite() => Ok(f),
-            other => Err(Error::Model(format!("{ty} rope scaling needs a positive {k}, not {other:?}"))),
+            Some(f) if f > 0.0 && (f as f32).is_normal() => Ok(f),
+            other => Err(Error::Model(format!("{ty} rope scaling needs a positive {k} within f32's range, not {other:?}"))),
         }
     };
     match ty {

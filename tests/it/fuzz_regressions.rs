@@ -111,6 +111,12 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             out
         }
         "adapter_config" => named(&common::fixtures().join(".."), "adapter_config.json").iter().map(|p| read(p)).collect(),
+        // every fixture base's config.json, the shared sets' and loradex's own
+        "base_config" => {
+            let mut v = named(&common::fixtures().join(".."), "config.json");
+            v.extend(named(&root.join("tests/fixtures"), "config.json"));
+            v.iter().filter(|p| p.parent().is_some_and(|d| d.ends_with("base"))).map(|p| read(p)).collect()
+        }
         "ref_digest" => {
             let mut out: Vec<Vec<u8>> = ["en/sentiment", "ko/customer-service:v2", "a.b_c-d/e:1.0", "sha256", "a/../b:x", "a:b:c", "x:"].iter().map(|s| s.as_bytes().to_vec()).collect();
             out.push(loradex::digest::Digest::of(b"x").to_string().into_bytes());
@@ -280,4 +286,42 @@ mod gguf {
         let Err(err) = loradex::model::llama::DecoderSpec::llama(cfg) else { panic!("not refused") };
         assert!(err.to_string().contains("max_position_embeddings"), "{err}");
     }
+}
+
+/// base_config target: RoPE scalings whose numbers are valid f64 but not f32 made infinite
+/// frequencies (a linear factor of 1e-300 is 0 in f32, and every frequency divided by it
+/// infinite). Each is refused naming the key; a huge base (frequencies that round to 0, no
+/// rotation) still loads, with finite frequencies.
+#[test]
+fn rope_scaling_numbers_outside_f32_are_refused() {
+    use loradex::model::family::Build;
+    let base: serde_json::Value = serde_json::from_slice(&std::fs::read(common::fixtures().join("llama-causal-qkvo/base/config.json")).unwrap()).unwrap();
+    let with = |rope: serde_json::Value| {
+        let mut cfg = base.clone();
+        cfg["rope_parameters"] = rope;
+        cfg
+    };
+    let freqs = |cfg: &serde_json::Value| {
+        let Build::Decoder(spec) = Arch::detect(cfg).unwrap().family().build else { panic!("a decoder") };
+        let s = spec(cfg)?;
+        s.inv_freqs(s.cfg.dims()?.1)
+    };
+    for (rope, key) in [
+        (serde_json::json!({"rope_type": "linear", "factor": 1e-300}), "factor"),
+        (serde_json::json!({"rope_type": "linear", "factor": 1e300}), "factor"),
+        (serde_json::json!({"rope_type": "yarn", "factor": 1e300, "original_max_position_embeddings": 16}), "factor"),
+        (serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "attention_factor": 1e300}), "attention_factor"),
+        (serde_json::json!({"rope_type": "llama3", "factor": 1e-300, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), "factor"),
+    ] {
+        let mut rope = rope;
+        rope["rope_theta"] = 10000.0.into();
+        let cfg = with(rope.clone());
+        loradex::fuzzing::base_config(cfg.to_string().as_bytes());
+        let e = freqs(&cfg).expect_err(&format!("{rope} refused")).to_string();
+        assert!(e.contains(key), "{rope}: {e}");
+    }
+    let huge = with(serde_json::json!({"rope_type": "default", "rope_theta": 1e300}));
+    loradex::fuzzing::base_config(huge.to_string().as_bytes());
+    let (global, _) = freqs(&huge).unwrap();
+    assert!(global.iter().all(|f| f.is_finite()) && global[1..].iter().all(|f| *f == 0.0), "{global:?}");
 }
