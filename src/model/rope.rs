@@ -113,7 +113,7 @@ pub fn rope_inv_freqs(theta: f64, head_dim: usize) -> Vec<f32> {
 }
 
 /// One RoPE parameter set (`rope_type`, or the older `type`): `default`, `linear` (a positive
-/// `factor`), `llama3` (`factor`, `low_freq_factor` < `high_freq_factor`,
+/// `factor`), `dynamic` (a positive `factor`; plain frequencies within the context), `llama3` (`factor`, `low_freq_factor` < `high_freq_factor`,
 /// `original_max_position_embeddings`) or `yarn` (`factor`, `original_max_position_embeddings`;
 /// optional `beta_fast` 32, `beta_slow` 1, `truncate` true, and `attention_factor`, else
 /// transformers' default from `factor`, `mscale` and `mscale_all_dim`); other types are
@@ -136,6 +136,13 @@ pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
                 return Err(Error::Model(format!("llama3 rope scaling: high_freq_factor {high} is not above low_freq_factor {low}")));
             }
             Ok(RopeScaling::Llama3 { factor: num("factor")?, low, high, original: num("original_max_position_embeddings")? })
+        }
+        // transformers rescales dynamic NTK RoPE only past max_position_embeddings; up to it
+        // the frequencies are the plain ones, bit for bit, and loradex admits no position past
+        // it (a request that would reach one is refused)
+        "dynamic" => {
+            num("factor")?;
+            Ok(RopeScaling::None)
         }
         "yarn" => {
             let factor = num("factor")?;
@@ -163,7 +170,7 @@ pub(crate) fn rope_scaling(p: &Value) -> Result<RopeScaling> {
             };
             Ok(RopeScaling::Yarn { factor, original: num("original_max_position_embeddings")?, beta_fast, beta_slow, truncate, attention })
         }
-        other => Err(Error::Model(format!("rope_type {other:?} is not supported (default, linear, llama3 or yarn)"))),
+        other => Err(Error::Model(format!("rope_type {other:?} is not supported (default, linear, dynamic, llama3 or yarn)"))),
     }
 }
 

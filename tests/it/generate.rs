@@ -754,7 +754,8 @@ fn malformed_decoder_configs_are_errors_naming_the_problem() {
         ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 4.0}), "original_max_position_embeddings"),
         ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "truncate": "yes"}), "truncate"),
         ("rope_parameters", serde_json::json!({"rope_type": "yarn", "factor": -2.0, "original_max_position_embeddings": 16}), "factor"),
-        ("rope_parameters", serde_json::json!({"rope_type": "dynamic", "factor": 2.0}), "\"dynamic\" is not supported"),
+        ("rope_parameters", serde_json::json!({"rope_type": "longrope", "factor": 2.0}), "\"longrope\" is not supported"),
+        ("rope_parameters", serde_json::json!({"rope_type": "dynamic", "factor": 0.0}), "factor"),
         ("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": -5.0}), "rope_theta"),
         ("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": 1.0}), "rope_theta"),
     ] {
@@ -772,6 +773,30 @@ fn malformed_decoder_configs_are_errors_naming_the_problem() {
         };
         assert!(err.contains(want), "{key}: {err}");
     }
+}
+
+/// Dynamic NTK RoPE (`rope_type` `dynamic`): transformers rescales it only past
+/// `max_position_embeddings`, which loradex never admits, so within the context it is the
+/// plain RoPE: the fixture base with that scaling gives its own logits bit for bit (and so
+/// PEFT's), and keeps its context length.
+#[test]
+fn dynamic_rope_within_the_context_is_the_plain_rope() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = llama().join("base");
+    let d = tmp.path().join("dynamic");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(base.join(f), d.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let theta = cfg.get("rope_parameters").and_then(|p| p.get("rope_theta")).or(cfg.get("rope_theta")).cloned().unwrap_or(10000.0.into());
+    cfg["rope_parameters"] = serde_json::json!({"rope_type": "dynamic", "factor": 4.0, "rope_theta": theta});
+    std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    let (plain, dynamic) = (cpu_engine(&base), cpu_engine(&d));
+    let ids = plain.prompt_ids(&Prompt::Text("terrible service never again, where is my refund?".into())).unwrap();
+    assert_eq!(position_logits(&dynamic, &ids, None, 1), position_logits(&plain, &ids, None, 1));
+    let ctx = |e: &Engine| e.decoder.as_ref().unwrap().max_positions();
+    assert_eq!(ctx(&dynamic), ctx(&plain));
 }
 
 #[test]
