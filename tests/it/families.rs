@@ -422,6 +422,29 @@ fn load_err(dir: &Path) -> String {
     }
 }
 
+/// An OLMo 3 config in the older style (`rope_theta`, and `rope_scaling` for the full layers
+/// only, as transformers reads it) runs as the same config written per layer type.
+#[test]
+fn olmo3_older_style_rope_config_reads_as_per_layer_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = case("olmo3-causal").join("base");
+    edited_base(&src, &tmp.path().join("old").join("base"), |cfg, _| {
+        let mut full = cfg["rope_parameters"]["full_attention"].clone();
+        let theta = full["rope_theta"].take();
+        full.as_object_mut().unwrap().remove("rope_theta");
+        cfg.as_object_mut().unwrap().remove("rope_parameters");
+        (cfg["rope_theta"], cfg["rope_scaling"]) = (theta, full);
+    });
+    let (new, old) = (engine(&case("olmo3-causal")), engine(&tmp.path().join("old")));
+    let ids = new.prompt_ids(&loradex::model::Prompt::Text("terrible service never again, where is my refund?".into())).unwrap();
+    let run = |e: &Engine| {
+        let dec = e.decoder.as_ref().unwrap();
+        let mut cache = dec.cache(ids.len(), None);
+        dec.step(&mut [Row { tokens: &ids, cache: &mut cache, adapter: None }]).unwrap()
+    };
+    assert_eq!(run(&old), run(&new));
+}
+
 /// OLMo 3 configs the decoder cannot run are refused by name: RoPE scaling on the sliding
 /// layers, a sliding RoPE base that cannot rotate, layer types of an unknown kind.
 #[test]

@@ -56,7 +56,8 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
         }
         None => {
             c.common.rope_theta = Some(theta);
-            theta
+            // one base for both kinds: the one the full layers read
+            c.common.rope()?.0
         }
     };
     let mut spec = olmo2::spec_of(c.common)?;
