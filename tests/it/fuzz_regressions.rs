@@ -325,3 +325,22 @@ fn rope_scaling_numbers_outside_f32_are_refused() {
     let (global, _) = freqs(&huge).unwrap();
     assert!(global.iter().all(|f| f.is_finite()) && global[1..].iter().all(|f| *f == 0.0), "{global:?}");
 }
+
+/// base_config target (2.4M runs in): an OLMo 3 config whose per-layer-type RoPE parameters
+/// held an array for `full_attention` panicked when its base was filled in (serde_json's
+/// index on a non-object). Refused by name, for either kind.
+#[test]
+fn olmo3_rope_parameters_that_are_not_objects_are_refused() {
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmo3-causal/base/config.json")).unwrap()).unwrap();
+    for kind in ["full_attention", "sliding_attention"] {
+        let mut c = cfg.clone();
+        c["rope_parameters"][kind] = serde_json::json!(["Olmo3ForCausalLM"]);
+        loradex::fuzzing::base_config(c.to_string().as_bytes());
+        let loradex::model::family::Build::Decoder(spec) = Arch::detect(&c).unwrap().family().build else { panic!("a decoder") };
+        let e = spec(&c).expect_err("refused").to_string();
+        assert!(e.contains(kind) && e.contains("not an object"), "{e}");
+    }
+    // and the fixture itself still reads
+    cfg["rope_parameters"]["sliding_attention"]["rope_theta"] = 500000.0.into();
+    loradex::fuzzing::base_config(cfg.to_string().as_bytes());
+}

@@ -40,6 +40,12 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
     let theta = c.common.rope_theta.unwrap_or(DEFAULT_THETA);
     let local_theta = match per_type {
         Some(p) => {
+            // each kind's parameters are an object (indexing anything else would panic)
+            for kind in ["full_attention", "sliding_attention"] {
+                if p.get(kind).is_some_and(|k| !k.is_object()) {
+                    return Err(bad(format!("rope_parameters.{kind} is not an object")));
+                }
+            }
             let local_theta = match p.get("sliding_attention") {
                 None => theta,
                 Some(s) => match rope_scaling(s).map_err(|e| bad(format!("sliding_attention: {e}")))? {
