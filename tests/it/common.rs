@@ -15,6 +15,15 @@ pub fn fixtures() -> PathBuf {
     assert!(p.is_dir(), "PEFT fixtures not found at {}", p.display());
     p
 }
+/// A case of the shared second set, or of loradex's own (`tests/fixtures/`, made the same way
+/// by `scripts/make-fixtures3.py`).
+pub fn case(name: &str) -> PathBuf {
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    if own.is_dir() {
+        return own;
+    }
+    fixtures().join("../peft2").join(name)
+}
 pub fn bert() -> PathBuf {
     fixtures().join("bert-seqcls-qv")
 }

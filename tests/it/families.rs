@@ -12,16 +12,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A case of the shared second set, or of loradex's own (`tests/fixtures/`, made the same way
-/// by `scripts/make-fixtures3.py`).
-fn case(name: &str) -> PathBuf {
-    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    if own.is_dir() {
-        return own;
-    }
-    fixtures().join("../peft2").join(name)
-}
-
 fn engine(case: &Path) -> Engine {
     Engine::load(BaseDir::open_dir(&case.join("base")).unwrap(), device()).unwrap()
 }

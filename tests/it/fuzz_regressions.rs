@@ -331,7 +331,7 @@ fn rope_scaling_numbers_outside_f32_are_refused() {
 /// index on a non-object). Refused by name, for either kind.
 #[test]
 fn olmo3_rope_parameters_that_are_not_objects_are_refused() {
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmo3-causal/base/config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(common::case("olmo3-causal").join("base/config.json")).unwrap()).unwrap();
     for kind in ["full_attention", "sliding_attention"] {
         let mut c = cfg.clone();
         c["rope_parameters"][kind] = serde_json::json!(["Olmo3ForCausalLM"]);

@@ -486,10 +486,11 @@ fn f32_gguf_matches(base: &Path, adapter: &Path, arch: &str, family: &str, out: 
     (g, a_g)
 }
 
-/// A GGUF of fixture `case` written as llama.cpp's converter for `arch` would loads as
+/// A GGUF of fixture case `name` written as llama.cpp's converter for `arch` would loads as
 /// `family`: bit for bit the safetensors base's logits in f32, with and without the PEFT
 /// fixture adapter, PEFT's greedy ids, and within `q8_tol` with Q8_0 projections.
-fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path, q8_tol: f32) -> PathBuf {
+fn gguf_matches_safetensors(name: &str, arch: &str, family: &str, tmp: &Path, q8_tol: f32) -> PathBuf {
+    let case = &case(name);
     let st = cpu_engine(&case.join("base"));
     let a_st = load_adapter(&st, &case.join("adapter"));
     let exp = expected(case);
@@ -517,7 +518,7 @@ fn gguf_matches_safetensors(case: &Path, arch: &str, family: &str, tmp: &Path, q
 #[test]
 fn a_qwen2_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = gguf_matches_safetensors(&fixtures().join("../peft2/qwen2-causal"), "qwen2", "qwen2", tmp.path(), 0.02);
+    let p = gguf_matches_safetensors("qwen2-causal", "qwen2", "qwen2", tmp.path(), 0.02);
     let g2 = std::fs::read(&p).unwrap();
     let at = g2.windows(5).position(|w| w == b"qwen2").unwrap();
     let mut bad = g2.clone();
@@ -531,7 +532,7 @@ fn a_qwen2_gguf_base_matches_its_safetensors() {
 #[test]
 fn a_qwen3_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3-causal"), "qwen3", "qwen3", tmp.path(), 0.02);
+    gguf_matches_safetensors("qwen3-causal", "qwen3", "qwen3", tmp.path(), 0.02);
 }
 
 /// A Llama 3.1-style GGUF (its RoPE scaling baked into `rope_freqs.weight`, as llama.cpp's
@@ -540,7 +541,7 @@ fn a_qwen3_gguf_base_matches_its_safetensors() {
 #[test]
 fn a_llama3_rope_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3-rope-causal"), "llama", "llama", tmp.path(), 0.02);
+    gguf_matches_safetensors("llama3-rope-causal", "llama", "llama", tmp.path(), 0.02);
 }
 
 /// A Phi-3.5-style GGUF (long-rope factors as `rope_factors_short/long.weight`, the attention
@@ -551,7 +552,7 @@ fn a_llama3_rope_gguf_base_matches_its_safetensors() {
 fn a_phi3_longrope_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     // (Q8_0: this wider base with its random adapter moves by 0.023; the 32-wide Phi-3 by 0.015)
-    let p = gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phi3-longrope-causal"), "phi3", "phi3", tmp.path(), 0.03);
+    let p = gguf_matches_safetensors("phi3-longrope-causal", "phi3", "phi3", tmp.path(), 0.03);
     let g = Engine::load_with(BaseDir::open(p.to_str().unwrap()).unwrap(), Device::Cpu, LoadDtype::F32).unwrap();
     assert_eq!(g.decoder.as_ref().unwrap().max_positions(), 64, "past the original context the long factors would take over");
 }
@@ -564,7 +565,7 @@ fn a_phi3_partial_rotary_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     // (Q8_0: rounding this base's weights alone moves its logits with the fixture's random
     // adapter by 0.034 in transformers; loradex's 8-bit activations add a little)
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phi3-partial-causal"), "phi3", "phi3", tmp.path(), 0.05);
+    gguf_matches_safetensors("phi3-partial-causal", "phi3", "phi3", tmp.path(), 0.05);
 }
 
 /// A SmolLM3 GGUF (Llama's converter, so q/k rows interleaved; llama.cpp leaves RoPE out of
@@ -573,7 +574,7 @@ fn a_phi3_partial_rotary_gguf_base_matches_its_safetensors() {
 fn a_smollm3_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     // (Q8_0: 0.022 here, the 64-wide fixtures' level, against 0.015 for the 32-wide ones)
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm3-causal"), "smollm3", "smollm3", tmp.path(), 0.03);
+    gguf_matches_safetensors("smollm3-causal", "smollm3", "smollm3", tmp.path(), 0.03);
 }
 
 /// A Granite GGUF (the four multipliers as `granite.embedding_scale`, `residual_scale`,
@@ -582,7 +583,7 @@ fn a_smollm3_gguf_base_matches_its_safetensors() {
 #[test]
 fn a_granite_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/granite-causal"), "granite", "granite", tmp.path(), 0.03);
+    gguf_matches_safetensors("granite-causal", "granite", "granite", tmp.path(), 0.03);
 }
 
 /// An OLMo 2 GGUF (`post_attention_norm` and `post_ffw_norm` only, whole-width
@@ -591,7 +592,7 @@ fn a_granite_gguf_base_matches_its_safetensors() {
 #[test]
 fn an_olmo2_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/olmo2-causal"), "olmo2", "olmo2", tmp.path(), 0.03);
+    gguf_matches_safetensors("olmo2-causal", "olmo2", "olmo2", tmp.path(), 0.03);
 }
 
 /// A Gemma 2 GGUF (its sandwich norms under llama.cpp's names, the soft caps as
@@ -603,7 +604,7 @@ fn a_gemma2_gguf_base_matches_its_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
     // Q8_0's rounding of this base moves its logits with the fixture's random adapter by
     // 0.077 in transformers too (measured); the soft caps keep them within 0.4
-    gguf_matches_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma2-causal"), "gemma2", "gemma2", tmp.path(), 0.1);
+    gguf_matches_safetensors("gemma2-causal", "gemma2", "gemma2", tmp.path(), 0.1);
 }
 
 /// Gemma and Phi-3 GGUFs (and a Mistral, which llama.cpp writes as `llama`) load as their
@@ -614,8 +615,8 @@ fn a_gemma2_gguf_base_matches_its_safetensors() {
 #[test]
 fn gemma_phi3_and_mistral_gguf_bases_match_their_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    for (case, arch, family) in [("gemma-causal", "gemma", "gemma"), ("phi3-causal", "phi3", "phi3"), ("mistral-causal", "llama", "llama")] {
-        gguf_matches_safetensors(&fixtures().join("../peft2").join(case), arch, family, tmp.path(), 0.02);
+    for (name, arch, family) in [("gemma-causal", "gemma", "gemma"), ("phi3-causal", "phi3", "phi3"), ("mistral-causal", "llama", "llama")] {
+        gguf_matches_safetensors(name, arch, family, tmp.path(), 0.02);
     }
 }
 
@@ -637,7 +638,7 @@ fn a_gemma3_gguf_base_matches_its_safetensors_with_llama_cpp_layer_pattern() {
 }
 
 fn gemma3_gguf_case(name: &str, tmp: &Path) {
-    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let case = case(name);
     let base = tmp.join("base6");
     std::fs::create_dir_all(&base).unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
