@@ -17,13 +17,19 @@ pub struct Config {
     pub hidden_activation: Option<String>,
 }
 
+/// Gemma's MLP activation as transformers reads it (`hidden_activation`, else `hidden_act`,
+/// else `gelu_pytorch_tanh`), which must be GeGLU's. Shared by Gemma 2 and 3.
+pub(super) fn gemma_act(hidden_activation: Option<&str>, hidden_act: Option<&str>, bad: impl Fn(String) -> Error) -> Result<MlpAct> {
+    let act = MlpAct::parse(Some(hidden_activation.or(hidden_act).unwrap_or("gelu_pytorch_tanh")))?;
+    if act != MlpAct::GeluTanh {
+        return Err(bad(format!("activation {act:?} is not Gemma's (gelu_pytorch_tanh)")));
+    }
+    Ok(act)
+}
+
 fn spec(v: &Value) -> Result<DecoderSpec> {
     let c: Config = parse("gemma", v)?;
-    let act = c.hidden_activation.as_deref().or(c.common.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh");
-    let act = MlpAct::parse(Some(act))?;
-    if act != MlpAct::GeluTanh {
-        return Err(Error::Model(format!("gemma config: activation {act:?} is not Gemma's (gelu_pytorch_tanh)")));
-    }
+    let act = gemma_act(c.hidden_activation.as_deref(), c.common.hidden_act.as_deref(), |what| Error::Model(format!("gemma config: {what}")))?;
     c.common.dims()?;
     Ok(DecoderSpec { cfg: c.common, opts: DecoderOpts { norm_plus_one: true, embed_scale: true, act, ..Default::default() } })
 }

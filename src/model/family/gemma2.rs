@@ -11,9 +11,10 @@
 //! rules are Gemma 3's (`gemma3`).
 
 use super::gemma3::{cap, local_layers, query_scale};
+use super::gemma::gemma_act;
 use super::{parse, Family};
 use crate::error::{Error, Result};
-use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, RopeScaling};
+use crate::model::llama::{Config as Common, DecoderOpts, DecoderSpec, LocalLayers, RopeScaling};
 use serde_json::Value;
 
 pub static FAMILY: Family = Family::decoder("gemma2", &["gemma2"], "Gemma2ForCausalLM", spec);
@@ -42,10 +43,7 @@ fn bad(what: String) -> Error {
 
 fn spec(v: &Value) -> Result<DecoderSpec> {
     let c: Config = parse("gemma2", v)?;
-    let act = MlpAct::parse(Some(c.hidden_activation.as_deref().or(c.common.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh")))?;
-    if act != MlpAct::GeluTanh {
-        return Err(bad(format!("activation {act:?} is not Gemma's (gelu_pytorch_tanh)")));
-    }
+    let act = gemma_act(c.hidden_activation.as_deref(), c.common.hidden_act.as_deref(), bad)?;
     // transformers' default: layer 0 local, then every other one
     let (mask, window) = local_layers(c.layer_types.as_deref(), c.common.num_hidden_layers, c.sliding_window, |i| i % 2 == 0, bad)?;
     let (theta, scaling) = c.common.rope()?;

@@ -13,9 +13,10 @@
 //! logits (Gemma 2's, off in Gemma 3's releases) are applied where a config asks for them;
 //! bidirectional attention is refused rather than ignored.
 
+use super::gemma::gemma_act;
 use super::{parse, Family};
 use crate::error::{Error, Result};
-use crate::model::llama::{rope_scaling, Config as Common, RopeScaling, DecoderOpts, DecoderSpec, LocalLayers, MlpAct, MAX_LOCAL_LAYERS};
+use crate::model::llama::{rope_scaling, Config as Common, RopeScaling, DecoderOpts, DecoderSpec, LocalLayers, MAX_LOCAL_LAYERS};
 use serde_json::Value;
 
 pub static FAMILY: Family = Family::decoder("gemma3", &["gemma3_text"], "Gemma3ForCausalLM", spec);
@@ -110,10 +111,7 @@ pub(super) fn cap(v: Option<f64>, what: &str, bad: impl Fn(String) -> Error) -> 
 
 fn spec(v: &Value) -> Result<DecoderSpec> {
     let mut c: Config = parse("gemma3_text", v)?;
-    let act = MlpAct::parse(Some(c.hidden_activation.as_deref().or(c.common.hidden_act.as_deref()).unwrap_or("gelu_pytorch_tanh")))?;
-    if act != MlpAct::GeluTanh {
-        return Err(bad(format!("activation {act:?} is not Gemma's (gelu_pytorch_tanh)")));
-    }
+    let act = gemma_act(c.hidden_activation.as_deref(), c.common.hidden_act.as_deref(), bad)?;
     if c.use_bidirectional_attention {
         return Err(bad("bidirectional attention is not supported (causal LMs only)".into()));
     }
