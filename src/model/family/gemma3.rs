@@ -89,6 +89,24 @@ pub(super) fn local_layers(
     Ok((mask, window))
 }
 
+/// transformers 5's RoPE parameters keyed by layer type (`full_attention`,
+/// `sliding_attention`), where a config's `rope_parameters` is so keyed. Shared with OLMo 3.
+pub(super) fn per_layer_type(common: &Common) -> Option<&Value> {
+    common.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some())
+}
+
+/// One layer kind's RoPE base and scaling in `per_layer_type`'s parameters: its own
+/// `rope_theta`, else `default`; plain at `default` where the config leaves the kind out. Its
+/// parameters must be an object. Shared with OLMo 3.
+pub(super) fn kind_rope(p: &Value, kind: &str, default: f64, bad: impl Fn(String) -> Error) -> Result<(f64, RopeScaling)> {
+    let Some(k) = p.get(kind) else { return Ok((default, RopeScaling::None)) };
+    if !k.is_object() {
+        return Err(bad(format!("rope_parameters.{kind} is not an object")));
+    }
+    let theta = k.get("rope_theta").and_then(Value::as_f64).unwrap_or(default);
+    Ok((theta, rope_scaling(k).map_err(|e| bad(format!("{kind}: {e}")))?))
+}
+
 /// `query_pre_attn_scalar` as the whole number the spec keeps (`None`: `head_dim`'s).
 pub(super) fn query_scale(s: Option<f64>, bad: impl Fn(String) -> Error) -> Result<Option<u32>> {
     match s {
@@ -122,13 +140,11 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
     }
     let (mask, window) = local_layers(c.layer_types.as_deref(), layers, c.sliding_window, |i| (i + 1) % p.max(1) != 0, bad)?;
     // RoPE bases: per layer type (transformers 5), or rope_theta and rope_local_base_freq
-    let per_type = c.common.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some()).cloned();
-    let (global, local) = match per_type {
+    let (global, local) = match per_layer_type(&c.common).cloned() {
         Some(p) => {
             let set = |kind: &str, default: f64| -> Result<(f64, f64)> {
-                let Some(k) = p.get(kind) else { return Ok((default, 1.0)) };
-                let theta = k.get("rope_theta").and_then(Value::as_f64).unwrap_or(default);
-                match rope_scaling(k).map_err(|e| bad(format!("{kind}: {e}")))? {
+                let (theta, scaling) = kind_rope(&p, kind, default, bad)?;
+                match scaling {
                     RopeScaling::None => Ok((theta, 1.0)),
                     RopeScaling::Linear(f) => Ok((theta, f)),
                     other => Err(bad(format!("{kind}: rope scaling {other:?} (default or linear)"))),

@@ -4,11 +4,11 @@
 //! own RoPE parameters: the full layers' may be scaled (YaRN, in the long-context releases),
 //! the sliding ones' are plain. Parses its config and maps it onto the shared decoder.
 
-use super::gemma3::local_layers;
+use super::gemma3::{kind_rope, local_layers, per_layer_type};
 use super::{olmo2, parse, Family};
 use crate::error::{Error, Result};
 use crate::model::llama::{Config as Common, DecoderSpec, LocalLayers};
-use crate::model::rope::{rope_scaling, RopeScaling};
+use crate::model::rope::RopeScaling;
 use serde_json::Value;
 
 pub static FAMILY: Family = Family::decoder("olmo3", &["olmo3"], "Olmo3ForCausalLM", spec);
@@ -36,28 +36,16 @@ fn spec(v: &Value) -> Result<DecoderSpec> {
     let (mask, window) = local_layers(c.layer_types.as_deref(), layers, c.sliding_window, |i| (i + 1) % 4 != 0, bad)?;
     // RoPE per layer type (transformers 5), or the older rope_theta and rope_scaling, whose
     // scaling is the full layers' only
-    let per_type = c.common.rope_parameters.as_ref().filter(|p| p.get("full_attention").is_some() || p.get("sliding_attention").is_some()).cloned();
     let theta = c.common.rope_theta.unwrap_or(DEFAULT_THETA);
-    let local_theta = match per_type {
+    let local_theta = match per_layer_type(&c.common).cloned() {
         Some(p) => {
-            // each kind's parameters are an object (indexing anything else would panic)
-            for kind in ["full_attention", "sliding_attention"] {
-                if p.get(kind).is_some_and(|k| !k.is_object()) {
-                    return Err(bad(format!("rope_parameters.{kind} is not an object")));
-                }
+            let (local_theta, sliding) = kind_rope(&p, "sliding_attention", theta, bad)?;
+            if sliding != RopeScaling::None {
+                return Err(bad("rope scaling on the sliding-window layers is not supported".into()));
             }
-            let local_theta = match p.get("sliding_attention") {
-                None => theta,
-                Some(s) => match rope_scaling(s).map_err(|e| bad(format!("sliding_attention: {e}")))? {
-                    RopeScaling::None => s.get("rope_theta").and_then(Value::as_f64).unwrap_or(theta),
-                    _ => return Err(bad("rope scaling on the sliding-window layers is not supported".into())),
-                },
-            };
-            let mut full = p.get("full_attention").cloned().unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
-            if full.get("rope_theta").is_none() {
-                full["rope_theta"] = theta.into();
-            }
-            (c.common.rope_parameters, c.common.rope_scaling) = (Some(full), None);
+            // the full layers' set as the config's own (its scaling parsed where it is used)
+            let (full_theta, _) = kind_rope(&p, "full_attention", theta, bad)?;
+            (c.common.rope_parameters, c.common.rope_scaling, c.common.rope_theta) = (p.get("full_attention").cloned(), None, Some(full_theta));
             local_theta
         }
         None => {
