@@ -50,7 +50,9 @@ impl Cache {
     /// `keep`) whenever requests let their adapters go, so the budget holds once they finish.
     pub fn trim(&mut self, keep: Option<&Digest>) -> Vec<Digest> {
         let mut evicted = vec![];
-        while self.resident_bytes() > self.budget {
+        // summed once (an adapter's bytes walk its pairs), then less each one evicted
+        let mut resident = self.resident_bytes();
+        while resident > self.budget {
             let victim = self
                 .entries
                 .iter()
@@ -59,7 +61,9 @@ impl Cache {
                 .map(|(k, _)| *k);
             match victim {
                 Some(v) => {
-                    self.entries.remove(&v);
+                    if let Some(e) = self.entries.remove(&v) {
+                        resident = resident.saturating_sub(e.adapter.resident_bytes());
+                    }
                     evicted.push(v);
                 }
                 None => break, // everything else is in use: over budget until requests finish
