@@ -46,6 +46,27 @@ std::thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The register-widening f16 kernels, which give the same bits: `attend_group` runs the widest
+/// this CPU has unless a thread asks otherwise (`with_f16_kernel`, for tests and comparisons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F16Kernel {
+    Avx2,
+    Avx512,
+}
+
+std::thread_local! {
+    static F16_KERNEL: std::cell::Cell<Option<F16Kernel>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with this thread's `attend_group` on `k`'s f16 kernel where it fits (AVX-512 only
+/// where the CPU has it: otherwise AVX2 runs anyway).
+pub fn with_f16_kernel<R>(k: F16Kernel, f: impl FnOnce() -> R) -> R {
+    let before = F16_KERNEL.replace(Some(k));
+    let r = f();
+    F16_KERNEL.set(before);
+    r
+}
+
 /// f16 bits to f32 (exact), `dst.len()` values.
 pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
     if has_avx2() {
@@ -62,8 +83,8 @@ pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
 /// `off..off + hd`; `out` is `[heads, hd]`. Each head's output is exactly `attend`'s over the same
 /// values in f32. An f16 cache is read once per group, not once per head: with AVX2, `hd` a
 /// multiple of 16 and up to 4 heads, each run of keys or values is widened in registers for all
-/// heads (`avx::attend_f16`); otherwise its rows are widened into a contiguous scratch that
-/// every head then reads from the CPU's cache.
+/// heads (`avx::attend_f16`, or `attend512`'s build of it with AVX-512); otherwise its rows
+/// are widened into a contiguous scratch that every head then reads from the CPU's cache.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, off: usize, hi: usize, scale: Scores, out: &mut [f32]) {
     let heads = q.len() / hd.max(1);
@@ -82,6 +103,16 @@ pub fn attend_group(q: &[f32], hd: usize, k: KvRows, v: KvRows, stride: usize, o
                 // SAFETY: AVX2, FMA and F16C were detected; the assert above bounds every row
                 // read (positions 0..=hi, columns off..off + hd within a stride); s and out are sized.
                 unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if super::attend512::supported() && F16_KERNEL.get() != Some(F16Kernel::Avx2) {
+                        use super::attend512::attend_f16 as wide;
+                        return match heads {
+                            1 => wide::<1>(q, hd, k16, v16, stride, off, scale, s, out),
+                            2 => wide::<2>(q, hd, k16, v16, stride, off, scale, s, out),
+                            3 => wide::<3>(q, hd, k16, v16, stride, off, scale, s, out),
+                            _ => wide::<4>(q, hd, k16, v16, stride, off, scale, s, out),
+                        };
+                    }
                     match heads {
                         1 => avx::attend_f16::<1>(q, hd, k16, v16, stride, off, scale, s, out),
                         2 => avx::attend_f16::<2>(q, hd, k16, v16, stride, off, scale, s, out),
@@ -145,11 +176,30 @@ pub(crate) fn softmax_in_place(s: &mut [f32], cap: Option<f32>) {
     if let Some(c) = cap {
         s.iter_mut().for_each(|e| *e = super::llama::softcap(*e, c));
     }
-    let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    // The max and the sum run in 8 lanes: one running value each was a chain of dependent
+    // instructions as long as the sequence, most of a decode step's attention (perf, 16 streams
+    // of SmolLM2). The max is the same in any order; the sum's order is fixed here (lane i
+    // takes every eighth value, then the lanes in pairs, then the tail), the same on every path.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut runs = s.chunks_exact(8);
+    for r in &mut runs {
+        for i in 0..8 {
+            lanes[i] = lanes[i].max(r[i]);
+        }
+    }
+    let m = runs.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     for e in s.iter_mut() {
         *e = super::bert_cpu::exp_neg(*e - m);
     }
-    let sum: f32 = s.iter().sum();
+    let mut lanes = [0f32; 8];
+    let mut runs = s.chunks_exact(8);
+    for r in &mut runs {
+        for i in 0..8 {
+            lanes[i] += r[i];
+        }
+    }
+    let l = lanes;
+    let sum = runs.remainder().iter().fold(((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])), |a, &b| a + b);
     let inv = 1.0 / sum;
     s.iter_mut().for_each(|e| *e *= inv);
 }

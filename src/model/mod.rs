@@ -3,6 +3,7 @@
 //! rows each choose an adapter. Also merges adapters into the weights and writes merged model
 //! directories. Reads adapters from bytes; finding them (store or directory) is `resolve`'s job.
 
+pub mod attend512;
 pub mod attention;
 pub mod bert;
 pub mod bert_cpu;

@@ -230,13 +230,15 @@ fn attention_matches_a_plain_softmax_over_every_length() {
 
 #[test]
 fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches() {
+    use loradex::model::attention::{with_f16_kernel, F16Kernel};
     use loradex::model::quant::{attend, attend_group, KvRows, Scores};
     let mut rng = Lcg(23);
     // (head dim, query heads per key/value head): the register-widening path takes head dims
     // that are multiples of 16 and 1 to 4 heads; the others go through the widened scratch
     let shapes = [(64, 3), (64, 1), (32, 4), (128, 2), (64, 5), (40, 3)];
     let scores = [Scores::scaled(0.125), Scores { scale: 0.125, cap: Some(0.5) }];
-    for ((len, (hd, rep)), sc) in [1usize, 7, 8, 33].into_iter().flat_map(|l| shapes.map(|s| (l, s))).flat_map(|c| scores.map(|sc| (c, sc))) {
+    // lengths about the AVX-512 kernel's blocks of 16 positions too
+    for ((len, (hd, rep)), sc) in [1usize, 7, 8, 15, 16, 17, 33, 100].into_iter().flat_map(|l| shapes.map(|s| (l, s))).flat_map(|c| scores.map(|sc| (c, sc))) {
         let (kvh, stride) = (2, 3 * hd);
         let q: Vec<f32> = (0..rep * hd).map(|_| rng.unit()).collect();
         let k: Vec<f32> = (0..len * stride).map(|_| rng.unit()).collect();
@@ -256,8 +258,12 @@ fn grouped_attention_equals_one_head_at_a_time_over_f32_and_widened_f16_caches()
         let h = |x: &[f32]| -> Vec<u16> { x.iter().map(|v| half::f16::from_f32(*v).to_bits()).collect() };
         let w = |x: &[u16]| -> Vec<f32> { x.iter().map(|b| half::f16::from_bits(*b).to_f32()).collect() };
         let (k16, v16) = (h(&k), h(&v));
-        attend_group(&q, hd, KvRows::F16(&k16), KvRows::F16(&v16), stride, off, len - 1, sc, &mut got);
-        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), one(&w(&k16), &w(&v16)), "f16 cache, {len} positions, hd {hd} x {rep}, {sc:?}");
+        let want = one(&w(&k16), &w(&v16));
+        // each register-widening kernel (AVX-512 falls back to AVX2 where the CPU lacks it)
+        for kernel in [F16Kernel::Avx2, F16Kernel::Avx512] {
+            with_f16_kernel(kernel, || attend_group(&q, hd, KvRows::F16(&k16), KvRows::F16(&v16), stride, off, len - 1, sc, &mut got));
+            assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "f16 cache, {kernel:?}, {len} positions, hd {hd} x {rep}, {sc:?}");
+        }
     }
 }
 
