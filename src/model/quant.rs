@@ -347,18 +347,22 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// Output rows per parallel task for `n` token rows: about four tasks per thread (a 192-row
-/// projection in 64-row tasks left one of two threads idle a third of the time), a multiple of
-/// 8 (`qx8` groups); of 16 where the wide kernels take the groups in pairs, since a task of an
-/// odd number of groups (72 rows of a 576-row projection, 24 of a 192-row one) ran its last
-/// group on the 4-token kernel, a ninth to a third of those projections' work.
-fn chunk_rows(rows: usize, n: usize) -> usize {
+/// The parallel tasks' output row ranges for `n` token rows: about four tasks per thread (a
+/// 192-row projection in 64-row tasks left one of two threads idle a third of the time), of at
+/// most 256 rows, in multiples of 8 (`qx8` groups); of 16 where the wide kernels take the groups
+/// in pairs, since a task of an odd number of groups (72 rows of a 576-row projection, 24 of a
+/// 192-row one) ran its last group on the 4-token kernel, a ninth to a third of those
+/// projections' work. The units are shared out evenly (sizes differ by one unit at most): a
+/// 576-row projection in nine tasks of 64 rows left one thread a whole task alone at the end.
+fn row_tasks(rows: usize, n: usize) -> impl Iterator<Item = (usize, usize)> {
     let unit = if kernels_for(n).wide { 16 } else { 8 };
-    (rows / (rayon::current_num_threads() * 4) / unit * unit).clamp(unit, 256)
+    let units = rows.div_ceil(unit);
+    let parts = (rayon::current_num_threads() * 4).min(units).max(units.div_ceil(256 / unit)).max(1);
+    (0..parts).map(move |p| ((p * units / parts * unit).min(rows), ((p + 1) * units / parts * unit).min(rows)))
 }
 
 /// Which kernels `chunk` runs repacked groups on for `n` tokens: the wide kernels' group pairs
-/// (`wide`), and among those AMX tiles for whole chunks of 16 tokens (`tiles`). `chunk_rows`
+/// (`wide`), and among those AMX tiles for whole chunks of 16 tokens (`tiles`). `row_tasks`
 /// sizes tasks and `x8_steps` counts steps by the same choice.
 #[derive(Clone, Copy)]
 struct Kernels {
@@ -406,8 +410,7 @@ pub fn matmul_many(act: &Act, jobs: &mut [Job]) -> Result<()> {
     let ptrs: Vec<SendPtr> = jobs.iter_mut().map(|j| SendPtr(j.y.as_mut_ptr())).collect();
     let mut tasks = vec![];
     for (ji, j) in jobs.iter().enumerate() {
-        let ch = chunk_rows(j.w.rows, n);
-        tasks.extend((0..j.w.rows.div_ceil(ch)).map(|c| (ji, c * ch, ((c + 1) * ch).min(j.w.rows))));
+        tasks.extend(row_tasks(j.w.rows, n).map(|(o0, o1)| (ji, o0, o1)));
     }
     let jobs = &*jobs;
     let ptrs = &ptrs;
