@@ -14,7 +14,8 @@ use super::llama::{Config, DecoderOpts, DecoderSpec};
 use super::lora::LoadedAdapter;
 use super::lora_slots::Copies;
 use super::attention::attend_group;
-use super::quant::{matmul, matmul_many, Act, Job, LowRank, QWeight};
+use super::quant::{matmul, matmul_many, quantize_row, Act, Job, LowRank, QWeight, QK};
+use super::rowwise::{add_bias, add_residual, blocks_for, gate_rows, pre_norm, qk_rows, rms_norm_in_place, rms_norm_rows, Rotary};
 use super::factors8::FactorDtype;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -323,10 +324,15 @@ impl Decoder {
         let eps = self.cfg.rms_norm_eps as f32;
         let scale = super::attention::Scores { scale: spec.attn_scale(hd) as f32, cap: self.opts.attn_softcap };
         let rep = nh / nkv;
+        // the 8-bit rows the quantized matrices read, made by the steps that make the rows
+        let q8 = self.layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
+        let (mut xq, mut gq) = (blocks_for(q8, n, h), blocks_for(q8, n, self.inter));
+        // attention's tasks each quantize their group of heads: whole blocks only
+        let mut aq = blocks_for(q8 && (rep * hd).is_multiple_of(QK), n, nh * hd);
         for (li, l) in self.layers.iter().enumerate() {
-            pre_norm(&x, l.attn_norm.as_deref(), eps, &mut xn, h);
+            pre_norm(&x, l.attn_norm.as_deref(), eps, &mut xn, h, xq.as_deref_mut());
             {
-                let act = Act::new(&xn, n, h);
+                let act = Act::with_q8(&xn, n, h, xq.as_deref());
                 if fused {
                     self.linears(l, &act, &adapters, &mut [(0, &mut qkv)])?;
                     add_bias(&mut qkv, l.bias[0].as_deref());
@@ -345,19 +351,14 @@ impl Decoder {
                 }
             }
             let (o_slot, mlp0) = if fused { (1, 2) } else { (3, 4) };
-            if let Some((qn, kn)) = &l.qk_norm {
-                // each head's hd values (OLMo 2: a token's whole q and k) normalized, before RoPE
-                rms_norm_in_place(&mut q, qn, eps, qn.len());
-                rms_norm_in_place(&mut k, kn, eps, kn.len());
-            }
             let (cos, sin) = match (&local_rope, l.local) {
                 (Some(t), true) => t,
                 _ => &global_rope,
             };
-            if l.rope {
-                rope(&mut q, nh, hd, half, cos, sin);
-                rope(&mut k, nkv, hd, half, cos, sin);
-            }
+            // each head's hd values (OLMo 2: a token's whole q and k) normalized, then RoPE
+            let norms = l.qk_norm.as_ref().map(|(qn, kn)| (&qn[..], &kn[..]));
+            let turn = l.rope.then_some(Rotary { hd, half, cos, sin });
+            qk_rows(&mut q, &mut k, n, norms, eps, turn.as_ref());
             for t in 0..n {
                 rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
             }
@@ -366,7 +367,7 @@ impl Decoder {
                 let (q, tok_row, tok_pos, spec) = (&q, &tok_row, &tok_pos, &spec);
                 // one task per (token, key/value head): the `rep` query heads sharing a cached
                 // head read it together (their outputs are adjacent in `attn`)
-                let one = |(i, out): (usize, &mut [f32])| {
+                let one = |(i, (out, oq)): (usize, (&mut [f32], Option<&mut [super::quant::Q8]>))| {
                     let (t, kvh) = (i / nkv, i % nkv);
                     let (kc, vc) = caches[tok_row[t]];
                     let p = tok_pos[t];
@@ -374,17 +375,22 @@ impl Decoder {
                     let lo = spec.window_start(l.local, p);
                     let qg = &q[t * nh * hd + kvh * rep * hd..][..rep * hd];
                     attend_group(qg, hd, kc.rows(lo * kvd), vc.rows(lo * kvd), kvd, kvh * hd, p - lo, scale, out);
+                    if let Some(oq) = oq {
+                        quantize_row(out, oq);
+                    }
                 };
                 // each (token, head group) is independent; small steps stay on this thread
                 let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();
-                if work > 1 << 16 {
-                    attn.par_chunks_mut(rep * hd).enumerate().for_each(one);
-                } else {
-                    attn.chunks_mut(rep * hd).enumerate().for_each(one);
+                let gw = rep * hd / QK;
+                match (work > 1 << 16, aq.as_deref_mut()) {
+                    (true, Some(aq)) => attn.par_chunks_mut(rep * hd).zip(aq.par_chunks_mut(gw).map(Some)).enumerate().for_each(one),
+                    (true, None) => attn.par_chunks_mut(rep * hd).map(|o| (o, None)).enumerate().for_each(one),
+                    (false, Some(aq)) => attn.chunks_mut(rep * hd).zip(aq.chunks_mut(gw).map(Some)).enumerate().for_each(one),
+                    (false, None) => attn.chunks_mut(rep * hd).map(|o| (o, None)).enumerate().for_each(one),
                 }
             }
             {
-                let act = Act::new(&attn, n, nh * hd);
+                let act = Act::with_q8(&attn, n, nh * hd, aq.as_deref());
                 self.linears(l, &act, &adapters, &mut [(o_slot, &mut tmp)])?;
                 add_bias(&mut tmp, l.bias[o_slot].as_deref());
             }
@@ -392,9 +398,9 @@ impl Decoder {
                 rms_norm_in_place(&mut tmp, after_attn, eps, h);
             }
             add_residual(&mut x, &tmp, residual);
-            pre_norm(&x, l.ffn_norm.as_deref(), eps, &mut xn, h);
+            pre_norm(&x, l.ffn_norm.as_deref(), eps, &mut xn, h, xq.as_deref_mut());
             {
-                let act = Act::new(&xn, n, h);
+                let act = Act::with_q8(&xn, n, h, xq.as_deref());
                 let it = self.inter;
                 if fused {
                     self.linears(l, &act, &adapters, &mut [(mlp0, &mut gu)])?;
@@ -412,15 +418,10 @@ impl Decoder {
             // per token row, in parallel where there are several: thousands of exps a row,
             // which on one thread sent the other to sleep before the next product (each
             // element is computed alike either way)
-            let it = self.inter;
-            let gate = |(gr, ur): (&mut [f32], &[f32])| match act_fn {
-                super::llama::MlpAct::Silu => silu_gate(gr, ur),
-                other => gr.iter_mut().zip(ur).for_each(|(a, b)| *a = other.apply(*a) * b),
-            };
-            zip_rows(&mut g, &u, it, gate);
+            gate_rows(&mut g, &u, self.inter, act_fn, gq.as_deref_mut());
             let down = l.lin.len() - 1;
             {
-                let act = Act::new(&g, n, self.inter);
+                let act = Act::with_q8(&g, n, self.inter, gq.as_deref());
                 self.linears(l, &act, &adapters, &mut [(down, &mut tmp)])?;
                 add_bias(&mut tmp, l.bias[down].as_deref());
             }
@@ -438,10 +439,11 @@ impl Decoder {
         }
         let nr = rows.len();
         let mut ln = vec![0f32; nr * h];
-        rms_norm_rows(&last, &self.norm, eps, &mut ln, h);
+        let mut lq = blocks_for(!self.head().is_f32(), nr, h);
+        rms_norm_rows(&last, &self.norm, eps, &mut ln, h, lq.as_deref_mut());
         let mut logits = vec![0f32; nr * self.vocab];
         let none: Vec<Option<LowRank>> = (0..nr).map(|_| None).collect();
-        matmul(self.head(), &Act::new(&ln, nr, h), &none, &mut logits)?;
+        matmul(self.head(), &Act::with_q8(&ln, nr, h, lq.as_deref()), &none, &mut logits)?;
         if let Some(m) = self.opts.scales {
             logits.iter_mut().for_each(|l| *l /= m.logits);
         }
@@ -517,104 +519,3 @@ impl Decoder {
     }
 }
 
-crate::util::simd_dispatch! {
-    /// `g = silu(g) · u`, element by element (SwiGLU's gate): thousands of exps a row, one
-    /// vector of them at a time where the CPU has AVX2.
-    fn silu_gate(g: &mut [f32], u: &[f32]) {
-        let n = g.len().min(u.len());
-        let (g, u) = (&mut g[..n], &u[..n]);
-        for i in 0..n {
-            g[i] = super::llama::silu(g[i]) * u[i];
-        }
-    }
-}
-
-/// Adds a bias to each of its width's rows of `y`.
-fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
-    if let Some(b) = b {
-        y.chunks_mut(b.len()).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += b));
-    }
-}
-
-/// RMSNorm of each `h`-wide row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)`.
-fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize) {
-    let one = |(o, xr): (&mut [f32], &[f32])| {
-        let r = rms_scale(xr, eps);
-        for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {
-            *o = wv * (v * r);
-        }
-    };
-    zip_rows(out, x, h, one);
-}
-
-/// `rms_norm_rows` of `x` into itself, the same bits.
-fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32, h: usize) {
-    let one = |xr: &mut [f32]| {
-        let r = rms_scale(xr, eps);
-        xr.iter_mut().zip(w).for_each(|(v, wv)| *v = wv * (*v * r));
-    };
-    if x.len() / h >= PAR_MIN_ROWS {
-        x.par_chunks_mut(h).for_each(one);
-    } else {
-        x.chunks_mut(h).for_each(one);
-    }
-}
-
-/// `1 / sqrt(mean(x²) + eps)` of one row.
-fn rms_scale(xr: &[f32], eps: f32) -> f32 {
-    let ms = xr.iter().map(|v| v * v).sum::<f32>() / xr.len() as f32;
-    1.0 / (ms + eps).sqrt()
-}
-
-/// `f` over the matching `w`-wide rows of `a` and `b`, in parallel from `PAR_MIN_ROWS` rows.
-fn zip_rows(a: &mut [f32], b: &[f32], w: usize, f: impl Fn((&mut [f32], &[f32])) + Send + Sync) {
-    if a.len() / w >= PAR_MIN_ROWS {
-        a.par_chunks_mut(w).zip(b.par_chunks(w)).for_each(f);
-    } else {
-        a.chunks_mut(w).zip(b.chunks(w)).for_each(f);
-    }
-}
-
-/// The fewest token rows for which the forward's row-wise steps (norms, rotary, the gated
-/// activation) run in parallel. Serial, they left the second thread idle long enough to fall
-/// asleep between products, and waking it cost more than the step (perf, 16 streams: the
-/// second thread off the CPU a fifth of the time).
-const PAR_MIN_ROWS: usize = 4;
-
-/// `out` = `x` normalized by `w` row by row, or `x` itself where a layer has no such norm.
-fn pre_norm(x: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32], h: usize) {
-    match w {
-        Some(w) => rms_norm_rows(x, w, eps, out, h),
-        None => out.copy_from_slice(x),
-    }
-}
-
-/// `x += b`, or `x += b·r` with a residual multiplier (Granite).
-fn add_residual(x: &mut [f32], b: &[f32], r: Option<f32>) {
-    match r {
-        Some(r) => x.iter_mut().zip(b).for_each(|(a, b)| *a += b * r),
-        None => x.iter_mut().zip(b).for_each(|(a, b)| *a += b),
-    }
-}
-
-/// Rotary embedding (the rotate-half form of Hugging Face's Llama) on `[n, heads, hd]` rows:
-/// `cos` and `sin` hold `half` values a token, which turn each head's first `2·half`
-/// dimensions (all of them, or a partial rotary's share; the rest pass through).
-fn rope(x: &mut [f32], heads: usize, hd: usize, half: usize, cos: &[f32], sin: &[f32]) {
-    let one = |(t, row): (usize, &mut [f32])| {
-        let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
-        for head in row.chunks_mut(hd) {
-            let (a, b) = head[..2 * half].split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = x1 * c[i] - x2 * s[i];
-                b[i] = x2 * c[i] + x1 * s[i];
-            }
-        }
-    };
-    if x.len() / (heads * hd) >= PAR_MIN_ROWS {
-        x.par_chunks_mut(heads * hd).enumerate().for_each(one);
-    } else {
-        x.chunks_mut(heads * hd).enumerate().for_each(one);
-    }
-}

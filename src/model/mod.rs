@@ -20,6 +20,7 @@ mod gguf_check;
 pub mod kv_cache;
 pub mod llama;
 pub mod rope;
+mod rowwise;
 pub mod lora;
 pub mod lora_slots;
 pub mod quant;

@@ -161,6 +161,10 @@ pub struct Q8 {
     pub qs: [i8; QK],
 }
 
+impl Q8 {
+    pub const ZERO: Q8 = Q8 { d: 0.0, s: 0.0, qs: [0; QK] };
+}
+
 /// Quantizes one row (`len % 32 == 0`) into blocks: AVX2 where the CPU has it, else the
 /// portable build; the two agree bit for bit.
 pub fn quantize_row(x: &[f32], out: &mut [Q8]) {
@@ -188,23 +192,46 @@ pub fn quantize_row_portable(x: &[f32], out: &mut [Q8]) {
     }
 }
 
-/// The rows a matrix multiplies: `[n, cols]` f32, with their 8-bit form made on first need.
+/// The rows a matrix multiplies: `[n, cols]` f32, with their 8-bit form made on first need, or
+/// made by whoever made the rows (`with_q8`).
 pub struct Act<'a> {
     pub x: &'a [f32],
     pub n: usize,
     pub cols: usize,
     q8: std::cell::OnceCell<Vec<Q8>>,
+    given: Option<&'a [Q8]>,
 }
 
 impl<'a> Act<'a> {
     pub fn new(x: &'a [f32], n: usize, cols: usize) -> Act<'a> {
         debug_assert_eq!(x.len(), n * cols);
-        Act { x, n, cols, q8: Default::default() }
+        Act { x, n, cols, q8: Default::default(), given: None }
+    }
+    /// Rows whose 8-bit form is made already: `q8` must hold `quantize_row` of each row of `x`
+    /// (the blocks `Act::new` would make), or nothing (made on first need, as with `new`).
+    pub fn with_q8(x: &'a [f32], n: usize, cols: usize, q8: Option<&'a [Q8]>) -> Act<'a> {
+        debug_assert_eq!(x.len(), n * cols);
+        let given = q8.filter(|q| cols.is_multiple_of(QK) && q.len() == n * cols / QK);
+        debug_assert_eq!(given.is_some(), q8.is_some(), "8-bit rows of another shape");
+        // debug builds (the tests) check every such call against the rows quantized here
+        #[cfg(debug_assertions)]
+        if let Some(q) = given {
+            let bits = |b: &Q8| (b.d.to_bits(), b.s.to_bits(), b.qs);
+            for (row, made) in x.chunks(cols).zip(q.chunks(cols / QK)) {
+                let mut fresh = vec![Q8::ZERO; cols / QK];
+                quantize_row(row, &mut fresh);
+                assert!(fresh.iter().map(bits).eq(made.iter().map(bits)), "8-bit rows made beside their rows differ from quantize_row's");
+            }
+        }
+        Act { x, n, cols, q8: Default::default(), given }
     }
     fn q8(&self) -> &[Q8] {
+        if let Some(q) = self.given {
+            return q;
+        }
         self.q8.get_or_init(|| {
             let nb = self.cols / QK;
-            let mut v = vec![Q8 { d: 0.0, s: 0.0, qs: [0; QK] }; self.n * nb];
+            let mut v = vec![Q8::ZERO; self.n * nb];
             v.par_chunks_mut(nb).zip(self.x.par_chunks(self.cols)).for_each(|(o, x)| quantize_row(x, o));
             v
         })
