@@ -100,7 +100,25 @@ unsafe fn scales(a: *const u8, b: *const u8) -> std::arch::x86_64::__m512 {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile16(f: super::quant::BlockFmt, data: &[u8], group: usize, nb: usize, x: *const Q8, m: usize, out: &mut [[f32; 16]; TILE_TOKENS], pf: &mut Pace) {
+    // A full tile (every call a decode step or a prefill makes: fewer tokens go to the AVX-512
+    // kernels) has its token loops unrolled and its 16 sums in registers; with the count known
+    // only at run time they lived on the stack, a load and a store more per token and block,
+    // beside the loop's own instructions.
+    if m == TILE_TOKENS {
+        tile::<true>(f, data, group, nb, x, m, out, pf)
+    } else {
+        tile::<false>(f, data, group, nb, x, m, out, pf)
+    }
+}
+
+/// `tile16` for `m` tokens (`TILE_TOKENS` where `FULL`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile<const FULL: bool>(f: super::quant::BlockFmt, data: &[u8], group: usize, nb: usize, x: *const Q8, m: usize, out: &mut [[f32; 16]; TILE_TOKENS], pf: &mut Pace) {
     use super::quant::BlockFmt;
+    let m = if FULL { TILE_TOKENS } else { m };
     use std::arch::asm;
     use std::arch::x86_64::*;
     debug_assert!((1..=TILE_TOKENS).contains(&m));
