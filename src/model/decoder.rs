@@ -15,7 +15,7 @@ use super::lora::LoadedAdapter;
 use super::lora_slots::Copies;
 use super::attention::attend_group;
 use super::quant::{matmul, matmul_many, quantize_row, Act, Job, LowRank, QWeight, QK};
-use super::rowwise::{add_bias, add_residual, blocks_for, gate_rows, pre_norm, qk_rows, rms_norm_in_place, rms_norm_rows, Rotary};
+use super::rowwise::{add_bias, blocks_for, gate_rows, pre_norm, qk_row, qk_rows, residual_rows, rms_norm_rows, NextNorm, Rotary};
 use super::factors8::FactorDtype;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -329,8 +329,11 @@ impl Decoder {
         let (mut xq, mut gq) = (blocks_for(q8, n, h), blocks_for(q8, n, self.inter));
         // attention's tasks each quantize their group of heads: whole blocks only
         let mut aq = blocks_for(q8 && (rep * hd).is_multiple_of(QK), n, nh * hd);
-        for (li, l) in self.layers.iter().enumerate() {
+        // the first layer's input norm; each later one is made with the residual add before it
+        if let Some(l) = self.layers.first() {
             pre_norm(&x, l.attn_norm.as_deref(), eps, &mut xn, h, xq.as_deref_mut());
+        }
+        for (li, l) in self.layers.iter().enumerate() {
             {
                 let act = Act::with_q8(&xn, n, h, xq.as_deref());
                 if fused {
@@ -358,29 +361,58 @@ impl Decoder {
             // each head's hd values (OLMo 2: a token's whole q and k) normalized, then RoPE
             let norms = l.qk_norm.as_ref().map(|(qn, kn)| (&qn[..], &kn[..]));
             let turn = l.rope.then_some(Rotary { hd, half, cos, sin });
-            qk_rows(&mut q, &mut k, n, norms, eps, turn.as_ref());
-            for t in 0..n {
-                rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
-            }
-            {
+            let spec = &spec;
+            // attention from the cache of positions lo..=p (a sliding window starts the keys
+            // later), one group of query heads sharing a cached head at a time
+            let attend = |kc: &super::kv_cache::KvStore, vc: &super::kv_cache::KvStore, p: usize, qg: &[f32], kvh: usize, out: &mut [f32]| {
+                let lo = spec.window_start(l.local, p);
+                attend_group(qg, hd, kc.rows(lo * kvd), vc.rows(lo * kvd), kvd, kvh * hd, p - lo, scale, out);
+            };
+            // each (token, head group) is independent; small steps stay on this thread
+            let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();
+            if rows.len() == n {
+                // a decode step (one token a row): one task a row does its norms and RoPE, its
+                // cache's new position and its attention, so the step has one parallel region
+                // here instead of two with the cache writes between them
+                let mut aq_rows: Vec<Option<&mut [super::quant::Q8]>> = match aq.as_deref_mut() {
+                    Some(a) => a.chunks_mut(nh * hd / QK).map(Some).collect(),
+                    None => (0..n).map(|_| None).collect(),
+                };
+                let tasks: Vec<_> = rows.iter_mut().zip(q.chunks_mut(nh * hd)).zip(k.chunks_mut(kvd)).zip(v.chunks(kvd)).zip(attn.chunks_mut(nh * hd)).zip(aq_rows.drain(..)).enumerate().collect();
+                let one = |(t, (((((row, qr), kr), vr), out), oq)): (usize, (((((&mut Row, &mut [f32]), &mut [f32]), &[f32]), &mut [f32]), Option<&mut [super::quant::Q8]>))| {
+                    qk_row(qr, kr, t, norms, eps, turn.as_ref());
+                    row.cache.push(li, kr, vr);
+                    let (kc, vc) = (&row.cache.k[li], &row.cache.v[li]);
+                    for kvh in 0..nkv {
+                        let g = kvh * rep * hd..(kvh + 1) * rep * hd;
+                        attend(kc, vc, tok_pos[t], &qr[g.clone()], kvh, &mut out[g]);
+                    }
+                    if let Some(oq) = oq {
+                        quantize_row(out, oq);
+                    }
+                };
+                if work > 1 << 16 {
+                    tasks.into_par_iter().for_each(one);
+                } else {
+                    tasks.into_iter().for_each(one);
+                }
+            } else {
+                qk_rows(&mut q, &mut k, n, norms, eps, turn.as_ref());
+                for t in 0..n {
+                    rows[tok_row[t]].cache.push(li, &k[t * kvd..][..kvd], &v[t * kvd..][..kvd]);
+                }
                 let caches: Vec<_> = rows.iter().map(|r| (&r.cache.k[li], &r.cache.v[li])).collect();
-                let (q, tok_row, tok_pos, spec) = (&q, &tok_row, &tok_pos, &spec);
+                let (q, tok_row, tok_pos) = (&q, &tok_row, &tok_pos);
                 // one task per (token, key/value head): the `rep` query heads sharing a cached
                 // head read it together (their outputs are adjacent in `attn`)
                 let one = |(i, (out, oq)): (usize, (&mut [f32], Option<&mut [super::quant::Q8]>))| {
                     let (t, kvh) = (i / nkv, i % nkv);
                     let (kc, vc) = caches[tok_row[t]];
-                    let p = tok_pos[t];
-                    // a sliding window starts the keys later: attend over the cache from `lo`
-                    let lo = spec.window_start(l.local, p);
-                    let qg = &q[t * nh * hd + kvh * rep * hd..][..rep * hd];
-                    attend_group(qg, hd, kc.rows(lo * kvd), vc.rows(lo * kvd), kvd, kvh * hd, p - lo, scale, out);
+                    attend(kc, vc, tok_pos[t], &q[t * nh * hd + kvh * rep * hd..][..rep * hd], kvh, out);
                     if let Some(oq) = oq {
                         quantize_row(out, oq);
                     }
                 };
-                // each (token, head group) is independent; small steps stay on this thread
-                let work: usize = tok_pos.iter().map(|p| (p + 1) * nh * hd).sum();
                 let gw = rep * hd / QK;
                 match (work > 1 << 16, aq.as_deref_mut()) {
                     (true, Some(aq)) => attn.par_chunks_mut(rep * hd).zip(aq.par_chunks_mut(gw).map(Some)).enumerate().for_each(one),
@@ -394,11 +426,8 @@ impl Decoder {
                 self.linears(l, &act, &adapters, &mut [(o_slot, &mut tmp)])?;
                 add_bias(&mut tmp, l.bias[o_slot].as_deref());
             }
-            if let Some((after_attn, _)) = &l.out_norms {
-                rms_norm_in_place(&mut tmp, after_attn, eps, h);
-            }
-            add_residual(&mut x, &tmp, residual);
-            pre_norm(&x, l.ffn_norm.as_deref(), eps, &mut xn, h, xq.as_deref_mut());
+            let after = l.out_norms.as_ref().map(|(a, _)| &a[..]);
+            residual_rows(&mut x, &mut tmp, after, residual, eps, h, Some(NextNorm { w: l.ffn_norm.as_deref(), out: &mut xn, q: xq.as_deref_mut() }));
             {
                 let act = Act::with_q8(&xn, n, h, xq.as_deref());
                 let it = self.inter;
@@ -425,10 +454,9 @@ impl Decoder {
                 self.linears(l, &act, &adapters, &mut [(down, &mut tmp)])?;
                 add_bias(&mut tmp, l.bias[down].as_deref());
             }
-            if let Some((_, after_mlp)) = &l.out_norms {
-                rms_norm_in_place(&mut tmp, after_mlp, eps, h);
-            }
-            add_residual(&mut x, &tmp, residual);
+            let after = l.out_norms.as_ref().map(|(_, a)| &a[..]);
+            let next = self.layers.get(li + 1).map(|nl| NextNorm { w: nl.attn_norm.as_deref(), out: &mut xn, q: xq.as_deref_mut() });
+            residual_rows(&mut x, &mut tmp, after, residual, eps, h, next);
         }
         // logits for each row's last token only
         let mut last = Vec::with_capacity(rows.len() * h);

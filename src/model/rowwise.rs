@@ -62,15 +62,7 @@ pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: 
     zip_rows(out, x, h, q, one);
 }
 
-/// `rms_norm_rows` of `x` into itself, the same bits.
-pub(super) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32, h: usize) {
-    if x.len() / h >= PAR_MIN_ROWS {
-        x.par_chunks_mut(h).for_each(|r| norm_row(r, w, eps));
-    } else {
-        x.chunks_mut(h).for_each(|r| norm_row(r, w, eps));
-    }
-}
-
+/// `rms_norm_rows` of one row into itself, the same bits.
 fn norm_row(xr: &mut [f32], w: &[f32], eps: f32) {
     let r = rms_scale(xr, eps);
     xr.iter_mut().zip(w).for_each(|(v, wv)| *v = wv * (*v * r));
@@ -113,11 +105,52 @@ pub(super) fn pre_norm(x: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32], 
     }
 }
 
-/// `x += b`, or `x += b·r` with a residual multiplier (Granite).
-pub(super) fn add_residual(x: &mut [f32], b: &[f32], r: Option<f32>) {
-    match r {
-        Some(r) => x.iter_mut().zip(b).for_each(|(a, b)| *a += b * r),
-        None => x.iter_mut().zip(b).for_each(|(a, b)| *a += b),
+/// What follows a sublayer's residual add in the same pass: the next sublayer's pre-norm
+/// (`pre_norm`'s weights, or none) into `out`, quantized into `q` where given.
+pub(super) struct NextNorm<'a> {
+    pub w: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+    pub q: Option<&'a mut [Q8]>,
+}
+
+/// The seam between two sublayers, in one pass over the `h`-wide rows: each row of `b` (the
+/// sublayer's output) normalized by `after` where a layer norms its sublayers' outputs (Gemma
+/// 2 and 3, OLMo 2), added into `x` (times `r`: Granite's residual multiplier), then, where
+/// `next` is given, `x`'s row pre-normed for the next sublayer. The same elements as those steps
+/// one after another: the add ran serially between two parallel regions before.
+pub(super) fn residual_rows(x: &mut [f32], b: &mut [f32], after: Option<&[f32]>, r: Option<f32>, eps: f32, h: usize, next: Option<NextNorm>) {
+    let n = x.len() / h;
+    type Row<'a> = (&'a mut [f32], &'a mut [f32], Option<&'a mut [f32]>, Option<&'a mut [Q8]>);
+    let (w, mut outs, mut qs): (_, Vec<Option<&mut [f32]>>, Vec<Option<&mut [Q8]>>) = match next {
+        Some(NextNorm { w, out, q }) => (w, out.chunks_mut(h).map(Some).collect(), q.map_or_else(|| (0..n).map(|_| None).collect(), |q| q.chunks_mut(h / QK).map(Some).collect())),
+        None => (None, (0..n).map(|_| None).collect(), (0..n).map(|_| None).collect()),
+    };
+    let rows: Vec<Row> = x.chunks_mut(h).zip(b.chunks_mut(h)).zip(outs.drain(..)).zip(qs.drain(..)).map(|(((x, b), o), q)| (x, b, o, q)).collect();
+    let one = |(xr, br, out, q): Row| {
+        if let Some(a) = after {
+            norm_row(br, a, eps);
+        }
+        match r {
+            Some(r) => xr.iter_mut().zip(&*br).for_each(|(a, b)| *a += b * r),
+            None => xr.iter_mut().zip(&*br).for_each(|(a, b)| *a += b),
+        }
+        if let Some(o) = out {
+            match w {
+                Some(w) => {
+                    let s = rms_scale(xr, eps);
+                    o.iter_mut().zip(&*xr).zip(w).for_each(|((o, v), wv)| *o = wv * (v * s));
+                }
+                None => o.copy_from_slice(xr),
+            }
+            if let Some(q) = q {
+                quantize_row(o, q);
+            }
+        }
+    };
+    if n >= PAR_MIN_ROWS {
+        rows.into_par_iter().for_each(one);
+    } else {
+        rows.into_iter().for_each(one);
     }
 }
 
@@ -140,20 +173,23 @@ pub(super) fn qk_rows(q: &mut [f32], k: &mut [f32], n: usize, norms: Option<(&[f
         return;
     }
     let (qw, kw) = (q.len() / n, k.len() / n);
-    let one = |(t, (qr, kr)): (usize, (&mut [f32], &mut [f32]))| {
-        if let Some((qn, kn)) = norms {
-            qr.chunks_mut(qn.len()).for_each(|r| norm_row(r, qn, eps));
-            kr.chunks_mut(kn.len()).for_each(|r| norm_row(r, kn, eps));
-        }
-        if let Some(r) = rope {
-            turn(qr, t, r);
-            turn(kr, t, r);
-        }
-    };
+    let one = |(t, (qr, kr)): (usize, (&mut [f32], &mut [f32]))| qk_row(qr, kr, t, norms, eps, rope);
     if n >= PAR_MIN_ROWS {
         q.par_chunks_mut(qw).zip(k.par_chunks_mut(kw)).enumerate().for_each(one);
     } else {
         q.chunks_mut(qw).zip(k.chunks_mut(kw)).enumerate().for_each(one);
+    }
+}
+
+/// `qk_rows` for token `t`'s rows alone.
+pub(super) fn qk_row(qr: &mut [f32], kr: &mut [f32], t: usize, norms: Option<(&[f32], &[f32])>, eps: f32, rope: Option<&Rotary>) {
+    if let Some((qn, kn)) = norms {
+        qr.chunks_mut(qn.len()).for_each(|r| norm_row(r, qn, eps));
+        kr.chunks_mut(kn.len()).for_each(|r| norm_row(r, kn, eps));
+    }
+    if let Some(r) = rope {
+        turn(qr, t, r);
+        turn(kr, t, r);
     }
 }
 
