@@ -1,7 +1,7 @@
 //! Softmax attention of a token's query heads over one sequence's cached keys and values
 //! (f32, or f16 widened exactly): the f32 and register-widening f16 kernels (in
-//! `quant::avx`, beside the other AVX2 kernels), the scratch path for other shapes, and the
-//! softmax they share. Every path gives each head the bits of `attend` over the same values in
+//! `quant::avx`, beside the other AVX2 kernels, and `attend512`'s AVX-512 build), the choice
+//! between them, the scratch path for other shapes, and the softmax they share. Every path gives each head the bits of `attend` over the same values in
 //! f32, so outputs do not depend on the path or the batch. Owns no cache (`kv_cache` does) and
 //! knows nothing of models.
 
