@@ -10,6 +10,7 @@ use loradex::error::{Error, Result};
 use loradex::model::decoder::{Decoder, Row};
 use loradex::model::factors8::FactorDtype;
 use loradex::model::gguf::LoadDtype;
+use loradex::model::llama::argmax;
 use loradex::model::lora::LoadedAdapter;
 use loradex::model::Engine;
 use std::sync::Arc;
@@ -70,10 +71,6 @@ pub fn run(base: &str, dtype: LoadDtype, prompt: &[u32], tokens: usize) -> Resul
 fn along(dec: &Decoder, ids: &[u32], adapter: Option<&LoadedAdapter>) -> Result<Vec<Vec<f32>>> {
     let mut cache = dec.cache(ids.len(), None);
     ids.iter().map(|t| Ok(dec.step(&mut [Row { tokens: std::slice::from_ref(t), cache: &mut cache, adapter }])?.remove(0))).collect()
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    l.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0 as u32
 }
 
 /// KL(softmax(p) ‖ softmax(q)), in f64.
