@@ -53,13 +53,15 @@ pub(super) fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
 /// RMSNorm of each `h`-wide row of `x` into `out`: `w · x / sqrt(mean(x²) + eps)`; `out`'s rows
 /// quantized into `q` where given.
 pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], h: usize, q: Option<&mut [Q8]>) {
-    let one = |(o, xr): (&mut [f32], &[f32])| {
-        let r = rms_scale(xr, eps);
-        for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {
-            *o = wv * (v * r);
-        }
-    };
-    zip_rows(out, x, h, q, one);
+    zip_rows(out, x, h, q, |(o, xr)| norm_into(xr, w, eps, o));
+}
+
+/// One row of `rms_norm_rows`.
+fn norm_into(xr: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
+    let r = rms_scale(xr, eps);
+    for ((o, v), wv) in o.iter_mut().zip(xr).zip(w) {
+        *o = wv * (v * r);
+    }
 }
 
 /// `rms_norm_rows` of one row into itself, the same bits.
@@ -99,9 +101,14 @@ fn zip_rows(a: &mut [f32], b: &[f32], w: usize, q: Option<&mut [Q8]>, f: impl Fn
 /// `out` = `x` normalized by `w` row by row, or `x` itself where a layer has no such norm;
 /// quantized into `q` where given.
 pub(super) fn pre_norm(x: &[f32], w: Option<&[f32]>, eps: f32, out: &mut [f32], h: usize, q: Option<&mut [Q8]>) {
+    zip_rows(out, x, h, q, |(o, xr)| pre_norm_row(xr, w, eps, o));
+}
+
+/// One row of `pre_norm`.
+fn pre_norm_row(xr: &[f32], w: Option<&[f32]>, eps: f32, o: &mut [f32]) {
     match w {
-        Some(w) => rms_norm_rows(x, w, eps, out, h, q),
-        None => zip_rows(out, x, h, q, |(o, xr)| o.copy_from_slice(xr)),
+        Some(w) => norm_into(xr, w, eps, o),
+        None => o.copy_from_slice(xr),
     }
 }
 
@@ -135,13 +142,7 @@ pub(super) fn residual_rows(x: &mut [f32], b: &mut [f32], after: Option<&[f32]>,
             None => xr.iter_mut().zip(&*br).for_each(|(a, b)| *a += b),
         }
         if let Some(o) = out {
-            match w {
-                Some(w) => {
-                    let s = rms_scale(xr, eps);
-                    o.iter_mut().zip(&*xr).zip(w).for_each(|((o, v), wv)| *o = wv * (v * s));
-                }
-                None => o.copy_from_slice(xr),
-            }
+            pre_norm_row(xr, w, eps, o);
             if let Some(q) = q {
                 quantize_row(o, q);
             }
