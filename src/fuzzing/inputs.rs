@@ -92,13 +92,13 @@ pub fn base_config(data: &[u8]) {
     if hd > 1 << 16 {
         return;
     }
-    if let Ok((global, local)) = s.inv_freqs(hd) {
+    if let Ok((global, local, mscale)) = s.inv_freqs(hd) {
         for f in global.iter().chain(local.iter().flatten()) {
             assert!(f.is_finite() && *f >= 0.0, "a RoPE frequency of {f}");
         }
-    }
-    if let Ok(Some(m)) = s.rope_mscale() {
-        assert!(m.is_finite() && m > 0.0, "cos and sin scaled by {m}");
+        if let Some(m) = mscale {
+            assert!(m.is_finite() && m > 0.0, "cos and sin scaled by {m}");
+        }
     }
     for l in 0..s.cfg.num_hidden_layers.min(300) {
         let local = s.is_local(l);

@@ -145,13 +145,13 @@ impl Decoder {
         let embed = src.matrix("model.embed_tokens.weight", vocab, hidden)?;
         let lm_head = if !cfg.tie_word_embeddings && src.has("lm_head.weight") { Some(src.matrix("lm_head.weight", vocab, hidden)?) } else { None };
         let norm = norm(src, "model.norm.weight")?;
-        let (inv_freq, inv_freq_local) = spec.inv_freqs(hd)?;
+        let (inv_freq, inv_freq_local, rope_mscale) = spec.inv_freqs(hd)?;
         let eos = cfg.eos_ids();
         let quantized = layers.iter().flat_map(|l| l.lin.iter()).any(|w| !w.is_f32());
         let kv_dtype = if quantized { KvDtype::F16 } else { KvDtype::F32 };
         let (id, factors) = (next_id(), if quantized { FactorDtype::Int8 } else { FactorDtype::F32 });
         // the scaling's attention factor (YaRN) kept as the family's would be
-        let opts = DecoderOpts { rope_mscale: spec.rope_mscale()?, ..spec.opts };
+        let opts = DecoderOpts { rope_mscale, ..spec.opts };
         Ok(Decoder { n_heads: nh, n_kv, head_dim: hd, hidden, inter, vocab, eos, kv_dtype, inv_freq, inv_freq_local, embed, lm_head, norm, layers, cfg, opts, id, factors })
     }
 

@@ -222,28 +222,19 @@ impl DecoderSpec {
         1.0 / (self.opts.query_scale.map_or(head_dim as f64, f64::from)).sqrt()
     }
     /// RoPE's inverse frequencies (one per pair of rotated dimensions): the global layers',
-    /// and the local layers' (their own base) where there are any.
-    pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    /// and the local layers' (their own base) where there are any; and what the global
+    /// layers' cos and sin are multiplied by: the family's (Phi-3.5's long rope), else the
+    /// RoPE scaling's (YaRN's attention factor). One reading of the RoPE parameters for all.
+    pub fn inv_freqs(&self, head_dim: usize) -> Result<(Vec<f32>, Option<Vec<f32>>, Option<f32>)> {
         let rot = self.rotary_dims(head_dim);
-        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| l.theta);
-        if let Some(t) = local.filter(|t| !(*t > 1.0 && t.is_finite())) {
-            return Err(Error::Model(format!("config: the local layers' rope_theta {t} must be a finite number above 1")));
-        }
+        let local = self.opts.local.filter(|_| self.has_local_layers()).map(|l| rope_base(l.theta, "the local layers' rope_theta")).transpose()?;
         let local = local.map(|t| rope_inv_freqs(t, rot));
         let (theta, scaling) = self.cfg.rope()?;
         let global = scaling.apply(theta, rope_inv_freqs(theta, rot))?;
         if let Some(f) = global.iter().chain(local.iter().flatten()).find(|f| !(f.is_finite() && **f >= 0.0)) {
             return Err(Error::Model(format!("config: these RoPE parameters give a frequency of {f}")));
         }
-        Ok((global, local))
-    }
-    /// What the global layers' cos and sin are multiplied by: the family's (Phi-3.5's long
-    /// rope), else the RoPE scaling's (YaRN's attention factor).
-    pub fn rope_mscale(&self) -> Result<Option<f32>> {
-        Ok(match self.opts.rope_mscale {
-            Some(m) => Some(m),
-            None => self.cfg.rope()?.1.attention(),
-        })
+        Ok((global, local, self.opts.rope_mscale.or(scaling.attention())))
     }
     /// The dimensions of each head RoPE turns (the first ones).
     pub fn rotary_dims(&self, head_dim: usize) -> usize {
@@ -292,6 +283,14 @@ pub const FUSED_SLOTS: [&str; 4] = ["self_attn.qkv_proj", "self_attn.o_proj", "m
 /// tables of that length, so a hostile `max_position_embeddings` must not size an allocation.
 pub const MAX_POSITIONS: usize = 1 << 24;
 
+/// A RoPE base `what` names, checked: θ ≤ 1 gives no rotation or NaN frequencies, never a model.
+fn rope_base(theta: f64, what: &str) -> Result<f64> {
+    if !(theta > 1.0 && theta.is_finite()) {
+        return Err(Error::Model(format!("config: {what} {theta} must be a finite number above 1")));
+    }
+    Ok(theta)
+}
+
 impl Config {
     /// RoPE's base and scaling: `rope_parameters` (transformers 5) or `rope_scaling`, of type
     /// `default`, `linear` or `llama3`, or a GGUF's per-frequency divisors; other types are
@@ -304,11 +303,7 @@ impl Config {
             (None, Some(p)) => rope_scaling(p)?,
         };
         let theta = self.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).or(self.rope_theta).unwrap_or(10000.0);
-        // θ ≤ 1 gives no rotation or NaN frequencies, never a model
-        if !(theta > 1.0 && theta.is_finite()) {
-            return Err(Error::Model(format!("config: rope_theta {theta} must be a finite number above 1")));
-        }
-        Ok((theta, scaling))
+        Ok((rope_base(theta, "rope_theta")?, scaling))
     }
     /// `(num_key_value_heads, head_dim)`, after checking the activation and that the head counts
     /// and sizes fit.
@@ -469,8 +464,8 @@ impl Llama {
                 None => (freqs.cos()?, freqs.sin()?),
             })
         };
-        let (global, local) = spec.inv_freqs(head_dim)?;
-        let (cos, sin) = tables(global, spec.rope_mscale()?)?;
+        let (global, local, mscale) = spec.inv_freqs(head_dim)?;
+        let (cos, sin) = tables(global, mscale)?;
         let local_rope = local.map(|l| tables(l, None)).transpose()?;
         let norm_w = norm("model.norm.weight")?;
         Ok(Llama { cos, sin, local_rope, embed, layers, norm: norm_w, lm_head, n_kv, head_dim, opts: spec.opts, cfg: spec.cfg })
